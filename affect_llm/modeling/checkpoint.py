@@ -1,0 +1,181 @@
+"""Checkpoints: safetensors only, loaded strictly, mergeable for serving.
+
+Layout of a checkpoint folder::
+
+    config.json              AffectConfig (component references, token ids, budgets)
+    projectors.safetensors   every projector weight
+    adapter/                 peft LoRA adapter of the LLM (when LoRA is on)
+    llm/                     full LLM weights, when they are not the untouched pretrained ones
+                             (tiny random LLM, fully trained LLM, merged LoRA)
+    encoders.safetensors     encoder weights, when they are not the pretrained ones
+    tokenizer files, processor_config.json
+    affect_checkpoint.json   format version, what is stored, prompt refs, caller metadata
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from affect_llm.configuration import AffectConfig
+from affect_llm.modeling.builder import fit_vocabulary, instantiate
+from affect_llm.modeling.model import AffectForConditionalGeneration
+from affect_llm.modeling.trainable import is_peft_wrapped
+from affect_llm.processing.processor import AffectProcessor
+
+FORMAT_VERSION = 1
+META_FILE = "affect_checkpoint.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is incomplete or does not match the model it is loaded into."""
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(
+    model: AffectForConditionalGeneration,
+    processor: AffectProcessor,
+    out_dir: str | Path,
+    metadata: dict[str, Any] | None = None,
+    store_llm: bool = False,
+    store_encoders: bool = False,
+) -> Path:
+    """Write a checkpoint atomically (a temporary folder renamed into place).
+
+    Args:
+        store_llm: Save the full LLM even when it comes from a pretrained reference (it was trained).
+        store_encoders: Save encoder weights even when they come from pretrained references.
+    """
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    references = model.config.component_paths or {}
+    save_file(_state(model.projectors), str(tmp / "projectors.safetensors"))
+    stored = ["projectors"]
+    lora = is_peft_wrapped(model)
+    if lora:
+        model.language_model.save_pretrained(tmp / "adapter", safe_serialization=True)
+        stored.append("adapter")
+    if store_llm or not references.get("llm"):
+        if lora and store_llm:
+            raise CheckpointError("store_llm with a LoRA adapter: merge the adapter first (merge_checkpoint)")
+        llm = model.language_model.get_base_model() if lora else model.language_model
+        state = base_llm_state(llm) if lora else None
+        llm.save_pretrained(tmp / "llm", safe_serialization=True, state_dict=state)
+        stored.append("llm")
+    own_encoders = [m for m in model.encoders if store_encoders or not references.get(m)]
+    if own_encoders:
+        save_file({f"{m}.{k}": v for m in own_encoders for k, v in _state(model.encoders[m]).items()},
+                  str(tmp / "encoders.safetensors"))
+        stored.append("encoders:" + ",".join(own_encoders))
+    model.config.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    meta = {"format_version": FORMAT_VERSION, "stored": stored, "prompt": processor.prompt.ref, **(metadata or {})}
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    if out_dir.exists():
+        old = out_dir.with_name(out_dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out_dir)
+    return out_dir
+
+
+def base_llm_state(llm: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The LLM's own weights under their original names, with the injected LoRA layers taken out."""
+    state = {}
+    for key, value in _state(llm).items():
+        if "lora_" in key:
+            continue
+        state[key.replace(".base_layer.", ".")] = value
+    return state
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    meta_path = Path(path) / META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: not an affect-llm checkpoint (no {META_FILE})")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{meta_path}: format_version {meta.get('format_version')}, expected {FORMAT_VERSION}")
+    return meta
+
+
+def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """``load_state_dict`` that names every missing and unexpected key in its error."""
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{what}: missing keys {result.missing_keys[:10]}, unexpected keys {result.unexpected_keys[:10]}"
+        )
+
+
+def load_checkpoint(
+    path: str | Path,
+    models_dir: Path | None = None,
+    trainable_lora: bool = False,
+    quantization: Any = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[AffectForConditionalGeneration, AffectProcessor]:
+    """Load a checkpoint written by :func:`save_checkpoint`; any key mismatch is an error."""
+    path = Path(path)
+    meta = read_metadata(path)
+    stored = meta["stored"]
+    config = AffectConfig.from_pretrained(path)
+    processor = AffectProcessor.from_pretrained(path)
+    references = dict(config.component_paths or {})
+    if "llm" in stored:
+        config.component_paths = {**references, "llm": str(path / "llm")}
+    model = instantiate(config, models_dir, quantization, dtype)
+    model.config.component_paths = references
+    fit_vocabulary(model, len(processor.tokenizer))
+    load_strict(model.projectors, load_file(str(path / "projectors.safetensors")), f"{path}/projectors.safetensors")
+    encoder_entry = next((s for s in stored if s.startswith("encoders:")), None)
+    if encoder_entry:
+        state = load_file(str(path / "encoders.safetensors"))
+        for modality in encoder_entry.split(":", 1)[1].split(","):
+            prefix = f"{modality}."
+            own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            load_strict(model.encoders[modality], own, f"{path}/encoders.safetensors [{modality}]")
+    if "adapter" in stored:
+        attach_adapter(model, path / "adapter", trainable_lora)
+    return model, processor
+
+
+def attach_adapter(model: AffectForConditionalGeneration, adapter_dir: Path, trainable: bool) -> None:
+    """Wrap the LLM with the saved LoRA config and load the adapter weights strictly."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    lora_config = LoraConfig.from_pretrained(adapter_dir)
+    lora_config.inference_mode = not trainable
+    model.language_model = get_peft_model(model.language_model, lora_config)
+    state = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model.language_model, state)
+    missing_lora = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing_lora:
+        raise CheckpointError(
+            f"{adapter_dir}: missing LoRA keys {missing_lora[:10]}, unexpected keys {result.unexpected_keys[:10]}"
+        )
+
+
+def merge_checkpoint(path: str | Path, out_dir: str | Path, models_dir: Path | None = None) -> Path:
+    """Fold the LoRA adapter into the LLM and write a standalone checkpoint whose ``llm/`` serves as is."""
+    model, processor = load_checkpoint(path, models_dir)
+    if is_peft_wrapped(model):
+        model.language_model = model.language_model.merge_and_unload()
+    meta = read_metadata(path)
+    meta = {k: v for k, v in meta.items() if k not in ("format_version", "stored", "prompt")}
+    meta["merged_from"] = str(path)
+    return save_checkpoint(model, processor, out_dir, metadata=meta, store_llm=True, store_encoders=True)

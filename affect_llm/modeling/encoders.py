@@ -1,0 +1,107 @@
+"""Media encoders: any HF audio encoder or vision tower, plus the face CNN, behind one call.
+
+Each encoder maps a batch of items to ``(features (N_items, T, D_enc), mask (N_items, T))``:
+audio keeps its time steps (padding trimmed by the mask), video and face yield one pooled vector
+per frame or crop (``T = K``).
+
+Shape letters: N items, K frames per item, S samples, M mel bins, T time steps, D width.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
+
+
+def _unwrap_encoder(model: PreTrainedModel) -> PreTrainedModel:
+    # Whisper's AutoModel is encoder + decoder; only the encoder is used.
+    if getattr(model.config, "is_encoder_decoder", False):
+        return model.get_encoder()
+    return model
+
+
+def shorten_whisper_window(encoder: nn.Module, config: PreTrainedConfig, window_seconds: float) -> None:
+    """Cut a Whisper encoder's position table so it accepts ``window_seconds`` of audio.
+
+    Whisper insists on exactly 30 s of mel frames; emotion clips are a few seconds. Encoding a
+    shorter window with the first positions of the table keeps the pretrained behaviour on the
+    audio that is there and costs ``window/30`` of the compute.
+    """
+    positions = int(round(window_seconds * 50))  # 100 mel frames/s, conv stride 2
+    if positions >= config.max_source_positions:
+        return
+    table = encoder.embed_positions
+    weight = table.weight.data[:positions].clone()
+    encoder.embed_positions = nn.Embedding(positions, weight.shape[1])
+    encoder.embed_positions.weight.data.copy_(weight)
+    encoder.embed_positions.requires_grad_(table.weight.requires_grad)
+    config.max_source_positions = positions
+    encoder.max_source_positions = positions
+
+
+def build_encoder(
+    config: PreTrainedConfig, pretrained_path: str | None = None, audio_window_seconds: float = 30.0
+) -> nn.Module:
+    """Build an encoder from its config, or load it from a pretrained folder or hub id."""
+    if pretrained_path:
+        encoder = _unwrap_encoder(AutoModel.from_pretrained(pretrained_path, dtype=torch.float32))
+    elif config.model_type == "whisper":
+        # Building the whole encoder-decoder only to drop the decoder wastes its memory.
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        encoder = WhisperEncoder(config)
+    else:
+        encoder = _unwrap_encoder(AutoModel.from_config(config))
+    if config.model_type == "whisper":
+        shorten_whisper_window(encoder, encoder.config, audio_window_seconds)
+    return encoder
+
+
+def encoder_output_dim(config: PreTrainedConfig) -> int:
+    """Width of the vectors :func:`encode` returns for this encoder config."""
+    for name in ("d_model", "hidden_size"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise ValueError(f"cannot tell the output width of a {config.model_type!r} encoder (no d_model/hidden_size)")
+
+
+def encode_audio(
+    encoder: nn.Module, values: torch.Tensor, attention_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode audio: Whisper log-mels ``(N, M, F)`` or raw waveforms ``(N, S)``.
+
+    Args:
+        values: Encoder inputs from the processor.
+        attention_mask: ``(N, F)`` or ``(N, S)`` validity of the input frames/samples.
+
+    Returns:
+        ``(features (N, T, D), mask (N, T))`` with padding steps marked False.
+    """
+    if encoder.config.model_type == "whisper":
+        hidden = encoder(input_features=values).last_hidden_state  # (N, T, D)
+    else:
+        hidden = encoder(input_values=values, attention_mask=attention_mask).last_hidden_state
+    num_steps = hidden.shape[1]
+    if attention_mask is None:
+        mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+    else:
+        # The encoder downsamples its input uniformly, so valid steps scale with valid input length.
+        valid = attention_mask.sum(-1).float() * num_steps / attention_mask.shape[-1]
+        valid = valid.ceil().clamp(min=1).long()
+        mask = torch.arange(num_steps, device=hidden.device)[None, :] < valid[:, None]
+    return hidden, mask
+
+
+def encode_frames(encoder: nn.Module, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode ``(N, K, C, H, W)`` frames or crops into one pooled vector each: ``(N, K, D)``."""
+    n_items, n_frames = values.shape[:2]
+    flat = values.flatten(0, 1)  # (N*K, C, H, W)
+    output = encoder(pixel_values=flat)
+    pooled = getattr(output, "pooler_output", None)
+    if pooled is None:
+        pooled = output.last_hidden_state.mean(dim=1)
+    features = pooled.reshape(n_items, n_frames, -1)  # (N, K, D)
+    mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+    return features, mask

@@ -1,0 +1,218 @@
+"""``AffectForConditionalGeneration``: encoders -> projectors -> a causal LLM, merged by placeholders.
+
+The processor writes ``N`` placeholder tokens per media item into ``input_ids``; the model swaps the
+embeddings of those positions for projected media tokens with one ``masked_scatter`` per modality.
+A modality absent from a batch contributes no tokens and no tensors.
+
+Media keyword arguments, per modality ``m`` in (audio, video, face):
+    ``m_values``: encoder inputs (audio ``(A, M, F)`` or ``(A, S)``; video/face ``(V, K, C, H, W)``),
+    ``m_attention_mask``: audio only, ``(A, F)`` or ``(A, S)``;
+    or precomputed ``m_features (N, T, D_enc)`` with ``m_feature_mask (N, T)`` (the feature cache).
+
+Shape letters: B batch, L tokens, N items, T steps, D width.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from affect_llm.configuration import MODALITIES, AffectConfig
+from affect_llm.modeling.encoders import build_encoder, encode_audio, encode_frames, encoder_output_dim
+from affect_llm.modeling.projectors import MediaProjector
+
+MEDIA_SUFFIXES = ("_values", "_attention_mask", "_features", "_feature_mask")
+
+
+def split_media_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate media keyword arguments from the rest (which go to the LLM)."""
+    media, rest = {}, {}
+    for key, value in kwargs.items():
+        is_media = any(key == f"{m}{suffix}" for m in MODALITIES for suffix in MEDIA_SUFFIXES)
+        (media if is_media else rest)[key] = value
+    return media, rest
+
+
+def merge_media_tokens(
+    inputs_embeds: torch.Tensor, input_ids: torch.Tensor, token_id: int, media_tokens: torch.Tensor, modality: str
+) -> torch.Tensor:
+    """Place ``(N, n, D)`` media tokens at the ``token_id`` positions of ``(B, L, D)`` embeddings."""
+    placeholder = input_ids == token_id  # (B, L)
+    num_placeholders = int(placeholder.sum())
+    num_media_tokens = media_tokens.shape[0] * media_tokens.shape[1]
+    if num_placeholders != num_media_tokens:
+        raise ValueError(
+            f"{modality}: the prompt holds {num_placeholders} placeholder tokens but the media give "
+            f"{num_media_tokens} tokens ({media_tokens.shape[0]} items x {media_tokens.shape[1]})"
+        )
+    mask = placeholder.unsqueeze(-1).expand_as(inputs_embeds)
+    return inputs_embeds.masked_scatter(mask, media_tokens.to(inputs_embeds.dtype))
+
+
+class AffectPreTrainedModel(PreTrainedModel):
+    config_class = AffectConfig
+    base_model_prefix = "affect"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only the projectors are created here; encoders and the LLM initialise themselves.
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+class AffectForConditionalGeneration(AffectPreTrainedModel, GenerationMixin):
+    """Audio + video + face encoders, one projector each, and a causal LLM.
+
+    Args:
+        config: The composite config.
+        language_model: An already loaded LLM (e.g. quantized with bitsandbytes) to use instead of
+            building one from ``config.text_config``.
+        encoders: Already loaded encoders by modality, used instead of building from config.
+    """
+
+    def __init__(
+        self,
+        config: AffectConfig,
+        language_model: PreTrainedModel | None = None,
+        encoders: dict[str, nn.Module] | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
+        llm_dim = config.text_config.hidden_size
+        encoders = encoders or {}
+        self.encoders = nn.ModuleDict()
+        self.projectors = nn.ModuleDict()
+        for modality in config.modalities:
+            encoder_config = config.encoder_config(modality)
+            self.encoders[modality] = encoders.get(modality) or build_encoder(
+                encoder_config, audio_window_seconds=config.audio_window_seconds
+            )
+            self.projectors[modality] = MediaProjector(
+                getattr(config, f"{modality}_projector"),
+                encoder_output_dim(encoder_config),
+                llm_dim,
+                config.num_tokens(modality),
+            )
+        self.post_init()
+
+    # -- standard accessors so resize_token_embeddings, generate and peft work ----------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.language_model.get_output_embeddings()
+
+    # -- media -----------------------------------------------------------------------------------
+    def get_media_features(
+        self, modality: str, values: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder outputs before projection: ``(features (N, T, D_enc), mask (N, T))``."""
+        if modality not in self.encoders:
+            raise ValueError(f"this model has no {modality} encoder (it has {list(self.encoders)})")
+        encoder = self.encoders[modality]
+        values = values.to(dtype=next(encoder.parameters()).dtype)
+        if modality == "audio":
+            return encode_audio(encoder, values, attention_mask)
+        return encode_frames(encoder, values)
+
+    def project_media_features(self, modality: str, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(N, T, D_enc)`` features -> ``(N, num_tokens, D_llm)`` LLM tokens."""
+        projector = self.projectors[modality]
+        features = features.to(dtype=next(projector.parameters()).dtype)
+        return projector(features, mask.bool())
+
+    def media_tokens(self, modality: str, media: dict[str, Any]) -> torch.Tensor | None:
+        """Projected tokens of one modality from raw encoder inputs or cached features, or None."""
+        features = media.get(f"{modality}_features")
+        if features is not None:
+            mask = media.get(f"{modality}_feature_mask")
+            if mask is None:
+                mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+        elif media.get(f"{modality}_values") is not None:
+            features, mask = self.get_media_features(
+                modality, media[f"{modality}_values"], media.get(f"{modality}_attention_mask")
+            )
+        else:
+            return None
+        return self.project_media_features(modality, features, mask)
+
+    def embed_inputs(self, input_ids: torch.Tensor, **media: Any) -> torch.Tensor:
+        """Token embeddings with every media placeholder replaced by its projected media token."""
+        inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, D)
+        for modality in MODALITIES:
+            token_id = getattr(self.config, f"{modality}_token_id")
+            tokens = self.media_tokens(modality, media) if modality in self.projectors else None
+            if tokens is None:
+                if token_id is not None and bool((input_ids == token_id).any()):
+                    raise ValueError(f"{modality}: the prompt holds placeholder tokens but no {modality} input was given")
+                continue
+            inputs_embeds = merge_media_tokens(inputs_embeds, input_ids, self.config.token_id(modality), tokens, modality)
+        return inputs_embeds
+
+    # -- forward / generate ------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        media, rest = split_media_kwargs(kwargs)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_inputs(input_ids, **media)
+        return self.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **rest
+        )
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any):
+        """Generate from a prompt with media; returns only the new tokens (no prompt echo)."""
+        media, rest = split_media_kwargs(kwargs)
+        inputs_embeds = self.embed_inputs(input_ids, **media)
+        return self.language_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **rest)
+
+    # -- construction from pretrained components ------------------------------------------------------
+    @classmethod
+    def from_components(
+        cls, config: AffectConfig, quantization_config: Any = None, dtype: torch.dtype = torch.float32
+    ) -> AffectForConditionalGeneration:
+        """Build the model, loading each part named in ``config.component_paths`` from its folder.
+
+        Parts without a path are built from their config with random weights (tests, new projectors).
+        ``quantization_config`` (a ``BitsAndBytesConfig``) applies to the LLM only: encoders and
+        projectors stay in full precision.
+        """
+        paths = config.component_paths or {}
+        language_model = None
+        if paths.get("llm"):
+            language_model, info = AutoModelForCausalLM.from_pretrained(
+                paths["llm"], dtype=dtype, quantization_config=quantization_config, output_loading_info=True
+            )
+            if info["missing_keys"] or info["unexpected_keys"]:
+                raise ValueError(
+                    f"{paths['llm']}: LLM weights do not match its config: missing {sorted(info['missing_keys'])[:10]}, "
+                    f"unexpected {sorted(info['unexpected_keys'])[:10]}"
+                )
+            config.text_config = language_model.config
+        encoders = {}
+        for modality in config.modalities:
+            if paths.get(modality):
+                encoders[modality] = build_encoder(
+                    config.encoder_config(modality), paths[modality], config.audio_window_seconds
+                )
+        return cls(config, language_model=language_model, encoders=encoders)
+
+
+AutoModel.register(AffectConfig, AffectForConditionalGeneration, exist_ok=True)
+AutoModelForCausalLM.register(AffectConfig, AffectForConditionalGeneration, exist_ok=True)

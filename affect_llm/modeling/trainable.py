@@ -1,0 +1,102 @@
+"""What trains: named parameter groups chosen once, LoRA through peft, gradient checkpointing.
+
+Groups: ``encoders`` (all media encoders), ``projectors``, ``llm`` (every LLM weight) and ``lora``
+(the LoRA adapter on the LLM, after :func:`apply_lora`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from affect_llm.modeling.model import AffectForConditionalGeneration
+
+TRAINABLE_GROUPS: tuple[str, ...] = ("encoders", "projectors", "llm", "lora")
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the LLM only.
+
+    Attributes:
+        r: Rank.
+        alpha: Scaling numerator (``alpha / r`` multiplies the update).
+        dropout: Dropout on the LoRA input.
+        target_modules: Module names to adapt, or ``all-linear`` (every linear layer but the head).
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | str = field(default="all-linear")
+
+
+def is_peft_wrapped(model: AffectForConditionalGeneration) -> bool:
+    return hasattr(model.language_model, "peft_config")
+
+
+def apply_lora(model: AffectForConditionalGeneration, settings: LoraSettings) -> None:
+    """Wrap the LLM in a peft LoRA model (4-bit LLMs are prepared for k-bit training first)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if is_peft_wrapped(model):
+        raise ValueError("the LLM already carries a LoRA adapter")
+    llm = model.language_model
+    if getattr(llm, "is_loaded_in_4bit", False) or getattr(llm, "is_loaded_in_8bit", False):
+        llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=False)
+    lora_config = LoraConfig(
+        r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+        target_modules=settings.target_modules, task_type="CAUSAL_LM",
+    )
+    model.language_model = get_peft_model(llm, lora_config)
+
+
+def group_parameters(model: AffectForConditionalGeneration) -> dict[str, list[nn.Parameter]]:
+    """Every parameter, by group."""
+    groups: dict[str, list[nn.Parameter]] = {g: [] for g in TRAINABLE_GROUPS}
+    groups["encoders"] = list(model.encoders.parameters())
+    groups["projectors"] = list(model.projectors.parameters())
+    for name, param in model.language_model.named_parameters():
+        groups["lora" if "lora_" in name else "llm"].append(param)
+    return groups
+
+
+def set_trainable(model: AffectForConditionalGeneration, groups: list[str] | tuple[str, ...]) -> dict[str, dict]:
+    """Freeze everything, then unfreeze the named groups; returns and logs counts per group.
+
+    Raises:
+        ValueError: For an unknown group, ``lora`` without an adapter, or ``llm`` on a 4-bit LLM.
+    """
+    unknown = sorted(set(groups) - set(TRAINABLE_GROUPS))
+    if unknown:
+        raise ValueError(f"unknown trainable groups {unknown}; known: {list(TRAINABLE_GROUPS)}")
+    if "lora" in groups and not is_peft_wrapped(model):
+        raise ValueError("trainable group 'lora' needs a LoRA adapter: set lora: in the config")
+    if "llm" in groups and getattr(model.language_model, "is_loaded_in_4bit", False):
+        raise ValueError("trainable group 'llm' is impossible on a 4-bit LLM: train 'lora' instead")
+    parameters = group_parameters(model)
+    counts = {}
+    for group, params in parameters.items():
+        for param in params:
+            param.requires_grad_(group in groups)
+        counts[group] = {
+            "parameters": sum(p.numel() for p in params),
+            "trainable": group in groups,
+        }
+        if params:
+            logger.info("group %-10s %12d parameters  %s", group, counts[group]["parameters"],
+                        "trainable" if group in groups else "frozen")
+    return counts
+
+
+def enable_gradient_checkpointing(model: AffectForConditionalGeneration) -> None:
+    """Checkpoint the LLM's layers; non-reentrant so frozen encoders and inputs without grad work."""
+    llm = model.language_model
+    if hasattr(llm, "activation_checkpointing_enable"):
+        llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # peft wrapper: forwards the older name to the base model
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.language_model.config.use_cache = False

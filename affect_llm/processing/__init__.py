@@ -1,0 +1,1 @@
+"""Text and media preparation shared by training, chat, batch generation and serving."""

@@ -1,0 +1,62 @@
+"""The processor: placeholder expansion, label masking, padding, collation and persistence."""
+
+from __future__ import annotations
+
+import torch
+
+from affect_llm.modeling.builder import ModelSpec, build_model
+from affect_llm.processing.processor import IGNORE_INDEX, AffectProcessor
+
+ANSWER = '{"labels": ["sad"]}'
+
+
+def _processor() -> AffectProcessor:
+    _, processor = build_model(ModelSpec(audio_encoder="tiny:whisper", face_encoder="tiny:fer",
+                                         num_audio_tokens=5, num_face_tokens=3, audio_window_seconds=1.0))
+    return processor
+
+
+def test_each_placeholder_expands_to_its_token_budget():
+    processor = _processor()
+    ids = processor.encode_text(processor.build_messages("perceive", ["audio", "face"]))["input_ids"]
+    token_ids = processor.token_ids()
+    assert ids.count(token_ids["audio"]) == 5
+    assert ids.count(token_ids["face"]) == 3
+
+
+def test_labels_cover_the_answer_only():
+    processor = _processor()
+    messages = processor.build_messages("perceive", ["audio"], transcript="hello")
+    item = processor.encode_text(messages, ANSWER)
+    prompt_len = len(processor.encode_text(messages)["input_ids"])
+    assert all(label == IGNORE_INDEX for label in item["labels"][:prompt_len])
+    answer_text = processor.tokenizer.decode([t for t in item["labels"] if t != IGNORE_INDEX])
+    assert answer_text.startswith(ANSWER)
+
+
+def test_generation_batches_pad_left_training_batches_pad_right():
+    processor = _processor()
+    short = processor.build_messages("perceive", [])
+    long = processor.build_messages("perceive", ["audio"], transcript="a much longer transcript here")
+    left = processor([short, long])
+    assert left["attention_mask"][0, 0] == 0 and left["attention_mask"][0, -1] == 1
+    right = processor([short, long], answers=[ANSWER, ANSWER])
+    assert right["attention_mask"][0, 0] == 1 and right["attention_mask"][0, -1] == 0
+
+
+def test_collate_stacks_media_of_items_that_have_it():
+    processor = _processor()
+    audio = processor.prepare_media(audio=torch.zeros(8000).numpy())
+    batch = processor([processor.build_messages("perceive", ["audio"]), processor.build_messages("perceive", [])],
+                      [audio, {}])
+    assert batch["audio_values"].shape[0] == 1
+    assert "face_values" not in batch
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    processor = _processor()
+    processor.save_pretrained(tmp_path)
+    again = AffectProcessor.from_pretrained(tmp_path)
+    messages = processor.build_messages("reason", ["audio", "face"], transcript="hi")
+    assert again.encode_text(messages, ANSWER) == processor.encode_text(messages, ANSWER)
+    assert again.prompt.ref == processor.prompt.ref
