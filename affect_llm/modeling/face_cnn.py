@@ -172,7 +172,7 @@ class FerMiniXceptionModel(FerMiniXceptionPreTrainedModel):
         self.stem_bn2 = nn.BatchNorm2d(stem, eps=eps)
         widths = [stem, *config.block_filters]
         self.blocks = nn.ModuleList(
-            FerResidualModule(c_in, c_out, eps) for c_in, c_out in zip(widths[:-1], widths[1:])
+            FerResidualModule(c_in, c_out, eps) for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
         )
         self.classifier = nn.Conv2d(widths[-1], config.num_labels, 3, padding=1, bias=True)
         self.post_init()

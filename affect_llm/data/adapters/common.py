@@ -1,0 +1,161 @@
+"""What every dataset adapter shares: the build result, media lookup and CSV reading."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from affect_llm.data.manifest import MEDIA_FIELDS, ManifestRow, write_manifest
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg")
+
+
+@dataclass
+class MissingMedia:
+    """A medium an annotation refers to that is not on disk."""
+
+    id: str
+    field: str
+    path: str
+
+
+@dataclass
+class BuildResult:
+    """Rows built by an adapter, with absolute media paths, and what it could not use.
+
+    Attributes:
+        rows: One row per annotated sample.
+        missing: Media referenced by an annotation but absent.
+        skipped: Annotations that gave no row, each ``{"where": ..., "reason": ...}``.
+    """
+
+    rows: list[ManifestRow] = field(default_factory=list)
+    missing: list[MissingMedia] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def skip(self, where: str, reason: str) -> None:
+        self.skipped.append({"where": where, "reason": reason})
+
+
+@dataclass
+class BuildSummary:
+    """What ``prepare`` wrote; saved as JSON beside the manifest."""
+
+    dataset: str
+    root: str
+    manifest: str
+    num_rows: int
+    splits: dict[str, int]
+    labels: dict[str, int]
+    missing: list[dict[str, str]]
+    skipped: list[dict[str, str]]
+    dropped_for_missing_media: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def require_dir(root: Path, dataset: str) -> Path:
+    """The dataset root, or FileNotFoundError naming the dataset."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{dataset}: dataset root not found: {root}")
+    return root
+
+
+def index_files(root: Path, extensions: Iterable[str]) -> dict[str, Path]:
+    """Map file stem -> path for every file under ``root`` with one of the extensions.
+
+    When a stem appears twice the first in sorted order wins, so the result is deterministic.
+    """
+    wanted = tuple(e.lower() for e in extensions)
+    found: dict[str, Path] = {}
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() in wanted and path.is_file():
+            found.setdefault(path.stem, path)
+    return found
+
+
+def find_one(root: Path, patterns: Iterable[str]) -> Path | None:
+    """The first file under ``root`` matching one of the glob patterns (tried in order)."""
+    for pattern in patterns:
+        hits = sorted(root.rglob(pattern))
+        if hits:
+            return hits[0]
+    return None
+
+
+def read_csv_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line, row)`` for each data row of a CSV (UTF-8, BOM tolerated)."""
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        for row in reader:
+            yield reader.line_num, {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+
+
+def require_columns(path: Path, row: dict[str, str], columns: Iterable[str]) -> None:
+    missing = [c for c in columns if c not in row]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; found {sorted(row)}")
+
+
+def check_media(row: ManifestRow, result: BuildResult) -> bool:
+    """Record every medium of ``row`` that is not on disk; True when all exist."""
+    ok = True
+    for name in MEDIA_FIELDS:
+        path = row.media_path(name)
+        if path is not None and not path.is_file():
+            result.missing.append(MissingMedia(row.id, name, str(path)))
+            ok = False
+    return ok
+
+
+def write_prepared(
+    dataset: str, root: Path, result: BuildResult, out: Path, *, keep_missing: bool = False
+) -> BuildSummary:
+    """Write the manifest (paths relative to its folder) and ``<out>.summary.json``.
+
+    Rows with missing media are left out of the manifest unless ``keep_missing`` (then the
+    data check quarantines them); either way each is listed in the summary.
+    """
+    out = Path(out)
+    missing_ids = {m.id for m in result.missing}
+    kept = [r for r in result.rows if keep_missing or r.id not in missing_ids]
+    base = out.parent.resolve()
+    written = []
+    for row in kept:
+        data = row.to_dict()
+        for name in MEDIA_FIELDS:
+            path = row.media_path(name)
+            if path is not None:
+                data[name] = os.path.relpath(path.resolve(), base)
+        written.append(data)
+    write_manifest(written, out)
+    splits: dict[str, int] = {}
+    labels: dict[str, int] = {}
+    for row in kept:
+        splits[row.split] = splits.get(row.split, 0) + 1
+        for label in row.labels:
+            labels[label] = labels.get(label, 0) + 1
+    summary = BuildSummary(
+        dataset=dataset,
+        root=str(root),
+        manifest=str(out),
+        num_rows=len(kept),
+        splits=dict(sorted(splits.items())),
+        labels=dict(sorted(labels.items())),
+        missing=[asdict(m) for m in result.missing],
+        skipped=result.skipped,
+        dropped_for_missing_media=len(result.rows) - len(kept),
+    )
+    summary_path = out.with_name(out.name + ".summary.json")
+    summary_path.write_text(
+        json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    return summary

@@ -1,0 +1,117 @@
+"""Any corpus described by one CSV or JSONL annotation file and a column mapping.
+
+``mapping`` maps manifest keys to annotation columns, e.g.
+``{"id": "clip", "video": "file", "labels": "emotion", "transcript": "text"}``. Columns not
+mapped go to ``extra``. ``labels`` is split on ``labels_sep`` (a JSON list is taken as is);
+media paths are relative to ``root``; ``split`` defaults to ``train``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from affect_llm.data.adapters.common import BuildResult, check_media, read_csv_rows, require_dir
+from affect_llm.data.manifest import MEDIA_FIELDS, REQUIRED_KEYS, ManifestRow
+
+MAPPABLE = frozenset(REQUIRED_KEYS)
+
+
+def parse_mapping(text: str) -> dict[str, str]:
+    """``"id=clip,video=file"`` -> ``{"id": "clip", "video": "file"}``.
+
+    Raises:
+        ValueError: On a malformed pair or a key that is not a manifest field.
+    """
+    mapping = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, column = pair.partition("=")
+        if not sep or not key.strip() or not column.strip():
+            raise ValueError(f"generic: mapping entry {pair!r} is not KEY=COLUMN")
+        if key.strip() not in MAPPABLE:
+            raise ValueError(
+                f"generic: {key.strip()!r} is not a manifest field; choose from {sorted(MAPPABLE)}"
+            )
+        mapping[key.strip()] = column.strip()
+    return mapping
+
+
+def _records(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    if path.suffix.lower() == ".csv":
+        return list(read_csv_rows(path))
+    records = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append((line_no, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{line_no}: invalid JSON: {exc.msg}") from exc
+    return records
+
+
+def _labels(value: Any, sep: str) -> list[str]:
+    if isinstance(value, list):
+        return [str(v).strip() for v in value if str(v).strip()]
+    if value is None:
+        return []
+    return [w.strip() for w in str(value).split(sep) if w.strip()]
+
+
+def _number(value: Any, where: str, key: str) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: column for {key!r} holds {value!r}, not a number") from exc
+
+
+def build(
+    root: Path,
+    *,
+    annotations: str | Path,
+    mapping: dict[str, str],
+    labels_sep: str = ",",
+    source: str = "generic",
+) -> BuildResult:
+    """Rows from an annotation file.
+
+    Raises:
+        FileNotFoundError: If the annotation file is missing.
+        ValueError: If ``id`` is not mapped, or a mapped column is missing from a record.
+    """
+    root = require_dir(root, "generic")
+    path = Path(annotations)
+    path = path if path.is_absolute() else root / path
+    if not path.is_file():
+        raise FileNotFoundError(f"generic: annotation file not found: {path}")
+    if "id" not in mapping:
+        raise ValueError("generic: the mapping must name the id column (id=COLUMN)")
+    result = BuildResult()
+    for line, rec in _records(path):
+        where = f"{path.name}:{line}"
+        absent = [col for col in mapping.values() if col not in rec]
+        if absent:
+            raise ValueError(f"{where}: column(s) {absent} not found; present: {sorted(rec)}")
+        values = {key: rec[col] for key, col in mapping.items()}
+        for name in MEDIA_FIELDS:
+            if values.get(name):
+                values[name] = str(root / str(values[name]))
+        row = ManifestRow(
+            id=str(values["id"]),
+            video=values.get("video") or None,
+            audio=values.get("audio") or None,
+            image=values.get("image") or None,
+            transcript=str(values["transcript"]) if values.get("transcript") else None,
+            labels=_labels(values.get("labels"), labels_sep),
+            explanation=str(values["explanation"]) if values.get("explanation") else None,
+            valence=_number(values.get("valence"), where, "valence"),
+            arousal=_number(values.get("arousal"), where, "arousal"),
+            split=str(values.get("split") or "train"),
+            source=str(values.get("source") or source),
+            extra={k: v for k, v in rec.items() if k not in mapping.values()},
+        )
+        check_media(row, result)
+        result.rows.append(row)
+    return result

@@ -1,0 +1,260 @@
+"""Sentences, cue phrases and reference explanations for the synthetic sample set.
+
+The text channel carries an emotion only through the words of the transcript. Every pool is split
+by a fixed rule (every third sentence is held out) so test sentences never appear in training,
+whatever the seed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Emotion = Literal["happy", "sad", "angry", "surprised"]
+Channel = Literal["audio", "face", "text"]
+
+EMOTIONS: tuple[str, ...] = ("happy", "sad", "angry", "surprised")
+NEUTRAL = "neutral"
+CHANNELS: tuple[str, ...] = ("audio", "face", "text")
+
+# Short sentences (4-7 words) so even slow, sad speech fits in the 3 s clip limit.
+SENTENCES: dict[str, tuple[str, ...]] = {
+    "happy": (
+        "This is the best day ever.",
+        "I am so glad you came.",
+        "We won the whole thing!",
+        "I love this so much.",
+        "What a wonderful surprise party.",
+        "I feel absolutely fantastic today.",
+        "This makes me really happy.",
+        "We are finally going home!",
+        "Everything worked out perfectly.",
+        "I passed all my exams!",
+        "You made my whole week.",
+        "What a lovely sunny morning.",
+        "I got the job!",
+        "This is pure joy.",
+        "We had so much fun.",
+        "I am thrilled for you.",
+        "Best news I have heard.",
+        "Life is wonderful right now.",
+        "I could dance all day.",
+        "Thank you, this is perfect.",
+        "Our team did great today.",
+        "I am delighted to be here.",
+        "That was a brilliant show.",
+        "We are going on holiday!",
+    ),
+    "sad": (
+        "I miss her every day.",
+        "Nothing ever goes right for me.",
+        "He is not coming back.",
+        "I feel so alone tonight.",
+        "We lost our old dog.",
+        "I failed again, as always.",
+        "Nobody remembered my birthday.",
+        "It is all my fault.",
+        "I cannot stop crying.",
+        "The house feels empty now.",
+        "I wish things were different.",
+        "My best friend moved away.",
+        "I have lost all hope.",
+        "Everything feels so heavy.",
+        "We never said goodbye.",
+        "I am tired of trying.",
+        "The letter brought bad news.",
+        "I will never see them again.",
+        "My heart is broken.",
+        "Nobody wants to listen.",
+        "I feel empty inside.",
+        "The garden died this winter.",
+        "I miss how it was.",
+        "It hurts to remember.",
+    ),
+    "angry": (
+        "Get out of my room!",
+        "How dare you lie to me!",
+        "This is completely unacceptable.",
+        "Stop touching my things!",
+        "I am sick of this!",
+        "You ruined everything again!",
+        "Do not ever call me.",
+        "That is a total insult.",
+        "I told you a hundred times!",
+        "Who broke my window?",
+        "You never listen to me!",
+        "I will not forgive this.",
+        "Stop wasting my time!",
+        "This is outrageous and unfair.",
+        "Give that back right now!",
+        "I am furious with you.",
+        "You cheated, admit it!",
+        "Enough of your excuses!",
+        "Leave me alone, I said!",
+        "They stole my bike again!",
+        "That was a rotten trick.",
+        "I hate being ignored!",
+        "Shut that noise off now!",
+        "You broke your promise!",
+    ),
+    "surprised": (
+        "Wait, you did what?",
+        "I cannot believe my eyes!",
+        "No way, is that real?",
+        "Oh, you are here already?",
+        "Really? Since when?",
+        "Wow, I never expected that!",
+        "What, it snowed in June?",
+        "You bought a boat?",
+        "Is that really you?",
+        "Where did that come from?",
+        "She said yes? Already?",
+        "Whoa, that was sudden!",
+        "You finished it so fast?",
+        "They are twins? Really?",
+        "How is that even possible?",
+        "Oh! I did not see you.",
+        "The shop closed? Just like that?",
+        "He can fly a plane?",
+        "What a shock that was!",
+        "You found it? Where?",
+        "It is already midnight?",
+        "That was totally unexpected!",
+        "You speak Japanese?",
+        "Seriously? Right now?",
+    ),
+    NEUTRAL: (
+        "The meeting starts at nine.",
+        "Please close the door.",
+        "The train leaves from platform two.",
+        "I put the keys on the table.",
+        "The report has four pages.",
+        "We need more paper.",
+        "The shop opens on Monday.",
+        "It is a blue car.",
+        "The box is in the kitchen.",
+        "I will call you later.",
+        "The bus comes every hour.",
+        "Turn left at the corner.",
+        "The file is on the desk.",
+        "Lunch is at twelve.",
+        "The window faces north.",
+        "He reads the newspaper.",
+        "The chair is made of wood.",
+        "We walked to the station.",
+        "The cup is on the shelf.",
+        "She works in an office.",
+        "The road goes to the village.",
+        "I bought some bread today.",
+        "The printer is downstairs.",
+        "The form has three fields.",
+    ),
+}
+
+# What each channel looks or sounds like per level; used both for explanations and evidence.
+VOICE_PHRASES: dict[str, str] = {
+    "happy": "the voice is high-pitched, fast and loud",
+    "sad": "the voice is low, slow and quiet",
+    "angry": "the voice is loud, harsh and fast",
+    "surprised": "the voice is very high and rises in pitch",
+    NEUTRAL: "the voice is even and moderate",
+}
+FACE_PHRASES: dict[str, str] = {
+    "happy": "the face smiles with upturned mouth corners",
+    "sad": "the face has a down-turned mouth and raised inner brows",
+    "angry": "the face has lowered, inward-slanted brows and a tight mouth",
+    "surprised": "the face has raised brows, wide eyes and an open round mouth",
+    NEUTRAL: "the face is neutral",
+}
+TEXT_PHRASES: dict[str, str] = {
+    "happy": "the words express joy",
+    "sad": "the words express loss and sorrow",
+    "angry": "the words are hostile and blaming",
+    "surprised": "the words express astonishment",
+    NEUTRAL: "the words are neutral",
+}
+EMOTION_NOUNS: dict[str, str] = {
+    "happy": "happiness",
+    "sad": "sadness",
+    "angry": "anger",
+    "surprised": "surprise",
+}
+# Circumplex coordinates in [-1, 1]; conflicting samples average the emotions shown.
+VALENCE_AROUSAL: dict[str, tuple[float, float]] = {
+    "happy": (0.8, 0.5),
+    "sad": (-0.7, -0.5),
+    "angry": (-0.6, 0.8),
+    "surprised": (0.2, 0.8),
+    NEUTRAL: (0.0, 0.0),
+}
+
+_PHRASES: dict[str, dict[str, str]] = {"audio": VOICE_PHRASES, "face": FACE_PHRASES, "text": TEXT_PHRASES}
+
+
+def sentence_pool(level: str, held_out: bool) -> tuple[str, ...]:
+    """Sentences of one level (an emotion or ``"neutral"``) for training or for the held-out test.
+
+    Args:
+        level: An emotion in ``EMOTIONS`` or ``"neutral"``.
+        held_out: True for the test pool (every third sentence), False for the rest.
+
+    Returns:
+        The sentences, in a fixed order.
+
+    Raises:
+        ValueError: If ``level`` is unknown.
+    """
+    if level not in SENTENCES:
+        raise ValueError(f"unknown sentence level {level!r}; expected one of {sorted(SENTENCES)}")
+    return tuple(s for i, s in enumerate(SENTENCES[level]) if (i % 3 == 2) == held_out)
+
+
+def channel_phrase(channel: str, level: str) -> str:
+    """What one channel shows at one level, e.g. ``"the voice is low, slow and quiet"``."""
+    if channel not in _PHRASES:
+        raise ValueError(f"unknown channel {channel!r}; expected one of {CHANNELS}")
+    return _PHRASES[channel][level]
+
+
+def evidence_for(cues: dict[str, str], transcript: str) -> dict[str, str]:
+    """Per-modality evidence keyed as in model answers (``audio``, ``video``, ``text``)."""
+    text = f'{channel_phrase("text", cues["text"])} ("{transcript}")'
+    return {
+        "audio": _capitalize(channel_phrase("audio", cues["audio"])) + ".",
+        "video": _capitalize(channel_phrase("face", cues["face"])) + ".",
+        "text": _capitalize(text) + ".",
+    }
+
+
+def labels_for(cues: dict[str, str]) -> list[str]:
+    """The emotions shown by any channel, in channel order, without repeats."""
+    labels: list[str] = []
+    for channel in CHANNELS:
+        level = cues[channel]
+        if level != NEUTRAL and level not in labels:
+            labels.append(level)
+    return labels
+
+
+def explanation_for(cues: dict[str, str]) -> str:
+    """Reference explanation that names each channel's cue and what it suggests.
+
+    Example: ``"The voice is high-pitched, fast and loud, which suggests happiness; the face is
+    neutral and the words are neutral."``
+    """
+    clauses = []
+    for channel in CHANNELS:
+        level = cues[channel]
+        phrase = channel_phrase(channel, level)
+        clauses.append(phrase if level == NEUTRAL else f"{phrase}, which suggests {EMOTION_NOUNS[level]}")
+    # A comma already follows a non-neutral face clause, so a semicolon keeps the list readable.
+    joiner = " and " if cues["face"] == NEUTRAL else "; and "
+    text = f"{clauses[0]}; {clauses[1]}{joiner}{clauses[2]}."
+    labels = labels_for(cues)
+    if len(labels) > 1:
+        shown = " and ".join(EMOTION_NOUNS[e] for e in labels)
+        text += f" The channels disagree, so the sample shows {shown}."
+    return _capitalize(text)
+
+
+def _capitalize(text: str) -> str:
+    return text[:1].upper() + text[1:]

@@ -1,0 +1,1 @@
+"""Evaluation: label metrics, plausibility judges, calibration and reports."""

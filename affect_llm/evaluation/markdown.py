@@ -1,0 +1,88 @@
+"""Render the evaluation report mapping as Markdown."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+GROUP_COLUMNS = ("count", "accuracy", "family_f1", "fine_f1", "hit_rate")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _group_table(title: str, groups: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    if not groups:
+        return []
+    rows = [[name, *(groups[name].get(c) for c in GROUP_COLUMNS)] for name in groups]
+    return ["", f"## {title}", "", *_table(["group", *GROUP_COLUMNS], rows)]
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """Markdown summary: coverage, headline metrics with CIs, closed-set, groups, judge, provenance."""
+    inputs, overall = report["inputs"], report["overall"]
+    lines = [
+        "# Evaluation report",
+        "",
+        f"Results `{inputs['results']['name']}` (sha256 `{inputs['results']['sha256'][:16]}`), "
+        f"references `{inputs['refs']['name']}` (sha256 `{inputs['refs']['sha256'][:16]}`).",
+        "",
+        f"Scored {report['coverage']['scored']} of {report['coverage']['references']} reference samples; "
+        f"missing {report['coverage']['missing']}, results without a reference {report['coverage']['extra']}.",
+        "",
+        "## Labels",
+        "",
+    ]
+    rows = []
+    for key in ("accuracy", "hit_rate", "family_f1", "fine_f1", "family_precision", "family_recall"):
+        ci = report["confidence_intervals"].get(key)
+        rows.append([key, overall.get(key), "-" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]"])
+    rows += [
+        ["parse_failure_rate", report["parse"]["failure_rate"], "-"],
+        ["unknown_word_rate", overall.get("unknown_word_rate"), "-"],
+    ]
+    lines += _table(["metric", "value", "95% CI"], rows)
+    closed, sentiment = report["closed_set"], report["sentiment"]
+    lines += [
+        "",
+        "## Closed set (first label's family) and sentiment",
+        "",
+        *_table(
+            ["metric", "value"],
+            [
+                ["WAF", closed["waf"]],
+                ["UAR", closed["uar"]],
+                ["WAR", closed["war"]],
+                ["sentiment WAF", sentiment["waf"]],
+            ],
+        ),
+    ]
+    lines += _group_table("By source", report["by_source"])
+    lines += _group_table("By cue", report["by_cue"])
+    judge = report["judge"]
+    lines += ["", "## Judge", ""]
+    if judge is None:
+        lines.append("No judge was used.")
+    else:
+        lines.append(f"Judge `{judge['identity']}`.")
+        lines += ["", *_table(["kind", "mean", "scored", "failed", "cached"], _judge_rows(judge))]
+    lines += ["", "## Provenance", "", f"Prompts: {', '.join(report['prompts']) or '-'}."]
+    lines += [f"Models: {', '.join(report['models']) or '-'}.", f"Taxonomy: `{report['taxonomy']}`."]
+    lines += ["", "Figures: " + ", ".join(f"`{name}`" for name in report["figures"]), ""]
+    return "\n".join(lines)
+
+
+def _judge_rows(judge: Mapping[str, Any]) -> list[list[Any]]:
+    return [
+        [kind, stats.get("mean"), stats.get("scored"), stats.get("failed"), stats.get("cached")]
+        for kind, stats in judge["kinds"].items()
+    ]

@@ -1,0 +1,282 @@
+"""Evaluate a results JSONL against a reference manifest and write a reproducible report.
+
+``report.json`` has sorted keys, rounded floats and no timestamps or absolute paths, so the same
+inputs give the same bytes. Only result rows whose id is in the references are scored; missing
+references and stray results are counted. Unparseable answers score zero and are counted as parse
+failures: they are never turned into a label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from affect_llm.evaluation import metrics
+from affect_llm.evaluation.judge.protocol import JUDGE_KINDS, Judge
+from affect_llm.evaluation.markdown import render_markdown
+from affect_llm.evaluation.plots import plot_confusion, plot_judge_histogram, plot_per_class
+from affect_llm.labels.taxonomy import DATA_PATH, Taxonomy, load_taxonomy
+
+CI_METRICS = ("accuracy", "hit_rate", "family_f1", "fine_f1", "family_precision", "family_recall")
+CUES = ("all", "audio", "face", "text", "conflict")
+FLOAT_DIGITS = 6
+
+
+class EvaluationError(ValueError):
+    """An input file is malformed (the message names the file and line)."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_jsonl(path: Path, required: Iterable[str] = ("id",)) -> list[dict[str, Any]]:
+    """Rows of a JSONL file.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        EvaluationError: A line is not a JSON object or lacks a required field (``file:line``).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"JSONL file not found: {path}")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EvaluationError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(row, dict):
+            raise EvaluationError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        for field in required:
+            if field not in row:
+                raise EvaluationError(f"{path}:{number}: field {field!r} missing")
+        rows.append(row)
+    return rows
+
+
+def _index_refs(rows: list[dict[str, Any]], path: Path) -> dict[str, dict[str, Any]]:
+    index: dict[str, dict[str, Any]] = {}
+    for number, row in enumerate(rows, start=1):
+        key = str(row["id"])
+        if key in index:
+            raise EvaluationError(f"{path}: duplicate reference id {key!r} (row {number})")
+        labels = row.get("labels")
+        if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+            raise EvaluationError(f"{path}: row id {key!r} field 'labels' must be a list of strings")
+        index[key] = row
+    return index
+
+
+def predicted_labels(row: dict[str, Any]) -> list[str] | None:
+    """Labels of a result row, or None when its answer did not parse."""
+    status = row.get("parse_status", "ok" if isinstance(row.get("labels"), list) else "unparseable")
+    labels = row.get("labels")
+    if status != "ok" or not isinstance(labels, list):
+        return None
+    return [str(x) for x in labels]
+
+
+def _round(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, FLOAT_DIGITS)
+    if isinstance(value, dict):
+        return {str(k): _round(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_round(v) for v in value]
+    return value
+
+
+def _grouped(pairs: list[tuple[dict, dict]], scores: list[metrics.SampleScores], key: Callable) -> dict:
+    groups: dict[str, list[metrics.SampleScores]] = {}
+    for (ref, _), score in zip(pairs, scores, strict=True):
+        name = key(ref)
+        if name is not None:
+            groups.setdefault(str(name), []).append(score)
+    return {name: metrics.aggregate(groups[name]) for name in sorted(groups)}
+
+
+def _cue(ref: dict[str, Any]) -> str | None:
+    extra = ref.get("extra")
+    return extra.get("cue") if isinstance(extra, dict) else None
+
+
+def _closed_set(pairs: list[tuple[dict, dict]], taxonomy: Taxonomy) -> tuple[dict, dict]:
+    labelled = [(ref, res) for ref, res in pairs if ref.get("labels")]
+    y_true = [metrics.top_family(ref["labels"], taxonomy) for ref, _ in labelled]
+    y_pred = [metrics.top_family(predicted_labels(res), taxonomy) for _, res in labelled]
+    order = list(taxonomy.families)
+    classes = [c for c in order if c in y_true] + sorted(set(y_true) - set(order))
+    scores = metrics.classification_scores(y_true, y_pred)
+    return scores, metrics.confusion_matrix(y_true, y_pred, classes)
+
+
+def _sentiment(pairs: list[tuple[dict, dict]], taxonomy: Taxonomy) -> dict:
+    y_true, y_pred = [], []
+    for ref, res in pairs:
+        valence = ref.get("valence")
+        if isinstance(valence, int | float) and not isinstance(valence, bool):
+            truth = metrics.sentiment_of_value(float(valence))
+        else:
+            truth = metrics.sentiment_of_labels(ref.get("labels"), taxonomy)
+        if truth != metrics.NO_PREDICTION:
+            y_true.append(truth)
+            y_pred.append(metrics.sentiment_of_labels(predicted_labels(res), taxonomy))
+    scores = metrics.classification_scores(y_true, y_pred)
+    return {"waf": scores["waf"], "war": scores["war"], "count": len(y_true)}
+
+
+def _judge_texts(ref: dict, res: dict, kind: str) -> tuple[str, str] | None:
+    """(reference, prediction) texts for one judge kind; None when the reference lacks them.
+
+    An unparseable answer is judged as an empty prediction (the judges score that 1).
+    """
+    parsed = predicted_labels(res) is not None
+    if kind == "clue":
+        if not ref.get("explanation"):
+            return None
+        prediction = str(res.get("explanation") or "") if parsed else ""
+        return str(ref["explanation"]), prediction
+    if not ref.get("labels"):
+        return None
+    return ", ".join(ref["labels"]), ", ".join(predicted_labels(res) or [])
+
+
+def _run_judge(judge: Judge, pairs: list[tuple[dict, dict]]) -> tuple[dict, dict[str, list[float]]]:
+    kinds: dict[str, Any] = {}
+    values: dict[str, list[float]] = {}
+    for kind in JUDGE_KINDS:
+        scored, failed, cached = [], 0, 0
+        for ref, res in pairs:
+            texts = _judge_texts(ref, res, kind)
+            if texts is None:
+                continue
+            result = judge.score(texts[0], texts[1], kind)
+            cached += int(result.cached)
+            if result.score is None:
+                failed += 1
+            else:
+                scored.append(float(result.score))
+        mean = sum(scored) / len(scored) if scored else None
+        kinds[kind] = {"mean": mean, "scored": len(scored), "failed": failed, "cached": cached}
+        values[kind] = scored
+    histogram = {k: dict(sorted(Counter(str(round(v)) for v in vs).items())) for k, vs in values.items()}
+    return {"identity": judge.identity, "kinds": kinds, "histogram": histogram}, values
+
+
+def _write_figures(out_dir: Path, per_class: dict, confusion: dict, judge_values: dict | None) -> list[str]:
+    names = ["confusion_matrix.png", "per_class.png"]
+    plot_confusion(confusion, out_dir / names[0])
+    plot_per_class(per_class, out_dir / names[1])
+    if judge_values is not None:
+        names.append("judge_histogram.png")
+        plot_judge_histogram(judge_values, out_dir / names[2])
+    return names
+
+
+def evaluate(
+    results_path: str | Path,
+    refs_path: str | Path,
+    out_dir: str | Path,
+    judge: Judge | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Score results against references; write ``report.json``, ``report.md`` and PNG figures.
+
+    Args:
+        results_path: JSONL written by ``affect-llm explain``.
+        refs_path: Reference manifest JSONL.
+        out_dir: Output folder (created).
+        judge: Optional plausibility judge for EMER clue/label overlap.
+        seed: Bootstrap seed.
+
+    Returns:
+        The report mapping (as written to ``report.json``).
+    """
+    results_path, refs_path, out_dir = Path(results_path), Path(refs_path), Path(out_dir)
+    taxonomy = load_taxonomy()
+    refs = _index_refs(read_jsonl(refs_path), refs_path)
+    result_rows = read_jsonl(results_path)
+    # A resumed run appends: the last row of an id wins.
+    results = {str(row["id"]): row for row in result_rows}
+    pairs = [(refs[key], results[key]) for key in refs if key in results]
+    scores = [
+        metrics.score_sample(ref.get("labels") or [], predicted_labels(res), taxonomy) for ref, res in pairs
+    ]
+    closed, confusion = _closed_set(pairs, taxonomy)
+    judge_report, judge_values = _run_judge(judge, pairs) if judge is not None else (None, None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "inputs": {
+            "results": {
+                "name": results_path.name,
+                "sha256": sha256_file(results_path),
+                "rows": len(result_rows),
+            },
+            "refs": {"name": refs_path.name, "sha256": sha256_file(refs_path), "rows": len(refs)},
+        },
+        "coverage": _coverage(refs, results, len(result_rows)),
+        "overall": metrics.aggregate(scores),
+        "confidence_intervals": _confidence_intervals(scores, seed),
+        "parse": _parse_summary(pairs),
+        "closed_set": {**closed, "confusion": confusion},
+        "sentiment": _sentiment(pairs, taxonomy),
+        "by_source": _grouped(pairs, scores, lambda ref: ref.get("source")),
+        "by_cue": _grouped(pairs, scores, _cue),
+        "judge": judge_report,
+        "prompts": sorted({str(res["prompt"]) for _, res in pairs if res.get("prompt")}),
+        "models": sorted({str(res["model"]) for _, res in pairs if res.get("model")}),
+        "taxonomy": f"{DATA_PATH.name}#{sha256_file(DATA_PATH)[:12]}",
+        "seed": seed,
+    }
+    report["figures"] = _write_figures(out_dir, closed["per_class"], confusion, judge_values)
+    report = _round(report)
+    text = json.dumps(report, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+    (out_dir / "report.json").write_text(text, encoding="utf-8")
+    (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    return report
+
+
+def _coverage(refs: dict[str, dict], results: dict[str, dict], num_rows: int) -> dict[str, Any]:
+    scored = sum(key in results for key in refs)
+    return {
+        "references": len(refs),
+        "scored": scored,
+        "missing": len(refs) - scored,
+        "missing_ids": sorted(key for key in refs if key not in results)[:50],
+        "extra": sum(key not in refs for key in results),
+        "duplicate_result_rows": num_rows - len(results),
+    }
+
+
+def _parse_summary(pairs: list[tuple[dict, dict]]) -> dict[str, Any]:
+    statuses = Counter(str(res.get("parse_status", "ok")) for _, res in pairs)
+    failures = sum(predicted_labels(res) is None for _, res in pairs)
+    return {
+        "failure_rate": failures / len(pairs) if pairs else 0.0,
+        "statuses": dict(sorted(statuses.items())),
+    }
+
+
+def _confidence_intervals(scores: list[metrics.SampleScores], seed: int) -> dict[str, list[float]]:
+    # One seed per metric keeps each interval stable when metrics are added or removed.
+    return {
+        key: list(metrics.bootstrap_ci([_sample_value(s, key) for s in scores], seed=seed + offset))
+        for offset, key in enumerate(CI_METRICS)
+    }
+
+
+def _sample_value(score: metrics.SampleScores, key: str) -> float:
+    if key in ("accuracy", "hit_rate"):
+        return float(score.correct if key == "accuracy" else score.hit)
+    level, _, name = key.partition("_")
+    return float(getattr(getattr(score, level), name))

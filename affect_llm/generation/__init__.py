@@ -1,0 +1,1 @@
+"""Answers out: generation backends, batch explanation, chat, and the Python pipeline."""

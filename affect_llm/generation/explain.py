@@ -1,0 +1,215 @@
+"""Batch explanation of a manifest: resumable, sharded, one JSONL row per clip.
+
+A rerun skips ids already in the output; rows are appended and flushed batch by batch, so a crash
+loses at most the batch in flight. A clip that fails to decode, or whose answer does not parse, is
+recorded with the reason and the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from affect_llm.data.manifest import ManifestRow, load_manifest
+from affect_llm.generation.backends import DecodingSettings, GenerationBackend, GenerationRequest
+from affect_llm.labels.parse import parse_answer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExplainSettings:
+    """Options of a batch run.
+
+    Attributes:
+        task: Task template (``reason``, ``perceive``, ``align``).
+        batch_size: Clips per generation batch.
+        split: Only rows of this split (None: every row).
+        shard: ``(index, count)``: this run takes the ids whose hash falls in its shard.
+        limit: Stop after this many new rows (None: all).
+    """
+
+    task: str = "reason"
+    batch_size: int = 8
+    split: str | None = None
+    shard: tuple[int, int] = (0, 1)
+    limit: int | None = None
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError as error:
+        raise ValueError(f"--shard {text!r}: expected i/n, e.g. 0/4") from error
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {text!r}: need 0 <= i < n")
+    return index, count
+
+
+def in_shard(row_id: str, shard: tuple[int, int]) -> bool:
+    # A hash, not the row position, so shards stay stable when the manifest is reordered.
+    digest = int(hashlib.sha256(row_id.encode()).hexdigest()[:8], 16)
+    return digest % shard[1] == shard[0]
+
+
+def done_ids(out_path: Path) -> set[str]:
+    """Ids already written; a torn last line (crash mid-write) is ignored and rewritten."""
+    ids: set[str] = set()
+    if not out_path.is_file():
+        return ids
+    with out_path.open(encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                ids.add(json.loads(line)["id"])
+            except (json.JSONDecodeError, KeyError):
+                continue
+    return ids
+
+
+def _truncate_torn_tail(out_path: Path) -> None:
+    if not out_path.is_file():
+        return
+    data = out_path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        out_path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def result_row(row: ManifestRow, raw: str | None, error: str | None, task: str, identity: dict, timings: dict) -> dict:
+    """One output row: the parsed answer, the raw text and its parse status, and provenance."""
+    base = {"id": row.id, "raw": raw, "task": task, **identity, "timings": timings}
+    if error is not None:
+        return {**base, "labels": None, "explanation": None, "evidence": None, "parse_status": "failed", "error": error}
+    parsed = parse_answer(raw, require_labels=task != "align")
+    if not parsed.ok:
+        return {**base, "labels": None, "explanation": None, "evidence": None, "parse_status": "unparseable",
+                "error": parsed.error}
+    answer = parsed.answer.to_dict()
+    return {**base, **answer, "parse_status": "ok", "error": None}
+
+
+class BatchExplainer:
+    """Runs a backend over manifest rows.
+
+    Args:
+        backend: The generation backend.
+        featurize: Callable mapping rows to ``{id: features}``, recording failures in ``.failures``.
+        processor: Builds the prompts.
+        identity: Model and prompt provenance written into every row.
+    """
+
+    def __init__(self, backend: GenerationBackend, featurizer: Any, processor: Any, identity: dict[str, Any]) -> None:
+        self.backend = backend
+        self.featurizer = featurizer
+        self.processor = processor
+        self.identity = identity
+
+    def _requests(self, rows: list[ManifestRow], features: dict, task: str) -> list[GenerationRequest]:
+        requests = []
+        for row in rows:
+            feats = features[row.id]
+            modalities = sorted({key.split("_", 1)[0] for key in feats})
+            messages = self.processor.build_messages(task, modalities, transcript=row.transcript)
+            requests.append(GenerationRequest(messages, feats))
+        return requests
+
+    def run(
+        self, rows: Iterable[ManifestRow], out_path: Path, settings: ExplainSettings, decoding: DecodingSettings,
+        progress: Any = None,
+    ) -> dict[str, int]:
+        """Explain every pending row; returns counts (``written``, ``skipped``, ``failed``, ``unparseable``)."""
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        _truncate_torn_tail(out_path)
+        already = done_ids(out_path)
+        pending = [r for r in rows if (settings.split is None or r.split == settings.split)
+                   and in_shard(r.id, settings.shard) and r.id not in already]
+        if settings.limit is not None:
+            pending = pending[: settings.limit]
+        # Similar prompt lengths in one batch waste less padding.
+        pending.sort(key=lambda r: (len(r.transcript or ""), r.modalities(), r.id))
+        counts = {"written": 0, "skipped": len(already), "failed": 0, "unparseable": 0}
+        with out_path.open("a", encoding="utf-8") as handle:
+            for start in range(0, len(pending), settings.batch_size):
+                batch = pending[start : start + settings.batch_size]
+                lines = self._explain_batch(batch, settings.task, decoding)
+                for line in lines:
+                    handle.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
+                    counts["written"] += 1
+                    counts["failed"] += line["parse_status"] == "failed"
+                    counts["unparseable"] += line["parse_status"] == "unparseable"
+                handle.flush()
+                os.fsync(handle.fileno())
+                if progress is not None:
+                    progress(len(batch))
+        return counts
+
+    def _explain_batch(self, batch: list[ManifestRow], task: str, decoding: DecodingSettings) -> list[dict]:
+        started = time.perf_counter()
+        features = self.featurizer(batch)
+        featurize_s = (time.perf_counter() - started) / max(1, len(batch))
+        good = [r for r in batch if r.id in features]
+        lines = []
+        for row in batch:
+            if row.id not in features:
+                reason = self.featurizer.failures.get(row.id, "media could not be decoded")
+                lines.append(result_row(row, None, reason, task, self.identity, {"featurize_s": featurize_s}))
+        started = time.perf_counter()
+        try:
+            texts = self.backend.generate(self._requests(good, features, task), decoding)
+        except (RuntimeError, ValueError) as error:  # one bad batch must not end the run
+            logger.error("generation failed for %s: %s", [r.id for r in good], error)
+            texts = None
+            failure = f"generation failed: {error}"
+        generate_s = (time.perf_counter() - started) / max(1, len(good))
+        timings = {"featurize_s": round(featurize_s, 4), "generate_s": round(generate_s, 4)}
+        for i, row in enumerate(good):
+            if texts is None:
+                lines.append(result_row(row, None, failure, task, self.identity, timings))
+            else:
+                lines.append(result_row(row, texts[i], None, task, self.identity, timings))
+        return lines
+
+
+def explain_manifest(
+    manifest: str | Path,
+    out_path: str | Path,
+    checkpoint: str | Path,
+    settings: ExplainSettings | None = None,
+    decoding: DecodingSettings | None = None,
+    backend: str = "hf",
+    feature_cache: str | None = None,
+    num_frames: int | None = None,
+    models_dir: Path | None = None,
+    progress: Any = None,
+) -> dict[str, int]:
+    """Load a checkpoint and explain a manifest into ``out_path`` (see :class:`BatchExplainer`)."""
+    from affect_llm.data.cache import FeatureCache
+    from affect_llm.generation.backends import load_backend
+    from affect_llm.modeling.checkpoint import read_metadata
+    from affect_llm.processing.featurize import MediaFeaturizer, MediaOptions
+
+    settings = settings or ExplainSettings()
+    decoding = decoding or DecodingSettings()
+    rows = load_manifest(manifest)
+    meta = read_metadata(checkpoint)
+    hf = load_backend("hf", str(checkpoint), models_dir)
+    active = hf if backend == "hf" else load_backend(backend, str(checkpoint), models_dir)
+    train_frames = (meta.get("config") or {}).get("data", {}).get("num_frames", 4)
+    options = MediaOptions(num_frames=num_frames or train_frames)
+    featurizer = MediaFeaturizer(hf.model, hf.processor, FeatureCache(feature_cache) if feature_cache else None, options)
+    identity = {
+        "model": str(checkpoint),
+        "model_step": meta.get("step"),
+        "prompt": hf.processor.prompt.ref,
+        "backend": active.name,
+        "decoding": decoding.as_dict(),
+    }
+    explainer = BatchExplainer(active, featurizer, hf.processor, identity)
+    return explainer.run(rows, Path(out_path), settings, decoding, progress)

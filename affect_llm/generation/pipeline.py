@@ -1,0 +1,99 @@
+"""``AffectPipeline``: ask a checkpoint about one clip from Python, or hold a conversation about it.
+
+    from affect_llm.generation.pipeline import AffectPipeline
+    pipe = AffectPipeline("runs/embedded/final")
+    answer = pipe(video="clip.mp4", audio="clip.wav")          # structured answer (reason task)
+    text = pipe.ask("Why do you think so?")                      # follow-up on the same clip
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from affect_llm.data.manifest import ManifestRow
+from affect_llm.generation.backends import DecodingSettings, GenerationRequest, HFBackend
+from affect_llm.labels.parse import parse_answer
+from affect_llm.processing.featurize import MediaFeaturizer, MediaOptions
+
+
+class AffectPipeline:
+    """A loaded checkpoint plus the state of one conversation (clip features and chat history).
+
+    Args:
+        checkpoint: A checkpoint folder written by training or ``affect-llm merge``.
+        decoding: Decoding settings (greedy by default).
+        models_dir: Where embedded models were prepared.
+    """
+
+    def __init__(self, checkpoint: str | Path, decoding: DecodingSettings | None = None,
+                 models_dir: Path | None = None) -> None:
+        from affect_llm.generation.backends import load_backend
+        from affect_llm.modeling.checkpoint import read_metadata
+
+        self.backend: HFBackend = load_backend("hf", str(checkpoint), models_dir)
+        self.processor = self.backend.processor
+        meta = read_metadata(checkpoint)
+        num_frames = (meta.get("config") or {}).get("data", {}).get("num_frames", 4)
+        self.featurizer = MediaFeaturizer(self.backend.model, self.processor, None, MediaOptions(num_frames=num_frames))
+        self.decoding = decoding or DecodingSettings()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the clip and the history."""
+        self.features: dict[str, Any] = {}
+        self.transcript: str | None = None
+        self.messages: list[dict[str, str]] = []
+
+    def attach(self, video: str | None = None, audio: str | None = None, image: str | None = None,
+               transcript: str | None = None) -> list[str]:
+        """Decode and encode a clip for the next questions; returns the modalities the model sees.
+
+        Raises:
+            ValueError: If the media cannot be decoded (the message names the file and field).
+        """
+        self.reset()
+        if not (video or audio or image):
+            self.transcript = transcript
+            return []
+        row = ManifestRow(id="chat", video=video, audio=audio, image=image, transcript=transcript)
+        features = self.featurizer([row])
+        if "chat" not in features:
+            raise ValueError(self.featurizer.failures.pop("chat", "the clip could not be decoded"))
+        self.features = features["chat"]
+        self.transcript = transcript
+        return sorted({key.split("_", 1)[0] for key in self.features})
+
+    def _first_turn(self, question: str | None, task: str) -> list[dict[str, str]]:
+        modalities = sorted({key.split("_", 1)[0] for key in self.features})
+        return self.processor.build_messages(task, modalities, transcript=self.transcript, question=question)
+
+    def _request(self, question: str | None, task: str) -> GenerationRequest:
+        if not self.messages:
+            messages = self._first_turn(question, task)
+        else:
+            messages = [*self.messages, {"role": "user", "content": question or ""}]
+        return GenerationRequest(messages, self.features)
+
+    def ask(self, question: str | None = None, task: str = "reason") -> str:
+        """One turn: the model's text reply (kept in the history)."""
+        return "".join(self.stream(question, task))
+
+    def stream(self, question: str | None = None, task: str = "reason") -> Iterator[str]:
+        """One turn, yielding text pieces as they are generated."""
+        request = self._request(question, task)
+        pieces = []
+        for piece in self.backend.stream(request, self.decoding):
+            pieces.append(piece)
+            yield piece
+        self.messages = [*request.messages, {"role": "assistant", "content": "".join(pieces)}]
+
+    def __call__(self, video: str | None = None, audio: str | None = None, image: str | None = None,
+                 transcript: str | None = None, question: str | None = None, task: str = "reason") -> dict[str, Any]:
+        """Attach a clip and answer one question; returns the parsed answer, the raw text and the parse status."""
+        self.attach(video, audio, image, transcript)
+        raw = self.ask(question, task)
+        parsed = parse_answer(raw, require_labels=task != "align")
+        answer = parsed.answer.to_dict() if parsed.ok else {"labels": None, "explanation": None, "evidence": None}
+        return {**answer, "raw": raw, "parse_status": "ok" if parsed.ok else "unparseable", "error": parsed.error}

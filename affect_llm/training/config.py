@@ -1,0 +1,243 @@
+"""Typed training configuration: a model, datasets, and a curriculum of stages.
+
+A config is YAML; ``key=value`` overrides address fields with dots (``train.batch_size=4``,
+``stages.0.steps=10``). Everything is checked before any compute: unknown keys, stages naming
+datasets that are not declared, unknown trainable groups, tasks the prompt file lacks.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from affect_llm.modeling.builder import ModelSpec
+from affect_llm.modeling.trainable import TRAINABLE_GROUPS, LoraSettings
+
+ORDERS = ("shuffle", "easy_to_hard")
+SCHEDULES = ("constant", "linear", "cosine")
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+def _build(cls: type, data: dict[str, Any] | None, where: str) -> Any:
+    data = dict(data or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known keys: {sorted(known)}")
+    return cls(**data)
+
+
+@dataclass
+class DatasetConfig:
+    """One dataset: a manifest and the splits used for training and validation."""
+
+    manifest: str
+    train_split: str = "train"
+    val_split: str = "val"
+
+
+@dataclass
+class StageConfig:
+    """One curriculum stage.
+
+    Attributes:
+        name: Folder name of the stage's output under ``<run_dir>/stages``.
+        datasets: Dataset name -> mixture weight (sampling probability, normalised).
+        tasks: Task template (``align``, ``perceive``, ``reason``) -> mixture weight.
+        trainable: Named groups to train (``projectors``, ``lora``, ``llm``, ``encoders``).
+        lr: Peak learning rate.
+        schedule: ``constant``, ``linear`` or ``cosine`` decay after warmup.
+        warmup_steps: Linear warmup steps.
+        steps: Optimizer steps; or use ``epochs`` (passes over the stage's training rows).
+        epochs: Alternative to ``steps``.
+        order: ``shuffle``, or ``easy_to_hard`` by the rows' ``extra.difficulty``.
+        init: ``previous`` (the previous stage's output), ``base`` (fresh model), or a checkpoint path.
+    """
+
+    name: str
+    datasets: dict[str, float]
+    tasks: dict[str, float]
+    trainable: list[str]
+    lr: float = 1e-4
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    steps: int | None = None
+    epochs: float | None = None
+    order: str = "shuffle"
+    init: str = "previous"
+
+    def check(self, declared: set[str], tasks: set[str]) -> None:
+        where = f"stage {self.name!r}"
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError(f"{where}: set exactly one of steps or epochs")
+        for name in self.datasets:
+            if name not in declared:
+                raise ValueError(f"{where}: dataset {name!r} is not declared under data.datasets ({sorted(declared)})")
+        bad_groups = sorted(set(self.trainable) - set(TRAINABLE_GROUPS))
+        if bad_groups or not self.trainable:
+            raise ValueError(f"{where}: trainable groups {bad_groups or '[]'} invalid; known: {list(TRAINABLE_GROUPS)}")
+        bad_tasks = sorted(set(self.tasks) - tasks)
+        if bad_tasks:
+            raise ValueError(f"{where}: tasks {bad_tasks} not in the prompt file (known: {sorted(tasks)})")
+        if self.order not in ORDERS:
+            raise ValueError(f"{where}: order={self.order!r}; expected one of {ORDERS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"{where}: schedule={self.schedule!r}; expected one of {SCHEDULES}")
+        if any(w <= 0 for w in [*self.datasets.values(), *self.tasks.values()]):
+            raise ValueError(f"{where}: mixture weights must be positive")
+
+
+@dataclass
+class DataConfig:
+    """Datasets and how their media are read.
+
+    Attributes:
+        datasets: Name -> dataset.
+        num_frames: Frames sampled per video.
+        detect_faces: Crop faces from frames.
+        feature_cache: Folder of the feature cache (None: keep features in memory only).
+        decode_workers: Threads decoding media.
+    """
+
+    datasets: dict[str, DatasetConfig]
+    num_frames: int = 4
+    detect_faces: bool = True
+    feature_cache: str | None = None
+    decode_workers: int = 2
+
+
+@dataclass
+class TrainSettings:
+    """Loop settings shared by all stages.
+
+    Attributes:
+        batch_size: Samples per process per micro-batch.
+        grad_accum: Micro-batches per optimizer step.
+        precision: ``no``, ``bf16`` or ``fp16`` (accelerate mixed precision).
+        gradient_checkpointing: Checkpoint LLM layers.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: Gradient clipping.
+        log_every: Steps between log lines and TensorBoard points.
+        checkpoint_every: Steps between resumable training-state checkpoints (0: stage end only).
+        eval_every: Steps between validation passes (0: stage end only).
+        val_max_samples: Cap on validation rows.
+        tensorboard: Write TensorBoard event files.
+        wandb: Also log to Weights & Biases (needs the wandb package and a login).
+    """
+
+    batch_size: int = 8
+    grad_accum: int = 1
+    precision: str = "no"
+    gradient_checkpointing: bool = False
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    log_every: int = 10
+    checkpoint_every: int = 0
+    eval_every: int = 0
+    val_max_samples: int = 64
+    tensorboard: bool = True
+    wandb: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision={self.precision!r}; expected one of {PRECISIONS}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("train.batch_size and train.grad_accum must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    """A whole run: model, LoRA, data, loop settings and stages."""
+
+    run_dir: str
+    model: ModelSpec
+    data: DataConfig
+    stages: list[StageConfig]
+    train: TrainSettings = field(default_factory=TrainSettings)
+    lora: LoraSettings | None = None
+    seed: int = 0
+    prompt_version: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], task_names: set[str]) -> TrainConfig:
+        raw = dict(raw)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"config: unknown keys {unknown}; known keys: {sorted(known)}")
+        for required in ("run_dir", "model", "data", "stages"):
+            if required not in raw:
+                raise ValueError(f"config: missing key {required!r}")
+        data_raw = dict(raw["data"])
+        data_raw["datasets"] = {
+            name: _build(DatasetConfig, spec, f"data.datasets.{name}") for name, spec in data_raw.get("datasets", {}).items()
+        }
+        config = cls(
+            run_dir=raw["run_dir"],
+            model=ModelSpec.from_dict(raw["model"]),
+            data=_build(DataConfig, data_raw, "data"),
+            stages=[_build(StageConfig, s, f"stages.{i}") for i, s in enumerate(raw["stages"])],
+            train=_build(TrainSettings, raw.get("train"), "train"),
+            lora=_build(LoraSettings, raw["lora"], "lora") if raw.get("lora") else None,
+            seed=raw.get("seed", 0),
+            prompt_version=raw.get("prompt_version"),
+        )
+        config.check(task_names)
+        return config
+
+    def check(self, task_names: set[str]) -> None:
+        names = [s.name for s in self.stages]
+        if not names:
+            raise ValueError("config: stages is empty")
+        if len(set(names)) != len(names):
+            raise ValueError(f"config: stage names repeat: {names}")
+        for stage in self.stages:
+            stage.check(set(self.data.datasets), task_names)
+            if "lora" in stage.trainable and self.lora is None:
+                raise ValueError(f"stage {stage.name!r} trains 'lora' but the config has no lora: block")
+        if self.stages[0].init == "previous":
+            self.stages[0].init = "base"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a raw config mapping."""
+    raw = copy.deepcopy(raw)
+    for override in overrides:
+        if "=" not in override:
+            raise ValueError(f"override {override!r}: expected key=value")
+        dotted, text = override.split("=", 1)
+        keys = dotted.split(".")
+        node: Any = raw
+        for key in keys[:-1]:
+            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+        last = keys[-1]
+        value = yaml.safe_load(text)
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, task_names: set[str] | None = None) -> TrainConfig:
+    """Read a YAML config, apply overrides, and validate it (relative paths stay relative to the cwd)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: training config not found")
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw = apply_overrides(raw, overrides or [])
+    if task_names is None:
+        from affect_llm.prompts import load_prompt
+
+        task_names = set(load_prompt("tasks", raw.get("prompt_version"))["tasks"])
+    try:
+        return TrainConfig.from_dict(raw, task_names)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: {error}") from error

@@ -1,0 +1,78 @@
+"""Run visibility: a progress bar with ETA, loss, tokens/s and samples/s; TensorBoard (and wandb) scalars."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("affect_llm.training")
+
+
+class RunLogger:
+    """Progress bar on the main process, TensorBoard events under ``<run_dir>/tensorboard``, and a JSONL log."""
+
+    def __init__(self, run_dir: Path, is_main: bool, settings: Any) -> None:
+        self.is_main = is_main
+        self.settings = settings
+        self.stage = ""
+        self.bar = None
+        self.writer = None
+        self.wandb = None
+        self.global_step = 0
+        if not is_main:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = (run_dir / "log.jsonl").open("a")
+        if settings.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        if settings.wandb:
+            import wandb  # optional dependency, only when asked for
+
+            self.wandb = wandb.init(project="affect-llm", dir=str(run_dir))
+
+    def start_stage(self, name: str, total: int, initial: int) -> None:
+        self.stage = name
+        if self.is_main:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=f"stage {name}", dynamic_ncols=True)
+
+    def step(self, step: int, loss: float, lr: float, tokens_per_s: float, samples_per_s: float) -> None:
+        if not self.is_main:
+            return
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:.0f}", samples_s=f"{samples_per_s:.1f}")
+        record = {"stage": self.stage, "step": step, "loss": loss, "lr": lr,
+                  "tokens_per_s": tokens_per_s, "samples_per_s": samples_per_s}
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        if step % max(1, self.settings.log_every) == 0:
+            for key in ("loss", "lr", "tokens_per_s", "samples_per_s"):
+                self.scalar(f"train/{key}", record[key], step)
+
+    def scalar(self, name: str, value: float | None, step: int) -> None:
+        if not self.is_main or value is None:
+            return
+        tag = f"{self.stage}/{name}"
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
+        if self.wandb is not None:
+            self.wandb.log({tag: value}, step=step)
+
+    def end_stage(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def close(self) -> None:
+        self.end_stage()
+        if self.is_main:
+            self.jsonl.close()
+            if self.writer is not None:
+                self.writer.close()
+            if self.wandb is not None:
+                self.wandb.finish()

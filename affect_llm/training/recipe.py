@@ -1,0 +1,352 @@
+"""The curriculum recipe: one class, named phases, one CPU to many GPUs through accelerate.
+
+    affect-llm train training/smoke.yaml                      # one process
+    accelerate launch --config_file training/accelerate/ddp.yaml -m affect_llm.cli.main \
+        train training/gpu_7b_qlora.yaml                      # many
+
+Phases: ``setup_data`` (manifests, splits), ``setup_model`` (fresh or the previous stage's output,
+loaded strictly), ``featurize`` (frozen-encoder features through the cache), ``train_stage``
+(optimizer steps with accumulation, validation, best-checkpoint selection on the validation split),
+``save_checkpoint``. Finished stages are skipped on rerun; ``resume`` continues a stage mid-way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import get_scheduler
+
+from affect_llm.data.cache import FeatureCache
+from affect_llm.data.manifest import ManifestRow, load_manifest, manifest_sha256
+from affect_llm.modeling.builder import build_model
+from affect_llm.modeling.checkpoint import load_checkpoint, save_checkpoint
+from affect_llm.modeling.model import AffectForConditionalGeneration
+from affect_llm.modeling.trainable import apply_lora, enable_gradient_checkpointing, set_trainable
+from affect_llm.processing.featurize import MediaFeaturizer, MediaOptions
+from affect_llm.processing.processor import IGNORE_INDEX, AffectProcessor
+from affect_llm.training.config import StageConfig, TrainConfig
+from affect_llm.training.logging import RunLogger
+from affect_llm.training.schedule import Sample, build_schedule, stage_num_steps
+from affect_llm.training.state import (
+    commit_training_state,
+    git_commit,
+    library_versions,
+    load_training_state,
+    save_training_state,
+)
+from affect_llm.training.targets import answer_for
+
+logger = logging.getLogger(__name__)
+DONE_FILE = "stage_done.json"
+
+
+class CurriculumRecipe:
+    """Runs every stage of a :class:`TrainConfig` in order.
+
+    Args:
+        config: The validated config.
+        resume: Continue a stage from its last training-state checkpoint.
+        models_dir: Where embedded models were prepared (default: the cache).
+    """
+
+    def __init__(self, config: TrainConfig, resume: bool = False, models_dir: Path | None = None) -> None:
+        self.config = config
+        self.resume = resume
+        self.models_dir = models_dir
+        self.run_dir = Path(config.run_dir)
+        settings = config.train
+        self.accelerator = Accelerator(mixed_precision=settings.precision, cpu=not torch.cuda.is_available())
+        self.world = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        self.rows: dict[str, dict[str, list[ManifestRow]]] = {}
+        self.features: dict[str, dict[str, torch.Tensor]] = {}
+        self.failures: dict[str, str] = {}
+        self.stop_after_steps: int | None = None  # testing hook: simulate a crash after N steps
+        self.log: RunLogger | None = None
+
+    # -- phases -------------------------------------------------------------------------------------
+    def setup_data(self) -> None:
+        """Load every declared manifest and split it; bad rows are refused later by name."""
+        for name, dataset in self.config.data.datasets.items():
+            rows = load_manifest(dataset.manifest)
+            self.rows[name] = {
+                "train": [r for r in rows if r.split == dataset.train_split],
+                "val": [r for r in rows if r.split == dataset.val_split],
+            }
+            if not self.rows[name]["train"]:
+                raise ValueError(f"dataset {name!r} ({dataset.manifest}): no rows in split {dataset.train_split!r}")
+
+    def setup_model(self, stage: StageConfig, previous: Path | None) -> tuple[AffectForConditionalGeneration, AffectProcessor]:
+        """A fresh model (``init: base``), the previous stage's output, or a named checkpoint, loaded strictly."""
+        if stage.init == "base" or (stage.init == "previous" and previous is None):
+            model, processor = build_model(self.config.model, self.models_dir, seed=self.config.seed)
+            if self.config.lora is not None:
+                apply_lora(model, self.config.lora)
+            return model, processor
+        source = previous if stage.init == "previous" else Path(stage.init)
+        return load_checkpoint(source, self.models_dir, trainable_lora=True)
+
+    def featurize(self, model: AffectForConditionalGeneration, processor: AffectProcessor) -> None:
+        """Encoder features of every row, read from or written to the feature cache."""
+        data = self.config.data
+        cache = FeatureCache(data.feature_cache) if data.feature_cache else None
+        options = MediaOptions(data.num_frames, data.detect_faces, data.decode_workers)
+        featurizer = MediaFeaturizer(model, processor, cache, options)
+        rows = [r for splits in self.rows.values() for split in splits.values() for r in split]
+        todo = [r for r in rows if r.id not in self.features and r.id not in self.failures]
+        if cache is not None and self.world > 1:
+            # The main process fills the cache; the others then read it instead of decoding again.
+            if self.accelerator.is_main_process:
+                featurizer(todo)
+            self.accelerator.wait_for_everyone()
+        started = time.perf_counter()
+        self.features.update(featurizer(todo))
+        self.failures.update(featurizer.failures)
+        if self.accelerator.is_main_process and todo:
+            hits = cache.hits if cache else 0
+            logger.info("features for %d rows in %.1fs (%d encoded, %d cache hits, %d failed)", len(todo),
+                        time.perf_counter() - started, featurizer.encoded_items, hits, len(featurizer.failures))
+        for row_id, reason in featurizer.failures.items():
+            logger.warning("refusing row %s: %s", row_id, reason)
+
+    def _item(self, processor: AffectProcessor, row: ManifestRow, task: str) -> dict[str, Any]:
+        features = self.features[row.id]
+        modalities = sorted({key.split("_", 1)[0] for key in features})
+        messages = processor.build_messages(task, modalities, transcript=row.transcript)
+        return {**processor.encode_text(messages, answer_for(row, task)), **features}
+
+    def _usable(self, rows: list[ManifestRow]) -> list[ManifestRow]:
+        return [r for r in rows if r.id in self.features]
+
+    def loss_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed answer-token cross-entropy of the local batch and its token count."""
+        labels = batch.pop("labels")
+        logits = model(**batch).logits[:, :-1]  # (B, L-1, V)
+        targets = labels[:, 1:]
+        loss_sum = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        return loss_sum, (targets != IGNORE_INDEX).sum()
+
+    def _global_mean_loss(self, model, processor, samples: list[Sample]) -> tuple[torch.Tensor, float, int]:
+        """Loss of this process's share, scaled so that DDP's gradient average equals the global token mean."""
+        local = samples[self.rank :: self.world]
+        items = [self._item(processor, self.rows[s.dataset]["train_usable"][s.index], s.task) for s in local]
+        batch = {k: v.to(self.accelerator.device) for k, v in processor.collate(items).items()}
+        with self.accelerator.autocast():
+            loss_sum, count = self.loss_step(model, batch)
+        total = self.accelerator.reduce(count.detach().clone(), "sum")
+        total_loss = self.accelerator.reduce(loss_sum.detach().clone(), "sum")
+        scaled = loss_sum * self.world / total.clamp(min=1)
+        return scaled, float(total_loss / total.clamp(min=1)), int(batch["attention_mask"].sum())
+
+    @torch.no_grad()
+    def validate(self, model, processor, stage: StageConfig) -> float | None:
+        """Mean answer-token loss on the validation split (the model-selection metric)."""
+        rows = [r for name in stage.datasets for r in self._usable(self.rows[name]["val"])]
+        rows = rows[: self.config.train.val_max_samples]
+        if not rows:
+            return None
+        model.eval()
+        loss_sum, count = torch.zeros(()), torch.zeros(())
+        tasks = sorted(stage.tasks, key=lambda t: -stage.tasks[t])
+        mine = rows[self.rank :: self.world]
+        for start in range(0, len(mine), self.config.train.batch_size):
+            items = []
+            for row in mine[start : start + self.config.train.batch_size]:
+                task = next((t for t in tasks if answer_for(row, t) is not None), None)
+                if task is not None:
+                    items.append(self._item(processor, row, task))
+            if not items:
+                continue
+            batch = {k: v.to(self.accelerator.device) for k, v in processor.collate(items).items()}
+            with self.accelerator.autocast():
+                s, c = self.loss_step(model, batch)
+            loss_sum, count = loss_sum + s.float().cpu(), count + c.cpu()
+        loss_sum = self.accelerator.reduce(loss_sum.to(self.accelerator.device), "sum")
+        count = self.accelerator.reduce(count.to(self.accelerator.device), "sum")
+        model.train()
+        return float(loss_sum / count) if count > 0 else None
+
+    def save_checkpoint(self, model, processor, out_dir: Path, metadata: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            unwrapped = self.accelerator.unwrap_model(model)
+            save_checkpoint(unwrapped, processor, out_dir, metadata=metadata,
+                            store_llm="llm" in metadata.get("trainable", []),
+                            store_encoders="encoders" in metadata.get("trainable", []))
+        self.accelerator.wait_for_everyone()
+
+    def train_stage(self, index: int, stage: StageConfig, model, processor) -> dict[str, Any]:
+        """Run one stage; returns its summary (best validation loss, steps, timings)."""
+        settings = self.config.train
+        stage_dir = self.run_dir / "stages" / stage.name
+        for name in stage.datasets:
+            self.rows[name]["train_usable"] = self._usable(self.rows[name]["train"])
+        counts = set_trainable(model, stage.trainable)
+        if settings.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=settings.weight_decay)
+        global_batch = settings.batch_size * self.world
+        num_rows = sum(len(self.rows[n]["train_usable"]) for n in stage.datasets)
+        num_steps = stage_num_steps(stage, num_rows, global_batch * settings.grad_accum)
+        scheduler = get_scheduler(stage.schedule, optimizer, num_warmup_steps=stage.warmup_steps,
+                                  num_training_steps=num_steps)
+        schedule = build_schedule(
+            stage, {n: self.rows[n]["train_usable"] for n in stage.datasets},
+            lambda row, task: answer_for(row, task) is not None,
+            global_batch, num_steps * settings.grad_accum, seed=self.config.seed * 1000 + index,
+        )
+        model, optimizer = self.accelerator.prepare(model, optimizer)
+        state_dir = stage_dir / "state"
+        start_step = 0
+        if self.resume and (state_dir / "progress.json").is_file():
+            start_step = load_training_state(state_dir, self.accelerator.unwrap_model(model), optimizer, scheduler, self.rank)
+            logger.info("stage %s: resumed at step %d of %d", stage.name, start_step, num_steps)
+        best = self._best_so_far(stage_dir)
+        summary = {"stage": stage.name, "steps": num_steps, "groups": counts, "losses": []}
+        model.train()
+        self.log.start_stage(stage.name, num_steps, start_step)
+        for step in range(start_step, num_steps):
+            started = time.perf_counter()
+            loss_value, tokens = 0.0, 0
+            for micro in range(settings.grad_accum):
+                samples = schedule[step * settings.grad_accum + micro]
+                last = micro == settings.grad_accum - 1
+                context = self.accelerator.no_sync(model) if not last else _nullcontext()
+                with context:
+                    scaled, global_loss, n_tokens = self._global_mean_loss(model, processor, samples)
+                    self.accelerator.backward(scaled / settings.grad_accum)
+                loss_value += global_loss / settings.grad_accum
+                tokens += n_tokens
+            if settings.max_grad_norm:
+                self.accelerator.clip_grad_norm_(params, settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            summary["losses"].append(loss_value)
+            elapsed = time.perf_counter() - started
+            self.log.step(step + 1, loss_value, scheduler.get_last_lr()[0], tokens * self.world / elapsed,
+                          global_batch * settings.grad_accum / elapsed)
+            done = step + 1
+            if settings.eval_every and done % settings.eval_every == 0 and done < num_steps:
+                best = self._maybe_keep_best(model, processor, stage, stage_dir, best, done)
+            if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < num_steps:
+                save_training_state(state_dir, self.accelerator.unwrap_model(model), optimizer, scheduler, done, self.rank)
+                self.accelerator.wait_for_everyone()
+                if self.accelerator.is_main_process:
+                    commit_training_state(state_dir)
+                self.accelerator.wait_for_everyone()
+            if self.stop_after_steps is not None and done >= self.stop_after_steps:
+                raise _Interrupted(done)
+        self.log.end_stage()
+        best = self._maybe_keep_best(model, processor, stage, stage_dir, best, num_steps)
+        summary["best_val_loss"] = best["val_loss"]
+        summary["best_step"] = best["step"]
+        if self.accelerator.is_main_process:
+            (stage_dir / DONE_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+            shutil.rmtree(state_dir, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return summary
+
+    def _best_so_far(self, stage_dir: Path) -> dict[str, Any]:
+        path = stage_dir / "best" / "affect_checkpoint.json"
+        if self.resume and path.is_file():
+            meta = json.loads(path.read_text())
+            return {"val_loss": meta.get("val_loss"), "step": meta.get("step")}
+        return {"val_loss": None, "step": None}
+
+    def _maybe_keep_best(self, model, processor, stage, stage_dir: Path, best: dict, step: int) -> dict:
+        """Validate; keep the checkpoint when it improves the validation loss (or when there is no split)."""
+        val_loss = self.validate(model, processor, stage)
+        self.log.scalar("val/loss", val_loss, step)
+        improved = best["val_loss"] is None or (val_loss is not None and val_loss < best["val_loss"])
+        if val_loss is None and best["step"] is not None and step < best["step"]:
+            improved = False
+        if improved:
+            metadata = {
+                "stage": stage.name, "step": step, "val_loss": val_loss, "trainable": stage.trainable,
+                "config": self.config.to_dict(), "manifests": self.manifest_hashes(),
+            }
+            self.save_checkpoint(model, processor, stage_dir / "best", metadata)
+            best = {"val_loss": val_loss, "step": step}
+        return best
+
+    # -- whole run ----------------------------------------------------------------------------------
+    def manifest_hashes(self) -> dict[str, str]:
+        return {n: manifest_sha256(d.manifest) for n, d in self.config.data.datasets.items()}
+
+    def write_run_info(self) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        from affect_llm.prompts import load_prompt
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        info = {
+            "config": self.config.to_dict(),
+            "prompt": load_prompt("tasks", self.config.prompt_version).ref,
+            "manifests": self.manifest_hashes(),
+            "libraries": library_versions(),
+            "git_commit": git_commit(),
+            "world_size": self.world,
+        }
+        (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+
+    def run(self) -> Path:
+        """Run (or finish) every stage; returns the final checkpoint folder ``<run_dir>/final``."""
+        set_seed(self.config.seed)
+        self.setup_data()
+        self.write_run_info()
+        self.log = RunLogger(self.run_dir, self.accelerator.is_main_process, self.config.train)
+        previous: Path | None = None
+        summaries = []
+        try:
+            for index, stage in enumerate(self.config.stages):
+                stage_dir = self.run_dir / "stages" / stage.name
+                if (stage_dir / DONE_FILE).is_file():
+                    logger.info("stage %s already done: %s", stage.name, stage_dir / "best")
+                    summaries.append(json.loads((stage_dir / DONE_FILE).read_text()))
+                    previous = stage_dir / "best"
+                    continue
+                set_seed(self.config.seed + index)
+                model, processor = self.setup_model(stage, previous)
+                model.to(self.accelerator.device)
+                self.featurize(model, processor)
+                summaries.append(self.train_stage(index, stage, model, processor))
+                previous = stage_dir / "best"
+                del model
+        finally:
+            self.log.close()
+        final = self.run_dir / "final"
+        if self.accelerator.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            shutil.copytree(previous, final)
+            result = {"final_checkpoint": str(final), "stages": summaries, "refused_rows": self.failures}
+            (self.run_dir / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+        self.accelerator.wait_for_everyone()
+        return final
+
+
+class _Interrupted(RuntimeError):
+    """Raised by the ``stop_after_steps`` hook to simulate a crash at a known step."""
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from datahelpers import make_wav, row, write_jsonl
+
+from affect_llm.data.check import check_manifest
+from affect_llm.data.manifest import load_manifest
+
+
+def _seeded_manifest(root: Path, media_dir: Path) -> Path:
+    shutil.copy(media_dir / "av.mp4", root / "good.mp4")
+    shutil.copy(media_dir / "tone.wav", root / "good.wav")
+    (root / "zero.mp4").write_bytes(b"")
+    data = (media_dir / "av.mp4").read_bytes()
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    sf.write(str(root / "nan.wav"), np.full(16000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    make_wav(root / "stereo8k.wav", sample_rate=8000, channels=2)
+    make_wav(root / "short.wav", seconds=0.1)
+    make_wav(root / "silent.wav", amplitude=0.0)
+    bad_text = json.dumps(row("latin1", audio="good.wav", transcript="caf@")).encode().replace(b"@", b"\xe9")
+    rows = [
+        row("good_video", video="good.mp4", transcript="hello"),  # 1
+        row("missing", video="nope.mp4"),  # 2
+        row("zero", video="zero.mp4"),  # 3
+        row("truncated", video="truncated.mp4"),  # 4
+        row("nan", audio="nan.wav"),  # 5
+        row("stereo8k", audio="stereo8k.wav"),  # 6
+        row("short", audio="short.wav"),  # 7
+        bad_text,  # 8
+        row("good_audio", audio="good.wav"),  # 9
+        row("good_video", audio="good.wav"),  # 10: duplicate id
+        row("silent", audio="silent.wav"),  # 11
+        row("badlabels", audio="good.wav", labels="happy"),  # 12
+        row("text_only", transcript="I am fine."),  # 13
+    ]
+    return write_jsonl(root / "manifest.jsonl", rows)
+
+
+def test_check_reports_each_bad_row_by_line_and_keeps_good_rows(tmp_path: Path, media_dir: Path) -> None:
+    manifest = _seeded_manifest(tmp_path, media_dir)
+    out = tmp_path / "check"
+    report = check_manifest(manifest, out)
+    errors = {(i.line, i.field): i.reason for i in report.errors()}
+    expected = {
+        (2, "video"): "file not found",
+        (3, "video"): "empty file",
+        (4, "video"): "cannot decode video",
+        (5, "audio"): "NaN",
+        (6, "audio"): "sample rate 8000 Hz below 16000 Hz",
+        (7, "audio"): "too short",
+        (8, "transcript"): "not valid UTF-8",
+        (10, "id"): "duplicate id (first on line 1)",
+        (11, "audio"): "silent",
+        (12, "labels"): "expected a list of strings",
+    }
+    for key, reason in expected.items():
+        assert key in errors, f"no error reported for line/field {key}"
+        assert reason in errors[key]
+    assert report.bad_lines == sorted(line for line, _ in expected)
+    warnings = [(i.line, i.reason) for i in report.issues if i.severity == "warning"]
+    assert (6, "2 channels (mixed down to mono when loaded)") in warnings
+
+    clean = load_manifest(out / "clean.jsonl")
+    assert [r.id for r in clean] == ["good_video", "good_audio", "text_only"]
+    # Relative paths were rewritten to resolve from the output folder.
+    assert clean[0].media_path("video").resolve() == (tmp_path / "good.mp4").resolve()
+    quarantined = [json.loads(x) for x in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert [q["line"] for q in quarantined] == report.bad_lines
+    assert quarantined[0] == {"line": 2, "id": "missing", "reasons": ["video: file not found"]}
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["num_good"] == 3 and saved["num_bad"] == len(expected)
+    assert "| 4 | truncated | video | error |" in (out / "report.md").read_text()
+
+
+def test_check_of_clean_manifest_has_no_errors(tmp_path: Path, media_dir: Path) -> None:
+    manifest = write_jsonl(tmp_path / "m.jsonl", [row("a", video=str(media_dir / "av.mp4"))])
+    report = check_manifest(manifest, None)
+    assert report.num_good == 1 and report.errors() == []
+    assert report.to_dict()["durations"]["video"]["count"] == 1

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from datahelpers import row, write_jsonl
+
+from affect_llm.cli import data as data_cli
+
+
+def _run(argv: list[str]) -> int:
+    # Only this subcommand is registered: the test does not depend on the other CLI modules.
+    parser = argparse.ArgumentParser(prog="affect-llm")
+    data_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_check_exit_code_follows_bad_rows(tmp_path: Path, media_dir: Path, capsys) -> None:
+    manifest = write_jsonl(
+        tmp_path / "m.jsonl", [row("a", video=str(media_dir / "av.mp4")), row("b", video="gone.mp4")]
+    )
+    assert _run(["data", "check", str(manifest), "--out", str(tmp_path / "out")]) == 1
+    assert "m.jsonl:2: error: video: file not found" in capsys.readouterr().out
+    assert _run(["data", "check", str(manifest), "--out", str(tmp_path / "out"), "--allow-bad"]) == 0
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["num_bad"] == 1
+
+
+def test_prepare_writes_manifest_and_warns_about_missing_media(tmp_path: Path, capsys) -> None:
+    (tmp_path / "ann.jsonl").write_text(json.dumps({"k": "x1", "wav": "x1.wav", "emo": "calm"}) + "\n")
+    out = tmp_path / "m.jsonl"
+    code = _run(
+        [
+            "data",
+            "prepare",
+            "generic",
+            "--root",
+            str(tmp_path),
+            "--annotations",
+            "ann.jsonl",
+            "--map",
+            "id=k,audio=wav,labels=emo",
+            "--out",
+            str(out),
+            "--keep-missing",
+        ]
+    )
+    assert code == 0
+    assert "1 media referenced by annotations are missing" in capsys.readouterr().err
+    assert json.loads(out.read_text())["labels"] == ["calm"]

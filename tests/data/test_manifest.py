@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from datahelpers import row, write_jsonl
+
+from affect_llm.data.manifest import (
+    ManifestError,
+    ManifestRow,
+    load_manifest,
+    manifest_sha256,
+    write_manifest,
+)
+
+
+def test_round_trip_preserves_rows_and_resolves_media_against_manifest(tmp_path: Path) -> None:
+    rows = [ManifestRow(id="a", audio="clips/a.wav", labels=["happy", "relieved"], valence=0.5, source="t")]
+    path = write_manifest(rows, tmp_path / "sub" / "m.jsonl")
+    loaded = load_manifest(path)
+    assert loaded == rows
+    assert loaded[0].line == 1
+    assert loaded[0].media_path("audio") == tmp_path / "sub" / "clips" / "a.wav"
+    assert loaded[0].media_path("video") is None
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "reason"),
+    [
+        ({"labels": "happy"}, "labels", "expected a list of strings"),
+        ({"valence": "high"}, "valence", "expected a number"),
+        ({"speaker": "x"}, "speaker", "unknown key"),
+        ({"split": ""}, "split", "non-empty string"),
+    ],
+)
+def test_schema_errors_name_file_line_and_field(tmp_path: Path, bad: dict, field: str, reason: str) -> None:
+    path = write_jsonl(tmp_path / "manifest.jsonl", [row("ok"), row("bad", **bad)])
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert info.value.line == 2 and info.value.field == field
+    assert str(info.value).startswith(f"manifest.jsonl:2: field '{field}': ")
+    assert reason in str(info.value)
+
+
+def test_missing_key_is_an_error(tmp_path: Path) -> None:
+    data = row("a")
+    del data["transcript"]
+    path = write_jsonl(tmp_path / "m.jsonl", [data])
+    with pytest.raises(ManifestError, match=r"m.jsonl:1: field 'transcript': missing required key"):
+        load_manifest(path)
+
+
+def test_duplicate_id_names_both_lines(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "m.jsonl", [row("a"), row("b"), row("a")])
+    with pytest.raises(ManifestError, match=r"m.jsonl:3: field 'id': duplicate id 'a' \(first on line 1\)"):
+        load_manifest(path)
+
+
+def test_invalid_json_and_utf8_report_line(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "m.jsonl", [row("a"), b"{not json"])
+    with pytest.raises(ManifestError, match=r"m.jsonl:2: invalid JSON"):
+        load_manifest(path)
+    path = write_jsonl(
+        tmp_path / "u.jsonl", [json.dumps(row("a")).replace("null", '"\xff"', 1).encode("latin-1")]
+    )
+    with pytest.raises(ManifestError, match=r"u.jsonl:1: not valid UTF-8"):
+        load_manifest(path)
+
+
+def test_write_is_atomic_and_rejects_duplicates(tmp_path: Path) -> None:
+    path = write_manifest([ManifestRow(id="a", source="t")], tmp_path / "m.jsonl")
+    before = path.read_bytes()
+    with pytest.raises(ManifestError, match="duplicate id"):
+        write_manifest([ManifestRow(id="b", source="t"), ManifestRow(id="b", source="t")], path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl"]
+
+
+def test_sha256_changes_with_content(tmp_path: Path) -> None:
+    a = write_manifest([ManifestRow(id="a", source="t")], tmp_path / "a.jsonl")
+    b = write_manifest([ManifestRow(id="b", source="t")], tmp_path / "b.jsonl")
+    assert manifest_sha256(a) != manifest_sha256(b)
+    assert len(manifest_sha256(a)) == 64

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datahelpers import make_wav
+
+from affect_llm.data.faces import FaceCropper
+from affect_llm.data.manifest import ManifestRow
+from affect_llm.data.media import MediaError, content_hash, load_media, sample_frame_indices
+
+
+def test_video_with_audio_track_gives_frames_faces_and_16k_audio(media_dir: Path) -> None:
+    item = load_media(ManifestRow(id="a", video=str(media_dir / "av.mp4")), num_frames=4, face_size=32)
+    assert item.frames.shape == (4, 96, 128, 3) and item.frames.dtype == np.uint8
+    assert item.faces.shape == (4, 32, 32, 3)
+    # A test pattern has no face: the fallback is recorded, never hidden.
+    assert item.meta["face_found"] == [False] * 4
+    assert item.audio.dtype == np.float32 and item.audio.ndim == 1
+    assert abs(item.audio.shape[0] / 16000 - 1.0) < 0.1
+    assert item.meta["audio_source"] == "video"
+
+
+def test_video_without_audio_track_gives_no_audio(media_dir: Path) -> None:
+    item = load_media(ManifestRow(id="a", video=str(media_dir / "silent_video.mp4")), detect_faces=False)
+    assert item.audio is None and item.faces is None
+    assert item.meta["audio_missing"] == "video has no audio track"
+
+
+def test_audio_file_is_resampled_to_mono_and_truncated(tmp_path: Path) -> None:
+    wav = make_wav(tmp_path / "s.wav", seconds=2.0, sample_rate=8000, channels=2)
+    item = load_media(ManifestRow(id="a", audio=str(wav)), max_audio_seconds=1.5)
+    assert item.audio.shape == (24000,)
+    assert item.meta["orig_sample_rate"] == 8000 and item.meta["orig_channels"] == 2
+    assert item.meta["audio_truncated"] is True
+    assert item.frames is None
+
+
+def test_missing_and_empty_files_raise_media_error(tmp_path: Path) -> None:
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(MediaError, match="field 'video': empty file"):
+        load_media(ManifestRow(id="a", video=str(tmp_path / "empty.mp4")))
+    with pytest.raises(MediaError, match="field 'audio': file not found"):
+        load_media(ManifestRow(id="a", audio=str(tmp_path / "nope.wav")))
+
+
+def test_frame_sampling_uniform_and_fps_capped() -> None:
+    assert sample_frame_indices(100, 25.0, num_frames=4).tolist() == [12, 37, 62, 87]
+    assert sample_frame_indices(3, 25.0, num_frames=8).tolist() == [0, 1, 2]
+    capped = sample_frame_indices(1000, 25.0, fps=5.0, max_frames=16)
+    assert len(capped) == 16 and capped[0] == 0 and np.all(np.diff(capped) > 0)
+
+
+def test_content_hash_follows_file_changes(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"one")
+    first = content_hash(path)
+    assert content_hash(path) == first
+    path.write_bytes(b"two!")
+    assert content_hash(path) != first
+
+
+def test_face_crop_box_is_square_and_inside_frame() -> None:
+    cropper = FaceCropper(face_size=16, margin=0.5)
+    x, y, w, h = cropper.square_box((90, 50, 20, 30), height=80, width=100)
+    assert w == h and x >= 0 and y >= 0 and x + w <= 100 and y + h <= 80

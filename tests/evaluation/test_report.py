@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from affect_llm.evaluation.judge.protocol import JudgeResult
+from affect_llm.evaluation.report import EvaluationError, evaluate
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _ref(id_, labels, cue, source="synth", explanation="A loud voice and a frown."):
+    return {
+        "id": id_,
+        "video": None,
+        "audio": None,
+        "image": None,
+        "transcript": None,
+        "labels": labels,
+        "explanation": explanation,
+        "valence": None,
+        "arousal": None,
+        "split": "test",
+        "source": source,
+        "extra": {"cue": cue},
+    }
+
+
+def _res(id_, labels, status="ok"):
+    return {
+        "id": id_,
+        "labels": labels,
+        "explanation": "Sharp voice." if labels else None,
+        "evidence": None,
+        "raw": "{}",
+        "parse_status": status,
+        "error": None if status == "ok" else "no JSON object in text",
+        "model": "tiny",
+        "prompt": "tasks@v1#0123456789ab",
+        "timings": {"generate_s": 0.1},
+    }
+
+
+@pytest.fixture
+def files(tmp_path):
+    refs = [
+        _ref("a", ["happy"], "all"),
+        _ref("b", ["angry", "frustrated"], "audio"),
+        _ref("c", ["sad"], "face", source="other"),
+        _ref("d", ["fearful"], "text"),
+    ]
+    results = [
+        _res("a", ["joyful", "excited"]),
+        _res("b", ["annoyed", "blorp"]),
+        _res("c", None, "unparseable"),
+        _res("z", ["sad"]),
+    ]
+    refs_path, results_path = tmp_path / "refs.jsonl", tmp_path / "results.jsonl"
+    refs_path.write_text("".join(json.dumps(r) + "\n" for r in refs))
+    results_path.write_text("".join(json.dumps(r) + "\n" for r in results))
+    return results_path, refs_path
+
+
+def test_report_values_and_coverage(files, tmp_path):
+    report = evaluate(*files, tmp_path / "out")
+    assert report["coverage"]["scored"] == 3
+    assert report["coverage"]["missing_ids"] == ["d"]
+    assert report["coverage"]["extra"] == 1
+    assert report["parse"]["failure_rate"] == pytest.approx(1 / 3, abs=1e-6)
+    assert report["overall"]["family_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3, abs=1e-6)
+    assert report["by_cue"]["audio"]["count"] == 1
+    assert set(report["by_source"]) == {"synth", "other"}
+    assert report["prompts"] == ["tasks@v1#0123456789ab"]
+    for name in ("report.json", "report.md", "confusion_matrix.png", "per_class.png"):
+        assert (tmp_path / "out" / name).is_file()
+
+
+class ConstantJudge:
+    identity = "constant:7"
+
+    def score(self, reference, prediction, kind):
+        return JudgeResult(score=7.0 if prediction else 1.0, raw="7")
+
+
+def test_judge_section_and_histogram(files, tmp_path):
+    report = evaluate(*files, tmp_path / "out", judge=ConstantJudge())
+    assert report["judge"]["identity"] == "constant:7"
+    assert report["judge"]["kinds"]["label"]["scored"] == 3
+    assert (tmp_path / "out" / "judge_histogram.png").is_file()
+
+
+def test_malformed_refs_name_file_and_line(files, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "labels": ["sad"]}\n{oops\n')
+    with pytest.raises(EvaluationError, match=r"bad.jsonl:2"):
+        evaluate(files[0], bad, tmp_path / "out")
+
+
+def _cli(results, refs, out):
+    code = (
+        "import argparse, sys\nfrom affect_llm.cli import eval as cmd\n"
+        "parser = argparse.ArgumentParser(); cmd.register(parser.add_subparsers())\n"
+        "args = parser.parse_args(sys.argv[1:]); sys.exit(args.func(args))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, "eval", str(results), "--refs", str(refs), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_twice_gives_byte_identical_report(files, tmp_path):
+    first, second = _cli(*files, tmp_path / "one"), _cli(*files, tmp_path / "two")
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    assert "report.json" in first.stdout and "family F1" in first.stdout
+    assert (tmp_path / "one" / "report.json").read_bytes() == (tmp_path / "two" / "report.json").read_bytes()
