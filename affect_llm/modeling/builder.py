@@ -150,14 +150,21 @@ def quantization_config(spec: ModelSpec):
 
 
 def build_model(
-    spec: ModelSpec, models_dir: Path | None = None, seed: int = 0
+    spec: ModelSpec, models_dir: Path | None = None, seed: int = 0, prompt_version: str | None = None
 ) -> tuple[AffectForConditionalGeneration, AffectProcessor]:
-    """Build model and processor from pretrained parts (and fresh projectors)."""
+    """Build model and processor from pretrained parts (and fresh projectors).
+
+    Args:
+        prompt_version: Version of ``prompts/tasks`` the processor uses (None: the newest).
+    """
+    from affect_llm.prompts import load_prompt
+
     tokenizer = build_tokenizer(spec, models_dir)
     present = [m for m in MODALITIES if spec.encoder_ref(m)]
     num_tokens = {m: getattr(spec, f"num_{m}_tokens") for m in present}
     config = build_config(spec, vocab_size=len(tokenizer) + len(MODALITIES), models_dir=models_dir)
-    processor = AffectProcessor(tokenizer, num_tokens, media_settings(spec, config))
+    prompt = load_prompt("tasks", prompt_version)
+    processor = AffectProcessor(tokenizer, num_tokens, media_settings(spec, config), prompt)
     for modality, token_id in processor.token_ids().items():
         setattr(config, f"{modality}_token_id", token_id)
     torch.manual_seed(seed)  # projector initialisation is part of what a seed reproduces

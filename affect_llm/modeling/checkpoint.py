@@ -37,8 +37,13 @@ class CheckpointError(ValueError):
     """A checkpoint folder is incomplete or does not match the model it is loaded into."""
 
 
-def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+def _state(module: torch.nn.Module, full: dict[str, torch.Tensor] | None = None, prefix: str = "") -> dict[str, torch.Tensor]:
+    """A submodule's weights, from the module itself or from a gathered full state dict under ``prefix``."""
+    if full is None:
+        items = module.state_dict().items()
+    else:
+        items = ((k[len(prefix):], v) for k, v in full.items() if k.startswith(prefix))
+    return {k: v.detach().contiguous().cpu() for k, v in items}
 
 
 def save_checkpoint(
@@ -48,34 +53,39 @@ def save_checkpoint(
     metadata: dict[str, Any] | None = None,
     store_llm: bool = False,
     store_encoders: bool = False,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a checkpoint atomically (a temporary folder renamed into place).
 
     Args:
         store_llm: Save the full LLM even when it comes from a pretrained reference (it was trained).
         store_encoders: Save encoder weights even when they come from pretrained references.
+        state_dict: The model's full state dict gathered across ranks (FSDP, ZeRO-3); None reads the
+            module's own weights.
     """
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     references = model.config.component_paths or {}
-    save_file(_state(model.projectors), str(tmp / "projectors.safetensors"))
+    save_file(_state(model.projectors, state_dict, "projectors."), str(tmp / "projectors.safetensors"))
+    llm_state = None if state_dict is None else _state(model.language_model, state_dict, "language_model.")
     stored = ["projectors"]
     lora = is_peft_wrapped(model)
     if lora:
-        model.language_model.save_pretrained(tmp / "adapter", safe_serialization=True)
+        model.language_model.save_pretrained(tmp / "adapter", safe_serialization=True, state_dict=llm_state)
         stored.append("adapter")
     if store_llm or not references.get("llm"):
         if lora and store_llm:
             raise CheckpointError("store_llm with a LoRA adapter: merge the adapter first (merge_checkpoint)")
         llm = model.language_model.get_base_model() if lora else model.language_model
-        state = base_llm_state(llm) if lora else None
+        state = base_llm_state(llm) if lora else llm_state
         llm.save_pretrained(tmp / "llm", safe_serialization=True, state_dict=state)
         stored.append("llm")
     own_encoders = [m for m in model.encoders if store_encoders or not references.get(m)]
     if own_encoders:
-        save_file({f"{m}.{k}": v for m in own_encoders for k, v in _state(model.encoders[m]).items()},
+        save_file({f"{m}.{k}": v for m in own_encoders
+                   for k, v in _state(model.encoders[m], state_dict, f"encoders.{m}.").items()},
                   str(tmp / "encoders.safetensors"))
         stored.append("encoders:" + ",".join(own_encoders))
     model.config.save_pretrained(tmp)

@@ -147,6 +147,20 @@ class MediaFeaturizer:
                     progress(len(chunk))
         return results
 
+    def encoder_inputs(self, rows: Sequence[ManifestRow]) -> dict[str, Features]:
+        """Decoded and prepared encoder inputs (``m_values``, ...) per row id, for training the encoders.
+
+        Nothing is encoded or cached: trainable encoders must see their inputs at every step.
+        """
+        results: dict[str, Features] = {}
+        with ThreadPoolExecutor(max(1, self.options.decode_workers)) as pool:
+            for row, media in zip(rows, pool.map(self._decode, rows), strict=True):
+                if isinstance(media, str):
+                    self.failures[row.id] = media
+                else:
+                    results[row.id] = media
+        return results
+
     def _read_cache(self, keys: dict[str, str]) -> Features | None:
         if self.cache is None:
             return None

@@ -22,6 +22,16 @@ SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("no", "bf16", "fp16")
 
 
+def _number(value: Any, where: str) -> float:
+    """YAML reads ``1e-5`` (no dot) as a string: accept numeric strings, refuse anything else."""
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: expected a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: expected a number, got {value!r}") from error
+
+
 def _build(cls: type, data: dict[str, Any] | None, where: str) -> Any:
     data = dict(data or {})
     known = {f.name for f in fields(cls)}
@@ -72,6 +82,11 @@ class StageConfig:
 
     def check(self, declared: set[str], tasks: set[str]) -> None:
         where = f"stage {self.name!r}"
+        self.lr = _number(self.lr, f"{where}: lr")
+        if self.epochs is not None:
+            self.epochs = _number(self.epochs, f"{where}: epochs")
+        self.datasets = {k: _number(v, f"{where}: datasets.{k}") for k, v in self.datasets.items()}
+        self.tasks = {k: _number(v, f"{where}: tasks.{k}") for k, v in self.tasks.items()}
         if (self.steps is None) == (self.epochs is None):
             raise ValueError(f"{where}: set exactly one of steps or epochs")
         for name in self.datasets:
@@ -143,6 +158,8 @@ class TrainSettings:
     wandb: bool = False
 
     def __post_init__(self) -> None:
+        self.weight_decay = _number(self.weight_decay, "train.weight_decay")
+        self.max_grad_norm = _number(self.max_grad_norm, "train.max_grad_norm")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision={self.precision!r}; expected one of {PRECISIONS}")
         if self.batch_size < 1 or self.grad_accum < 1:

@@ -1,7 +1,7 @@
 """The curriculum recipe: one class, named phases, one CPU to many GPUs through accelerate.
 
     affect-llm train training/smoke.yaml                      # one process
-    accelerate launch --config_file training/accelerate/ddp.yaml -m affect_llm.cli.main \
+    accelerate launch --config_file training/accelerate/multi_gpu_ddp.yaml -m affect_llm.cli.main \
         train training/gpu_7b_qlora.yaml                      # many
 
 Phases: ``setup_data`` (manifests, splits), ``setup_model`` (fresh or the previous stage's output,
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from transformers import get_scheduler
 
 from affect_llm.data.cache import FeatureCache
@@ -64,12 +64,19 @@ class CurriculumRecipe:
         self.models_dir = models_dir
         self.run_dir = Path(config.run_dir)
         settings = config.train
-        self.accelerator = Accelerator(mixed_precision=settings.precision, cpu=not torch.cuda.is_available())
+        # A rank whose batch lacks a modality leaves that projector without gradient: DDP must allow it.
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+        self.accelerator = Accelerator(
+            mixed_precision=settings.precision, cpu=not torch.cuda.is_available(),
+            gradient_accumulation_steps=settings.grad_accum, kwargs_handlers=[ddp],
+        )
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         self.rows: dict[str, dict[str, list[ManifestRow]]] = {}
         self.features: dict[str, dict[str, torch.Tensor]] = {}
         self.failures: dict[str, str] = {}
+        self.encoder_inputs: dict[str, dict[str, torch.Tensor]] = {}
+        self.live_encoders = False
         self.stop_after_steps: int | None = None  # testing hook: simulate a crash after N steps
         self.log: RunLogger | None = None
 
@@ -88,7 +95,9 @@ class CurriculumRecipe:
     def setup_model(self, stage: StageConfig, previous: Path | None) -> tuple[AffectForConditionalGeneration, AffectProcessor]:
         """A fresh model (``init: base``), the previous stage's output, or a named checkpoint, loaded strictly."""
         if stage.init == "base" or (stage.init == "previous" and previous is None):
-            model, processor = build_model(self.config.model, self.models_dir, seed=self.config.seed)
+            model, processor = build_model(
+                self.config.model, self.models_dir, seed=self.config.seed, prompt_version=self.config.prompt_version
+            )
             if self.config.lora is not None:
                 apply_lora(model, self.config.lora)
             return model, processor
@@ -118,9 +127,18 @@ class CurriculumRecipe:
         for row_id, reason in featurizer.failures.items():
             logger.warning("refusing row %s: %s", row_id, reason)
 
+    def load_encoder_inputs(self, model: AffectForConditionalGeneration, processor: AffectProcessor) -> None:
+        """Keep decoded encoder inputs in memory: a stage that trains the encoders cannot use cached features."""
+        data = self.config.data
+        featurizer = MediaFeaturizer(model, processor, None, MediaOptions(data.num_frames, data.detect_faces,
+                                                                          data.decode_workers))
+        rows = [r for splits in self.rows.values() for split in splits.values() for r in split
+                if r.id in self.features and r.id not in self.encoder_inputs]
+        self.encoder_inputs.update(featurizer.encoder_inputs(rows))
+
     def _item(self, processor: AffectProcessor, row: ManifestRow, task: str) -> dict[str, Any]:
-        features = self.features[row.id]
-        modalities = sorted({key.split("_", 1)[0] for key in features})
+        features = self.encoder_inputs[row.id] if self.live_encoders else self.features[row.id]
+        modalities = sorted({key.split("_", 1)[0] for key in self.features[row.id]})
         messages = processor.build_messages(task, modalities, transcript=row.transcript)
         return {**processor.encode_text(messages, answer_for(row, task)), **features}
 
@@ -130,8 +148,11 @@ class CurriculumRecipe:
     def loss_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed answer-token cross-entropy of the local batch and its token count."""
         labels = batch.pop("labels")
-        logits = model(**batch).logits[:, :-1]  # (B, L-1, V)
-        targets = labels[:, 1:]
+        # Only positions that predict an answer token need logits: the vocabulary projection of
+        # every prompt position would otherwise dominate memory and time for short answers.
+        positions = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(-1)  # (P,)
+        logits = model(**batch, logits_to_keep=positions).logits  # (B, P, V)
+        targets = labels[:, positions + 1]
         loss_sum = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
         )
@@ -178,11 +199,13 @@ class CurriculumRecipe:
         return float(loss_sum / count) if count > 0 else None
 
     def save_checkpoint(self, model, processor, out_dir: Path, metadata: dict[str, Any]) -> None:
+        # Every rank takes part in gathering: under FSDP / ZeRO-3 the weights are sharded.
+        state = self.accelerator.get_state_dict(model)
         if self.accelerator.is_main_process:
             unwrapped = self.accelerator.unwrap_model(model)
             save_checkpoint(unwrapped, processor, out_dir, metadata=metadata,
                             store_llm="llm" in metadata.get("trainable", []),
-                            store_encoders="encoders" in metadata.get("trainable", []))
+                            store_encoders="encoders" in metadata.get("trainable", []), state_dict=state)
         self.accelerator.wait_for_everyone()
 
     def train_stage(self, index: int, stage: StageConfig, model, processor) -> dict[str, Any]:
@@ -221,18 +244,18 @@ class CurriculumRecipe:
             loss_value, tokens = 0.0, 0
             for micro in range(settings.grad_accum):
                 samples = schedule[step * settings.grad_accum + micro]
-                last = micro == settings.grad_accum - 1
-                context = self.accelerator.no_sync(model) if not last else _nullcontext()
-                with context:
+                # accumulate() skips gradient sync and the optimizer step until the last micro-batch
+                # (DDP no_sync, DeepSpeed's own accumulation) and divides the loss by grad_accum.
+                with self.accelerator.accumulate(model):
                     scaled, global_loss, n_tokens = self._global_mean_loss(model, processor, samples)
-                    self.accelerator.backward(scaled / settings.grad_accum)
+                    self.accelerator.backward(scaled)
+                    if self.accelerator.sync_gradients and settings.max_grad_norm:
+                        self.accelerator.clip_grad_norm_(params, settings.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
                 loss_value += global_loss / settings.grad_accum
                 tokens += n_tokens
-            if settings.max_grad_norm:
-                self.accelerator.clip_grad_norm_(params, settings.max_grad_norm)
-            optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             summary["losses"].append(loss_value)
             elapsed = time.perf_counter() - started
             self.log.step(step + 1, loss_value, scheduler.get_last_lr()[0], tokens * self.world / elapsed,
@@ -321,6 +344,9 @@ class CurriculumRecipe:
                 model, processor = self.setup_model(stage, previous)
                 model.to(self.accelerator.device)
                 self.featurize(model, processor)
+                self.live_encoders = "encoders" in stage.trainable
+                if self.live_encoders:
+                    self.load_encoder_inputs(model, processor)
                 summaries.append(self.train_stage(index, stage, model, processor))
                 previous = stage_dir / "best"
                 del model
@@ -338,14 +364,6 @@ class CurriculumRecipe:
 
 class _Interrupted(RuntimeError):
     """Raised by the ``stop_after_steps`` hook to simulate a crash at a known step."""
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def perplexity(loss: float) -> float:

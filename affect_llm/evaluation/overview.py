@@ -1,0 +1,134 @@
+"""The quickstart's overview page: per-cue held-out accuracy, EMER-style scores, examples beside cues.
+
+It reads what ``affect-llm eval`` wrote (``report.json`` and its plots) for the synthetic held-out
+set and the real clips, plus the results and manifests, and writes one Markdown page linking the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CUE_ORDER = ("audio", "face", "text", "conflict", "all")
+
+
+@dataclass
+class EvaluatedSet:
+    """One evaluated set: its name, results JSONL, reference manifest and eval report folder."""
+
+    name: str
+    results: Path
+    refs: Path
+    report_dir: Path
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _link(target: Path, page_dir: Path) -> str:
+    return os.path.relpath(target, page_dir).replace(os.sep, "/")
+
+
+def cue_table(report: dict[str, Any]) -> list[str]:
+    """Accuracy, hit rate and family-level F per cue subset."""
+    by_cue = report.get("by_cue", {})
+    lines = ["| cue subset | clips | accuracy | hit rate | family F1 | unknown-word rate |", "|---|---|---|---|---|---|"]
+    for cue in sorted(by_cue, key=lambda c: (CUE_ORDER.index(c) if c in CUE_ORDER else 99, c)):
+        s = by_cue[cue]
+        lines.append(f"| {cue} | {s.get('count', 0)} | {_fmt(s.get('accuracy', 0.0))} | {_fmt(s.get('hit_rate', 0.0))} "
+                     f"| {_fmt(s.get('family_f1', 0.0))} | {_fmt(s.get('unknown_word_rate', 0.0))} |")
+    return lines
+
+
+def scores_section(report: dict[str, Any]) -> list[str]:
+    overall = report.get("overall", {})
+    intervals = report.get("confidence_intervals", {})
+    lines = ["| metric | value | 95% interval |", "|---|---|---|"]
+    for key in ("accuracy", "hit_rate", "family_precision", "family_recall", "family_f1", "fine_f1"):
+        if key in overall:
+            ci = intervals.get(key)
+            lines.append(f"| {key} | {_fmt(overall[key])} | {'-' if not ci else f'{ci[0]:.3f} to {ci[1]:.3f}'} |")
+    judge = report.get("judge") or {}
+    for kind, stats in sorted((judge.get("kinds") or {}).items()):
+        lines.append(f"| judge {kind} overlap (1-10) | {_fmt(stats.get('mean'))} | scored {stats.get('scored')} |")
+    parse = report.get("parse", {})
+    lines.append(f"| parse-failure rate | {_fmt(parse.get('failure_rate', 0.0))} | |")
+    if judge.get("identity"):
+        lines.append(f"\nJudge: `{judge['identity']}`.")
+    return lines
+
+
+def examples_section(evaluated: EvaluatedSet, page_dir: Path, per_cue: int = 2) -> list[str]:
+    """A few clips per cue subset: their cues and reference next to the model's answer."""
+    refs = {row["id"]: row for row in _jsonl(evaluated.refs)}
+    results = sorted(_jsonl(evaluated.results), key=lambda r: r["id"])
+    shown: dict[str, int] = {}
+    lines = []
+    for result in results:
+        ref = refs.get(result["id"])
+        if ref is None:
+            continue
+        extra = ref.get("extra") or {}
+        cue = extra.get("cue", ref.get("source", "clip"))
+        if shown.get(cue, 0) >= per_cue:
+            continue
+        shown[cue] = shown.get(cue, 0) + 1
+        media = [f"[{field}]({_link(evaluated.refs.parent / ref[field], page_dir)})"
+                 for field in ("video", "audio", "image") if ref.get(field)]
+        cues = ", ".join(f"{k}: {v}" for k, v in (extra.get("cues") or {}).items()) or "-"
+        lines += [
+            f"**{result['id']}** ({cue} cue; {' '.join(media)})",
+            f"- cues: {cues}; reference labels: {', '.join(ref.get('labels') or []) or '-'}",
+            f"- reference: {ref.get('explanation') or '-'}",
+            f"- model ({result.get('parse_status')}): labels {', '.join(result.get('labels') or []) or '-'}; "
+            f"{result.get('explanation') or (result.get('error') or '')}",
+            "",
+        ]
+    return lines
+
+
+def write_overview(out_path: Path, held_out: EvaluatedSet, real: EvaluatedSet | None = None) -> Path:
+    """Write the overview page and return its path."""
+    page_dir = out_path.parent
+    page_dir.mkdir(parents=True, exist_ok=True)
+    report = json.loads((held_out.report_dir / "report.json").read_text())
+    lines = [
+        "# affect-llm quickstart report",
+        "",
+        f"Model: `{', '.join(report.get('models', []))}`; prompts: `{', '.join(report.get('prompts', []))}`.",
+        "",
+        f"## Held-out accuracy per cue subset ({held_out.name})",
+        "",
+        "In the audio, face and text subsets only that channel carries the emotion; the others are neutral.",
+        "",
+        *cue_table(report),
+        "",
+        "## EMER-style scores (all held-out clips)",
+        "",
+        *scores_section(report),
+        "",
+        f"Full report: [{held_out.name}]({_link(held_out.report_dir / 'report.md', page_dir)}).",
+        "",
+    ]
+    figures = sorted(held_out.report_dir.glob("*.png"))
+    lines += [f"![{f.stem}]({_link(f, page_dir)})" for f in figures]
+    lines += ["", "## Example explanations", "", *examples_section(held_out, page_dir)]
+    if real is not None:
+        real_report = json.loads((real.report_dir / "report.json").read_text())
+        lines += [
+            f"## Real clips ({real.name})", "",
+            *scores_section(real_report), "",
+            f"Full report: [{real.name}]({_link(real.report_dir / 'report.md', page_dir)}).", "",
+            *examples_section(real, page_dir, per_cue=20),
+        ]
+    out_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out_path

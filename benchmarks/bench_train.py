@@ -1,0 +1,262 @@
+"""Training-step throughput: cached encoder features vs live encoders, against the compute bound.
+
+Renders a small synthetic set in a temporary folder, builds the tiny random model or the embedded
+default model (SmolLM2-135M + Whisper-base + FER mini-Xception, prepared by ``affect-llm models
+prepare``), puts LoRA on the LLM and trains projectors + LoRA. Two modes are timed on the same rows:
+
+- ``cached``: items carry encoder features (``m_features``), as the recipe trains from the cache;
+- ``live``: items carry encoder inputs (``m_values``), so the frozen encoders run every step.
+
+Per step it reports time, samples/s, LLM tokens/s and peak RSS (Linux: the high-water mark is
+reset before each step through ``/proc/self/clear_refs``). The compute bound is the step's FLOPs
+divided by the measured float32 ``torch.matmul`` rate; FLOPs come two ways:
+
+- analytic: LLM frozen weights cost 2NT forward + 2NT backward (input gradients only, which the
+  projectors below need), trainable weights (LoRA, projectors) 6NT, frozen encoders 2NT forward;
+  the common 6NT rule over all LLM weights is printed too, as an upper estimate;
+- counted: ``torch.utils.flop_counter.FlopCounterMode`` over one real step.
+
+    python benchmarks/bench_train.py --model tiny --batch-size 8 --steps 10
+    python benchmarks/bench_train.py --model embedded --batch-size 4 --steps 6 --audio-window 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SPECS = {
+    "tiny": {
+        "llm": "tiny:llm",
+        "audio_encoder": "tiny:whisper",
+        "face_encoder": "tiny:fer",
+        "num_audio_tokens": 4,
+        "num_face_tokens": 2,
+    },
+    "embedded": {
+        "llm": "smollm2-135m-instruct",
+        "audio_encoder": "whisper-base",
+        "face_encoder": "fer-mini-xception",
+        "num_audio_tokens": 8,
+        "num_face_tokens": 4,
+    },
+}
+
+
+@dataclass
+class StepStats:
+    seconds: float
+    peak_rss_mb: float
+    llm_tokens: int
+
+
+def peak_rss_reset() -> bool:
+    """Reset the process's RSS high-water mark (Linux); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory since the last reset (VmHWM), or since start (ru_maxrss) without /proc."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_flops_per_s(size: int = 1024, seconds: float = 1.0) -> float:
+    """Sustained float32 matmul rate on this machine: the roofline the steps are compared with."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.matmul(a, b)  # warm-up: thread pool and allocator
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        torch.matmul(a, b)
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - started)
+
+
+def build(kind: str, audio_window: float, models_dir: Path | None):
+    """Model with LoRA, projectors + LoRA trainable, and its processor."""
+    from affect_llm.modeling.builder import ModelSpec, build_model
+    from affect_llm.modeling.trainable import LoraSettings, apply_lora, set_trainable
+
+    spec = ModelSpec(**SPECS[kind], audio_window_seconds=audio_window)
+    model, processor = build_model(spec, models_dir, seed=0)
+    apply_lora(model, LoraSettings(r=16, alpha=32, dropout=0.0))
+    set_trainable(model, ["projectors", "lora"])
+    model.train()
+    return model, processor
+
+
+def make_items(model, processor, num_rows: int, num_frames: int) -> tuple[list[dict], list[dict]]:
+    """The same rows as (cached-feature items, live encoder-input items)."""
+    from affect_llm.data.manifest import load_manifest
+    from affect_llm.data.media import load_media
+    from affect_llm.data.synth import generate_synthetic_set
+    from affect_llm.processing.featurize import MediaFeaturizer, MediaOptions
+    from affect_llm.training.targets import answer_for
+
+    with tempfile.TemporaryDirectory() as folder:
+        manifest = generate_synthetic_set(
+            Path(folder), seed=0, num_train=num_rows, num_val=0, num_test_per_cue=0
+        )
+        rows = [r for r in load_manifest(manifest) if r.split == "train"]
+        options = MediaOptions(num_frames=num_frames, detect_faces=True, decode_workers=2)
+        features = MediaFeaturizer(model, processor, None, options)(rows)
+        modalities = tuple(model.config.modalities)
+        cached, live = [], []
+        for row in rows:
+            media = load_media(
+                row,
+                num_frames=num_frames,
+                detect_faces=True,
+                max_audio_seconds=processor.settings.audio_window_seconds,
+                face_size=max(processor.settings.face_image_size, 64),
+            )
+            values = processor.prepare_media(
+                audio=media.audio if "audio" in modalities else None,
+                face=media.faces if "face" in modalities else None,
+            )
+            present = sorted({key.split("_", 1)[0] for key in values})
+            messages = processor.build_messages("perceive", present, transcript=row.transcript)
+            text = processor.encode_text(messages, answer_for(row, "perceive"))
+            cached.append({**text, **features[row.id]})
+            live.append({**text, **values})
+    return cached, live
+
+
+def train_step(model, optimizer, batch: dict[str, torch.Tensor]) -> None:
+    loss = model(**batch).loss  # labels in the batch: mean answer-token cross-entropy
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def time_mode(
+    model, processor, items: list[dict], batch_size: int, steps: int, warmup: int
+) -> list[StepStats]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    stats = []
+    for step in range(warmup + steps):
+        chosen = [items[(step * batch_size + i) % len(items)] for i in range(batch_size)]
+        batch = processor.collate(chosen)
+        peak_rss_reset()
+        started = time.perf_counter()
+        train_step(model, optimizer, batch)
+        seconds = time.perf_counter() - started
+        if step >= warmup:
+            stats.append(StepStats(seconds, peak_rss_mb(), int(batch["attention_mask"].sum())))
+    return stats
+
+
+def analytic_flops(model, batch: dict[str, torch.Tensor], live: bool) -> tuple[float, float]:
+    """(frozen-aware estimate, 6NT-over-the-LLM upper estimate) of one step's FLOPs."""
+    tokens = int(batch["attention_mask"].sum())  # LLM positions, media tokens included
+    llm_frozen = sum(p.numel() for n, p in model.language_model.named_parameters() if not p.requires_grad)
+    llm_trainable = sum(p.numel() for p in model.language_model.parameters() if p.requires_grad)
+    embeddings = model.get_input_embeddings().weight.numel()  # a lookup, not a matmul
+    llm_frozen -= embeddings
+    estimate = 4 * llm_frozen * tokens + 6 * llm_trainable * tokens
+    for modality, projector in model.projectors.items():
+        features = batch.get(f"{modality}_feature_mask")
+        inputs = int(features.sum()) if features is not None else 0
+        estimate += 6 * sum(p.numel() for p in projector.parameters()) * max(inputs, 1)
+    if live:
+        for modality, encoder in model.encoders.items():
+            if f"{modality}_values" in batch:
+                with torch.no_grad():
+                    _, mask = model.get_media_features(
+                        modality, batch[f"{modality}_values"], batch.get(f"{modality}_attention_mask")
+                    )
+                estimate += 2 * sum(p.numel() for p in encoder.parameters()) * int(mask.sum())
+    return float(estimate), float(6 * (llm_frozen + llm_trainable) * tokens)
+
+
+def counted_flops(model, processor, items: list[dict], batch_size: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = processor.collate(items[:batch_size])
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    with FlopCounterMode(display=False) as counter:
+        train_step(model, optimizer, batch)
+    return float(counter.get_total_flops())
+
+
+def report(
+    name: str, stats: list[StepStats], batch_size: int, flops: dict[str, float], peak: float
+) -> dict[str, Any]:
+    seconds = statistics.median(s.seconds for s in stats)
+    row = {
+        "mode": name,
+        "step_ms": 1000 * seconds,
+        "samples_s": batch_size / seconds,
+        "tokens_s": statistics.median(s.llm_tokens for s in stats) / seconds,
+        "peak_rss_mb": statistics.median(s.peak_rss_mb for s in stats),
+        "bound_ms": 1000 * flops["counted"] / peak,
+    }
+    row["of_bound"] = row["bound_ms"] / row["step_ms"]
+    row.update({f"gflop_{k}": v / 1e9 for k, v in flops.items()})
+    return row
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(SPECS), default="tiny")
+    parser.add_argument(
+        "--models-dir", type=Path, default=None, help="prepared embedded models (default: the cache)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per mode")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rows", type=int, default=16, help="synthetic rows the batches cycle through")
+    parser.add_argument("--num-frames", type=int, default=2)
+    parser.add_argument("--audio-window", type=float, default=4.0, help="seconds; synthetic clips are short")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    torch.manual_seed(0)
+    model, processor = build(args.model, args.audio_window, args.models_dir)
+    cached, live = make_items(model, processor, args.rows, args.num_frames)
+    peak = matmul_flops_per_s()
+    print(
+        f"model={args.model} batch={args.batch_size} steps={args.steps} threads={torch.get_num_threads()} "
+        f"matmul={peak / 1e9:.1f} GFLOP/s (float32, 1024^3)"
+    )
+    rows = []
+    for name, items in (("cached", cached), ("live", live)):
+        stats = time_mode(model, processor, items, args.batch_size, args.steps, args.warmup)
+        batch = processor.collate(items[: args.batch_size])
+        estimate, upper = analytic_flops(model, batch, live=name == "live")
+        flops = {
+            "counted": counted_flops(model, processor, items, args.batch_size),
+            "estimate": estimate,
+            "6NT": upper,
+        }
+        rows.append(report(name, stats, args.batch_size, flops, peak))
+    columns = list(rows[0])
+    print("  ".join(f"{c:>12}" for c in columns))
+    for row in rows:
+        print("  ".join(f"{v:>12.3f}" if isinstance(v, float) else f"{v:>12}" for v in row.values()))
+    print(
+        f"medians over {args.steps} steps; bound_ms = counted FLOPs / matmul rate; of_bound = bound_ms / step_ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

