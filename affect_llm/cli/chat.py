@@ -46,6 +46,7 @@ def _attach(pipe, fields: dict[str, str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import readline  # noqa: F401  (line editing, and input() then writes its prompt to stdout)
     from pathlib import Path
 
     from affect_llm.generation.backends import DecodingSettings

@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--feature-cache", default=None, help="feature cache folder shared with training")
     parser.add_argument("--models-dir", default=None)
+    parser.add_argument("--vllm-python", default=None,
+                        help="interpreter of a separate vLLM environment (e.g. .venv-vllm/bin/python)")
     parser.set_defaults(func=run)
 
 
@@ -44,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         counts = explain_manifest(
             args.manifest, args.out, args.model, settings, decoding, args.backend, args.feature_cache,
             models_dir=Path(args.models_dir) if args.models_dir else None, progress=bar.update,
+            backend_options={"vllm_python": args.vllm_python} if args.backend == "vllm" and args.vllm_python else None,
         )
     print(f"{args.out}: {counts['written']} written, {counts['skipped']} already done, "
           f"{counts['failed']} failed, {counts['unparseable']} unparseable")

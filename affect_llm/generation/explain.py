@@ -188,6 +188,7 @@ def explain_manifest(
     num_frames: int | None = None,
     models_dir: Path | None = None,
     progress: Any = None,
+    backend_options: dict[str, Any] | None = None,
 ) -> dict[str, int]:
     """Load a checkpoint and explain a manifest into ``out_path`` (see :class:`BatchExplainer`)."""
     from affect_llm.data.cache import FeatureCache
@@ -199,17 +200,17 @@ def explain_manifest(
     decoding = decoding or DecodingSettings()
     rows = load_manifest(manifest)
     meta = read_metadata(checkpoint)
-    hf = load_backend("hf", str(checkpoint), models_dir)
-    active = hf if backend == "hf" else load_backend(backend, str(checkpoint), models_dir)
+    active = load_backend(backend, str(checkpoint), models_dir, **(backend_options or {}))
+    # Every backend holds the loaded model and processor (.model, .processor): its encoders compute the features.
     train_frames = (meta.get("config") or {}).get("data", {}).get("num_frames", 4)
     options = MediaOptions(num_frames=num_frames or train_frames)
-    featurizer = MediaFeaturizer(hf.model, hf.processor, FeatureCache(feature_cache) if feature_cache else None, options)
+    featurizer = MediaFeaturizer(active.model, active.processor, FeatureCache(feature_cache) if feature_cache else None, options)
     identity = {
         "model": str(checkpoint),
         "model_step": meta.get("step"),
-        "prompt": hf.processor.prompt.ref,
+        "prompt": active.processor.prompt.ref,
         "backend": active.name,
         "decoding": decoding.as_dict(),
     }
-    explainer = BatchExplainer(active, featurizer, hf.processor, identity)
+    explainer = BatchExplainer(active, featurizer, active.processor, identity)
     return explainer.run(rows, Path(out_path), settings, decoding, progress)

@@ -70,7 +70,8 @@ def tiny_config(kind: str, vocab_size: int = 640) -> PreTrainedConfig:
         return WhisperConfig(
             d_model=width, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
             decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
-            max_source_positions=1500, vocab_size=100,
+            max_source_positions=1500, vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            decoder_start_token_id=1, max_target_positions=64,
         )
     if kind == "wav2vec2":
         return Wav2Vec2Config(

@@ -1,0 +1,134 @@
+"""``affect-llm chat`` in a real terminal: a pty drives the console script like a person would."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from affect_llm.modeling.builder import ModelSpec, build_model
+from affect_llm.modeling.checkpoint import save_checkpoint
+
+PROMPT = b"you> "
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@pytest.fixture(scope="module")
+def chat_assets(tmp_path_factory) -> dict[str, Path]:
+    import cv2
+    import soundfile
+
+    folder = tmp_path_factory.mktemp("chat")
+    spec = ModelSpec(
+        llm="tiny:llm",
+        audio_encoder="tiny:whisper",
+        face_encoder="tiny:fer",
+        audio_window_seconds=4.0,
+        num_audio_tokens=4,
+        num_face_tokens=2,
+    )
+    model, processor = build_model(spec, seed=0)
+    checkpoint = save_checkpoint(model, processor, folder / "ckpt")
+    seconds = np.arange(16_000, dtype=np.float32) / 16_000
+    soundfile.write(folder / "voice.wav", 0.3 * np.sin(2 * np.pi * 220 * seconds), 16_000)
+    cv2.imwrite(
+        str(folder / "face.png"), np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    )
+    return {"checkpoint": checkpoint, "audio": folder / "voice.wav", "image": folder / "face.png"}
+
+
+class Terminal:
+    """A child process on the slave side of a pty; reads and writes on the master side."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.master, slave = pty.openpty()
+        self.process = subprocess.Popen(
+            command,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,  # input() writes its prompt to stderr on a terminal
+            close_fds=True,
+            start_new_session=True,
+        )
+        os.close(slave)
+        self.seen = b""
+
+    def read_until(self, marker: bytes, timeout: float = 60.0) -> bytes:
+        """Everything read up to and including ``marker`` (fails on timeout or exit)."""
+        deadline = time.monotonic() + timeout
+        while marker not in self.seen:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no {marker!r} within {timeout} s; screen so far: {self.seen[-400:]!r}"
+            ready, _, _ = select.select([self.master], [], [], min(remaining, 0.5))
+            if ready:
+                try:
+                    chunk = os.read(self.master, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    chunk = b""
+                assert chunk, f"the chat ended before {marker!r}; screen: {self.seen[-400:]!r}"
+                self.seen += chunk
+        head, _, self.seen = self.seen.partition(marker)
+        return ANSI.sub(b"", head + marker)
+
+    def type(self, line: str) -> None:
+        os.write(self.master, line.encode() + b"\r")
+
+    def close(self) -> int:
+        code = self.process.wait(timeout=30)
+        os.close(self.master)
+        return code
+
+
+def test_chat_session_in_a_pty(chat_assets):
+    command = [
+        sys.executable,
+        "-m",
+        "affect_llm.cli.main",
+        "chat",
+        "--model",
+        str(chat_assets["checkpoint"]),
+        "--audio",
+        str(chat_assets["audio"]),
+        "--max-new-tokens",
+        "6",
+    ]
+    term = Terminal(command)
+    try:
+        banner = term.read_until(PROMPT)
+        assert b"[clip attached: audio]" in banner
+        assert b"/attach" in banner and b"/quit" in banner
+
+        term.type("How does the speaker feel?")
+        reply = term.read_until(PROMPT)
+        assert b"How does the speaker feel?" in reply  # the terminal echoes what was typed
+        answer = reply.split(b"model> ", 1)[1].rsplit(PROMPT, 1)[0]
+        assert answer.strip(), f"no streamed text after 'model> ': {reply!r}"
+
+        term.type(f"/attach image={chat_assets['image']}")
+        assert b"[clip attached: face]" in term.read_until(PROMPT)
+
+        term.type("/attach image=/no/such/face.png")
+        failed = term.read_until(PROMPT)
+        assert b"[error]" in failed and b"face.png" in failed
+
+        term.type("/reset")
+        assert b"[history cleared]" in term.read_until(PROMPT)
+
+        term.type("And now?")
+        assert b"model> " in term.read_until(PROMPT)
+
+        term.type("/quit")
+        assert term.close() == 0
+    finally:
+        if term.process.poll() is None:  # a failed assertion above: do not leave the chat running
+            os.killpg(term.process.pid, signal.SIGKILL)
+            term.process.wait()

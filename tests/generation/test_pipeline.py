@@ -1,0 +1,78 @@
+"""``AffectPipeline``: parsed answers, honest parse failures, streaming, history and reset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from affect_llm.generation.backends import DecodingSettings
+from affect_llm.generation.pipeline import AffectPipeline
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_checkpoint):
+    return AffectPipeline(tiny_checkpoint, DecodingSettings(max_new_tokens=12))
+
+
+@pytest.fixture
+def clip(synth_rows):
+    row = synth_rows[0]
+    return {"audio": row["audio"], "image": row["image"], "transcript": row["transcript"]}
+
+
+def test_random_model_answer_is_unparseable_not_coerced(pipe, clip):
+    result = pipe(**clip)
+    assert result["parse_status"] == "unparseable"
+    assert result["labels"] is None and result["explanation"] is None and result["evidence"] is None
+    assert result["error"]
+    assert isinstance(result["raw"], str) and result["raw"]
+    assert pipe.messages[-1] == {"role": "assistant", "content": result["raw"]}
+
+
+def test_structured_answer_is_parsed(pipe, clip, monkeypatch):
+    answer = {
+        "labels": ["Happy", "excited "],
+        "explanation": "The voice rises.",
+        "evidence": {"audio": "high pitch", "video": None, "text": "positive words"},
+    }
+    text = "Sure: " + json.dumps(answer)
+
+    def fake_stream(request, settings):
+        yield from (text[i : i + 5] for i in range(0, len(text), 5))
+
+    monkeypatch.setattr(pipe.backend, "stream", fake_stream)
+    result = pipe(**clip)
+    assert result["parse_status"] == "ok" and result["error"] is None
+    assert result["labels"] == ["happy", "excited"]
+    assert result["explanation"] == "The voice rises."
+    assert result["evidence"] == {"audio": "high pitch", "video": None, "text": "positive words"}
+    assert result["raw"] == text
+
+
+def test_streamed_reply_equals_batched_generation(pipe, clip):
+    modalities = pipe.attach(**clip)
+    assert modalities == ["audio", "face"]
+    request = pipe._request(None, "reason")
+    batched = pipe.backend.generate([request], pipe.decoding)[0]
+    assert pipe.ask() == batched
+
+
+def test_follow_up_keeps_history_and_attach_resets_it(pipe, clip):
+    pipe.attach(**clip)
+    pipe.ask()
+    first_turn = list(pipe.messages)
+    pipe.ask("Why?")
+    assert pipe.messages[: len(first_turn)] == first_turn
+    assert pipe.messages[len(first_turn)] == {"role": "user", "content": "Why?"}
+    assert len(pipe.messages) == len(first_turn) + 2
+    pipe.attach(audio=clip["audio"])
+    assert pipe.messages == [] and set(pipe.features) == {"audio_features", "audio_feature_mask"}
+
+
+def test_undecodable_clip_names_the_file(pipe, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    with pytest.raises(ValueError, match="broken.png"):
+        pipe.attach(image=str(broken))
+    assert pipe.features == {}

@@ -1,0 +1,90 @@
+"""vLLM backend: what is served, how decoding maps, clear errors, and HF parity when vLLM is set up."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from affect_llm.generation.backends import DecodingSettings, load_backend
+from affect_llm.generation.vllm_backend import (
+    InProcessEngine,
+    VLLMUnavailableError,
+    WorkerEngine,
+    sampling_options,
+    served_llm_dir,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+VLLM_PYTHON = ROOT / ".venv-vllm/bin/python"
+
+
+def test_merged_checkpoint_serves_its_llm_folder(tiny_checkpoint):
+    assert served_llm_dir(tiny_checkpoint) == str(tiny_checkpoint / "llm")
+
+
+def test_unmerged_adapter_is_refused_with_the_merge_command(tiny_checkpoint, tmp_path):
+    checkpoint = tmp_path / "with-adapter"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    meta_path = checkpoint / "affect_checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    meta["stored"] = [*meta["stored"], "adapter"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="affect-llm merge"):
+        served_llm_dir(checkpoint)
+    with pytest.raises(ValueError, match="LoRA adapter"):
+        load_backend("vllm", str(checkpoint))
+
+
+def test_greedy_and_sampled_settings_map_onto_sampling_params():
+    greedy = sampling_options(DecodingSettings(max_new_tokens=7, seed=3), eos_token_id=5)
+    assert greedy == {
+        "max_tokens": 7,
+        "seed": 3,
+        "detokenize": False,
+        "temperature": 0.0,
+        "stop_token_ids": [5],
+    }
+    sampled = sampling_options(
+        DecodingSettings(do_sample=True, temperature=0.5, top_p=0.8), eos_token_id=None
+    )
+    assert sampled["temperature"] == 0.5 and sampled["top_p"] == 0.8 and "stop_token_ids" not in sampled
+
+
+def test_missing_vllm_gives_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm now raises ImportError
+    with pytest.raises(VLLMUnavailableError, match="setup_vllm.sh"):
+        InProcessEngine("unused", {})
+
+
+def test_missing_worker_interpreter_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no-python"):
+        WorkerEngine(str(tmp_path / "no-python"), "unused", {})
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not VLLM_PYTHON.is_file(), reason=".venv-vllm is absent (bash scripts/setup_vllm.sh makes it)"
+)
+def test_vllm_matches_hf_greedy():
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts/check_vllm.py"),
+            "--prompts",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--vllm-python",
+            str(VLLM_PYTHON),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "2/2 greedy answers identical" in result.stdout

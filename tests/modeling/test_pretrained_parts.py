@@ -1,0 +1,45 @@
+"""Pretrained parts stay exactly as loaded once composed (post_init must not re-initialise them)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import WhisperModel
+
+from affect_llm.modeling.builder import ModelSpec, build_model
+from affect_llm.modeling.tiny import tiny_config
+
+
+def test_whisper_with_a_short_window_keeps_its_pretrained_weights(tmp_path):
+    torch.manual_seed(0)
+    whisper = WhisperModel(tiny_config("whisper"))
+    whisper.save_pretrained(tmp_path / "whisper")
+    model, _ = build_model(ModelSpec(audio_encoder=str(tmp_path / "whisper"), audio_window_seconds=2.0))
+    saved = whisper.encoder.state_dict()
+    loaded = model.encoders["audio"].state_dict()
+    assert loaded["embed_positions.weight"].shape[0] == 100  # 2 s -> 100 encoder positions
+    for key, value in loaded.items():
+        expected = saved[key][: value.shape[0]] if key == "embed_positions.weight" else saved[key]
+        assert torch.equal(value, expected), f"{key} changed when the composite model was built"
+
+
+@pytest.mark.embedded
+def test_embedded_parts_are_the_converted_weights():
+    from safetensors.torch import load_file
+
+    from affect_llm.models.registry import resolve_model_path
+
+    model, _ = build_model(ModelSpec(llm="smollm2-135m-instruct", audio_encoder="whisper-base",
+                                     face_encoder="fer-mini-xception", audio_window_seconds=4.0))
+    parts = {"whisper-base": (model.encoders["audio"], "model.encoder."),
+             "fer-mini-xception": (model.encoders["face"], "")}
+    for name, (module, prefix) in parts.items():
+        folder = resolve_model_path(name)
+        state = {}
+        for file in sorted(__import__("pathlib").Path(folder).glob("*.safetensors")):
+            state.update(load_file(str(file)))
+        for key, value in module.state_dict().items():
+            expected = state[prefix + key]
+            if value.dim():
+                expected = expected[: value.shape[0]]
+            assert torch.equal(value, expected), f"{name}: {key} differs from the converted weights"
