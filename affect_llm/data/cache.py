@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from affect_llm.fileio import atomic_write_bytes
 
 CHECKSUM_KEY = "affect_llm.sha256"
 META_KEY = "affect_llm.meta"
@@ -134,17 +134,7 @@ class FeatureCache:
         cpu = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
         metadata = {CHECKSUM_KEY: tensors_sha256(cpu), META_KEY: json.dumps(dict(meta or {}), sort_keys=True)}
         data = save(cpu, metadata=metadata)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_bytes(path, data)
 
     def get_or_compute(
         self,

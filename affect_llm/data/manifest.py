@@ -23,12 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from affect_llm.fileio import atomic_write_bytes
 
 MediaField = Literal["video", "audio", "image"]
 MEDIA_FIELDS: tuple[str, ...] = ("video", "audio", "image")
@@ -288,17 +288,7 @@ def write_manifest(rows: Iterable[ManifestRow | dict[str, Any]], path: str | Pat
             raise ManifestError(path, index, "id", f"duplicate id {row.id!r}")
         seen.add(row.id)
         lines.append(json.dumps(row.to_dict(), ensure_ascii=False, sort_keys=False))
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("".join(line + "\n" for line in lines))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, "".join(line + "\n" for line in lines).encode("utf-8"))
 
 
 def manifest_sha256(path: str | Path) -> str:
