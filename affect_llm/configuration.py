@@ -37,6 +37,7 @@ class AffectConfig(PreTrainedConfig):
             (set by the processor when it adds its special tokens).
         audio_window_seconds: Whisper encoders see windows of this length instead of 30 s; their
             position table is cut to match, which makes short clips ~30/window times cheaper.
+        audio_encoder_layers: Use the output of the audio encoder's first N layers (None: all).
         component_paths: Where each pretrained part was loaded from (keys ``llm``, ``audio``,
             ``video``, ``face``); None for a part built from its config with random weights.
     """
@@ -63,6 +64,7 @@ class AffectConfig(PreTrainedConfig):
     video_token_id: int | None = None
     face_token_id: int | None = None
     audio_window_seconds: float = 30.0
+    audio_encoder_layers: int | None = None
     component_paths: dict[str, Any] | None = None
     tie_word_embeddings: bool = False
 

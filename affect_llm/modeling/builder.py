@@ -36,6 +36,7 @@ class ModelSpec:
         audio_projector / video_projector / face_projector: ``linear`` | ``mlp`` | ``attention``.
         num_audio_tokens / num_video_tokens / num_face_tokens: LLM tokens per media item.
         audio_window_seconds: Audio window (Whisper position table is cut to it).
+        audio_encoder_layers: Keep the audio encoder's first N layers (prosody lives in the middle ones).
         quantization: ``none`` or ``4bit`` (QLoRA: the LLM in NF4 through bitsandbytes).
         dtype: Weight dtype of the LLM: ``float32``, ``bfloat16`` or ``float16``.
     """
@@ -51,6 +52,7 @@ class ModelSpec:
     num_video_tokens: int = 4
     num_face_tokens: int = 4
     audio_window_seconds: float = 30.0
+    audio_encoder_layers: int | None = None
     quantization: str = "none"
     dtype: str = "float32"
 
@@ -134,6 +136,7 @@ def build_config(spec: ModelSpec, vocab_size: int, models_dir: Path | None = Non
         num_video_tokens=spec.num_video_tokens,
         num_face_tokens=spec.num_face_tokens,
         audio_window_seconds=spec.audio_window_seconds,
+        audio_encoder_layers=spec.audio_encoder_layers,
         component_paths=component_paths,
     )
 

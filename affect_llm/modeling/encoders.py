@@ -44,10 +44,33 @@ def shorten_whisper_window(encoder: nn.Module, config: PreTrainedConfig, window_
     encoder.max_source_positions = positions
 
 
+def keep_first_layers(encoder: nn.Module, num_layers: int) -> None:
+    """Drop every transformer layer after the first ``num_layers`` (the encoder's ``layers`` list).
+
+    Speech encoders trained for recognition wash prosody (pitch, loudness, rate) out of their top
+    layers; the middle layers keep it, and skipping the rest also saves their compute.
+    """
+    for name, module in encoder.named_modules():
+        if name.split(".")[-1] == "layers" and isinstance(module, nn.ModuleList):
+            if num_layers > len(module):
+                raise ValueError(f"encoder has {len(module)} layers; cannot keep {num_layers}")
+            parent = encoder.get_submodule(name.rsplit(".", 1)[0]) if "." in name else encoder
+            setattr(parent, "layers", nn.ModuleList(list(module)[:num_layers]))
+            return
+    raise ValueError(f"{type(encoder).__name__} has no 'layers' list to shorten")
+
+
 def build_encoder(
-    config: PreTrainedConfig, pretrained_path: str | None = None, audio_window_seconds: float = 30.0
+    config: PreTrainedConfig,
+    pretrained_path: str | None = None,
+    audio_window_seconds: float = 30.0,
+    num_layers: int | None = None,
 ) -> nn.Module:
-    """Build an encoder from its config, or load it from a pretrained folder or hub id."""
+    """Build an encoder from its config, or load it from a pretrained folder or hub id.
+
+    Args:
+        num_layers: Keep only the first ``num_layers`` transformer layers (None: all).
+    """
     if pretrained_path:
         encoder = _unwrap_encoder(AutoModel.from_pretrained(pretrained_path, dtype=torch.float32))
     elif config.model_type == "whisper":
@@ -59,6 +82,8 @@ def build_encoder(
         encoder = _unwrap_encoder(AutoModel.from_config(config))
     if config.model_type == "whisper":
         shorten_whisper_window(encoder, encoder.config, audio_window_seconds)
+    if num_layers is not None:
+        keep_first_layers(encoder, num_layers)
     return encoder
 
 

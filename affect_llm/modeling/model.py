@@ -92,7 +92,8 @@ class AffectForConditionalGeneration(AffectPreTrainedModel, GenerationMixin):
         for modality in config.modalities:
             encoder_config = config.encoder_config(modality)
             self.encoders[modality] = encoders.get(modality) or build_encoder(
-                encoder_config, audio_window_seconds=config.audio_window_seconds
+                encoder_config, audio_window_seconds=config.audio_window_seconds,
+                num_layers=config.audio_encoder_layers if modality == "audio" else None,
             )
             self.projectors[modality] = MediaProjector(
                 getattr(config, f"{modality}_projector"),
@@ -209,7 +210,8 @@ class AffectForConditionalGeneration(AffectPreTrainedModel, GenerationMixin):
         for modality in config.modalities:
             if paths.get(modality):
                 encoders[modality] = build_encoder(
-                    config.encoder_config(modality), paths[modality], config.audio_window_seconds
+                    config.encoder_config(modality), paths[modality], config.audio_window_seconds,
+                    num_layers=config.audio_encoder_layers if modality == "audio" else None,
                 )
         return cls(config, language_model=language_model, encoders=encoders)
 

@@ -39,6 +39,11 @@ class MediaProjector(nn.Module):
         super().__init__()
         self.kind = kind
         self.num_tokens = num_tokens
+        # Per-dimension statistics of the encoder's features on the training data (see calibrate):
+        # frozen encoders put most of their variance in directions shared by every clip, and
+        # standardising makes the directions that tell clips apart visible from the first step.
+        self.register_buffer("feature_mean", torch.zeros(encoder_dim))
+        self.register_buffer("feature_std", torch.ones(encoder_dim))
         # Encoder features differ in scale by orders of magnitude (CNN logits vs transformer states).
         self.input_norm = nn.LayerNorm(encoder_dim)
         if kind == "linear":
@@ -55,8 +60,15 @@ class MediaProjector(nn.Module):
         else:
             raise ValueError(f"unknown projector kind {kind!r}: expected linear, mlp or attention")
 
+    @torch.no_grad()
+    def calibrate(self, features: list[torch.Tensor]) -> None:
+        """Set the standardisation from per-item ``(T, D_enc)`` features of the training data."""
+        stacked = torch.cat([f.float() for f in features])  # (sum T, D_enc)
+        self.feature_mean.copy_(stacked.mean(0))
+        self.feature_std.copy_(stacked.std(0).clamp(min=1e-4))
+
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        features = self.input_norm(features)
+        features = self.input_norm((features - self.feature_mean) / self.feature_std)
         if self.kind == "attention":
             keys = self.key_proj(features)  # (B, T, D)
             queries = self.queries.unsqueeze(0).expand(features.shape[0], -1, -1)  # (B, N, D)

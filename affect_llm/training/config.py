@@ -66,6 +66,8 @@ class StageConfig:
         epochs: Alternative to ``steps``.
         order: ``shuffle``, or ``easy_to_hard`` by the rows' ``extra.difficulty``.
         init: ``previous`` (the previous stage's output), ``base`` (fresh model), or a checkpoint path.
+        group_lr: Learning rate per trainable group where it differs from ``lr`` (fresh projectors
+            usually want a larger one than a LoRA adapter).
     """
 
     name: str
@@ -79,6 +81,7 @@ class StageConfig:
     epochs: float | None = None
     order: str = "shuffle"
     init: str = "previous"
+    group_lr: dict[str, float] = field(default_factory=dict)
 
     def check(self, declared: set[str], tasks: set[str]) -> None:
         where = f"stage {self.name!r}"
@@ -87,6 +90,10 @@ class StageConfig:
             self.epochs = _number(self.epochs, f"{where}: epochs")
         self.datasets = {k: _number(v, f"{where}: datasets.{k}") for k, v in self.datasets.items()}
         self.tasks = {k: _number(v, f"{where}: tasks.{k}") for k, v in self.tasks.items()}
+        self.group_lr = {k: _number(v, f"{where}: group_lr.{k}") for k, v in self.group_lr.items()}
+        stray = sorted(set(self.group_lr) - set(self.trainable))
+        if stray:
+            raise ValueError(f"{where}: group_lr names groups that do not train here: {stray}")
         if (self.steps is None) == (self.epochs is None):
             raise ValueError(f"{where}: set exactly one of steps or epochs")
         for name in self.datasets:

@@ -30,7 +30,12 @@ from affect_llm.data.manifest import ManifestRow, load_manifest, manifest_sha256
 from affect_llm.modeling.builder import build_model
 from affect_llm.modeling.checkpoint import load_checkpoint, save_checkpoint
 from affect_llm.modeling.model import AffectForConditionalGeneration
-from affect_llm.modeling.trainable import apply_lora, enable_gradient_checkpointing, set_trainable
+from affect_llm.modeling.trainable import (
+    apply_lora,
+    enable_gradient_checkpointing,
+    group_parameters,
+    set_trainable,
+)
 from affect_llm.processing.featurize import MediaFeaturizer, MediaOptions
 from affect_llm.processing.processor import IGNORE_INDEX, AffectProcessor
 from affect_llm.training.config import StageConfig, TrainConfig
@@ -136,6 +141,16 @@ class CurriculumRecipe:
                 if r.id in self.features and r.id not in self.encoder_inputs]
         self.encoder_inputs.update(featurizer.encoder_inputs(rows))
 
+    def calibrate_projectors(self, model: AffectForConditionalGeneration, stage: StageConfig) -> None:
+        """Standardise fresh projectors' inputs with feature statistics of the stage's training rows."""
+        rows = [r for name in stage.datasets for r in self._usable(self.rows[name]["train"])]
+        for modality, projector in model.projectors.items():
+            features = [self.features[r.id][f"{modality}_features"] for r in rows
+                        if f"{modality}_features" in self.features[r.id]]
+            if features:
+                projector.calibrate(features)
+                logger.info("%s projector standardised on %d training items", modality, len(features))
+
     def _item(self, processor: AffectProcessor, row: ManifestRow, task: str) -> dict[str, Any]:
         features = self.encoder_inputs[row.id] if self.live_encoders else self.features[row.id]
         modalities = sorted({key.split("_", 1)[0] for key in self.features[row.id]})
@@ -217,8 +232,11 @@ class CurriculumRecipe:
         counts = set_trainable(model, stage.trainable)
         if settings.gradient_checkpointing:
             enable_gradient_checkpointing(model)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=settings.weight_decay)
+        groups = group_parameters(model)
+        param_groups = [{"params": [p for p in groups[g] if p.requires_grad], "lr": stage.group_lr.get(g, stage.lr)}
+                        for g in stage.trainable]
+        params = [p for group in param_groups for p in group["params"]]
+        optimizer = torch.optim.AdamW(param_groups, lr=stage.lr, weight_decay=settings.weight_decay)
         global_batch = settings.batch_size * self.world
         num_rows = sum(len(self.rows[n]["train_usable"]) for n in stage.datasets)
         num_steps = stage_num_steps(stage, num_rows, global_batch * settings.grad_accum)
@@ -344,6 +362,8 @@ class CurriculumRecipe:
                 model, processor = self.setup_model(stage, previous)
                 model.to(self.accelerator.device)
                 self.featurize(model, processor)
+                if stage.init == "base" or previous is None:
+                    self.calibrate_projectors(model, stage)
                 self.live_encoders = "encoders" in stage.trainable
                 if self.live_encoders:
                     self.load_encoder_inputs(model, processor)

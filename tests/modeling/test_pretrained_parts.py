@@ -43,3 +43,16 @@ def test_embedded_parts_are_the_converted_weights():
             if value.dim():
                 expected = expected[: value.shape[0]]
             assert torch.equal(value, expected), f"{name}: {key} differs from the converted weights"
+
+
+def test_audio_encoder_can_keep_only_its_first_layers(tmp_path):
+    torch.manual_seed(0)
+    whisper = WhisperModel(tiny_config("whisper"))
+    whisper.save_pretrained(tmp_path / "whisper")
+    model, processor = build_model(ModelSpec(audio_encoder=str(tmp_path / "whisper"), audio_window_seconds=2.0,
+                                             audio_encoder_layers=1))
+    assert len(model.encoders["audio"].layers) == 1
+    assert torch.equal(model.encoders["audio"].layers[0].fc1.weight, whisper.encoder.layers[0].fc1.weight)
+    media = processor.prepare_media(audio=torch.zeros(16000).numpy())
+    features, mask = model.get_media_features("audio", media["audio_values"][None], media["audio_attention_mask"][None])
+    assert features.shape == (1, 100, 32) and mask[0].sum() == 50
