@@ -55,7 +55,7 @@ def keep_first_layers(encoder: nn.Module, num_layers: int) -> None:
             if num_layers > len(module):
                 raise ValueError(f"encoder has {len(module)} layers; cannot keep {num_layers}")
             parent = encoder.get_submodule(name.rsplit(".", 1)[0]) if "." in name else encoder
-            setattr(parent, "layers", nn.ModuleList(list(module)[:num_layers]))
+            parent.layers = nn.ModuleList(list(module)[:num_layers])
             return
     raise ValueError(f"{type(encoder).__name__} has no 'layers' list to shorten")
 
