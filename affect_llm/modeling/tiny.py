@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from transformers import (
+    CLIPVisionConfig,
     LlamaConfig,
     PreTrainedConfig,
     PreTrainedTokenizerFast,
@@ -59,7 +60,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_config(kind: str, vocab_size: int = 640) -> PreTrainedConfig:
-    """Config of a tiny random component: ``llm``, ``whisper``, ``wav2vec2``, ``siglip`` or ``fer``."""
+    """Config of a tiny random component: ``llm``, ``whisper``, ``wav2vec2``, ``siglip``, ``clip`` or ``fer``."""
     width = TINY_WIDTH
     if kind == "llm":
         return LlamaConfig(
@@ -84,6 +85,11 @@ def tiny_config(kind: str, vocab_size: int = 640) -> PreTrainedConfig:
             hidden_size=width, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             image_size=32, patch_size=8,
         )
+    if kind == "clip":
+        return CLIPVisionConfig(
+            hidden_size=width, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            image_size=32, patch_size=8, projection_dim=width,
+        )
     if kind == "fer":
         return FerMiniXceptionConfig(stem_filters=4, block_filters=(8, 16))
-    raise ValueError(f"unknown tiny component {kind!r}: expected llm, whisper, wav2vec2, siglip or fer")
+    raise ValueError(f"unknown tiny component {kind!r}: expected llm, whisper, wav2vec2, siglip, clip or fer")
