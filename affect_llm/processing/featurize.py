@@ -35,12 +35,13 @@ class MediaOptions:
     Attributes:
         num_frames: Frames sampled uniformly per video (face crops are cut from them).
         detect_faces: Crop the largest face per frame (else the whole frame is the face input).
-        decode_workers: Threads decoding clips in parallel.
+        decode_workers: Threads decoding clips in parallel. Default 1: decord aborted the process
+            ("double free or corruption") decoding two clips at once from threads.
     """
 
     num_frames: int = 4
     detect_faces: bool = True
-    decode_workers: int = 2
+    decode_workers: int = 1
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:

@@ -129,7 +129,7 @@ class DataConfig:
     num_frames: int = 4
     detect_faces: bool = True
     feature_cache: str | None = None
-    decode_workers: int = 2
+    decode_workers: int = 1
 
 
 @dataclass
