@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from affect_llm.evaluation.report import read_jsonl
+
 CUE_ORDER = ("audio", "face", "text", "conflict", "all")
 
 
@@ -23,11 +25,6 @@ class EvaluatedSet:
     results: Path
     refs: Path
     report_dir: Path
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def _fmt(value: Any) -> str:
@@ -69,8 +66,8 @@ def scores_section(report: dict[str, Any]) -> list[str]:
 
 def examples_section(evaluated: EvaluatedSet, page_dir: Path, per_cue: int = 2) -> list[str]:
     """A few clips per cue subset: their cues and reference next to the model's answer."""
-    refs = {row["id"]: row for row in _jsonl(evaluated.refs)}
-    results = sorted(_jsonl(evaluated.results), key=lambda r: r["id"])
+    refs = {row["id"]: row for row in read_jsonl(evaluated.refs)}
+    results = sorted(read_jsonl(evaluated.results), key=lambda r: r["id"])
     shown: dict[str, int] = {}
     lines = []
     for result in results:

@@ -36,10 +36,6 @@ def shorten_whisper_window(encoder: nn.Module, config: PreTrainedConfig, window_
     encoder.embed_positions = nn.Embedding(positions, weight.shape[1])
     encoder.embed_positions.weight.data.copy_(weight)
     encoder.embed_positions.requires_grad_(table.weight.requires_grad)
-    # Loaded weights carry this flag; without it the composite model's post_init would re-initialise
-    # the new table and the encoder would no longer be the pretrained one.
-    encoder.embed_positions.weight._is_hf_initialized = True
-    encoder.embed_positions._is_hf_initialized = True
     config.max_source_positions = positions
     encoder.max_source_positions = positions
 

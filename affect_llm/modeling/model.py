@@ -53,6 +53,18 @@ def merge_media_tokens(
     return inputs_embeds.masked_scatter(mask, media_tokens.to(inputs_embeds.dtype))
 
 
+def mark_initialized(module: nn.Module) -> None:
+    """Flag a loaded part so ``post_init`` leaves it alone.
+
+    ``post_init`` initialises every parameter without the ``_is_hf_initialized`` flag; parts that were
+    loaded and then adapted (a shortened position table, fewer layers) would lose their weights.
+    """
+    for sub in module.modules():
+        sub._is_hf_initialized = True
+    for tensor in [*module.parameters(), *module.buffers()]:
+        tensor._is_hf_initialized = True
+
+
 class AffectPreTrainedModel(PreTrainedModel):
     config_class = AffectConfig
     base_model_prefix = "affect"
@@ -84,6 +96,9 @@ class AffectForConditionalGeneration(AffectPreTrainedModel, GenerationMixin):
         encoders: dict[str, nn.Module] | None = None,
     ) -> None:
         super().__init__(config)
+        for part in [language_model, *(encoders or {}).values()]:
+            if part is not None:
+                mark_initialized(part)
         self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
         llm_dim = config.text_config.hidden_size
         encoders = encoders or {}

@@ -84,15 +84,25 @@ class MediaFeaturizer:
         self.options = options or MediaOptions()
         self.batch_size = batch_size
         self.modalities = tuple(model.config.modalities)
-        references = model.config.component_paths or {}
-        self.encoder_ids = {
-            m: f"{m}:{references.get(m) or 'random'}:{weights_fingerprint(model.encoders[m])[:16]}"
-            for m in self.modalities
-        }
+        self._encoder_ids: dict[str, str] | None = None
         self.settings = {**asdict(self.options), **self.processor.settings.to_dict()}
         self.settings.pop("decode_workers")
         self.failures: dict[str, str] = {}
         self.encoded_items = 0
+
+    @property
+    def encoder_ids(self) -> dict[str, str]:
+        """Identity of each encoder (reference + weights hash), part of every cache key.
+
+        Computed on first use: hashing the weights is wasted work when no cache is read or written.
+        """
+        if self._encoder_ids is None:
+            references = self.model.config.component_paths or {}
+            self._encoder_ids = {
+                m: f"{m}:{references.get(m) or 'random'}:{weights_fingerprint(self.model.encoders[m])[:16]}"
+                for m in self.modalities
+            }
+        return self._encoder_ids
 
     def _keys(self, row: ManifestRow) -> dict[str, str]:
         digest = row_content_hash(row)
@@ -118,6 +128,10 @@ class MediaFeaturizer:
         results: dict[str, Features] = {}
         todo: list[tuple[ManifestRow, dict[str, str]]] = []
         for row in rows:
+            if self.cache is None:
+                # Without a cache there is nothing to key: media bytes need not be hashed.
+                todo.append((row, {}))
+                continue
             try:
                 keys = self._keys(row)
             except (OSError, ValueError) as error:  # unreadable media file

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
@@ -117,13 +116,16 @@ class CurriculumRecipe:
         featurizer = MediaFeaturizer(model, processor, cache, options)
         rows = [r for splits in self.rows.values() for split in splits.values() for r in split]
         todo = [r for r in rows if r.id not in self.features and r.id not in self.failures]
+        started = time.perf_counter()
         if cache is not None and self.world > 1:
             # The main process fills the cache; the others then read it instead of decoding again.
-            if self.accelerator.is_main_process:
-                featurizer(todo)
+            features = featurizer(todo) if self.accelerator.is_main_process else None
             self.accelerator.wait_for_everyone()
-        started = time.perf_counter()
-        self.features.update(featurizer(todo))
+            if features is None:
+                features = featurizer(todo)
+        else:
+            features = featurizer(todo)
+        self.features.update(features)
         self.failures.update(featurizer.failures)
         if self.accelerator.is_main_process and todo:
             hits = cache.hits if cache else 0
@@ -180,8 +182,8 @@ class CurriculumRecipe:
         batch = {k: v.to(self.accelerator.device) for k, v in processor.collate(items).items()}
         with self.accelerator.autocast():
             loss_sum, count = self.loss_step(model, batch)
-        total = self.accelerator.reduce(count.detach().clone(), "sum")
-        total_loss = self.accelerator.reduce(loss_sum.detach().clone(), "sum")
+        # One all-reduce for both sums: this runs on every micro-batch.
+        total_loss, total = self.accelerator.reduce(torch.stack([loss_sum.detach().float(), count.float()]), "sum")
         scaled = loss_sum * self.world / total.clamp(min=1)
         return scaled, float(total_loss / total.clamp(min=1)), int(batch["attention_mask"].sum())
 
@@ -384,7 +386,3 @@ class CurriculumRecipe:
 
 class _Interrupted(RuntimeError):
     """Raised by the ``stop_after_steps`` hook to simulate a crash at a known step."""
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(min(loss, 50.0))

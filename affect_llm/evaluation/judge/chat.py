@@ -8,6 +8,7 @@ with exponential backoff, as does an answer that fails its JSON schema.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +47,7 @@ def check_preference(text: str) -> tuple[Preference | None, str | None]:
     return mapping[value], None
 
 
-class ChatJudge:
+class ChatJudge(ABC):
     """Base class of chat-model judges.
 
     Args:
@@ -76,8 +77,9 @@ class ChatJudge:
         self._sleep = sleep
 
     @property
+    @abstractmethod
     def model_name(self) -> str:
-        raise NotImplementedError
+        """Name of the judging model (part of the identity and the cache key)."""
 
     @property
     def decoding(self) -> dict[str, Any]:
@@ -88,8 +90,9 @@ class ChatJudge:
     def identity(self) -> str:
         return f"{self.backend}:{self.model_name}|{self.prompt.ref}"
 
+    @abstractmethod
     def _generate(self, system: str, user: str) -> str:
-        raise NotImplementedError
+        """One answer of the backend to a system + user prompt (raises RetryableJudgeError to retry)."""
 
     def _render(self, template_key: str, **fields: str) -> str:
         text = str(self.prompt[template_key])
