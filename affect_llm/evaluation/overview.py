@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from affect_llm.evaluation.report import read_jsonl
+from affect_llm.evaluation.synth_evidence import EVIDENCE_CHANNELS, score_evidence
 
 CUE_ORDER = ("audio", "face", "text", "conflict", "all")
 
@@ -43,6 +44,18 @@ def cue_table(report: dict[str, Any]) -> list[str]:
         s = by_cue[cue]
         lines.append(f"| {cue} | {s.get('count', 0)} | {_fmt(s.get('accuracy', 0.0))} | {_fmt(s.get('hit_rate', 0.0))} "
                      f"| {_fmt(s.get('family_f1', 0.0))} | {_fmt(s.get('unknown_word_rate', 0.0))} |")
+    return lines
+
+
+def evidence_table(evidence: dict[str, Any]) -> list[str]:
+    """Per cue subset: does the answer describe each channel's true level, and the cue-carrying one?"""
+    keys = list(EVIDENCE_CHANNELS)
+    lines = [f"| cue subset | clips | cue channel described | explanation names it | {' | '.join(f'{k} evidence' for k in keys)} |",
+             "|---|---|---|---|" + "---|" * len(keys)]
+    for cue in sorted(evidence["count"], key=lambda c: (CUE_ORDER.index(c) if c in CUE_ORDER else 99, c)):
+        per_key = " | ".join(_fmt(evidence["channel"][cue].get(k, 0.0)) for k in keys)
+        lines.append(f"| {cue} | {evidence['count'][cue]} | {_fmt(evidence['cue_channel'][cue])} "
+                     f"| {_fmt(evidence['explanation'][cue])} | {per_key} |")
     return lines
 
 
@@ -109,6 +122,21 @@ def write_overview(out_path: Path, held_out: EvaluatedSet, real: EvaluatedSet | 
         "",
         *cue_table(report),
         "",
+    ]
+    refs = {row["id"]: row for row in read_jsonl(held_out.refs)}
+    evidence = score_evidence(read_jsonl(held_out.results), refs)
+    (page_dir / "evidence.json").write_text(json.dumps(evidence, indent=2, sort_keys=True) + "\n")
+    if evidence["count"]:
+        lines += [
+            "## Do the answers describe the cues that are there?",
+            "",
+            "Each evidence string is read back into a level through the reference phrases and compared with the",
+            "clip's true cue per channel. A right label with a wrong description is a guess, not an explanation.",
+            "",
+            *evidence_table(evidence),
+            "",
+        ]
+    lines += [
         "## EMER-style scores (all held-out clips)",
         "",
         *scores_section(report),

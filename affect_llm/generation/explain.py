@@ -1,6 +1,7 @@
 """Batch explanation of a manifest: resumable, sharded, one JSONL row per clip.
 
-A rerun skips ids already in the output; rows are appended and flushed batch by batch, so a crash
+A rerun skips ids already in the output (and refuses a file written by another model, prompt, task or
+decoding); rows are appended and flushed batch by batch, so a crash
 loses at most the batch in flight. A clip that fails to decode, or whose answer does not parse, is
 recorded with the reason and the run goes on.
 """
@@ -60,17 +61,39 @@ def in_shard(row_id: str, shard: tuple[int, int]) -> bool:
     return digest % shard[1] == shard[0]
 
 
-def done_ids(out_path: Path) -> set[str]:
-    """Ids already written; a torn last line (crash mid-write) is ignored and rewritten."""
+# Row fields that say which model, prompt and decoding produced an answer. The checkpoint path is
+# not one of them: a moved checkpoint is the same model, a retrained one at the same path is not.
+PROVENANCE_FIELDS = ("model_fingerprint", "prompt", "backend", "decoding", "task")
+
+
+def done_ids(out_path: Path, provenance: dict[str, Any] | None = None) -> set[str]:
+    """Ids already written; a torn last line (crash mid-write) is ignored and rewritten.
+
+    Args:
+        out_path: The results file.
+        provenance: When given, every row must match it on ``PROVENANCE_FIELDS``: a resumed run
+            appends to answers of the same model, prompt, task and decoding, or not at all.
+
+    Raises:
+        ValueError: Naming the file, the line and the differing field, when a row was written by
+            another model, prompt, task or decoding.
+    """
     ids: set[str] = set()
     if not out_path.is_file():
         return ids
     with out_path.open(encoding="utf-8") as handle:
-        for line in handle:
+        for number, line in enumerate(handle, start=1):
             try:
-                ids.add(json.loads(line)["id"])
-            except (json.JSONDecodeError, KeyError):
+                row = json.loads(line)
+                ids.add(row["id"])
+            except (json.JSONDecodeError, KeyError, TypeError):
                 continue
+            for field in PROVENANCE_FIELDS if provenance is not None else ():
+                if row.get(field) != provenance.get(field):
+                    raise ValueError(
+                        f"{out_path}: line {number} ({row['id']}) was written with {field}={row.get(field)!r}, "
+                        f"this run has {provenance.get(field)!r}; write to another --out, or delete the file to redo it"
+                    )
     return ids
 
 
@@ -127,7 +150,7 @@ class BatchExplainer:
         """Explain every pending row; returns counts (``written``, ``skipped``, ``failed``, ``unparseable``)."""
         out_path.parent.mkdir(parents=True, exist_ok=True)
         _truncate_torn_tail(out_path)
-        already = done_ids(out_path)
+        already = done_ids(out_path, {**self.identity, "task": settings.task})
         pending = [r for r in rows if (settings.split is None or r.split == settings.split)
                    and in_shard(r.id, settings.shard) and r.id not in already]
         if settings.limit is not None:
@@ -193,7 +216,7 @@ def explain_manifest(
     """Load a checkpoint and explain a manifest into ``out_path`` (see :class:`BatchExplainer`)."""
     from affect_llm.data.cache import FeatureCache
     from affect_llm.generation.backends import load_backend
-    from affect_llm.modeling.checkpoint import read_metadata
+    from affect_llm.modeling.checkpoint import checkpoint_fingerprint, read_metadata
     from affect_llm.processing.featurize import MediaFeaturizer, MediaOptions
 
     settings = settings or ExplainSettings()
@@ -207,6 +230,7 @@ def explain_manifest(
     featurizer = MediaFeaturizer(active.model, active.processor, FeatureCache(feature_cache) if feature_cache else None, options)
     identity = {
         "model": str(checkpoint),
+        "model_fingerprint": checkpoint_fingerprint(checkpoint),
         "model_step": meta.get("step"),
         "prompt": active.processor.prompt.ref,
         "backend": active.name,

@@ -14,6 +14,7 @@ Layout of a checkpoint folder::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -121,6 +122,17 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{meta_path}: format_version {meta.get('format_version')}, expected {FORMAT_VERSION}")
     return meta
+
+
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """A short hash of the checkpoint's metadata file, which holds its config, stage, step and validation loss.
+
+    Cheap for any checkpoint size; a retrained checkpoint gets another fingerprint at the same path.
+    """
+    meta_path = Path(path) / META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: not an affect-llm checkpoint (no {META_FILE})")
+    return hashlib.sha256(meta_path.read_bytes()).hexdigest()[:16]
 
 
 def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,17 @@ class RunLogger:
         if self.is_main:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc=f"stage {name}", dynamic_ncols=True)
+            # Redirected to a file (a cluster job, a CI log), a bar redrawn every step floods it.
+            interactive = sys.stderr.isatty()
+            self.bar = tqdm(total=total, initial=initial, desc=f"stage {name}", dynamic_ncols=True,
+                            mininterval=0.1 if interactive else 30.0)
 
     def step(self, step: int, loss: float, lr: float, tokens_per_s: float, samples_per_s: float) -> None:
         if not self.is_main:
             return
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:.0f}", samples_s=f"{samples_per_s:.1f}")
+        self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:.0f}", samples_s=f"{samples_per_s:.1f}",
+                             refresh=False)
         record = {"stage": self.stage, "step": step, "loss": loss, "lr": lr,
                   "tokens_per_s": tokens_per_s, "samples_per_s": samples_per_s}
         self.jsonl.write(json.dumps(record) + "\n")

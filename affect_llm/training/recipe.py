@@ -38,6 +38,7 @@ from affect_llm.modeling.trainable import (
 from affect_llm.processing.featurize import MediaFeaturizer, MediaOptions
 from affect_llm.processing.processor import IGNORE_INDEX, AffectProcessor
 from affect_llm.training.config import StageConfig, TrainConfig
+from affect_llm.training.inputs import check_inputs, record_inputs, stage_inputs
 from affect_llm.training.logging import RunLogger
 from affect_llm.training.schedule import Sample, build_schedule, stage_num_steps
 from affect_llm.training.state import (
@@ -328,6 +329,20 @@ class CurriculumRecipe:
     def manifest_hashes(self) -> dict[str, str]:
         return {n: manifest_sha256(d.manifest) for n, d in self.config.data.datasets.items()}
 
+    def _reusable(self, stage_dir: Path) -> bool:
+        """A finished stage, or an interrupted one that ``--resume`` continues."""
+        return (stage_dir / DONE_FILE).is_file() or (self.resume and (stage_dir / "state" / "progress.json").is_file())
+
+    def check_reusable_stages(self) -> list[dict[str, Any]]:
+        """Every stage's inputs; before anything is written, refuse a reusable stage that other inputs produced."""
+        manifests = self.manifest_hashes()
+        inputs = [stage_inputs(self.config, i, manifests) for i in range(len(self.config.stages))]
+        for stage, stage_input in zip(self.config.stages, inputs, strict=True):
+            stage_dir = self.run_dir / "stages" / stage.name
+            if self._reusable(stage_dir):
+                check_inputs(stage_dir, stage.name, stage_input)
+        return inputs
+
     def write_run_info(self) -> None:
         if not self.accelerator.is_main_process:
             return
@@ -348,6 +363,7 @@ class CurriculumRecipe:
         """Run (or finish) every stage; returns the final checkpoint folder ``<run_dir>/final``."""
         set_seed(self.config.seed)
         self.setup_data()
+        inputs = self.check_reusable_stages()
         self.write_run_info()
         self.log = RunLogger(self.run_dir, self.accelerator.is_main_process, self.config.train)
         previous: Path | None = None
@@ -355,6 +371,8 @@ class CurriculumRecipe:
         try:
             for index, stage in enumerate(self.config.stages):
                 stage_dir = self.run_dir / "stages" / stage.name
+                if not self._reusable(stage_dir) and self.accelerator.is_main_process:
+                    record_inputs(stage_dir, inputs[index])
                 if (stage_dir / DONE_FILE).is_file():
                     logger.info("stage %s already done: %s", stage.name, stage_dir / "best")
                     summaries.append(json.loads((stage_dir / DONE_FILE).read_text()))
@@ -364,7 +382,8 @@ class CurriculumRecipe:
                 model, processor = self.setup_model(stage, previous)
                 model.to(self.accelerator.device)
                 self.featurize(model, processor)
-                if stage.init == "base" or previous is None:
+                # Only fresh projectors are calibrated: a loaded one was trained on its own statistics.
+                if stage.init == "base":
                     self.calibrate_projectors(model, stage)
                 self.live_encoders = "encoders" in stage.trainable
                 if self.live_encoders:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +30,7 @@ ROW_FIELDS = {
     "prompt",
     "backend",
     "timings",
+    "model_fingerprint",
 }
 DECODING = DecodingSettings(max_new_tokens=8)
 
@@ -69,6 +72,35 @@ def test_limit_then_resume_gives_each_id_once(small_manifest, tiny_checkpoint, t
     assert max(counts.values()) == 1
 
 
+def test_resume_refuses_answers_of_another_decoding(small_manifest, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out.jsonl"
+    _explain(small_manifest, out, tiny_checkpoint, batch_size=4, limit=2)
+    before = out.read_text()
+    other = DecodingSettings(max_new_tokens=12)
+    with pytest.raises(ValueError, match=r"out\.jsonl: line 1 .* written with decoding="):
+        explain_manifest(small_manifest, out, tiny_checkpoint, ExplainSettings(batch_size=4), other)
+    with pytest.raises(ValueError, match=r"out\.jsonl: line 1 .* written with task='reason', this run has 'perceive'"):
+        _explain(small_manifest, out, tiny_checkpoint, batch_size=4, task="perceive")
+    assert out.read_text() == before  # nothing appended, nothing lost
+
+
+def test_resume_refuses_answers_of_a_retrained_checkpoint(small_manifest, tiny_checkpoint, tmp_path):
+    """Retraining writes a new checkpoint at the same path: its answers must not join the old ones."""
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    out = tmp_path / "out.jsonl"
+    _explain(small_manifest, out, checkpoint, batch_size=4, limit=2)
+    meta = json.loads((checkpoint / "affect_checkpoint.json").read_text())
+    (checkpoint / "affect_checkpoint.json").write_text(json.dumps({**meta, "step": 99}))
+    with pytest.raises(ValueError, match="written with model_fingerprint="):
+        _explain(small_manifest, out, checkpoint, batch_size=4)
+    # The same checkpoint moved elsewhere is the same model: the run resumes.
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_checkpoint, moved)
+    assert _explain(small_manifest, out.with_name("fresh.jsonl"), tiny_checkpoint, batch_size=4, limit=1)["written"] == 1
+    assert _explain(small_manifest, out.with_name("fresh.jsonl"), moved, batch_size=4)["skipped"] == 1
+
+
 def test_killed_run_resumes_without_duplicates(synth_rows, tiny_checkpoint, tmp_path):
     manifest = write_rows(synth_rows, tmp_path / "all.jsonl")
     out = tmp_path / "out.jsonl"
@@ -102,7 +134,8 @@ def test_killed_run_resumes_without_duplicates(synth_rows, tiny_checkpoint, tmp_
         process.wait(timeout=30)
     written_before = out.read_bytes().count(b"\n")
     assert 2 <= written_before < len(synth_rows)
-    _explain(manifest, out, tiny_checkpoint, batch_size=8)
+    # The resumed run must decode as the killed one did (max 48 tokens), or it refuses the file.
+    explain_manifest(manifest, out, tiny_checkpoint, ExplainSettings(batch_size=8), DecodingSettings(max_new_tokens=48))
     counts = Counter(r["id"] for r in read_rows(out))
     assert set(counts) == {r["id"] for r in synth_rows}
     assert max(counts.values()) == 1

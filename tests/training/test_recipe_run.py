@@ -14,6 +14,7 @@ from trainhelpers import read_losses, tiny_config
 from affect_llm.data.manifest import manifest_sha256
 from affect_llm.modeling.checkpoint import CheckpointError, load_checkpoint, read_metadata
 from affect_llm.training.config import TrainConfig
+from affect_llm.training.inputs import StaleStageError
 from affect_llm.training.recipe import CurriculumRecipe
 
 TASKS = {"align", "perceive", "reason"}
@@ -100,4 +101,47 @@ def test_stage_two_loads_stage_one_strictly(
     with pytest.raises(
         CheckpointError, match=r"projectors\.safetensors.*unexpected keys \['audio\.stray_weight'\]"
     ):
+        CurriculumRecipe(_config(synth_manifest, run_dir, feature_cache)).run()
+
+
+def test_each_stage_records_its_inputs(finished_run: Path) -> None:
+    align = json.loads((finished_run / "stages" / "align" / "stage_inputs.json").read_text())
+    reason = json.loads((finished_run / "stages" / "reason" / "stage_inputs.json").read_text())
+    assert [s["name"] for s in align["stages"]] == ["align"]
+    assert [s["name"] for s in reason["stages"]] == ["align", "reason"]  # a stage depends on those before it
+    assert "log_every" not in reason["train"] and reason["train"]["batch_size"] > 0
+
+
+@pytest.mark.parametrize(
+    ("change", "changed_key", "stage"),
+    [
+        (lambda raw: raw["stages"][1].update(steps=3), "stages.1.steps", "reason"),
+        (lambda raw: raw["stages"][0].update(lr=1.0e-3), "stages.0.lr", "align"),
+        (lambda raw: raw["lora"].update(r=8), "lora.r", "align"),
+    ],
+)
+def test_rerun_with_changed_config_refuses_the_stale_stage(
+    finished_run: Path, synth_manifest: Path, feature_cache: Path, change, changed_key: str, stage: str
+) -> None:
+    raw = tiny_config(synth_manifest, finished_run, feature_cache, stages=2)
+    change(raw)
+    with pytest.raises(StaleStageError, match=rf"stages/{stage}: stage '{stage}' .*changed: {changed_key}\)"):
+        CurriculumRecipe(TrainConfig.from_dict(raw, TASKS)).run()
+
+
+def test_logging_settings_do_not_make_a_stage_stale(
+    finished_run: Path, synth_manifest: Path, feature_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(CurriculumRecipe, "train_stage", lambda *a, **k: pytest.fail("retrained"))
+    raw = tiny_config(synth_manifest, finished_run, feature_cache, stages=2, log_every=5, checkpoint_every=2)
+    assert CurriculumRecipe(TrainConfig.from_dict(raw, TASKS)).run() == finished_run / "final"
+
+
+def test_stage_from_an_older_version_without_inputs_is_refused(
+    finished_run: Path, synth_manifest: Path, feature_cache: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    (run_dir / "stages" / "align" / "stage_inputs.json").unlink()
+    with pytest.raises(StaleStageError, match="records no inputs"):
         CurriculumRecipe(_config(synth_manifest, run_dir, feature_cache)).run()

@@ -1,0 +1,80 @@
+"""What a stage's result depends on, recorded beside it so that a rerun never reuses a stale stage.
+
+A finished stage is skipped on rerun and ``--resume`` continues an interrupted one; both are only
+right while the config that produced them is the one asked for. ``stage_inputs`` lists everything
+that changes a stage's weights or its best-checkpoint choice (the model parts, LoRA, data reading,
+the loop settings that matter, this stage and every stage before it, the manifests' hashes);
+logging, checkpoint cadence and cache locations are left out, since they change no result.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from affect_llm.training.config import TrainConfig
+
+INPUTS_FILE = "stage_inputs.json"
+# Loop settings that change the weights or which checkpoint is kept as best.
+RESULT_SETTINGS = ("batch_size", "grad_accum", "precision", "weight_decay", "max_grad_norm", "eval_every",
+                   "val_max_samples")
+
+
+class StaleStageError(ValueError):
+    """A stage on disk was produced by other inputs than the config now asks for."""
+
+
+def stage_inputs(config: TrainConfig, index: int, manifest_hashes: dict[str, str]) -> dict[str, Any]:
+    """The inputs that determine stage ``index``'s result (JSON-serialisable)."""
+    settings = asdict(config.train)
+    data = asdict(config.data)
+    return {
+        "seed": config.seed,
+        "prompt_version": config.prompt_version,
+        "model": asdict(config.model),
+        "lora": asdict(config.lora) if config.lora else None,
+        "data": {key: data[key] for key in ("datasets", "num_frames", "detect_faces")},
+        "manifests": manifest_hashes,
+        "train": {key: settings[key] for key in RESULT_SETTINGS},
+        "stages": [asdict(stage) for stage in config.stages[: index + 1]],
+    }
+
+
+def changed_keys(recorded: Any, wanted: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two nested JSON values differ, e.g. ``["stages.1.steps"]``."""
+    if isinstance(recorded, dict) and isinstance(wanted, dict):
+        keys = sorted(set(recorded) | set(wanted))
+        return [path for key in keys
+                for path in changed_keys(recorded.get(key), wanted.get(key), f"{prefix}{key}.")]
+    if isinstance(recorded, list) and isinstance(wanted, list) and len(recorded) == len(wanted):
+        return [path for i, (a, b) in enumerate(zip(recorded, wanted, strict=True))
+                for path in changed_keys(a, b, f"{prefix}{i}.")]
+    return [] if recorded == wanted else [prefix.rstrip(".") or "(all)"]
+
+
+def record_inputs(stage_dir: Path, inputs: dict[str, Any]) -> None:
+    """Write the stage's inputs before it trains, so an interrupted stage is checked on resume too."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / INPUTS_FILE).write_text(json.dumps(inputs, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def check_inputs(stage_dir: Path, stage_name: str, inputs: dict[str, Any]) -> None:
+    """Refuse to reuse ``stage_dir`` (finished or resumable) when its recorded inputs differ.
+
+    Raises:
+        StaleStageError: Naming the stage folder and every changed key, or saying that the folder
+            records no inputs (written by an older version).
+    """
+    path = stage_dir / INPUTS_FILE
+    advice = f"train into another run_dir, or delete {stage_dir} and the stages after it"
+    if not path.is_file():
+        raise StaleStageError(f"{stage_dir}: stage {stage_name!r} on disk records no inputs ({INPUTS_FILE}), so it "
+                              f"cannot be checked against the config; {advice}")
+    recorded = json.loads(path.read_text())
+    # Round-trip through JSON so tuples and numbers compare as they were written.
+    changed = changed_keys(recorded, json.loads(json.dumps(inputs, default=str)))
+    if changed:
+        raise StaleStageError(f"{stage_dir}: stage {stage_name!r} on disk was trained with other inputs "
+                              f"(changed: {', '.join(changed)}); {advice}")

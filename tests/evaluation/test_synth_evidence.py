@@ -1,0 +1,87 @@
+"""Evidence faithfulness on the synthetic set, and the overview page that shows it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from affect_llm.data.synth.text import evidence_for, explanation_for, labels_for
+from affect_llm.evaluation.overview import EvaluatedSet, write_overview
+from affect_llm.evaluation.synth_evidence import read_level, score_evidence
+
+NEUTRAL_CUES = {"audio": "neutral", "face": "neutral", "text": "neutral"}
+CLIPS = {
+    "a": ("audio", {**NEUTRAL_CUES, "audio": "sad"}),
+    "f": ("face", {**NEUTRAL_CUES, "face": "happy"}),
+    "c": ("conflict", {"audio": "angry", "face": "surprised", "text": "neutral"}),
+}
+
+
+def _refs() -> dict[str, dict]:
+    return {cid: {"id": cid, "labels": labels_for(cues), "explanation": explanation_for(cues),
+                  "extra": {"cue": cue, "cues": cues}} for cid, (cue, cues) in CLIPS.items()}
+
+
+def _answer(cid: str, cues: dict[str, str]) -> dict:
+    return {"id": cid, "labels": labels_for(cues) or ["neutral"], "explanation": explanation_for(cues),
+            "evidence": evidence_for(cues, "The box is in the kitchen."), "parse_status": "ok"}
+
+
+def test_read_level_maps_reference_phrases_back() -> None:
+    assert read_level("face", "The face smiles with upturned mouth corners.") == "happy"
+    assert read_level("audio", "The voice is low, slow and quiet.") == "sad"
+    assert read_level("text", 'The words are neutral ("Lunch is at twelve.").') == "neutral"
+    assert read_level("face", "A grin.") is None
+    assert read_level("face", None) is None
+
+
+def test_faithful_answers_score_one() -> None:
+    scores = score_evidence([_answer(cid, cues) for cid, (_, cues) in CLIPS.items()], _refs())
+    assert scores["cue_channel"] == {"audio": 1.0, "conflict": 1.0, "face": 1.0}
+    assert scores["explanation"] == {"audio": 1.0, "conflict": 1.0, "face": 1.0}
+    assert scores["channel"]["face"] == {"audio": 1.0, "video": 1.0, "text": 1.0}
+
+
+def test_right_label_with_all_neutral_description_scores_zero() -> None:
+    # The label is right but the answer calls every channel neutral: not an explanation.
+    results = []
+    for cid, (_, cues) in CLIPS.items():
+        answer = _answer(cid, NEUTRAL_CUES)
+        answer["labels"] = labels_for(cues)
+        results.append(answer)
+    scores = score_evidence(results, _refs())
+    assert scores["cue_channel"] == {"audio": 0.0, "conflict": 0.0, "face": 0.0}
+    assert scores["explanation"]["face"] == 0.0
+    # The neutral channels of a single-cue clip are still described correctly.
+    assert scores["channel"]["audio"] == {"audio": 0.0, "video": 1.0, "text": 1.0}
+
+
+def test_rows_without_cues_and_failed_answers() -> None:
+    refs = {**_refs(), "real": {"id": "real", "labels": ["happy"], "extra": {}}}
+    failed = {"id": "f", "labels": None, "explanation": None, "evidence": None, "parse_status": "failed"}
+    scores = score_evidence([failed, {"id": "real", "evidence": {}}], refs)
+    assert scores["count"] == {"face": 1}
+    assert scores["cue_channel"] == {"face": 0.0}
+
+
+@pytest.fixture
+def evaluated(tmp_path: Path) -> EvaluatedSet:
+    refs, results = tmp_path / "manifest.jsonl", tmp_path / "results.jsonl"
+    refs.write_text("".join(json.dumps(r) + "\n" for r in _refs().values()))
+    results.write_text("".join(json.dumps(_answer(cid, cues)) + "\n" for cid, (_, cues) in CLIPS.items()))
+    report_dir = tmp_path / "eval"
+    report_dir.mkdir()
+    by_cue = {cue: {"count": 1, "accuracy": 1.0} for cue, _ in CLIPS.values()}
+    (report_dir / "report.json").write_text(json.dumps({"by_cue": by_cue, "overall": {"accuracy": 1.0}}))
+    return EvaluatedSet("synthetic", results, refs, report_dir)
+
+
+def test_overview_shows_evidence_table_and_writes_json(evaluated: EvaluatedSet, tmp_path: Path) -> None:
+    page = write_overview(tmp_path / "report" / "index.md", evaluated)
+    text = page.read_text()
+    assert "## Do the answers describe the cues that are there?" in text
+    assert "| face | 1 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 |" in text
+    saved = json.loads((tmp_path / "report" / "evidence.json").read_text())
+    assert saved["cue_channel"]["conflict"] == 1.0
