@@ -14,7 +14,7 @@ step() { echo "[quickstart] $* ($(( $(date +%s) - started )) s)"; }
 step "embedded models"
 affect-llm models prepare
 step "sample sets"
-affect-llm data synth --out outputs/synth --seed 0 --num-train 400 --num-val 40 --num-test-per-cue 30
+affect-llm data synth --out outputs/synth --seed 0 --num-train 800 --num-val 40 --num-test-per-cue 30
 affect-llm data pyfeat --out outputs/pyfeat
 step "training (training/embedded.yaml)"
 affect-llm train training/embedded.yaml --resume
