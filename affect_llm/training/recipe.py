@@ -38,7 +38,7 @@ from affect_llm.modeling.trainable import (
 from affect_llm.processing.featurize import MediaFeaturizer, MediaOptions
 from affect_llm.processing.processor import IGNORE_INDEX, AffectProcessor
 from affect_llm.training.config import StageConfig, TrainConfig
-from affect_llm.training.inputs import check_inputs, record_inputs, stage_inputs
+from affect_llm.training.inputs import StaleStageError, check_inputs, record_inputs, stage_inputs
 from affect_llm.training.logging import RunLogger
 from affect_llm.training.schedule import Sample, build_schedule, stage_num_steps
 from affect_llm.training.state import (
@@ -337,10 +337,17 @@ class CurriculumRecipe:
         """Every stage's inputs; before anything is written, refuse a reusable stage that other inputs produced."""
         manifests = self.manifest_hashes()
         inputs = [stage_inputs(self.config, i, manifests) for i in range(len(self.config.stages))]
+        retrained: str | None = None  # the first stage that will train (again)
         for stage, stage_input in zip(self.config.stages, inputs, strict=True):
             stage_dir = self.run_dir / "stages" / stage.name
-            if self._reusable(stage_dir):
-                check_inputs(stage_dir, stage.name, stage_input)
+            if not self._reusable(stage_dir):
+                retrained = retrained or stage.name
+                continue
+            check_inputs(stage_dir, stage.name, stage_input)
+            if retrained is not None and stage.init == "previous":
+                # It started from the output of a stage that is about to change.
+                raise StaleStageError(f"{stage_dir}: stage {stage.name!r} is on disk but stage {retrained!r} before "
+                                      f"it will be trained again; delete {stage_dir} too")
         return inputs
 
     def write_run_info(self) -> None:

@@ -145,3 +145,13 @@ def test_stage_from_an_older_version_without_inputs_is_refused(
     (run_dir / "stages" / "align" / "stage_inputs.json").unlink()
     with pytest.raises(StaleStageError, match="records no inputs"):
         CurriculumRecipe(_config(synth_manifest, run_dir, feature_cache)).run()
+
+
+def test_finished_stage_after_one_that_retrains_is_refused(
+    finished_run: Path, synth_manifest: Path, feature_cache: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    shutil.rmtree(run_dir / "stages" / "align")  # align trains again, so reason's start point changes
+    with pytest.raises(StaleStageError, match="stage 'reason' is on disk but stage 'align' before it will be trained"):
+        CurriculumRecipe(_config(synth_manifest, run_dir, feature_cache)).run()
