@@ -3,7 +3,7 @@
 A label can be right for the wrong reason: an answer that names the emotion but says "the face is
 neutral" about a smiling face explains nothing. On the synthetic set every channel's level is known
 (``extra.cues``) and the reference phrases are fixed, so each channel's evidence string can be read
-back into a level and compared with the truth. Two figures per cue subset:
+back into a level and compared with the truth. Three figures per cue subset:
 
 - ``channel``: per evidence key (``audio``, ``video``, ``text``), the share of clips whose evidence
   describes that channel's true level (neutral channels included);

@@ -125,9 +125,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def checkpoint_fingerprint(path: str | Path) -> str:
-    """A short hash of the checkpoint's metadata file, which holds its config, stage, step and validation loss.
+    """A short hash of the checkpoint's metadata file: its config, manifest hashes, stage, step and validation loss.
 
-    Cheap for any checkpoint size; a retrained checkpoint gets another fingerprint at the same path.
+    Cheap for any checkpoint size. A checkpoint retrained with another config or data, or to another
+    validation loss, gets another fingerprint at the same path; the weights themselves are not hashed.
     """
     meta_path = Path(path) / META_FILE
     if not meta_path.is_file():

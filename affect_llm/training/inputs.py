@@ -14,22 +14,34 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from affect_llm.modeling.checkpoint import checkpoint_fingerprint
 from affect_llm.training.config import TrainConfig
 
 INPUTS_FILE = "stage_inputs.json"
-# Loop settings that change the weights or which checkpoint is kept as best.
-RESULT_SETTINGS = ("batch_size", "grad_accum", "precision", "weight_decay", "max_grad_norm", "eval_every",
-                   "val_max_samples")
+# Loop settings that change the weights or which checkpoint is kept as best. The batch enters as the
+# global batch (per-process batch x processes x accumulation): 1 process at B and 2 at B/2 see the
+# same samples, so either may resume or reuse the other's stage.
+RESULT_SETTINGS = ("precision", "weight_decay", "max_grad_norm", "eval_every", "val_max_samples")
 
 
 class StaleStageError(ValueError):
     """A stage on disk was produced by other inputs than the config now asks for."""
 
 
-def stage_inputs(config: TrainConfig, index: int, manifest_hashes: dict[str, str]) -> dict[str, Any]:
-    """The inputs that determine stage ``index``'s result (JSON-serialisable)."""
+def stage_inputs(config: TrainConfig, index: int, manifest_hashes: dict[str, str], world_size: int = 1) -> dict[str, Any]:
+    """The inputs that determine stage ``index``'s result (JSON-serialisable).
+
+    Args:
+        config: The run's config.
+        index: The stage's position in ``config.stages``.
+        manifest_hashes: sha256 of each dataset's manifest.
+        world_size: Number of processes, which scales the global batch.
+    """
     settings = asdict(config.train)
     data = asdict(config.data)
+    # A stage that starts from a named checkpoint depends on that checkpoint's content, not its path.
+    starts = {stage.name: checkpoint_fingerprint(stage.init) for stage in config.stages[: index + 1]
+              if stage.init not in ("base", "previous") and Path(stage.init).is_dir()}
     return {
         "seed": config.seed,
         "prompt_version": config.prompt_version,
@@ -38,7 +50,9 @@ def stage_inputs(config: TrainConfig, index: int, manifest_hashes: dict[str, str
         "data": {key: data[key] for key in ("datasets", "num_frames", "detect_faces")},
         "manifests": manifest_hashes,
         "train": {key: settings[key] for key in RESULT_SETTINGS},
+        "global_batch": config.train.batch_size * config.train.grad_accum * world_size,
         "stages": [asdict(stage) for stage in config.stages[: index + 1]],
+        "init_checkpoints": starts,
     }
 
 

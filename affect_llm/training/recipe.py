@@ -336,19 +336,32 @@ class CurriculumRecipe:
     def check_reusable_stages(self) -> list[dict[str, Any]]:
         """Every stage's inputs; before anything is written, refuse a reusable stage that other inputs produced."""
         manifests = self.manifest_hashes()
-        inputs = [stage_inputs(self.config, i, manifests) for i in range(len(self.config.stages))]
-        retrained: str | None = None  # the first stage that will train (again)
+        inputs = [stage_inputs(self.config, i, manifests, self.world) for i in range(len(self.config.stages))]
+        retrained: str | None = None  # the stage just before, when it will train (again)
         for stage, stage_input in zip(self.config.stages, inputs, strict=True):
             stage_dir = self.run_dir / "stages" / stage.name
             if not self._reusable(stage_dir):
-                retrained = retrained or stage.name
+                retrained = stage.name
                 continue
             check_inputs(stage_dir, stage.name, stage_input)
             if retrained is not None and stage.init == "previous":
                 # It started from the output of a stage that is about to change.
                 raise StaleStageError(f"{stage_dir}: stage {stage.name!r} is on disk but stage {retrained!r} before "
                                       f"it will be trained again; delete {stage_dir} too")
+            retrained = None
         return inputs
+
+    def start_stage_afresh(self, stage_dir: Path, inputs: dict[str, Any]) -> None:
+        """Clear what an earlier attempt left (state, best checkpoint) and record this attempt's inputs.
+
+        Without this, a later ``--resume`` could continue another config's state, or keep another
+        config's best checkpoint, under this config's inputs.
+        """
+        if self.accelerator.is_main_process:
+            for leftover in ("state", "state.tmp", "best"):
+                shutil.rmtree(stage_dir / leftover, ignore_errors=True)
+            record_inputs(stage_dir, inputs)
+        self.accelerator.wait_for_everyone()
 
     def write_run_info(self) -> None:
         if not self.accelerator.is_main_process:
@@ -378,8 +391,8 @@ class CurriculumRecipe:
         try:
             for index, stage in enumerate(self.config.stages):
                 stage_dir = self.run_dir / "stages" / stage.name
-                if not self._reusable(stage_dir) and self.accelerator.is_main_process:
-                    record_inputs(stage_dir, inputs[index])
+                if not self._reusable(stage_dir):
+                    self.start_stage_afresh(stage_dir, inputs[index])
                 if (stage_dir / DONE_FILE).is_file():
                     logger.info("stage %s already done: %s", stage.name, stage_dir / "best")
                     summaries.append(json.loads((stage_dir / DONE_FILE).read_text()))

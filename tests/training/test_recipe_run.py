@@ -14,8 +14,8 @@ from trainhelpers import read_losses, tiny_config
 from affect_llm.data.manifest import manifest_sha256
 from affect_llm.modeling.checkpoint import CheckpointError, load_checkpoint, read_metadata
 from affect_llm.training.config import TrainConfig
-from affect_llm.training.inputs import StaleStageError
-from affect_llm.training.recipe import CurriculumRecipe
+from affect_llm.training.inputs import StaleStageError, stage_inputs
+from affect_llm.training.recipe import CurriculumRecipe, _Interrupted
 
 TASKS = {"align", "perceive", "reason"}
 
@@ -109,7 +109,7 @@ def test_each_stage_records_its_inputs(finished_run: Path) -> None:
     reason = json.loads((finished_run / "stages" / "reason" / "stage_inputs.json").read_text())
     assert [s["name"] for s in align["stages"]] == ["align"]
     assert [s["name"] for s in reason["stages"]] == ["align", "reason"]  # a stage depends on those before it
-    assert "log_every" not in reason["train"] and reason["train"]["batch_size"] > 0
+    assert "log_every" not in reason["train"] and reason["global_batch"] == 4
 
 
 @pytest.mark.parametrize(
@@ -155,3 +155,28 @@ def test_finished_stage_after_one_that_retrains_is_refused(
     shutil.rmtree(run_dir / "stages" / "align")  # align trains again, so reason's start point changes
     with pytest.raises(StaleStageError, match="stage 'reason' is on disk but stage 'align' before it will be trained"):
         CurriculumRecipe(_config(synth_manifest, run_dir, feature_cache)).run()
+
+
+def test_a_fresh_attempt_clears_another_attempts_state(
+    finished_run: Path, synth_manifest: Path, feature_cache: Path, tmp_path: Path
+) -> None:
+    """Leftover resumable state of another config must not survive for a later --resume to pick up."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    reason = run_dir / "stages" / "reason"
+    (reason / "stage_done.json").unlink()
+    (reason / "state").mkdir()
+    (reason / "state" / "progress.json").write_text('{"step": 1}')  # as another config's crash left it
+    recipe = CurriculumRecipe(_config(synth_manifest, run_dir, feature_cache))
+    recipe.stop_after_steps = 1  # crash again before any state checkpoint (checkpoint_every: 0)
+    with pytest.raises(_Interrupted):
+        recipe.run()
+    assert not (reason / "state").exists() and not (reason / "best").exists()
+    assert json.loads((reason / "stage_inputs.json").read_text())["stages"][1]["name"] == "reason"
+
+
+def test_the_global_batch_not_the_process_count_is_an_input(synth_manifest: Path, tmp_path: Path) -> None:
+    one = TrainConfig.from_dict(tiny_config(synth_manifest, tmp_path, None, stages=1, batch_size=4), TASKS)
+    two = TrainConfig.from_dict(tiny_config(synth_manifest, tmp_path, None, stages=1, batch_size=2), TASKS)
+    assert stage_inputs(one, 0, {}, world_size=1) == stage_inputs(two, 0, {}, world_size=2)
+    assert stage_inputs(one, 0, {}, world_size=2)["global_batch"] == 8
