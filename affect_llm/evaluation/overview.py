@@ -32,6 +32,11 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _in_cue_order(cues: Any) -> list[str]:
+    """Cue subsets in reading order: the single-channel ones first, unknown ones last by name."""
+    return sorted(cues, key=lambda c: (CUE_ORDER.index(c) if c in CUE_ORDER else 99, c))
+
+
 def _link(target: Path, page_dir: Path) -> str:
     return os.path.relpath(target, page_dir).replace(os.sep, "/")
 
@@ -40,7 +45,7 @@ def cue_table(report: dict[str, Any]) -> list[str]:
     """Accuracy, hit rate and family-level F per cue subset."""
     by_cue = report.get("by_cue", {})
     lines = ["| cue subset | clips | accuracy | hit rate | family F1 | unknown-word rate |", "|---|---|---|---|---|---|"]
-    for cue in sorted(by_cue, key=lambda c: (CUE_ORDER.index(c) if c in CUE_ORDER else 99, c)):
+    for cue in _in_cue_order(by_cue):
         s = by_cue[cue]
         lines.append(f"| {cue} | {s.get('count', 0)} | {_fmt(s.get('accuracy', 0.0))} | {_fmt(s.get('hit_rate', 0.0))} "
                      f"| {_fmt(s.get('family_f1', 0.0))} | {_fmt(s.get('unknown_word_rate', 0.0))} |")
@@ -52,7 +57,7 @@ def evidence_table(evidence: dict[str, Any]) -> list[str]:
     keys = list(EVIDENCE_CHANNELS)
     lines = [f"| cue subset | clips | cue channel described | explanation names it | {' | '.join(f'{k} evidence' for k in keys)} |",
              "|---|---|---|---|" + "---|" * len(keys)]
-    for cue in sorted(evidence["count"], key=lambda c: (CUE_ORDER.index(c) if c in CUE_ORDER else 99, c)):
+    for cue in _in_cue_order(evidence["count"]):
         per_key = " | ".join(_fmt(evidence["channel"][cue].get(k, 0.0)) for k in keys)
         lines.append(f"| {cue} | {evidence['count'][cue]} | {_fmt(evidence['cue_channel'][cue])} "
                      f"| {_fmt(evidence['explanation'][cue])} | {per_key} |")

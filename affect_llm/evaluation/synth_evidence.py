@@ -67,11 +67,11 @@ def score_evidence(results: Iterable[dict[str, Any]], refs: dict[str, dict[str, 
         evidence = result.get("evidence") if isinstance(result.get("evidence"), dict) else {}
         explanation = (result.get("explanation") or "").lower()
         carrying = [c for c in CHANNELS if cues[c] != NEUTRAL]
-        for key, channel in EVIDENCE_CHANNELS.items():
-            channel_hits[subset][key].append(read_level(channel, evidence.get(key)) == cues[channel])
-        keys = [k for k, c in EVIDENCE_CHANNELS.items() if c in carrying]
-        cue_hits[subset].append(all(read_level(EVIDENCE_CHANNELS[k], evidence.get(k)) == cues[EVIDENCE_CHANNELS[k]]
-                                    for k in keys))
+        described = {key: read_level(channel, evidence.get(key)) == cues[channel]
+                     for key, channel in EVIDENCE_CHANNELS.items()}
+        for key, hit in described.items():
+            channel_hits[subset][key].append(hit)
+        cue_hits[subset].append(all(hit for key, hit in described.items() if EVIDENCE_CHANNELS[key] in carrying))
         explanation_hits[subset].append(all(channel_phrase(c, cues[c]) in explanation for c in carrying))
     return {
         "channel": {s: {k: _mean(v) for k, v in by_key.items()} for s, by_key in sorted(channel_hits.items())},

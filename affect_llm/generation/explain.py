@@ -1,8 +1,8 @@
 """Batch explanation of a manifest: resumable, sharded, one JSONL row per clip.
 
-A rerun skips ids already in the output (and refuses a file written by another model, prompt, task or
-decoding); rows are appended and flushed batch by batch, so a crash
-loses at most the batch in flight. A clip that fails to decode, or whose answer does not parse, is
+A rerun skips ids already in the output (and refuses a file written by another model, prompt, task
+or decoding); rows are appended and flushed batch by batch, so a crash loses at most the batch in
+flight. A clip that fails to decode, or whose answer does not parse, is
 recorded with the reason and the run goes on.
 """
 

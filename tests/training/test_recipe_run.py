@@ -32,6 +32,14 @@ def finished_run(synth_manifest: Path, feature_cache: Path, tmp_path_factory: py
     return run_dir
 
 
+@pytest.fixture
+def copied_run(finished_run: Path, tmp_path: Path) -> Path:
+    """A copy of the finished run that a test may break."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    return run_dir
+
+
 def test_run_info_records_what_determines_the_run(finished_run: Path, synth_manifest: Path) -> None:
     info = json.loads((finished_run / "run_info.json").read_text())
     assert info["config"]["stages"][1]["name"] == "reason"
@@ -88,11 +96,10 @@ def test_rerun_skips_finished_stages(
 
 
 def test_stage_two_loads_stage_one_strictly(
-    finished_run: Path, synth_manifest: Path, feature_cache: Path, tmp_path: Path
+    copied_run: Path, synth_manifest: Path, feature_cache: Path
 ) -> None:
     """An unexpected key in stage 1's projectors stops stage 2 with the key named."""
-    run_dir = tmp_path / "run"
-    shutil.copytree(finished_run, run_dir)
+    run_dir = copied_run
     shutil.rmtree(run_dir / "stages" / "reason")
     projectors = run_dir / "stages" / "align" / "best" / "projectors.safetensors"
     state = load_file(str(projectors))
@@ -138,31 +145,28 @@ def test_logging_settings_do_not_make_a_stage_stale(
 
 
 def test_stage_from_an_older_version_without_inputs_is_refused(
-    finished_run: Path, synth_manifest: Path, feature_cache: Path, tmp_path: Path
+    copied_run: Path, synth_manifest: Path, feature_cache: Path
 ) -> None:
-    run_dir = tmp_path / "run"
-    shutil.copytree(finished_run, run_dir)
+    run_dir = copied_run
     (run_dir / "stages" / "align" / "stage_inputs.json").unlink()
     with pytest.raises(StaleStageError, match="records no inputs"):
         CurriculumRecipe(_config(synth_manifest, run_dir, feature_cache)).run()
 
 
 def test_finished_stage_after_one_that_retrains_is_refused(
-    finished_run: Path, synth_manifest: Path, feature_cache: Path, tmp_path: Path
+    copied_run: Path, synth_manifest: Path, feature_cache: Path
 ) -> None:
-    run_dir = tmp_path / "run"
-    shutil.copytree(finished_run, run_dir)
+    run_dir = copied_run
     shutil.rmtree(run_dir / "stages" / "align")  # align trains again, so reason's start point changes
     with pytest.raises(StaleStageError, match="stage 'reason' is on disk but stage 'align' before it will be trained"):
         CurriculumRecipe(_config(synth_manifest, run_dir, feature_cache)).run()
 
 
 def test_a_fresh_attempt_clears_another_attempts_state(
-    finished_run: Path, synth_manifest: Path, feature_cache: Path, tmp_path: Path
+    copied_run: Path, synth_manifest: Path, feature_cache: Path
 ) -> None:
     """Leftover resumable state of another config must not survive for a later --resume to pick up."""
-    run_dir = tmp_path / "run"
-    shutil.copytree(finished_run, run_dir)
+    run_dir = copied_run
     reason = run_dir / "stages" / "reason"
     (reason / "stage_done.json").unlink()
     (reason / "state").mkdir()
