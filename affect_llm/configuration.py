@@ -40,6 +40,8 @@ class AffectConfig(PreTrainedConfig):
         audio_encoder_layers: Use the output of the audio encoder's first N layers (None: all).
         component_paths: Where each pretrained part was loaded from (keys ``llm``, ``audio``,
             ``video``, ``face``); None for a part built from its config with random weights.
+        precision: How the weights are held (:class:`affect_llm.precision.Precision` as a dict);
+            every later load follows it unless the caller overrides it.
     """
 
     model_type = "affect"
@@ -66,6 +68,7 @@ class AffectConfig(PreTrainedConfig):
     audio_window_seconds: float = 30.0
     audio_encoder_layers: int | None = None
     component_paths: dict[str, Any] | None = None
+    precision: dict[str, Any] | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs: Any) -> None:

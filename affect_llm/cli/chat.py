@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from affect_llm.cli.options import add_precision_arguments, precision_from_arguments
+
 HELP = "commands: /attach video=PATH audio=PATH image=PATH transcript=TEXT | /reset | /help | /quit"
 
 
@@ -22,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--transcript")
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--models-dir", default=None)
+    add_precision_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     pipe = AffectPipeline(args.model, DecodingSettings(max_new_tokens=args.max_new_tokens),
-                          Path(args.models_dir) if args.models_dir else None)
+                          Path(args.models_dir) if args.models_dir else None,
+                          precision=precision_from_arguments(args, args.model))
     clip = {k: getattr(args, k) for k in ("video", "audio", "image", "transcript") if getattr(args, k)}
     if clip:
         _attach(pipe, clip)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from affect_llm.cli.options import add_precision_arguments, precision_from_arguments
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -25,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--feature-cache", default=None, help="feature cache folder shared with training")
     parser.add_argument("--models-dir", default=None)
+    add_precision_arguments(parser)
     parser.add_argument("--vllm-python", default=None,
                         help="interpreter of a separate vLLM environment (e.g. .venv-vllm/bin/python)")
     parser.set_defaults(func=run)
@@ -47,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
             args.manifest, args.out, args.model, settings, decoding, args.backend, args.feature_cache,
             models_dir=Path(args.models_dir) if args.models_dir else None, progress=bar.update,
             backend_options={"vllm_python": args.vllm_python} if args.backend == "vllm" and args.vllm_python else None,
+            precision=precision_from_arguments(args, args.model),
         )
     print(f"{args.out}: {counts['written']} written, {counts['skipped']} already done, "
           f"{counts['failed']} failed, {counts['unparseable']} unparseable")

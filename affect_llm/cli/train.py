@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     if args.check:
         print(f"{args.config}: ok ({len(config.stages)} stages: {', '.join(s.name for s in config.stages)})")
+        print(f"precision: {config.model.precision().describe(config.train.precision)}")
         return 0
     from affect_llm.training.recipe import CurriculumRecipe
 

@@ -103,17 +103,22 @@ class HFBackend:
         thread.join()
 
 
-def load_backend(name: str, checkpoint: str, models_dir=None, **options) -> GenerationBackend:
-    """Build a backend by name from a checkpoint folder."""
+def load_backend(name: str, checkpoint: str, models_dir=None, precision=None, **options) -> GenerationBackend:
+    """Build a backend by name from a checkpoint folder.
+
+    Args:
+        precision: How to hold the weights (:class:`affect_llm.precision.Precision`); None follows
+            what the checkpoint records.
+    """
     if name == "hf":
         from affect_llm.modeling.checkpoint import load_checkpoint
 
-        model, processor = load_checkpoint(checkpoint, models_dir)
+        model, processor = load_checkpoint(checkpoint, models_dir, precision=precision)
         if torch.cuda.is_available():
             model.to("cuda")
         return HFBackend(model, processor)
     if name == "vllm":
         from affect_llm.generation.vllm_backend import VLLMBackend
 
-        return VLLMBackend(checkpoint, models_dir=models_dir, **options)
+        return VLLMBackend(checkpoint, models_dir=models_dir, precision=precision, **options)
     raise ValueError(f"unknown backend {name!r}: expected 'hf' or 'vllm'")

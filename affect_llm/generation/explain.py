@@ -212,8 +212,13 @@ def explain_manifest(
     models_dir: Path | None = None,
     progress: Any = None,
     backend_options: dict[str, Any] | None = None,
+    precision: Any = None,
 ) -> dict[str, int]:
-    """Load a checkpoint and explain a manifest into ``out_path`` (see :class:`BatchExplainer`)."""
+    """Load a checkpoint and explain a manifest into ``out_path`` (see :class:`BatchExplainer`).
+
+    ``precision`` (:class:`affect_llm.precision.Precision`) overrides how the checkpoint's weights
+    are held; None follows what it records.
+    """
     from affect_llm.data.cache import FeatureCache
     from affect_llm.generation.backends import load_backend
     from affect_llm.modeling.checkpoint import checkpoint_fingerprint, read_metadata
@@ -223,7 +228,7 @@ def explain_manifest(
     decoding = decoding or DecodingSettings()
     rows = load_manifest(manifest)
     meta = read_metadata(checkpoint)
-    active = load_backend(backend, str(checkpoint), models_dir, **(backend_options or {}))
+    active = load_backend(backend, str(checkpoint), models_dir, precision=precision, **(backend_options or {}))
     # Every backend holds the loaded model and processor (.model, .processor): its encoders compute the features.
     train_frames = (meta.get("config") or {}).get("data", {}).get("num_frames", 4)
     options = MediaOptions(num_frames=num_frames or train_frames)

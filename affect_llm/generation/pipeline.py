@@ -25,14 +25,16 @@ class AffectPipeline:
         checkpoint: A checkpoint folder written by training or ``affect-llm merge``.
         decoding: Decoding settings (greedy by default).
         models_dir: Where embedded models were prepared.
+        precision: How to hold the weights (:class:`affect_llm.precision.Precision`); None follows
+            what the checkpoint records.
     """
 
     def __init__(self, checkpoint: str | Path, decoding: DecodingSettings | None = None,
-                 models_dir: Path | None = None) -> None:
+                 models_dir: Path | None = None, precision: Any = None) -> None:
         from affect_llm.generation.backends import load_backend
         from affect_llm.modeling.checkpoint import read_metadata
 
-        self.backend: HFBackend = load_backend("hf", str(checkpoint), models_dir)
+        self.backend: HFBackend = load_backend("hf", str(checkpoint), models_dir, precision=precision)
         self.processor = self.backend.processor
         meta = read_metadata(checkpoint)
         num_frames = (meta.get("config") or {}).get("data", {}).get("num_frames", 4)

@@ -193,12 +193,13 @@ class VLLMBackend:
         checkpoint: str | Path,
         models_dir: Path | None = None,
         vllm_python: str | None = None,
+        precision: Any = None,
         **options: Any,
     ) -> None:
         from affect_llm.modeling.checkpoint import load_checkpoint
 
         self.llm_dir = served_llm_dir(checkpoint, models_dir)
-        self.model, self.processor = load_checkpoint(checkpoint, models_dir)
+        self.model, self.processor = load_checkpoint(checkpoint, models_dir, precision=precision)
         self.model.eval()
         engine_options = {**DEFAULT_ENGINE_OPTIONS, **options}
         python = vllm_python or os.environ.get(VLLM_PYTHON_ENV)

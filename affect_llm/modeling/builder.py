@@ -17,10 +17,10 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedConfig
 from affect_llm.configuration import MODALITIES, AffectConfig
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.tiny import tiny_config, tiny_tokenizer
+from affect_llm.precision import Precision
 from affect_llm.processing.media_inputs import MediaInputSettings
 from affect_llm.processing.processor import AffectProcessor
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CLIP_MEAN, CLIP_STD = [0.4815, 0.4578, 0.4082], [0.2686, 0.2613, 0.2758]
 
 
@@ -39,6 +39,7 @@ class ModelSpec:
         audio_encoder_layers: Keep the audio encoder's first N layers (prosody lives in the middle ones).
         quantization: ``none`` or ``4bit`` (QLoRA: the LLM in NF4 through bitsandbytes).
         dtype: Weight dtype of the LLM: ``float32``, ``bfloat16`` or ``float16``.
+        encoder_dtype: Weight dtype of the encoders (None: ``dtype``). See :mod:`affect_llm.precision`.
     """
 
     llm: str = "tiny:llm"
@@ -55,12 +56,21 @@ class ModelSpec:
     audio_encoder_layers: int | None = None
     quantization: str = "none"
     dtype: str = "float32"
+    encoder_dtype: str | None = None
 
     def __post_init__(self) -> None:
-        if self.quantization not in ("none", "4bit"):
-            raise ValueError(f"model.quantization={self.quantization!r}: expected 'none' or '4bit'")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"model.dtype={self.dtype!r}: expected one of {sorted(DTYPES)}")
+        try:
+            self.precision()
+        except ValueError as error:
+            raise ValueError(f"model.{error}") from error
+        if self.quantization == "4bit" and self.llm.startswith("tiny:"):
+            raise ValueError(f"model.quantization=4bit needs an LLM loaded from weights, not {self.llm!r} built "
+                             "from a config: 4-bit quantization happens while loading (save the tiny LLM with "
+                             "save_pretrained and name its folder)")
+
+    def precision(self) -> Precision:
+        """The load precision this spec asks for."""
+        return Precision(dtype=self.dtype, quantization=self.quantization, encoder_dtype=self.encoder_dtype)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
@@ -141,17 +151,6 @@ def build_config(spec: ModelSpec, vocab_size: int, models_dir: Path | None = Non
     )
 
 
-def quantization_config(spec: ModelSpec):
-    if spec.quantization != "4bit":
-        return None
-    from transformers import BitsAndBytesConfig
-
-    compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
-    )
-
-
 def build_model(
     spec: ModelSpec, models_dir: Path | None = None, seed: int = 0, prompt_version: str | None = None
 ) -> tuple[AffectForConditionalGeneration, AffectProcessor]:
@@ -171,23 +170,25 @@ def build_model(
     for modality, token_id in processor.token_ids().items():
         setattr(config, f"{modality}_token_id", token_id)
     torch.manual_seed(seed)  # projector initialisation is part of what a seed reproduces
-    model = instantiate(config, models_dir, quantization_config(spec), DTYPES[spec.dtype])
+    model = instantiate(config, models_dir, spec.precision())
     fit_vocabulary(model, len(tokenizer))
     return model, processor
 
 
 def instantiate(
-    config: AffectConfig, models_dir: Path | None, quantization: Any = None, dtype: torch.dtype = torch.float32
+    config: AffectConfig, models_dir: Path | None, precision: Precision | None = None
 ) -> AffectForConditionalGeneration:
     """Build the model, loading every component whose reference is set from its resolved folder."""
     references = dict(config.component_paths or {})
     resolved = {part: resolve(ref, models_dir) for part, ref in references.items() if ref}
     config.component_paths = resolved
+    precision = precision or Precision()
     try:
-        model = AffectForConditionalGeneration.from_components(config, quantization, dtype)
+        model = AffectForConditionalGeneration.from_components(config, precision)
     finally:
         config.component_paths = references
     model.config.component_paths = references
+    model.config.precision = precision.to_dict()
     return model
 
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from affect_llm.configuration import AffectConfig
 from affect_llm.modeling.builder import fit_vocabulary, instantiate
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.trainable import is_peft_wrapped
+from affect_llm.precision import Precision
 from affect_llm.processing.processor import AffectProcessor
 
 FORMAT_VERSION = 1
@@ -145,23 +147,38 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: s
         )
 
 
+def recorded_precision(path: str | Path) -> Precision:
+    """The precision a checkpoint was saved with (float32, unquantized when it records none)."""
+    return Precision.from_dict(AffectConfig.from_pretrained(path).precision)
+
+
 def load_checkpoint(
     path: str | Path,
     models_dir: Path | None = None,
     trainable_lora: bool = False,
-    quantization: Any = None,
-    dtype: torch.dtype = torch.float32,
+    precision: Precision | None = None,
+    dequantize: bool = False,
 ) -> tuple[AffectForConditionalGeneration, AffectProcessor]:
-    """Load a checkpoint written by :func:`save_checkpoint`; any key mismatch is an error."""
+    """Load a checkpoint written by :func:`save_checkpoint`; any key mismatch is an error.
+
+    Args:
+        precision: How to hold the weights; None follows what the checkpoint records (a QLoRA
+            stage reloads its LLM in 4-bit, a bf16 run in bf16).
+        trainable_lora: Attach the adapter for further training (a 4-bit LLM is prepared for
+            k-bit training first, as for a fresh adapter).
+        dequantize: Load a 4-bit LLM as it was trained, then replace its NF4 layers by ordinary
+            linear layers holding the dequantised weights, before the adapter is attached (merging).
+    """
     path = Path(path)
     meta = read_metadata(path)
     stored = meta["stored"]
     config = AffectConfig.from_pretrained(path)
     processor = AffectProcessor.from_pretrained(path)
+    precision = precision or Precision.from_dict(config.precision)
     references = dict(config.component_paths or {})
     if "llm" in stored:
         config.component_paths = {**references, "llm": str(path / "llm")}
-    model = instantiate(config, models_dir, quantization, dtype)
+    model = instantiate(config, models_dir, precision)
     model.config.component_paths = references
     fit_vocabulary(model, len(processor.tokenizer))
     load_strict(model.projectors, load_file(str(path / "projectors.safetensors")), f"{path}/projectors.safetensors")
@@ -172,6 +189,8 @@ def load_checkpoint(
             prefix = f"{modality}."
             own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             load_strict(model.encoders[modality], own, f"{path}/encoders.safetensors [{modality}]")
+    if dequantize and precision.is_4bit:
+        model.language_model.dequantize()
     if "adapter" in stored:
         attach_adapter(model, path / "adapter", trainable_lora)
     return model, processor
@@ -179,11 +198,14 @@ def load_checkpoint(
 
 def attach_adapter(model: AffectForConditionalGeneration, adapter_dir: Path, trainable: bool) -> None:
     """Wrap the LLM with the saved LoRA config and load the adapter weights strictly."""
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training, set_peft_model_state_dict
 
     lora_config = LoraConfig.from_pretrained(adapter_dir)
     lora_config.inference_mode = not trainable
-    model.language_model = get_peft_model(model.language_model, lora_config)
+    llm = model.language_model
+    if trainable and getattr(llm, "is_loaded_in_4bit", False):
+        llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=False)
+    model.language_model = get_peft_model(llm, lora_config)
     state = load_file(str(adapter_dir / "adapter_model.safetensors"))
     result = set_peft_model_state_dict(model.language_model, state)
     missing_lora = [k for k in result.missing_keys if "lora_" in k]
@@ -194,11 +216,19 @@ def attach_adapter(model: AffectForConditionalGeneration, adapter_dir: Path, tra
 
 
 def merge_checkpoint(path: str | Path, out_dir: str | Path, models_dir: Path | None = None) -> Path:
-    """Fold the LoRA adapter into the LLM and write a standalone checkpoint whose ``llm/`` serves as is."""
-    model, processor = load_checkpoint(path, models_dir)
+    """Fold the LoRA adapter into the LLM and write a standalone checkpoint whose ``llm/`` serves as is.
+
+    A QLoRA checkpoint is merged into its dequantised base: the LLM is loaded in 4-bit as it was
+    trained, each NF4 layer is dequantised to ``dtype`` (the exact weights the adapter was trained
+    against), the adapter is added, and the merged LLM is saved unquantized in ``dtype``.
+    """
+    precision = recorded_precision(path)
+    model, processor = load_checkpoint(path, models_dir, precision=precision, dequantize=True)
     if is_peft_wrapped(model):
         model.language_model = model.language_model.merge_and_unload()
+    model.config.precision = replace(precision, quantization="none").to_dict()
     meta = read_metadata(path)
     meta = {k: v for k, v in meta.items() if k not in ("format_version", "stored", "prompt")}
     meta["merged_from"] = str(path)
     return save_checkpoint(model, processor, out_dir, metadata=meta, store_llm=True, store_encoders=True)
+

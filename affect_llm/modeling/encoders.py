@@ -61,14 +61,16 @@ def build_encoder(
     pretrained_path: str | None = None,
     audio_window_seconds: float = 30.0,
     num_layers: int | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
     """Build an encoder from its config, or load it from a pretrained folder or hub id.
 
     Args:
         num_layers: Keep only the first ``num_layers`` transformer layers (None: all).
+        dtype: Weight dtype of a loaded encoder.
     """
     if pretrained_path:
-        encoder = _unwrap_encoder(AutoModel.from_pretrained(pretrained_path, dtype=torch.float32))
+        encoder = _unwrap_encoder(AutoModel.from_pretrained(pretrained_path, dtype=dtype))
     elif config.model_type == "whisper":
         # Building the whole encoder-decoder only to drop the decoder wastes its memory.
         from transformers.models.whisper.modeling_whisper import WhisperEncoder

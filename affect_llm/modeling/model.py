@@ -24,6 +24,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from affect_llm.configuration import MODALITIES, AffectConfig
 from affect_llm.modeling.encoders import build_encoder, encode_audio, encode_frames, encoder_output_dim
 from affect_llm.modeling.projectors import MediaProjector
+from affect_llm.precision import Precision
 
 MEDIA_SUFFIXES = ("_values", "_attention_mask", "_features", "_feature_mask")
 
@@ -200,20 +201,20 @@ class AffectForConditionalGeneration(AffectPreTrainedModel, GenerationMixin):
 
     # -- construction from pretrained components ------------------------------------------------------
     @classmethod
-    def from_components(
-        cls, config: AffectConfig, quantization_config: Any = None, dtype: torch.dtype = torch.float32
-    ) -> AffectForConditionalGeneration:
+    def from_components(cls, config: AffectConfig, precision: Precision | None = None) -> AffectForConditionalGeneration:
         """Build the model, loading each part named in ``config.component_paths`` from its folder.
 
         Parts without a path are built from their config with random weights (tests, new projectors).
-        ``quantization_config`` (a ``BitsAndBytesConfig``) applies to the LLM only: encoders and
-        projectors stay in full precision.
+        ``precision`` (see :mod:`affect_llm.precision`) decides the LLM's dtype and 4-bit
+        quantization and the encoders' dtype; projectors stay float32.
         """
+        precision = precision or Precision()
         paths = config.component_paths or {}
         language_model = None
         if paths.get("llm"):
             language_model, info = AutoModelForCausalLM.from_pretrained(
-                paths["llm"], dtype=dtype, quantization_config=quantization_config, output_loading_info=True
+                paths["llm"], dtype=precision.llm_torch_dtype(), quantization_config=precision.bitsandbytes_config(),
+                output_loading_info=True,
             )
             if info["missing_keys"] or info["unexpected_keys"]:
                 raise ValueError(
@@ -221,14 +222,23 @@ class AffectForConditionalGeneration(AffectPreTrainedModel, GenerationMixin):
                     f"unexpected {sorted(info['unexpected_keys'])[:10]}"
                 )
             config.text_config = language_model.config
+        elif precision.is_4bit:
+            raise ValueError("4-bit quantization needs an LLM loaded from weights; this one is built from its config")
         encoders = {}
         for modality in config.modalities:
             if paths.get(modality):
                 encoders[modality] = build_encoder(
                     config.encoder_config(modality), paths[modality], config.audio_window_seconds,
                     num_layers=config.audio_encoder_layers if modality == "audio" else None,
+                    dtype=precision.encoder_torch_dtype(),
                 )
-        return cls(config, language_model=language_model, encoders=encoders)
+        model = cls(config, language_model=language_model, encoders=encoders)
+        if language_model is None:
+            model.language_model.to(precision.llm_torch_dtype())
+        for modality, encoder in model.encoders.items():
+            if modality not in encoders:
+                encoder.to(precision.encoder_torch_dtype())
+        return model
 
 
 AutoModel.register(AffectConfig, AffectForConditionalGeneration, exist_ok=True)

@@ -100,3 +100,23 @@ def enable_gradient_checkpointing(model: AffectForConditionalGeneration) -> None
     else:  # peft wrapper: forwards the older name to the base model
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.language_model.config.use_cache = False
+
+
+def llm_weight_summary(model: AffectForConditionalGeneration) -> dict[str, object]:
+    """How the LLM's weights are held: linear layers by kind (4-bit or not) and parameter dtypes.
+
+    Recorded in every stage's summary, so a run shows that a QLoRA curriculum kept its LLM in
+    4-bit in every stage.
+    """
+    linear_4bit = linear = 0
+    for name, module in model.language_model.named_modules():
+        # A LoRA wrapper holds the original layer as base_layer; its A/B matrices are the adapter's.
+        if "lora_" in name or hasattr(module, "base_layer"):
+            continue
+        if type(module).__name__ == "Linear4bit":
+            linear_4bit += 1
+        elif isinstance(module, nn.Linear):
+            linear += 1
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for n, p in model.language_model.named_parameters()
+                     if "lora_" not in n})
+    return {"linear_4bit": linear_4bit, "linear": linear, "dtypes": dtypes}

@@ -33,6 +33,7 @@ from affect_llm.modeling.trainable import (
     apply_lora,
     enable_gradient_checkpointing,
     group_parameters,
+    llm_weight_summary,
     set_trainable,
 )
 from affect_llm.processing.featurize import MediaFeaturizer, MediaOptions
@@ -107,7 +108,8 @@ class CurriculumRecipe:
                 apply_lora(model, self.config.lora)
             return model, processor
         source = previous if stage.init == "previous" else Path(stage.init)
-        return load_checkpoint(source, self.models_dir, trainable_lora=True)
+        # Every stage loads with the run's precision: a QLoRA curriculum keeps its LLM in 4-bit throughout.
+        return load_checkpoint(source, self.models_dir, trainable_lora=True, precision=self.config.model.precision())
 
     def featurize(self, model: AffectForConditionalGeneration, processor: AffectProcessor) -> None:
         """Encoder features of every row, read from or written to the feature cache."""
@@ -233,6 +235,7 @@ class CurriculumRecipe:
         for name in stage.datasets:
             self.rows[name]["train_usable"] = self._usable(self.rows[name]["train"])
         counts = set_trainable(model, stage.trainable)
+        weights = llm_weight_summary(model)
         if settings.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         groups = group_parameters(model)
@@ -257,7 +260,8 @@ class CurriculumRecipe:
             start_step = load_training_state(state_dir, self.accelerator.unwrap_model(model), optimizer, scheduler, self.rank)
             logger.info("stage %s: resumed at step %d of %d", stage.name, start_step, num_steps)
         best = self._best_so_far(stage_dir)
-        summary = {"stage": stage.name, "steps": num_steps, "groups": counts, "losses": []}
+        summary = {"stage": stage.name, "steps": num_steps, "groups": counts, "losses": [],
+                   "llm_weights": weights}
         model.train()
         self.log.start_stage(stage.name, num_steps, start_step)
         for step in range(start_step, num_steps):
@@ -372,6 +376,8 @@ class CurriculumRecipe:
         info = {
             "config": self.config.to_dict(),
             "prompt": load_prompt("tasks", self.config.prompt_version).ref,
+            "precision": {**self.config.model.precision().to_dict(),
+                          "rule": self.config.model.precision().describe(self.config.train.precision)},
             "manifests": self.manifest_hashes(),
             "libraries": library_versions(),
             "git_commit": git_commit(),

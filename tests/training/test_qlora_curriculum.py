@@ -1,0 +1,112 @@
+"""A three-stage QLoRA curriculum through the real CLI keeps its LLM in 4-bit NF4 in every stage.
+
+bitsandbytes quantizes to 4-bit on the CPU, so this runs here as it runs on a GPU: a tiny LLM saved
+with ``save_pretrained`` (4-bit quantization happens while loading weights) under
+``model.quantization: 4bit``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from trainhelpers import tiny_config, write_config
+
+from affect_llm.modeling.tiny import tiny_config as tiny_component_config
+from affect_llm.modeling.tiny import tiny_tokenizer
+
+STAGES = ("align", "reason", "polish")
+
+
+@pytest.fixture(scope="module")
+def tiny_llm_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny_llm")
+    AutoModelForCausalLM.from_config(tiny_component_config("llm")).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def _qlora_config(manifest: Path, run_dir: Path, cache: Path, llm: Path) -> dict:
+    raw = tiny_config(manifest, run_dir, cache, stages=2)
+    raw["model"].update(llm=str(llm), quantization="4bit")
+    third = dict(raw["stages"][1], name="polish", steps=2)
+    raw["stages"].append(third)
+    return raw
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "affect_llm.cli.main", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def qlora_run(synth_manifest: Path, feature_cache: Path, tiny_llm_folder: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("qlora")
+    config = write_config(work / "qlora.yaml", _qlora_config(synth_manifest, work / "run", feature_cache,
+                                                             tiny_llm_folder))
+    done = _cli("train", str(config), cwd=work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return work / "run"
+
+
+def test_every_stage_trains_a_4bit_llm(qlora_run: Path) -> None:
+    stages = json.loads((qlora_run / "result.json").read_text())["stages"]
+    assert [s["stage"] for s in stages] == list(STAGES)
+    for summary in stages:
+        # 2 decoder layers x 7 projections in NF4; only the head stays an ordinary linear layer.
+        assert summary["llm_weights"]["linear_4bit"] == 14, summary["stage"]
+        assert summary["llm_weights"]["linear"] == 1, summary["stage"]
+
+
+def test_run_folder_and_checkpoints_record_the_precision(qlora_run: Path) -> None:
+    info = json.loads((qlora_run / "run_info.json").read_text())
+    assert info["precision"]["quantization"] == "4bit"
+    assert "NF4" in info["precision"]["rule"]
+    for stage in STAGES:
+        config = json.loads((qlora_run / "stages" / stage / "best" / "config.json").read_text())
+        assert config["precision"] == {"dtype": "float32", "quantization": "4bit", "encoder_dtype": None}
+
+
+def test_check_prints_the_resolved_precision(synth_manifest: Path, feature_cache: Path, tiny_llm_folder: Path,
+                                             tmp_path: Path) -> None:
+    config = write_config(tmp_path / "qlora.yaml",
+                          _qlora_config(synth_manifest, tmp_path / "run", feature_cache, tiny_llm_folder))
+    done = _cli("train", str(config), "train.precision=bf16", "--check", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert ("precision: LLM weights NF4 4-bit (compute float32); encoders float32; projectors and LoRA "
+            "float32; training forward in bf16 (autocast bf16)") in done.stdout
+
+
+def test_4bit_on_an_llm_built_from_a_config_is_refused(synth_manifest: Path, tmp_path: Path) -> None:
+    raw = tiny_config(synth_manifest, tmp_path / "run", None)
+    raw["model"]["quantization"] = "4bit"
+    done = _cli("train", str(write_config(tmp_path / "bad.yaml", raw)), "--check", cwd=tmp_path)
+    assert done.returncode != 0
+    assert "4-bit quantization happens while loading" in done.stderr
+
+
+def test_merged_qlora_checkpoint_is_unquantized_and_answers_like_the_4bit_one(qlora_run: Path, tmp_path: Path) -> None:
+    """Dequantise, merge, save: the merged LLM holds the weights the adapter was trained against."""
+    import torch
+
+    from affect_llm.modeling.checkpoint import load_checkpoint, merge_checkpoint
+
+    merged = merge_checkpoint(qlora_run / "final", tmp_path / "merged")
+    config = json.loads((merged / "config.json").read_text())
+    assert config["precision"]["quantization"] == "none"
+    quantized, processor = load_checkpoint(qlora_run / "final")
+    plain, _ = load_checkpoint(merged)
+    assert not getattr(plain.language_model, "is_loaded_in_4bit", False)
+    ids = processor(
+        [processor.build_messages("perceive", ())], None
+    )["input_ids"]
+    with torch.no_grad():
+        expected = quantized(input_ids=ids).logits
+        got = plain(input_ids=ids).logits
+    assert torch.allclose(expected, got, atol=1e-4), (expected - got).abs().max()
