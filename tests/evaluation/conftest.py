@@ -10,8 +10,8 @@ from openai_stub import StubServer
 
 @pytest.fixture(scope="session")
 def stub_process() -> Iterator[StubServer]:
-    """One stub server process on 127.0.0.1 for the whole session."""
-    with StubServer(delay=0.0, lifetime=900.0) as stub:
+    """One stub server process on 127.0.0.1 for the whole test run."""
+    with StubServer(delay=0.0, lifetime=3600.0) as stub:
         yield stub
 
 

@@ -29,6 +29,18 @@ def test_data_records_source_commit_and_licence_beside_it():
     )
 
 
+def test_table_sizes_match_the_published_counts(wheel):
+    """AffectGPT's wheel.py states the sizes its tables give: 253 emotion-wheel labels, 1255
+    labels once synonyms are added, 7386 once word forms are added."""
+    on_wheels = {
+        word
+        for tree in wheel.wheels.values()
+        for level1, branches in tree.items()
+        for word in [level1, *branches, *(w for words in branches.values() for w in words)]
+    }
+    assert (len(on_wheels), len(wheel.synonyms), len(wheel.forms)) == (253, 1255, 7386)
+
+
 def test_tired_differs_between_wheels(wheel):
     """``tired``: forms -> {tired}; synonyms(tired) -> bored, exhausted, sleepy, tired.
 
