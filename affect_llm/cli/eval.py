@@ -3,11 +3,15 @@
     affect-llm eval results.jsonl --refs manifest.jsonl --out runs/eval --judge embedding
     affect-llm eval results.jsonl --refs manifest.jsonl --out runs/eval \\
         --judge openai --judge-url http://127.0.0.1:8000/v1 --judge-model qwen2.5-7b-instruct
+    affect-llm eval results.jsonl --refs manifest.jsonl --out runs/eval \\
+        --scoring mer-ov --scoring mer-unibench --ov-grouping llm --sentiment-grouping llm \\
+        --judge openai --judge-url http://127.0.0.1:8000/v1 --judge-model qwen2.5-7b-instruct
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,38 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--judge-path", type=Path, help="local model folder (hf judge) or MiniLM folder (embedding)"
     )
     parser.add_argument("--cache", type=Path, help="judge cache folder (default: <out>/judge_cache)")
+    parser.add_argument(
+        "--judge-in-flight", type=int, default=16, help="requests the openai judge keeps running at once"
+    )
+    parser.add_argument(
+        "--judge-structured",
+        choices=("response_format", "guided_json", "off"),
+        default="response_format",
+        help="how the answer's JSON schema is sent (vLLM honours both; 'off' for servers that refuse it)",
+    )
+    parser.add_argument(
+        "--scoring",
+        action="append",
+        choices=("affect-llm", "mer-ov", "mer-unibench"),
+        help="add a published scoring mode (repeatable); affect-llm taxonomy scores are always written",
+    )
+    parser.add_argument(
+        "--ov-grouping",
+        choices=("llm", "taxonomy", "exact"),
+        default="taxonomy",
+        help="MER-OV synonym grouping; 'llm' is the published one and needs --judge openai/hf",
+    )
+    parser.add_argument(
+        "--sentiment-grouping",
+        choices=("llm", "taxonomy"),
+        default="taxonomy",
+        help="MER-UniBench labels -> sentiment; 'llm' is the published one and needs --judge openai/hf",
+    )
+    parser.add_argument(
+        "--unibench-task",
+        choices=("ov", "basic", "sentiment"),
+        help="kind of every set for MER-UniBench (default: by set name, else by what the references hold)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.set_defaults(func=run)
     return parser
@@ -49,7 +85,13 @@ def build_judge(args: argparse.Namespace) -> Any:
             raise ValueError("--judge openai needs --judge-url and --judge-model")
         from affect_llm.evaluation.judge.openai_compat import OpenAICompatJudge
 
-        return OpenAICompatJudge(args.judge_url, args.judge_model, cache=cache)
+        return OpenAICompatJudge(
+            args.judge_url,
+            args.judge_model,
+            cache=cache,
+            max_in_flight=args.judge_in_flight,
+            structured_output=args.judge_structured,
+        )
     if args.judge_path is None:
         raise ValueError("--judge hf needs --judge-path (a local model folder)")
     from affect_llm.evaluation.judge.hf_local import HFLocalJudge
@@ -59,8 +101,33 @@ def build_judge(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from affect_llm.evaluation.report import evaluate
+    from affect_llm.evaluation.scoring import ScoringOptions
 
-    report = evaluate(args.results, args.refs, args.out, judge=build_judge(args), seed=args.seed)
+    needs_chat = [
+        flag
+        for flag, used in (
+            ("--ov-grouping llm", args.ov_grouping == "llm" and "mer-ov" in (args.scoring or ())),
+            (
+                "--sentiment-grouping llm",
+                args.sentiment_grouping == "llm" and "mer-unibench" in (args.scoring or ()),
+            ),
+        )
+        if used
+    ]
+    if needs_chat and args.judge not in ("openai", "hf"):
+        print(
+            f"affect-llm eval: {' and '.join(needs_chat)} need --judge openai or --judge hf", file=sys.stderr
+        )
+        return 2
+    scoring = ScoringOptions(
+        modes=tuple(args.scoring or ("affect-llm",)),
+        ov_grouping=args.ov_grouping,
+        sentiment_grouping=args.sentiment_grouping,
+        unibench_task=args.unibench_task,
+    )
+    report = evaluate(
+        args.results, args.refs, args.out, judge=build_judge(args), seed=args.seed, scoring=scoring
+    )
     overall, coverage = report["overall"], report["coverage"]
     print(f"report: {args.out / 'report.json'}")
     print(
@@ -71,4 +138,20 @@ def run(args: argparse.Namespace) -> int:
     if report["judge"] is not None:
         means = ", ".join(f"{k} {v['mean']}" for k, v in report["judge"]["kinds"].items())
         print(f"judge {report['judge']['identity']}: {means}")
+    if "mer_ov" in report:
+        ov = report["mer_ov"]
+        print(
+            f"MER2024-OV [{ov['grouping']}]: accuracy {_num(ov['accuracy'])}, recall {_num(ov['recall'])}, "
+            f"avg {_num(ov['avg'])} over {ov['count']} samples (failed {ov['failed']}, skipped {ov['skipped']})"
+        )
+    if "mer_unibench" in report:
+        bench = report["mer_unibench"]
+        for name, figures in bench["sets"].items():
+            headline = figures["headline"]
+            print(f"MER-UniBench {name} ({figures['task']}): {headline['metric']} {_num(headline['value'])}")
+        print(f"MER-UniBench mean of headlines: {_num(bench['mean_headline'])} [{bench['wheel']}]")
     return 0
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

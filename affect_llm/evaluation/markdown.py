@@ -75,10 +75,58 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     else:
         lines.append(f"Judge `{judge['identity']}`.")
         lines += ["", *_table(["kind", "mean", "scored", "failed", "cached"], _judge_rows(judge))]
+    lines += _mer_ov_lines(report.get("mer_ov"))
+    lines += _unibench_lines(report.get("mer_unibench"))
+    lines += ["", "## Scoring modes", ""]
+    lines += [
+        f"- `{mode}`: {info['title']}; sections {', '.join(info['sections'])}"
+        for mode, info in report["scoring"].items()
+    ]
     lines += ["", "## Provenance", "", f"Prompts: {', '.join(report['prompts']) or '-'}."]
     lines += [f"Models: {', '.join(report['models']) or '-'}.", f"Taxonomy: `{report['taxonomy']}`."]
     lines += ["", "Figures: " + ", ".join(f"`{name}`" for name in report["figures"]), ""]
     return "\n".join(lines)
+
+
+def _ci(ci: Sequence[float] | None) -> str:
+    return "-" if not ci else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def _mer_ov_lines(section: Mapping[str, Any] | None) -> list[str]:
+    if section is None:
+        return []
+    rows = [[key, section[key], _ci(section["ci"].get(key))] for key in ("accuracy", "recall", "avg")]
+    return [
+        "",
+        "## MER2024-OV (mode `mer-ov`)",
+        "",
+        f"Grouping `{section['grouping']}`; {section['count']} samples scored, {section['failed']} "
+        f"groupings failed, {section['skipped']} references without labels skipped.",
+        "",
+        *_table(["metric", "value", "95% CI"], rows),
+    ]
+
+
+def _unibench_lines(section: Mapping[str, Any] | None) -> list[str]:
+    if section is None:
+        return []
+    rows = []
+    for name, figures in section["sets"].items():
+        note = ""
+        if "sentiment" in figures:
+            note = f"sentiment `{figures['sentiment']['grouping']}`, unresolved {figures['sentiment']['unresolved']}"
+        rows.append(
+            [name, figures["task"], figures["headline"]["metric"], figures["headline"]["value"], note]
+        )
+    rows.append(["mean", "-", "headline", section["mean_headline"], ""])
+    return [
+        "",
+        "## MER-UniBench (mode `mer-unibench`)",
+        "",
+        f"Emotion wheels `{section['wheel']}` (AffectGPT, Apache-2.0).",
+        "",
+        *_table(["set", "task", "metric", "value", "notes"], rows),
+    ]
 
 
 def _judge_rows(judge: Mapping[str, Any]) -> list[list[Any]]:

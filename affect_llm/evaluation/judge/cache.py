@@ -1,13 +1,16 @@
 """Disk cache of judge results, keyed by everything that determines the answer.
 
 One JSON line per result in ``<dir>/judge_cache.jsonl``; appending keeps concurrent readers safe
-and a crash loses at most the last line, which is skipped on load.
+and a crash loses at most the last line, which is skipped on load. Scores are stored as
+``{"key", "score", "raw"}``; other judge tasks (synonym groups, sentiment) as
+``{"key", "value", "raw"}``. Writes are serialised by a lock, so judge threads may share one cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,7 @@ class JudgeCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._entries: dict[str, dict[str, Any]] = {}
         self.skipped_lines = 0
+        self._lock = threading.Lock()
         if self.path.is_file():
             self._load()
 
@@ -67,7 +71,7 @@ class JudgeCache:
     def get(self, key: str) -> JudgeResult | None:
         """Cached result for ``key`` (marked ``cached=True``), or None."""
         row = self._entries.get(key)
-        if row is None:
+        if row is None or "score" not in row:
             return None
         return JudgeResult(score=row.get("score"), raw=row.get("raw", ""), error=None, cached=True)
 
@@ -75,7 +79,21 @@ class JudgeCache:
         """Store a successful result; failures are not cached so a rerun retries them."""
         if not result.ok:
             return
-        row = {"key": key, "score": result.score, "raw": result.raw}
-        self._entries[key] = row
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+        self._append({"key": key, "score": result.score, "raw": result.raw})
+
+    def get_value(self, key: str) -> tuple[Any, str] | None:
+        """Cached ``(value, raw)`` of a non-score task for ``key``, or None."""
+        row = self._entries.get(key)
+        if row is None or "value" not in row:
+            return None
+        return row["value"], row.get("raw", "")
+
+    def put_value(self, key: str, value: Any, raw: str) -> None:
+        """Store the checked value of a non-score task (only successful answers are stored)."""
+        self._append({"key": key, "value": value, "raw": raw})
+
+    def _append(self, row: dict[str, Any]) -> None:
+        with self._lock:
+            self._entries[row["key"]] = row
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")

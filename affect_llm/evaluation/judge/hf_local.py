@@ -40,6 +40,7 @@ class HFLocalJudge(ChatJudge):
         # The config digest stands in for the weights in the identity: cheap and changes with them in practice.
         self._digest = hashlib.sha256(config.read_bytes()).hexdigest()[:12]
         self.max_new_tokens = max_new_tokens
+        self.score_max_tokens = max_new_tokens
         self._model: Any = None
         self._tokenizer: Any = None
 
@@ -47,9 +48,9 @@ class HFLocalJudge(ChatJudge):
     def model_name(self) -> str:
         return f"{self.model_path.name}#{self._digest}"
 
-    @property
-    def decoding(self) -> dict[str, Any]:
-        return {"do_sample": False, "max_new_tokens": self.max_new_tokens}
+    def decoding_for(self, max_tokens: int, constrained: bool) -> dict[str, Any]:
+        # No constrained decoding here: the schema only guides the check of the answer.
+        return {"do_sample": False, "max_new_tokens": max_tokens}
 
     def _load(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -59,12 +60,13 @@ class HFLocalJudge(ChatJudge):
         if not getattr(self._tokenizer, "chat_template", None):
             raise JudgeError(f"judge tokenizer in {self.model_path} has no chat template")
 
-    def _generate(self, system: str, user: str) -> str:
+    def _generate(self, system: str, user: str, schema: dict[str, Any] | None, max_tokens: int) -> str:
         import torch
 
         if self._model is None:
             self._load()
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": user})
         inputs = self._tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
@@ -72,7 +74,7 @@ class HFLocalJudge(ChatJudge):
             output = self._model.generate(
                 **inputs,
                 do_sample=False,
-                max_new_tokens=self.max_new_tokens,
+                max_new_tokens=max_tokens,
                 pad_token_id=self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
             )
         new_tokens = output[0, inputs["input_ids"].shape[1] :]  # (L_new,)

@@ -1,29 +1,36 @@
 """Judge served by any OpenAI-compatible ``/chat/completions`` endpoint (vLLM, llama.cpp, hosted APIs).
 
-Uses only the standard library (urllib). Temperature 0; HTTP 429, 5xx, timeouts and malformed
-answers are retried a bounded number of times with exponential backoff.
+Built on the official ``openai`` client (the ``eval`` extra). Temperature 0; HTTP 429, 5xx,
+timeouts and malformed answers are retried a bounded number of times with exponential backoff
+(the client's own retries are off, so the bound is this judge's). Answers are constrained to the
+task's JSON schema where the server supports it:
+
+- ``response_format``: ``{"type": "json_schema", ...}``, honoured by vLLM (guided decoding) and
+  by hosted APIs with structured outputs;
+- ``guided_json``: vLLM's older ``extra_body`` field;
+- ``off``: no constraint (the answer is still checked).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-import urllib.error
-import urllib.request
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from affect_llm.evaluation.judge.cache import JudgeCache
 from affect_llm.evaluation.judge.chat import ChatJudge, RetryableJudgeError
 from affect_llm.evaluation.judge.protocol import JudgeError
+
+StructuredOutput = Literal["response_format", "guided_json", "off"]
+STRUCTURED_OUTPUTS: tuple[StructuredOutput, ...] = ("response_format", "guided_json", "off")
 
 
 class OpenAICompatJudge(ChatJudge):
     """Chat-completions judge.
 
     Args:
-        base_url: API root, e.g. ``http://127.0.0.1:8000/v1`` (``/chat/completions`` is appended).
+        base_url: API root, e.g. ``http://127.0.0.1:8000/v1``.
         model: Model name sent in the request.
         api_key_env: Environment variable holding the bearer token (optional for local servers).
         timeout: Seconds per request.
@@ -32,6 +39,11 @@ class OpenAICompatJudge(ChatJudge):
         prompt_version: Judge prompt version.
         backoff_s: First backoff delay in seconds.
         sleep: Injected for tests.
+        max_in_flight: Requests kept running at once by ``score_many`` / ``ask_many``.
+        structured_output: How the answer's JSON schema is sent (see the module docstring).
+
+    Raises:
+        ValueError: ``base_url`` is not http(s) or ``structured_output`` is unknown.
     """
 
     backend = "openai"
@@ -47,55 +59,86 @@ class OpenAICompatJudge(ChatJudge):
         prompt_version: str = "v1",
         backoff_s: float = 1.0,
         sleep: Callable[[float], None] | None = None,
+        max_in_flight: int = 16,
+        structured_output: StructuredOutput = "response_format",
     ) -> None:
+        import openai
+
         kwargs: dict[str, Any] = {} if sleep is None else {"sleep": sleep}
-        super().__init__(prompt_version, cache, max_retries, backoff_s, **kwargs)
+        super().__init__(prompt_version, cache, max_retries, backoff_s, max_in_flight=max_in_flight, **kwargs)
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"judge base_url must start with http:// or https://, got {base_url!r}")
+        if structured_output not in STRUCTURED_OUTPUTS:
+            raise ValueError(
+                f"structured_output must be one of {STRUCTURED_OUTPUTS}, got {structured_output!r}"
+            )
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
-        self.api_key_env = api_key_env
         self.timeout = timeout
+        self.structured_output = structured_output
+        # Local servers need no key, but the client insists on one; it is sent and ignored.
+        api_key = os.environ.get(api_key_env) or "unused"
+        self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
 
     @property
     def model_name(self) -> str:
         return self.model
 
-    def _request(self, system: str, user: str) -> urllib.request.Request:
-        body = {
-            "model": self.model,
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-            **self.decoding,
+    def decoding_for(self, max_tokens: int, constrained: bool) -> dict[str, Any]:
+        decoding: dict[str, Any] = {"temperature": 0.0, "max_tokens": max_tokens}
+        # Constrained decoding can change an answer, so it is part of the cache key; without it
+        # the key is the one earlier versions wrote.
+        if constrained and self.structured_output != "off":
+            decoding["structured_output"] = self.structured_output
+        return decoding
+
+    def _schema_arguments(self, schema: dict[str, Any] | None) -> dict[str, Any]:
+        if schema is None or self.structured_output == "off":
+            return {}
+        if self.structured_output == "guided_json":
+            return {"extra_body": {"guided_json": schema}}
+        return {
+            "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
         }
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=headers)
 
-    def _generate(self, system: str, user: str) -> str:
+    def _generate(self, system: str, user: str, schema: dict[str, Any] | None, max_tokens: int) -> str:
+        import openai
+
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": user})
         try:
-            with urllib.request.urlopen(self._request(system, user), timeout=self.timeout) as response:
-                payload = response.read().decode("utf-8")
-        except urllib.error.HTTPError as exc:
-            if exc.code == 429 or exc.code >= 500:
-                raise RetryableJudgeError(f"{self.url}: HTTP {exc.code}") from exc
-            raise JudgeError(f"{self.url}: HTTP {exc.code} {exc.reason}") from exc
-        except TimeoutError as exc:
+            completion = self._client.chat.completions.create(
+                model=self.model,
+                messages=messages,  # type: ignore[arg-type]
+                temperature=0.0,
+                max_tokens=max_tokens,
+                **self._schema_arguments(schema),
+            )
+        except openai.APITimeoutError as exc:
             raise RetryableJudgeError(f"{self.url}: timed out after {self.timeout} s") from exc
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, TimeoutError | socket.timeout):
-                raise RetryableJudgeError(f"{self.url}: timed out after {self.timeout} s") from exc
-            raise JudgeError(f"{self.url}: cannot connect ({exc.reason})") from exc
-        return _message_content(payload, self.url)
+        except openai.APIConnectionError as exc:
+            raise JudgeError(f"{self.url}: cannot connect ({exc.__cause__ or exc})") from exc
+        except openai.APIStatusError as exc:
+            if exc.status_code == 429 or exc.status_code >= 500:
+                raise RetryableJudgeError(f"{self.url}: HTTP {exc.status_code}") from exc
+            hint = " (try --judge-structured off)" if schema is not None and exc.status_code == 400 else ""
+            raise JudgeError(f"{self.url}: {exc.message}{hint}") from exc
+        except openai.APIResponseValidationError as exc:
+            raise RetryableJudgeError(f"{self.url}: malformed response body ({exc.message})") from exc
+        except json.JSONDecodeError as exc:
+            # The client parses the body itself and lets a non-JSON body escape as this error.
+            raise RetryableJudgeError(f"{self.url}: malformed response body ({exc.msg})") from exc
+        return _message_content(completion, self.url)
 
 
-def _message_content(payload: str, url: str) -> str:
-    """``choices[0].message.content`` of a chat-completions response; retryable when malformed."""
+def _message_content(completion: Any, url: str) -> str:
+    """``choices[0].message.content`` of a chat completion; retryable when malformed."""
     try:
-        content = json.loads(payload)["choices"][0]["message"]["content"]
-    except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-        raise RetryableJudgeError(f"{url}: malformed response body ({exc!r}): {payload[:120]!r}") from exc
+        content = completion.choices[0].message.content
+    except (AttributeError, IndexError, TypeError) as exc:
+        raise RetryableJudgeError(
+            f"{url}: malformed response body ({exc!r}): {str(completion)[:120]!r}"
+        ) from exc
     if not isinstance(content, str):
         raise RetryableJudgeError(f"{url}: message content is {type(content).__name__}, not text")
     return content

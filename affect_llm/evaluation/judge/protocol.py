@@ -7,6 +7,7 @@ reported as failed (score None) instead of a made-up number.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -52,6 +53,17 @@ class Judge(Protocol):
     def score(self, reference: str, prediction: str, kind: JudgeKind) -> JudgeResult:
         """Score ``prediction`` against ``reference`` for ``kind`` (``clue`` or ``label``)."""
         ...
+
+
+def score_all(judge: Judge, items: Sequence[tuple[str, str, JudgeKind]]) -> list[JudgeResult]:
+    """Scores of ``(reference, prediction, kind)`` items in input order.
+
+    Judges with ``score_many`` (chat judges) ask several at once; others are asked one by one.
+    """
+    score_many = getattr(judge, "score_many", None)
+    if score_many is not None:
+        return list(score_many(items))
+    return [judge.score(reference, prediction, kind) for reference, prediction, kind in items]
 
 
 @dataclass(frozen=True)
