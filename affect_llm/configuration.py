@@ -1,25 +1,82 @@
 """``AffectConfig``: the composite configuration of an audio + video + face + LLM model.
 
 The LLM and each encoder keep their own Hugging Face config (any causal LM; Whisper, wav2vec2,
-HuBERT or WavLM for audio; CLIP or SigLIP vision towers for video frames; the FER mini-Xception
-for face crops). This config only adds what the composition needs: projector kinds, a fixed token
-budget per media item, placeholder token ids, and where each pretrained part came from.
+HuBERT or WavLM for audio; CLIP or SigLIP vision towers for video frames and still images; the FER
+mini-Xception for face crops, whose config is defined here too). This config only adds what the
+composition needs: projector kinds, a fixed token budget per media item (the one source of the
+budgets: the processor reads them from here), placeholder token ids, where each pretrained part
+came from, and the precision its weights are held in.
+
+This module imports no model code: configs are cheap to read.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-# Registers the face CNN's config with AutoConfig, so a saved ``face_config`` dict resolves.
-from affect_llm.modeling import face_cnn as _face_cnn  # noqa: F401
-
-MODALITIES: tuple[str, ...] = ("audio", "video", "face")
 Modality = Literal["audio", "video", "face"]
+MODALITIES: tuple[str, ...] = get_args(Modality)
 ProjectorKind = Literal["linear", "mlp", "attention"]
-PROJECTOR_KINDS: tuple[str, ...] = ("linear", "mlp", "attention")
+PROJECTOR_KINDS: tuple[str, ...] = get_args(ProjectorKind)
+
+FER_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+# Keras BatchNormalization's default epsilon; torch's default (1e-5) would shift every
+# normalised activation slightly and break bit-for-bit agreement with the original weights.
+KERAS_BN_EPS = 1e-3
+
+
+class FerMiniXceptionConfig(PreTrainedConfig):
+    """Configuration of :class:`FerMiniXceptionModel`.
+
+    Args:
+        num_channels: Input channels (1: grayscale).
+        image_size: Square input side in pixels.
+        num_labels: Number of expression classes.
+        stem_filters: Channels of the two stem 3x3 convolutions.
+        block_filters: Output channels of each residual module; each module halves the
+            spatial size.
+        batch_norm_eps: Epsilon of every batch norm (Keras default 1e-3).
+        **kwargs: Passed to ``PretrainedConfig`` (``id2label``, ...).
+    """
+
+    model_type = "fer_mini_xception"
+
+    def __init__(
+        self,
+        num_channels: int = 1,
+        image_size: int = 64,
+        num_labels: int = len(FER_LABELS),
+        stem_filters: int = 8,
+        block_filters: tuple[int, ...] | list[int] = (16, 32, 64, 128),
+        batch_norm_eps: float = KERAS_BN_EPS,
+        **kwargs,
+    ) -> None:
+        if "id2label" not in kwargs and num_labels == len(FER_LABELS):
+            kwargs["id2label"] = dict(enumerate(FER_LABELS))
+            kwargs.setdefault("label2id", {label: i for i, label in enumerate(FER_LABELS)})
+        self.num_channels = num_channels
+        self.image_size = image_size
+        self.stem_filters = stem_filters
+        self.block_filters = list(block_filters)
+        self.batch_norm_eps = batch_norm_eps
+        super().__init__(num_labels=num_labels, **kwargs)
+        if not self.block_filters:
+            raise ValueError("FerMiniXceptionConfig.block_filters must name at least one module")
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the pooled feature: last block channels plus class logits."""
+        return self.block_filters[-1] + self.num_labels
+
+
+
+
+AutoConfig.register(FerMiniXceptionConfig.model_type, FerMiniXceptionConfig, exist_ok=True)
+
 
 
 class AffectConfig(PreTrainedConfig):
@@ -28,7 +85,7 @@ class AffectConfig(PreTrainedConfig):
     Attributes:
         text_config: Config of the causal LLM.
         audio_config: Config of the audio encoder, or None for a model without audio.
-        vision_config: Config of the vision tower applied to video frames, or None.
+        video_config: Config of the vision tower applied to video frames (and still images), or None.
         face_config: Config of the face-crop encoder, or None.
         audio_projector / video_projector / face_projector: ``linear`` | ``mlp`` | ``attention``.
         num_audio_tokens / num_video_tokens / num_face_tokens: LLM tokens per media item; every
@@ -48,17 +105,17 @@ class AffectConfig(PreTrainedConfig):
     sub_configs_defaults = {
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
         "audio_config": SubConfigSpec(config_class=AutoConfig, model_type="whisper", optional=True),
-        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_vision_model", optional=True),
+        "video_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_vision_model", optional=True),
         "face_config": SubConfigSpec(config_class=AutoConfig, model_type="fer_mini_xception", optional=True),
     }
 
     text_config: dict | PreTrainedConfig | None = None
     audio_config: dict | PreTrainedConfig | None = None
-    vision_config: dict | PreTrainedConfig | None = None
+    video_config: dict | PreTrainedConfig | None = None
     face_config: dict | PreTrainedConfig | None = None
-    audio_projector: str = "attention"
-    video_projector: str = "mlp"
-    face_projector: str = "mlp"
+    audio_projector: ProjectorKind = "attention"
+    video_projector: ProjectorKind = "mlp"
+    face_projector: ProjectorKind = "mlp"
     num_audio_tokens: int = 8
     num_video_tokens: int = 4
     num_face_tokens: int = 4
@@ -85,8 +142,10 @@ class AffectConfig(PreTrainedConfig):
             self.tie_word_embeddings = True
 
     def encoder_config(self, modality: str) -> PreTrainedConfig | None:
-        """The encoder config of ``modality`` (``face`` -> ``face_config``, ``video`` -> ``vision_config``)."""
-        return {"audio": self.audio_config, "video": self.vision_config, "face": self.face_config}[modality]
+        """The encoder config of ``modality`` (``<modality>_config``)."""
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}: expected one of {MODALITIES}")
+        return getattr(self, f"{modality}_config")
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -101,6 +160,10 @@ class AffectConfig(PreTrainedConfig):
 
     def num_tokens(self, modality: str) -> int:
         return getattr(self, f"num_{modality}_tokens")
+
+    def token_budgets(self) -> dict[str, int]:
+        """LLM tokens per media item, for every modality this model has an encoder for."""
+        return {m: self.num_tokens(m) for m in self.modalities}
 
 
 AutoConfig.register("affect", AffectConfig, exist_ok=True)

@@ -35,8 +35,9 @@ def default_checkpoint(work: Path) -> Path:
     out = work / "untrained-embedded"
     if (out / "affect_checkpoint.json").is_file():
         return out
-    from affect_llm.modeling.builder import ModelSpec, build_model
-    from affect_llm.modeling.checkpoint import save_checkpoint
+    from affect_llm.loading.build import build_model
+    from affect_llm.loading.checkpoint import save_checkpoint
+    from affect_llm.loading.spec import ModelSpec
 
     spec = ModelSpec(
         llm="smollm2-135m-instruct",
@@ -52,7 +53,7 @@ def featurized_requests(model, processor, work: Path, count: int) -> list[dict]:
     """Prompt token ids plus cached encoder features of ``count`` synthetic clips."""
     from affect_llm.data.manifest import load_manifest
     from affect_llm.data.synth import generate_synthetic_set
-    from affect_llm.processing.featurize import MediaFeaturizer
+    from affect_llm.features.featurize import MediaFeaturizer
 
     manifest = generate_synthetic_set(
         work / f"synth-{count}", seed=0, num_train=count, num_val=0, num_test_per_cue=0
@@ -63,9 +64,9 @@ def featurized_requests(model, processor, work: Path, count: int) -> list[dict]:
         raise SystemExit(f"bench_explain: {len(rows) - len(features)} clips failed to decode")
     items = []
     for row in rows:
-        modalities = sorted({key.split("_", 1)[0] for key in features[row.id]})
-        messages = processor.build_messages("reason", modalities, transcript=row.transcript)
-        items.append({**processor.encode_text(messages), **features[row.id]})
+        media = features[row.id]
+        messages = processor.build_messages("reason", media.modalities, transcript=row.transcript)
+        items.append({**processor.encode_text(messages), "media": media})
     return items
 
 
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     batch_sizes = sorted({int(b) for b in args.batch_sizes.split(",")} | {1})
 
-    from affect_llm.modeling.checkpoint import load_checkpoint
+    from affect_llm.loading.checkpoint import load_checkpoint
 
     args.work.mkdir(parents=True, exist_ok=True)
     checkpoint = args.model or default_checkpoint(args.work)

@@ -4,8 +4,8 @@ Renders a small synthetic set in a temporary folder, builds the tiny random mode
 default model (SmolLM2-135M + Whisper-base + FER mini-Xception, prepared by ``affect-llm models
 prepare``), puts LoRA on the LLM and trains projectors + LoRA. Two modes are timed on the same rows:
 
-- ``cached``: items carry encoder features (``m_features``), as the recipe trains from the cache;
-- ``live``: items carry encoder inputs (``m_values``), so the frozen encoders run every step.
+- ``cached``: items carry encoder features, as the recipe trains from the cache;
+- ``live``: items carry encoder inputs, so the frozen encoders run every step.
 
 Per step it reports time, samples/s, LLM tokens/s and peak RSS (Linux: the high-water mark is
 reset before each step through ``/proc/self/clear_refs``). The compute bound is the step's FLOPs
@@ -90,7 +90,8 @@ def matmul_flops_per_s(size: int = 1024, seconds: float = 1.0) -> float:
 
 def build(kind: str, audio_window: float, models_dir: Path | None):
     """Model with LoRA, projectors + LoRA trainable, and its processor."""
-    from affect_llm.modeling.builder import ModelSpec, build_model
+    from affect_llm.loading.build import build_model
+    from affect_llm.loading.spec import ModelSpec
     from affect_llm.modeling.trainable import LoraSettings, apply_lora, set_trainable
 
     spec = ModelSpec(**SPECS[kind], audio_window_seconds=audio_window)
@@ -106,7 +107,7 @@ def make_items(model, processor, num_rows: int, num_frames: int) -> tuple[list[d
     from affect_llm.data.manifest import load_manifest
     from affect_llm.data.media import load_media
     from affect_llm.data.synth import generate_synthetic_set
-    from affect_llm.processing.featurize import MediaFeaturizer, MediaOptions
+    from affect_llm.features.featurize import MediaFeaturizer, MediaOptions
     from affect_llm.training.targets import answer_for
 
     with tempfile.TemporaryDirectory() as folder:
@@ -123,22 +124,21 @@ def make_items(model, processor, num_rows: int, num_frames: int) -> tuple[list[d
                 row,
                 num_frames=num_frames,
                 detect_faces=True,
-                max_audio_seconds=processor.settings.audio_window_seconds,
-                face_size=max(processor.settings.face_image_size, 64),
+                max_audio_seconds=processor.feature_extractor.audio_window_seconds,
+                face_size=max(processor.feature_extractor.face_image_size, 64),
             )
             values = processor.prepare_media(
                 audio=media.audio if "audio" in modalities else None,
-                face=media.faces if "face" in modalities else None,
+                face=media.face if "face" in modalities else None,
             )
-            present = sorted({key.split("_", 1)[0] for key in values})
-            messages = processor.build_messages("perceive", present, transcript=row.transcript)
-            text = processor.encode_text(messages, answer_for(row, "perceive"))
-            cached.append({**text, **features[row.id]})
-            live.append({**text, **values})
+            messages = processor.build_messages("perceive", values.modalities, transcript=row.transcript)
+            text = processor.encode_text(messages, answer_for(row, processor.prompt.task_keys("perceive")))
+            cached.append({**text, "media": features[row.id]})
+            live.append({**text, "media": values})
     return cached, live
 
 
-def train_step(model, optimizer, batch: dict[str, torch.Tensor]) -> None:
+def train_step(model, optimizer, batch: dict[str, Any]) -> None:
     loss = model(**batch).loss  # labels in the batch: mean answer-token cross-entropy
     loss.backward()
     optimizer.step()
@@ -163,7 +163,7 @@ def time_mode(
     return stats
 
 
-def analytic_flops(model, batch: dict[str, torch.Tensor], live: bool) -> tuple[float, float]:
+def analytic_flops(model, batch: dict[str, Any], live: bool) -> tuple[float, float]:
     """(frozen-aware estimate, 6NT-over-the-LLM upper estimate) of one step's FLOPs."""
     tokens = int(batch["attention_mask"].sum())  # LLM positions, media tokens included
     llm_frozen = sum(p.numel() for n, p in model.language_model.named_parameters() if not p.requires_grad)
@@ -171,17 +171,17 @@ def analytic_flops(model, batch: dict[str, torch.Tensor], live: bool) -> tuple[f
     embeddings = model.get_input_embeddings().weight.numel()  # a lookup, not a matmul
     llm_frozen -= embeddings
     estimate = 4 * llm_frozen * tokens + 6 * llm_trainable * tokens
+    media = batch["media"]
     for modality, projector in model.projectors.items():
-        features = batch.get(f"{modality}_feature_mask")
-        inputs = int(features.sum()) if features is not None else 0
+        part = media.get(modality)
+        inputs = int(part.feature_mask.sum()) if part is not None and part.is_features else 0
         estimate += 6 * sum(p.numel() for p in projector.parameters()) * max(inputs, 1)
     if live:
         for modality, encoder in model.encoders.items():
-            if f"{modality}_values" in batch:
+            part = media.get(modality)
+            if part is not None and not part.is_features:
                 with torch.no_grad():
-                    _, mask = model.get_media_features(
-                        modality, batch[f"{modality}_values"], batch.get(f"{modality}_attention_mask")
-                    )
+                    _, mask = model.get_media_features(modality, part.values, part.attention_mask)
                 estimate += 2 * sum(p.numel() for p in encoder.parameters()) * int(mask.sum())
     return float(estimate), float(6 * (llm_frozen + llm_trainable) * tokens)
 

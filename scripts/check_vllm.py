@@ -48,8 +48,9 @@ def small_llm_folder(out: Path) -> Path:
 def build_checkpoint(out: Path, embedded: bool) -> Path:
     import torch
 
-    from affect_llm.modeling.builder import ModelSpec, build_model
-    from affect_llm.modeling.checkpoint import save_checkpoint
+    from affect_llm.loading.build import build_model
+    from affect_llm.loading.checkpoint import save_checkpoint
+    from affect_llm.loading.spec import ModelSpec
 
     torch.manual_seed(0)
     if embedded:
@@ -76,17 +77,17 @@ def build_checkpoint(out: Path, embedded: bool) -> Path:
 def synthetic_requests(model, processor, folder: Path, count: int):
     from affect_llm.data.manifest import load_manifest
     from affect_llm.data.synth import generate_synthetic_set
-    from affect_llm.generation.backends import GenerationRequest
-    from affect_llm.processing.featurize import MediaFeaturizer
+    from affect_llm.features.featurize import MediaFeaturizer
+    from affect_llm.generation.backend import GenerationRequest
 
     manifest = generate_synthetic_set(folder, seed=0, num_train=count, num_val=0, num_test_per_cue=0)
     rows = load_manifest(manifest)[:count]
     features = MediaFeaturizer(model, processor)(rows)
     requests = []
     for row in rows:
-        modalities = sorted({key.split("_", 1)[0] for key in features[row.id]})
-        messages = processor.build_messages("reason", modalities, transcript=row.transcript)
-        requests.append(GenerationRequest(messages, features[row.id]))
+        media = features[row.id]
+        messages = processor.build_messages("reason", media.modalities, transcript=row.transcript)
+        requests.append(GenerationRequest(messages, media))
     return requests
 
 
@@ -105,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     args = parser.parse_args(argv)
 
-    from affect_llm.generation.backends import DecodingSettings, HFBackend
-    from affect_llm.generation.vllm_backend import VLLMBackend
-    from affect_llm.modeling.checkpoint import load_checkpoint
+    from affect_llm.generation.backend import DecodingSettings
+    from affect_llm.generation.hf_backend import HFBackend
+    from affect_llm.generation.load import load_backend
+    from affect_llm.loading.checkpoint import load_checkpoint
 
     python = args.vllm_python
     if python is None and (ROOT / ".venv-vllm/bin/python").is_file():
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         requests = synthetic_requests(model, processor, Path(tmp) / "synth", args.prompts)
         hf = HFBackend(model, processor)
         hf_texts = [hf.generate([r], settings)[0] for r in requests]
-        backend = VLLMBackend(checkpoint, vllm_python=python)
+        backend = load_backend("vllm", checkpoint, vllm_python=python)
         try:
             vllm_texts = backend.generate(requests, settings)
         finally:

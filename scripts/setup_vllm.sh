@@ -40,7 +40,7 @@ quiet "${pip[@]}" install -q "$VLLM_SPEC"
 echo "[setup-vllm] removing torchvision, torchaudio, torchcodec (they break import transformers)"
 "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 
-# Only the worker module (affect_llm/generation/vllm_backend.py) runs here, and it imports torch,
+# Only the worker script (affect_llm/generation/vllm_worker.py, run by path) runs here; it imports torch,
 # safetensors and vLLM alone; --no-deps so that the package's own requirements cannot replace
 # the transformers vLLM pinned.
 echo "[setup-vllm] installing affect-llm (no dependencies)"

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     import readline  # noqa: F401  (line editing, and input() then writes its prompt to stdout)
     from pathlib import Path
 
-    from affect_llm.generation.backends import DecodingSettings
+    from affect_llm.generation.backend import DecodingSettings
     from affect_llm.generation.pipeline import AffectPipeline
 
     if not Path(args.model).is_dir():

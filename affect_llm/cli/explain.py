@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="checkpoint folder (affect-llm train output)")
     parser.add_argument("--out", required=True, help="results JSONL (appended to, resumable)")
     parser.add_argument("--backend", choices=("hf", "vllm"), default="hf")
-    parser.add_argument("--task", default="reason", help="task template: reason, perceive or align")
+    parser.add_argument("--task", default="reason", help="task of the checkpoint's prompt: reason, perceive or evidence")
     parser.add_argument("--split", default=None, help="only rows of this split")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--shard", default="0/1", help="i/n: this run's share of the ids")
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from affect_llm.data.manifest import load_manifest
-    from affect_llm.generation.backends import DecodingSettings
+    from affect_llm.generation.backend import DecodingSettings
     from affect_llm.generation.explain import ExplainSettings, explain_manifest, parse_shard
 
     settings = ExplainSettings(args.task, args.batch_size, args.split, parse_shard(args.shard), args.limit)

@@ -15,6 +15,7 @@ import sys
 SUBCOMMAND_MODULES = (
     "models",
     "merge",
+    "checkpoint",
     "data",
     "train",
     "chat",

@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from affect_llm.modeling.checkpoint import merge_checkpoint
+    from affect_llm.loading.checkpoint import merge_checkpoint
 
     out = merge_checkpoint(args.checkpoint, args.out, Path(args.models_dir) if args.models_dir else None)
     print(f"merged checkpoint: {out} (LLM for serving: {out / 'llm'})")

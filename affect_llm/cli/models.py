@@ -36,7 +36,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     """Prepare the requested models and print where each one is."""
     import time
 
-    from affect_llm.models.prepare import prepare_models
+    from affect_llm.embedded.prepare import prepare_models
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
@@ -62,8 +62,8 @@ def _human_size(size: int) -> str:
 
 def run_list(args: argparse.Namespace) -> int:
     """Print one line per embedded model; exit 1 if any folder is corrupt."""
-    from affect_llm.models.prepare import list_models
-    from affect_llm.models.registry import HUB_MODELS
+    from affect_llm.embedded.prepare import list_models
+    from affect_llm.references import HUB_MODELS
 
     rows = list_models(args.dir, verify=args.verify)
     width = max(len(row["name"]) for row in rows)

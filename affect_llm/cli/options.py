@@ -24,6 +24,6 @@ def precision_from_arguments(args: argparse.Namespace, checkpoint: str | Path) -
     """The checkpoint's recorded precision with the command-line overrides, or None when none is given."""
     if args.dtype is None and args.load_in_4bit is None:
         return None
-    from affect_llm.modeling.checkpoint import recorded_precision
+    from affect_llm.loading.checkpoint import recorded_precision
 
     return recorded_precision(checkpoint).overridden(args.dtype, args.load_in_4bit)

@@ -1,15 +1,9 @@
-"""Data: the manifest schema, media decoding, the data check, dataset adapters and the feature cache.
+"""Data: the manifest schema, media decoding, the data check, dataset adapters, sample sets.
 
-Only the manifest is re-exported here; media decoding and the cache import heavy packages
-(decord, OpenCV, torch) and are imported from their own modules.
+Only the manifest is re-exported here; media decoding imports heavy packages (decord, OpenCV) and
+is imported from its own module.
 """
 
-from affect_llm.data.manifest import (
-    ManifestError,
-    ManifestRow,
-    load_manifest,
-    manifest_sha256,
-    write_manifest,
-)
+from affect_llm.data.manifest import ManifestError, ManifestRow, load_manifest, write_manifest
 
-__all__ = ["ManifestError", "ManifestRow", "load_manifest", "manifest_sha256", "write_manifest"]
+__all__ = ["ManifestError", "ManifestRow", "load_manifest", "write_manifest"]

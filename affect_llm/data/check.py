@@ -27,11 +27,11 @@ from affect_llm.data.manifest import (
     MEDIA_FIELDS,
     ManifestError,
     ManifestRow,
-    manifest_sha256,
     row_from_dict,
     write_manifest,
 )
 from affect_llm.data.media import SAMPLE_RATE, MediaError
+from affect_llm.hashing import file_sha256
 
 MIN_AUDIO_SECONDS = 0.25
 # Peak amplitude below which a clip counts as silent (about -80 dBFS).
@@ -142,8 +142,7 @@ def _check_media(
         if name == "image":
             media.load_image(path)
             return []
-        frames_meta = _check_video_frames(path)
-        durations.setdefault("video", []).append(frames_meta)
+        durations.setdefault("video", []).append(media.probe_video(path))
         if row.audio is None:
             audio, meta = media.load_video_audio(path, max_seconds=None)
             if audio is None:
@@ -156,48 +155,15 @@ def _check_media(
 
 
 def _check_audio(path: Path, min_sample_rate: int, durations: dict) -> list[tuple[str, Severity]]:
-    import soundfile as sf
-
+    """Decode the file the way training does (:func:`affect_llm.data.media.load_audio_file`) and judge it."""
     from affect_llm.data.media import load_audio_file
 
-    if not path.exists():
-        raise MediaError(path, "audio", "file not found")
-    if path.stat().st_size == 0:
-        raise MediaError(path, "audio", "empty file (0 bytes)")
-    try:
-        audio, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)  # (S, C)
-        channels = audio.shape[1]
-    except (sf.LibsndfileError, RuntimeError, TypeError):
-        # Formats libsndfile cannot read: decode the way training will and judge the result.
-        mono, meta = load_audio_file(path, max_seconds=None)
-        found = check_audio_array(mono, SAMPLE_RATE, int(meta["orig_channels"]), min_sample_rate=0)
-        if int(meta["orig_sample_rate"]) < min_sample_rate:
-            found.insert(0, _low_rate(int(meta["orig_sample_rate"]), min_sample_rate))
-        durations.setdefault("audio", []).append(mono.shape[0] / SAMPLE_RATE)
-        return found
-    durations.setdefault("audio", []).append(audio.shape[0] / sample_rate)
-    return check_audio_array(audio, int(sample_rate), channels, min_sample_rate=min_sample_rate)
-
-
-def _check_video_frames(path: Path) -> float:
-    """Open a video and decode its first, middle and last frame; returns its duration in seconds."""
-    from decord import VideoReader, cpu
-    from decord._ffi.base import DECORDError
-
-    if not path.exists():
-        raise MediaError(path, "video", "file not found")
-    if path.stat().st_size == 0:
-        raise MediaError(path, "video", "empty file (0 bytes)")
-    try:
-        reader = VideoReader(str(path), ctx=cpu(0), num_threads=1)
-        total, fps = len(reader), float(reader.get_avg_fps())
-        if total == 0:
-            raise MediaError(path, "video", "video stream has no frames")
-        # The last frame catches files cut short after a readable header.
-        reader.get_batch(sorted({0, total // 2, total - 1})).asnumpy()
-    except (DECORDError, RuntimeError) as exc:
-        raise MediaError(path, "video", f"cannot decode video: {str(exc).splitlines()[0][:200]}") from exc
-    return total / fps if fps > 0 else 0.0
+    mono, meta = load_audio_file(path, max_seconds=None)
+    found = check_audio_array(mono, SAMPLE_RATE, int(meta["orig_channels"]), min_sample_rate=0)
+    if int(meta["orig_sample_rate"]) < min_sample_rate:
+        found.insert(0, _low_rate(int(meta["orig_sample_rate"]), min_sample_rate))
+    durations.setdefault("audio", []).append(mono.shape[0] / SAMPLE_RATE)
+    return found
 
 
 def _decode_line(raw: bytes, line: int) -> tuple[Any, list[Issue]]:
@@ -271,7 +237,7 @@ def check_manifest(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
-    report = CheckReport(manifest=str(path), manifest_sha256=manifest_sha256(path))
+    report = CheckReport(manifest=str(path), manifest_sha256=file_sha256(path))
     good: list[ManifestRow] = []
     seen: dict[str, int] = {}
     with path.open("rb") as handle:

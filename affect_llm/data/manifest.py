@@ -20,7 +20,6 @@ line and the field. The data check (:mod:`affect_llm.data.check`) instead collec
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Iterable
@@ -290,11 +289,3 @@ def write_manifest(rows: Iterable[ManifestRow | dict[str, Any]], path: str | Pat
         lines.append(json.dumps(row.to_dict(), ensure_ascii=False, sort_keys=False))
     return atomic_write_bytes(path, "".join(line + "\n" for line in lines).encode("utf-8"))
 
-
-def manifest_sha256(path: str | Path) -> str:
-    """Hex sha256 of the manifest file's bytes (recorded as provenance by runs and reports)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -1,4 +1,4 @@
-"""Decoding a manifest row's media into arrays: waveform, frames and face crops.
+"""Decoding a manifest row's media into arrays: waveform, video frames and face crops.
 
 Shape letters: ``S`` audio samples (16 kHz mono), ``K`` frames, ``H``/``W`` frame size,
 ``h``/``w`` face crop size.
@@ -8,17 +8,17 @@ Policies, stated once:
   A video without an audio track gives ``audio=None`` and ``meta["audio_missing"]`` says why;
   it is never replaced by silence.
 - Audio longer than ``max_audio_seconds`` is truncated to its first ``max_audio_seconds``.
-- Frames are sampled uniformly (``num_frames`` segment centres) or, when ``fps`` is given, at
-  that rate, thinned uniformly to at most ``max_frames``. A still image gives ``K=1``.
+- The visual stream is called ``video`` whether it comes from a clip or a still ``image`` (``K=1``).
+  Frames are sampled uniformly (``num_frames`` segment centres) or, when ``fps`` is given, at
+  that rate, thinned uniformly to at most ``max_frames``.
 - Missing, empty, corrupt or undecodable files raise :class:`MediaError`; nothing is skipped.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,36 +53,17 @@ class MediaItem:
 
     Attributes:
         audio: ``(S,)`` float32 mono waveform at 16 kHz.
-        frames: ``(K, H, W, 3)`` uint8 RGB frames.
-        faces: ``(K, h, w, 3)`` uint8 RGB face crops (whole frame where no face was found).
+        video: ``(K, H, W, 3)`` uint8 RGB frames of the clip, or the still image (``K=1``).
+        face: ``(K, h, w, 3)`` uint8 RGB face crops (whole frame where no face was found).
         meta: Decoding facts: sources, original sample rate, durations, frame indices, ``face_found``.
     """
 
     audio: np.ndarray | None = None
-    frames: np.ndarray | None = None
-    faces: np.ndarray | None = None
+    video: np.ndarray | None = None
+    face: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-@functools.lru_cache(maxsize=4096)
-def _hash_file(path: str, size: int, mtime_ns: int) -> str:
-    # size and mtime are part of the cache key so an edited file is hashed again.
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def content_hash(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, memoised by ``(path, size, mtime)``.
-
-    Raises:
-        FileNotFoundError: If the file does not exist.
-    """
-    path = Path(path).resolve()
-    stat = path.stat()
-    return _hash_file(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def _require_file(path: Path, field_name: str) -> None:
@@ -252,10 +233,8 @@ def sample_frame_indices(
     return np.clip(indices, 0, num_video_frames - 1)
 
 
-def load_video_frames(
-    path: Path, *, num_frames: int = 8, fps: float | None = None, max_frames: int = 32
-) -> tuple[np.ndarray, dict]:
-    """Decode sampled frames ``(K, H, W, 3)`` uint8 RGB with decord.
+def _read_frames(path: Path, choose: Callable[[int, float], list[int]]) -> tuple[np.ndarray, list[int], int, float]:
+    """Decode the frames ``choose(total, fps)`` picks: ``(frames (K, H, W, 3), indices, total, fps)``.
 
     Raises:
         MediaError: If the file is missing, empty, corrupt or has no frames.
@@ -266,22 +245,46 @@ def load_video_frames(
     _require_file(path, "video")
     try:
         reader = VideoReader(str(path), ctx=cpu(0), num_threads=1)
-        total, video_fps = len(reader), float(reader.get_avg_fps())
+        total, fps = len(reader), float(reader.get_avg_fps())
         if total == 0:
             raise MediaError(path, "video", "video stream has no frames")
-        indices = sample_frame_indices(
-            total, video_fps, num_frames=num_frames, fps=fps, max_frames=max_frames
-        )
-        frames = reader.get_batch(indices.tolist()).asnumpy()  # (K, H, W, 3)
+        indices = choose(total, fps)
+        frames = reader.get_batch(indices).asnumpy()  # (K, H, W, 3)
     except (DECORDError, RuntimeError) as exc:
         raise MediaError(path, "video", f"cannot decode video: {str(exc).splitlines()[0][:200]}") from exc
+    return frames, indices, total, fps
+
+
+def load_video_frames(
+    path: Path, *, num_frames: int = 8, fps: float | None = None, max_frames: int = 32
+) -> tuple[np.ndarray, dict]:
+    """Decode sampled frames ``(K, H, W, 3)`` uint8 RGB with decord.
+
+    Raises:
+        MediaError: If the file is missing, empty, corrupt or has no frames.
+    """
+    frames, indices, total, video_fps = _read_frames(
+        path, lambda total, rate: sample_frame_indices(total, rate, num_frames=num_frames, fps=fps,
+                                                       max_frames=max_frames).tolist())
     meta = {
-        "frame_indices": indices.tolist(),
+        "frame_indices": indices,
         "video_fps": video_fps,
         "num_video_frames": total,
         "video_seconds": total / video_fps if video_fps > 0 else None,
     }
     return np.ascontiguousarray(frames, dtype=np.uint8), meta
+
+
+def probe_video(path: Path) -> float:
+    """Open a video and decode its first, middle and last frame; returns its duration in seconds.
+
+    The last frame catches files cut short after a readable header.
+
+    Raises:
+        MediaError: If the file is missing, empty, corrupt or has no frames.
+    """
+    _, _, total, fps = _read_frames(path, lambda total, _: sorted({0, total // 2, total - 1}))
+    return total / fps if fps > 0 else 0.0
 
 
 def load_image(path: Path) -> np.ndarray:
@@ -358,4 +361,4 @@ def load_media(
 
         faces, found = FaceCropper(face_size=face_size).crop_frames(frames)
         meta["face_found"] = found
-    return MediaItem(audio=audio, frames=frames, faces=faces, meta=meta)
+    return MediaItem(audio=audio, video=frames, face=faces, meta=meta)

@@ -8,7 +8,6 @@ failures: they are never turned into a label.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -21,6 +20,7 @@ from affect_llm.evaluation.markdown import render_markdown
 from affect_llm.evaluation.plots import plot_confusion, plot_judge_histogram, plot_per_class
 from affect_llm.evaluation.scoring import ScoringOptions, published_sections
 from affect_llm.evaluation.unibench import Sample
+from affect_llm.hashing import file_sha256
 from affect_llm.labels.taxonomy import DATA_PATH, Taxonomy, load_taxonomy
 
 CI_METRICS = ("accuracy", "hit_rate", "family_f1", "fine_f1", "family_precision", "family_recall")
@@ -31,13 +31,6 @@ FLOAT_DIGITS = 6
 class EvaluationError(ValueError):
     """An input file is malformed (the message names the file and line)."""
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_jsonl(path: Path, required: Iterable[str] = ("id",)) -> list[dict[str, Any]]:
@@ -236,10 +229,10 @@ def evaluate(
         "inputs": {
             "results": {
                 "name": results_path.name,
-                "sha256": sha256_file(results_path),
+                "sha256": file_sha256(results_path),
                 "rows": len(result_rows),
             },
-            "refs": {"name": refs_path.name, "sha256": sha256_file(refs_path), "rows": len(refs)},
+            "refs": {"name": refs_path.name, "sha256": file_sha256(refs_path), "rows": len(refs)},
         },
         "coverage": _coverage(refs, results, len(result_rows)),
         "overall": metrics.aggregate(scores),
@@ -254,7 +247,7 @@ def evaluate(
         "scoring": scoring.describe(),
         "prompts": sorted({str(res["prompt"]) for _, res in pairs if res.get("prompt")}),
         "models": sorted({str(res["model"]) for _, res in pairs if res.get("model")}),
-        "taxonomy": f"{DATA_PATH.name}#{sha256_file(DATA_PATH)[:12]}",
+        "taxonomy": f"{DATA_PATH.name}#{file_sha256(DATA_PATH)[:12]}",
         "seed": seed,
     }
     report["figures"] = _write_figures(out_dir, closed["per_class"], confusion, judge_values)

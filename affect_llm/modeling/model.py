@@ -2,18 +2,15 @@
 
 The processor writes ``N`` placeholder tokens per media item into ``input_ids``; the model swaps the
 embeddings of those positions for projected media tokens with one ``masked_scatter`` per modality.
-A modality absent from a batch contributes no tokens and no tensors.
-
-Media keyword arguments, per modality ``m`` in (audio, video, face):
-    ``m_values``: encoder inputs (audio ``(A, M, F)`` or ``(A, S)``; video/face ``(V, K, C, H, W)``),
-    ``m_attention_mask``: audio only, ``(A, F)`` or ``(A, S)``;
-    or precomputed ``m_features (N, T, D_enc)`` with ``m_feature_mask (N, T)`` (the feature cache).
+Media arrive as one typed object (:class:`~affect_llm.modeling.media.MediaInputs`): per modality,
+encoder inputs or cached encoder features. A modality absent from a batch contributes no tokens.
 
 Shape letters: B batch, L tokens, N items, T steps, D width.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -23,19 +20,15 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from affect_llm.configuration import MODALITIES, AffectConfig
 from affect_llm.modeling.encoders import build_encoder, encode_audio, encode_frames, encoder_output_dim
+from affect_llm.modeling.media import MediaInputs, ModalityInput
+from affect_llm.modeling.pretrained import (
+    load_affect_checkpoint,
+    load_embedding_table_only,
+    load_language_model,
+    save_affect_checkpoint,
+)
 from affect_llm.modeling.projectors import MediaProjector
 from affect_llm.precision import Precision
-
-MEDIA_SUFFIXES = ("_values", "_attention_mask", "_features", "_feature_mask")
-
-
-def split_media_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Separate media keyword arguments from the rest (which go to the LLM)."""
-    media, rest = {}, {}
-    for key, value in kwargs.items():
-        is_media = any(key == f"{m}{suffix}" for m in MODALITIES for suffix in MEDIA_SUFFIXES)
-        (media if is_media else rest)[key] = value
-    return media, rest
 
 
 def merge_media_tokens(
@@ -148,31 +141,34 @@ class AffectForConditionalGeneration(AffectPreTrainedModel, GenerationMixin):
         features = features.to(dtype=next(projector.parameters()).dtype)
         return projector(features, mask.bool())
 
-    def media_tokens(self, modality: str, media: dict[str, Any]) -> torch.Tensor | None:
-        """Projected tokens of one modality from raw encoder inputs or cached features, or None."""
-        features = media.get(f"{modality}_features")
-        if features is not None:
-            mask = media.get(f"{modality}_feature_mask")
-            if mask is None:
-                mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
-        elif media.get(f"{modality}_values") is not None:
-            features, mask = self.get_media_features(
-                modality, media[f"{modality}_values"], media.get(f"{modality}_attention_mask")
-            )
+    def media_tokens(self, modality: str, media: ModalityInput) -> torch.Tensor:
+        """``(N, num_tokens, D_llm)`` projected tokens of one modality, from encoder inputs or features."""
+        if media.is_features:
+            features, mask = media.features, media.feature_mask
         else:
-            return None
+            features, mask = self.get_media_features(modality, media.values, media.attention_mask)
         return self.project_media_features(modality, features, mask)
 
-    def embed_inputs(self, input_ids: torch.Tensor, **media: Any) -> torch.Tensor:
-        """Token embeddings with every media placeholder replaced by its projected media token."""
+    def embed_inputs(self, input_ids: torch.Tensor, media: MediaInputs | None = None) -> torch.Tensor:
+        """Token embeddings with every media placeholder replaced by its projected media token.
+
+        Raises:
+            ValueError: If placeholders and media disagree: a modality with placeholders but no
+                media, media for a modality this model has no encoder for, or counts that differ.
+        """
+        media = media or MediaInputs()
+        unknown = [m for m in media.modalities if m not in self.projectors]
+        if unknown:
+            raise ValueError(f"media for {unknown} given, but this model has encoders for {list(self.projectors)} only")
         inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, D)
         for modality in MODALITIES:
             token_id = getattr(self.config, f"{modality}_token_id")
-            tokens = self.media_tokens(modality, media) if modality in self.projectors else None
-            if tokens is None:
+            part = media.get(modality)
+            if part is None:
                 if token_id is not None and bool((input_ids == token_id).any()):
                     raise ValueError(f"{modality}: the prompt holds placeholder tokens but no {modality} input was given")
                 continue
+            tokens = self.media_tokens(modality, part)
             inputs_embeds = merge_media_tokens(inputs_embeds, input_ids, self.config.token_id(modality), tokens, modality)
         return inputs_embeds
 
@@ -182,63 +178,97 @@ class AffectForConditionalGeneration(AffectPreTrainedModel, GenerationMixin):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        media: MediaInputs | None = None,
         inputs_embeds: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        media, rest = split_media_kwargs(kwargs)
+        """Causal-LM forward; ``media`` fills the placeholders of ``input_ids`` (other kwargs go to the LLM)."""
         if inputs_embeds is None:
-            inputs_embeds = self.embed_inputs(input_ids, **media)
-        return self.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **rest
-        )
+            inputs_embeds = self.embed_inputs(input_ids, media)
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any):
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, media: MediaInputs | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         """Generate from a prompt with media; returns only the new tokens (no prompt echo)."""
-        media, rest = split_media_kwargs(kwargs)
-        inputs_embeds = self.embed_inputs(input_ids, **media)
-        return self.language_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **rest)
+        inputs_embeds = self.embed_inputs(input_ids, media)
+        return self.language_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
-    # -- construction from pretrained components ------------------------------------------------------
+    # -- construction from parts, the checkpoint format --------------------------------------------------
     @classmethod
-    def from_components(cls, config: AffectConfig, precision: Precision | None = None) -> AffectForConditionalGeneration:
-        """Build the model, loading each part named in ``config.component_paths`` from its folder.
+    def from_components(
+        cls, config: AffectConfig, precision: Precision | None = None, embeddings_only: bool = False
+    ) -> AffectForConditionalGeneration:
+        """Build the model, loading each part named in ``config.component_paths`` (resolved folders or hub ids).
 
         Parts without a path are built from their config with random weights (tests, new projectors).
         ``precision`` (see :mod:`affect_llm.precision`) decides the LLM's dtype and 4-bit
-        quantization and the encoders' dtype; projectors stay float32.
+        quantization and the encoders' dtype; projectors stay float32. ``embeddings_only`` loads
+        only the LLM's embedding table (the prompt embedder of an external engine).
         """
         precision = precision or Precision()
         paths = config.component_paths or {}
+        vocab_size = config.text_config.vocab_size
         language_model = None
         if paths.get("llm"):
-            language_model, info = AutoModelForCausalLM.from_pretrained(
-                paths["llm"], dtype=precision.llm_torch_dtype(), quantization_config=precision.bitsandbytes_config(),
-                output_loading_info=True,
-            )
-            if info["missing_keys"] or info["unexpected_keys"]:
-                raise ValueError(
-                    f"{paths['llm']}: LLM weights do not match its config: missing {sorted(info['missing_keys'])[:10]}, "
-                    f"unexpected {sorted(info['unexpected_keys'])[:10]}"
-                )
+            load = load_embedding_table_only if embeddings_only else load_language_model
+            language_model = load(paths["llm"], replace(precision, quantization="none") if embeddings_only
+                                  else precision)
+        if language_model is not None:
             config.text_config = language_model.config
         elif precision.is_4bit:
             raise ValueError("4-bit quantization needs an LLM loaded from weights; this one is built from its config")
-        encoders = {}
-        for modality in config.modalities:
-            if paths.get(modality):
-                encoders[modality] = build_encoder(
-                    config.encoder_config(modality), paths[modality], config.audio_window_seconds,
-                    num_layers=config.audio_encoder_layers if modality == "audio" else None,
-                    dtype=precision.encoder_torch_dtype(),
-                )
+        encoders = {
+            modality: build_encoder(
+                config.encoder_config(modality), paths[modality], config.audio_window_seconds,
+                num_layers=config.audio_encoder_layers if modality == "audio" else None,
+                dtype=precision.encoder_torch_dtype(),
+            )
+            for modality in config.modalities if paths.get(modality)
+        }
         model = cls(config, language_model=language_model, encoders=encoders)
         if language_model is None:
             model.language_model.to(precision.llm_torch_dtype())
         for modality, encoder in model.encoders.items():
             if modality not in encoders:
                 encoder.to(precision.encoder_torch_dtype())
+        model.fit_vocabulary(vocab_size)
+        model.config.precision = precision.to_dict()
         return model
+
+    def fit_vocabulary(self, vocab_size: int) -> None:
+        """Grow the LLM's embeddings to hold the media tokens the processor added.
+
+        The new rows are placeholders, replaced by media tokens before the LLM reads them; they are
+        zeroed (not random) so the head gives media tokens the same logit on every load.
+        """
+        embeddings = self.get_input_embeddings()
+        old_size = embeddings.weight.shape[0]
+        if old_size < vocab_size:
+            self.language_model.resize_token_embeddings(vocab_size, mean_resizing=False)
+            with torch.no_grad():
+                self.get_input_embeddings().weight[old_size:] = 0
+                head = self.get_output_embeddings()
+                if head is not None and head.weight.shape[0] == vocab_size:
+                    head.weight[old_size:] = 0
+        self.config.text_config.vocab_size = self.get_input_embeddings().weight.shape[0]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> AffectForConditionalGeneration:
+        """Load a checkpoint folder; what ``AutoModelForCausalLM.from_pretrained`` calls.
+
+        Keyword arguments: ``precision`` (:class:`~affect_llm.precision.Precision`, default: what
+        the checkpoint records) or ``dtype``; ``models_dir`` (where embedded references resolve);
+        ``trainable_lora``; ``dequantize``; ``device_map`` (one device). See
+        :func:`affect_llm.modeling.pretrained.load_affect_checkpoint`.
+        """
+        return load_affect_checkpoint(cls, pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> None:
+        """Write the checkpoint format :meth:`from_pretrained` reads (see :mod:`affect_llm.modeling.pretrained`)."""
+        save_affect_checkpoint(self, save_directory, **kwargs)
 
 
 AutoModel.register(AffectConfig, AffectForConditionalGeneration, exist_ok=True)

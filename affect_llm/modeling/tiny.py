@@ -22,6 +22,7 @@ from affect_llm.modeling.face_cnn import FerMiniXceptionConfig
 from affect_llm.prompts import load_prompt
 
 TINY_WIDTH = 32
+TOKENIZER_PROMPT_VERSION = "v2"
 _CORPUS_WORDS = (
     "happy sad angry surprised neutral fearful disgusted calm excited frustrated joy sadness anger surprise "
     "The voice is high-pitched and fast loud slow quiet low flat rising shaky tense The face smiles frowns "
@@ -34,8 +35,10 @@ _CORPUS_WORDS = (
 def _tokenizer_json() -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    prompt = load_prompt("tasks")
-    corpus = [_CORPUS_WORDS, prompt.path.read_text()]
+    # A fixed prompt version: a new prompt file must not change the tiny tokenizer, and with it the
+    # vocabulary and random initialisation behind every tiny-model test's numbers.
+    prompt = load_prompt("tasks", TOKENIZER_PROMPT_VERSION)
+    corpus = [_CORPUS_WORDS, prompt.text]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()

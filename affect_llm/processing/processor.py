@@ -2,36 +2,34 @@
 
 The processor owns text; the model owns tensors. A prompt names each media item with ``<audio>``,
 ``<video>`` or ``<face>``; the processor expands each into exactly ``N`` special tokens (``N`` from
-the model config) so the model's placeholder count always matches its projected tokens. For
-training it appends the answer and masks every label but the answer's tokens.
+the model config, the one source of the budgets) so the model's placeholder count always matches its
+projected tokens. For training it appends the answer and masks every label but the answer's tokens.
 
-Shape letters: B batch, L tokens, K frames, T steps, D width.
+A ``ProcessorMixin``: ``save_pretrained`` writes the tokenizer, the feature extractor, the chat
+template and the task prompt's text; ``AutoProcessor.from_pretrained(checkpoint)`` reads them back
+(with ``import affect_llm``), so a checkpoint answers with the prompt it was trained on.
+
+Shape letters: B batch, L tokens.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoProcessor, PreTrainedTokenizerBase, ProcessorMixin
 
-from affect_llm.configuration import MODALITIES
-from affect_llm.processing.media_inputs import (
-    AudioInputBuilder,
-    MediaInputSettings,
-    prepare_faces,
-    prepare_frames,
-)
-from affect_llm.prompts import PromptFile, load_prompt
+from affect_llm.configuration import MODALITIES, AffectConfig
+from affect_llm.modeling.media import MediaInputs
+from affect_llm.processing.feature_extraction import AffectFeatureExtractor
+from affect_llm.prompts import PromptFile, load_prompt, prompt_from_text
 
 PLACEHOLDERS = {m: f"<{m}>" for m in MODALITIES}
 MEDIA_TOKENS = {m: f"<|{m}|>" for m in MODALITIES}
 IGNORE_INDEX = -100
-PROCESSOR_CONFIG = "processor_config.json"
 
 # A plain ChatML template for tokenizers that ship none (tiny test tokenizers).
 CHATML_TEMPLATE = (
@@ -40,35 +38,84 @@ CHATML_TEMPLATE = (
 )
 
 
-class AffectProcessor:
+def prompt_record(prompt: PromptFile) -> dict[str, str]:
+    """What a processor saves of its task prompt: identity and the exact text."""
+    return {"name": prompt.name, "version": prompt.version, "sha256": prompt.sha256, "text": prompt.text}
+
+
+class AffectProcessor(ProcessorMixin):
     """Turns (messages, media, answer) into model inputs; one instance for every entry point.
 
     Args:
+        feature_extractor: Raw media -> encoder inputs.
         tokenizer: The LLM's tokenizer; media tokens are added to it if missing.
-        num_tokens: Tokens per media item by modality (must equal the model config's budgets).
-        settings: How raw media become encoder inputs.
-        prompt: The versioned task prompt file (defaults to ``prompts/tasks`` latest).
+        chat_template: Jinja chat template (default: the tokenizer's, else plain ChatML).
+        task_prompt: The task prompt as saved (``name``, ``version``, ``sha256``, ``text``);
+            None takes the newest ``tasks`` prompt shipped with the package.
+        num_tokens: Tokens per media item by modality: the model config's budgets (not saved here;
+            ``from_pretrained`` reads them from the checkpoint's ``config.json``).
     """
 
     def __init__(
         self,
+        feature_extractor: AffectFeatureExtractor,
         tokenizer: PreTrainedTokenizerBase,
-        num_tokens: dict[str, int],
-        settings: MediaInputSettings | None = None,
-        prompt: PromptFile | None = None,
+        chat_template: str | None = None,
+        task_prompt: dict[str, str] | None = None,
+        num_tokens: dict[str, int] | None = None,
     ) -> None:
-        self.tokenizer = tokenizer
-        self.num_tokens = dict(num_tokens)
-        self.settings = settings or MediaInputSettings()
-        self.prompt = prompt or load_prompt("tasks")
         missing = [tok for tok in MEDIA_TOKENS.values() if tok not in tokenizer.get_vocab()]
         if missing:
             tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
         if not tokenizer.chat_template:
-            tokenizer.chat_template = CHATML_TEMPLATE
+            tokenizer.chat_template = chat_template or CHATML_TEMPLATE
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        self._audio_builder: AudioInputBuilder | None = None
+        super().__init__(feature_extractor, tokenizer, chat_template=chat_template or tokenizer.chat_template)
+        self.task_prompt = task_prompt or prompt_record(load_prompt("tasks"))
+        self.token_budgets = dict(num_tokens or {})
+        self._prompt: PromptFile | None = None
+
+    @property
+    def prompt(self) -> PromptFile:
+        """The task prompt this processor was saved with (its text travels with the checkpoint)."""
+        if self._prompt is None:
+            record = self.task_prompt
+            self._prompt = prompt_from_text(record["name"], record["version"], record["text"], record["sha256"],
+                                            where="processor task_prompt")
+        return self._prompt
+
+    @property
+    def num_tokens(self) -> dict[str, int]:
+        return self.token_budgets
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> AffectProcessor:
+        """Read a saved processor; the token budgets come from the model config beside it.
+
+        Raises:
+            FileNotFoundError: If the folder has no ``config.json`` (the budgets' source).
+        """
+        path = Path(pretrained_model_name_or_path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}/config.json: the processor takes its token budgets from the model config")
+        config = AffectConfig.from_pretrained(path)
+        processor = super().from_pretrained(path, **kwargs)
+        processor.token_budgets = config.token_budgets()
+        processor.check_token_ids(config, where=str(path))
+        return processor
+
+    def check_token_ids(self, config: AffectConfig, where: str) -> None:
+        """The placeholder ids of the tokenizer must be the model's.
+
+        Raises:
+            ValueError: Naming the modality and both ids.
+        """
+        for modality, token_id in self.token_ids().items():
+            expected = getattr(config, f"{modality}_token_id")
+            if modality in config.modalities and expected != token_id:
+                raise ValueError(f"{where}: the tokenizer's {MEDIA_TOKENS[modality]} is id {token_id} "
+                                 f"but the model config says {expected}")
 
     # -- token ids ------------------------------------------------------------------------------------
     def token_ids(self) -> dict[str, int]:
@@ -122,28 +169,17 @@ class AffectProcessor:
     # -- media ----------------------------------------------------------------------------------------
     def prepare_media(
         self, audio: np.ndarray | None = None, video: np.ndarray | None = None, face: np.ndarray | None = None
-    ) -> dict[str, torch.Tensor]:
-        """Raw media of one item -> encoder inputs (``audio_values``, ``video_values``, ``face_values``)."""
-        out: dict[str, torch.Tensor] = {}
-        if audio is not None and self.num_tokens.get("audio"):
-            if self._audio_builder is None:
-                self._audio_builder = AudioInputBuilder(self.settings)
-            out["audio_values"], out["audio_attention_mask"] = self._audio_builder(audio)
-        if video is not None and self.num_tokens.get("video"):
-            out["video_values"] = prepare_frames(
-                video, self.settings.video_image_size, self.settings.video_mean, self.settings.video_std
-            )
-        if face is not None and self.num_tokens.get("face"):
-            out["face_values"] = prepare_faces(face, self.settings.face_image_size, self.settings.face_channels)
-        return out
+    ) -> MediaInputs:
+        """Raw media of one clip -> encoder inputs, for the modalities this model has budgets for."""
+        return self.feature_extractor(audio=audio, video=video, face=face, modalities=tuple(self.token_budgets))
 
     # -- batching -------------------------------------------------------------------------------------
-    def collate(self, items: Sequence[dict[str, Any]], padding_side: str = "right") -> dict[str, torch.Tensor]:
-        """Pad token ids (and labels) and stack per-modality media of the items that have them.
+    def collate(self, items: Sequence[dict[str, Any]], padding_side: str = "right") -> dict[str, Any]:
+        """Pad token ids (and labels) and concatenate the items' media in batch order.
 
-        Items carry ``input_ids`` (+ ``labels``) and, per modality, either encoder inputs
-        (``m_values``, ``m_attention_mask``) or cached features (``m_features``, ``m_feature_mask``).
-        Media are stacked in batch order, which is the order ``masked_scatter`` fills placeholders.
+        Items carry ``input_ids`` (+ ``labels``) and ``media`` (:class:`MediaInputs` of one clip:
+        encoder inputs or cached features). Batch order is the order ``masked_scatter`` fills
+        placeholders.
         """
         pad_id = self.tokenizer.pad_token_id
         length = max(len(item["input_ids"]) for item in items)
@@ -161,57 +197,27 @@ class AffectProcessor:
             batch["attention_mask"][row, span] = 1
             if with_labels:
                 batch["labels"][row, span] = torch.tensor(item["labels"])
-        for key in sorted({k for item in items for k in item if k.startswith(MODALITIES)}):
-            tensors = [item[key] for item in items if key in item]
-            batch[key] = pad_and_stack(tensors, fill=False if tensors[0].dtype == torch.bool else 0.0)
+        batch["media"] = MediaInputs.concat([item.get("media") or MediaInputs() for item in items])
         return batch
 
     def __call__(
         self,
         messages_batch: Sequence[list[dict[str, str]]],
-        media_batch: Sequence[dict[str, torch.Tensor]] | None = None,
+        media_batch: Sequence[MediaInputs | None] | None = None,
         answers: Sequence[str] | None = None,
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, Any]:
         """Encode and collate a batch: left padding for generation, right padding with answers."""
-        media_batch = media_batch or [{} for _ in messages_batch]
+        media_batch = media_batch or [None for _ in messages_batch]
         items = []
         for i, messages in enumerate(messages_batch):
             item = self.encode_text(messages, answers[i] if answers is not None else None)
-            items.append({**item, **media_batch[i]})
+            items.append({**item, "media": media_batch[i]})
         return self.collate(items, padding_side="right" if answers is not None else "left")
 
-    # -- persistence ----------------------------------------------------------------------------------
-    def save_pretrained(self, out_dir: str | Path) -> None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(out_dir)
-        config = {
-            "num_tokens": self.num_tokens,
-            "settings": self.settings.to_dict(),
-            "prompt": {"name": self.prompt.name, "version": self.prompt.version, "ref": self.prompt.ref},
-        }
-        (out_dir / PROCESSOR_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> AffectProcessor:
-        path = Path(path)
-        config_path = path / PROCESSOR_CONFIG
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{config_path}: no processor config (is {path} an affect-llm checkpoint?)")
-        config = json.loads(config_path.read_text())
-        prompt = load_prompt(config["prompt"]["name"], config["prompt"]["version"])
-        if prompt.ref != config["prompt"]["ref"]:
-            raise ValueError(
-                f"{config_path}: saved with prompt {config['prompt']['ref']} but the prompt file now is {prompt.ref}"
-            )
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        return cls(tokenizer, config["num_tokens"], MediaInputSettings(**config["settings"]), prompt)
+def batch_to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """A collated batch with its tensors and media on ``device``."""
+    return {key: value.to(device) for key, value in batch.items()}
 
 
-def pad_and_stack(tensors: Sequence[torch.Tensor], fill: float | bool = 0.0) -> torch.Tensor:
-    """Stack tensors whose first dimension (time) may differ, padding at the end with ``fill``."""
-    length = max(t.shape[0] for t in tensors)
-    out = tensors[0].new_full((len(tensors), length, *tensors[0].shape[1:]), fill)
-    for i, tensor in enumerate(tensors):
-        out[i, : tensor.shape[0]] = tensor
-    return out
+AutoProcessor.register(AffectConfig, AffectProcessor, exist_ok=True)

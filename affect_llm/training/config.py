@@ -1,8 +1,11 @@
 """Typed training configuration: a model, datasets, and a curriculum of stages.
 
 A config is YAML; ``key=value`` overrides address fields with dots (``train.batch_size=4``,
-``stages.0.steps=10``). Everything is checked before any compute: unknown keys, stages naming
-datasets that are not declared, unknown trainable groups, tasks the prompt file lacks.
+``stages.0.steps=10``). Everything is checked before any compute, and checking changes nothing:
+each dataclass refuses its own bad values when it is built (unknown keys and kinds, numbers that are
+not numbers, conflicting fields), and :meth:`TrainConfig.validate` the cross-references (stages
+naming datasets that are not declared, tasks the prompt file lacks, ``lora`` without a LoRA block).
+What needs the data (rows for every stage and task) is :mod:`affect_llm.training.data_check`.
 """
 
 from __future__ import annotations
@@ -10,16 +13,19 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
-from affect_llm.modeling.builder import ModelSpec
+from affect_llm.loading.spec import ModelSpec
 from affect_llm.modeling.trainable import TRAINABLE_GROUPS, LoraSettings
 
-ORDERS = ("shuffle", "easy_to_hard")
-SCHEDULES = ("constant", "linear", "cosine")
-PRECISIONS = ("no", "bf16", "fp16")
+Order = Literal["shuffle", "easy_to_hard"]
+Schedule = Literal["constant", "linear", "cosine"]
+TrainingPrecision = Literal["no", "bf16", "fp16"]
+ORDERS: tuple[str, ...] = get_args(Order)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+PRECISIONS: tuple[str, ...] = get_args(TrainingPrecision)
 
 
 def _number(value: Any, where: str) -> float:
@@ -57,7 +63,7 @@ class StageConfig:
     Attributes:
         name: Folder name of the stage's output under ``<run_dir>/stages``.
         datasets: Dataset name -> mixture weight (sampling probability, normalised).
-        tasks: Task template (``align``, ``perceive``, ``reason``) -> mixture weight.
+        tasks: Task of the prompt file (``perceive``, ``evidence``, ``reason``) -> mixture weight.
         trainable: Named groups to train (``projectors``, ``lora``, ``llm``, ``encoders``).
         lr: Peak learning rate.
         schedule: ``constant``, ``linear`` or ``cosine`` decay after warmup.
@@ -65,7 +71,8 @@ class StageConfig:
         steps: Optimizer steps; or use ``epochs`` (passes over the stage's training rows).
         epochs: Alternative to ``steps``.
         order: ``shuffle``, or ``easy_to_hard`` by the rows' ``extra.difficulty``.
-        init: ``previous`` (the previous stage's output), ``base`` (fresh model), or a checkpoint path.
+        init: ``previous`` (the previous stage's output; a first stage starts fresh), ``base``
+            (fresh model), or a checkpoint path. :meth:`TrainConfig.start_point` resolves it.
         group_lr: Learning rate per trainable group where it differs from ``lr`` (fresh projectors
             usually want a larger one than a LoRA adapter).
     """
@@ -75,15 +82,16 @@ class StageConfig:
     tasks: dict[str, float]
     trainable: list[str]
     lr: float = 1e-4
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     warmup_steps: int = 0
     steps: int | None = None
     epochs: float | None = None
-    order: str = "shuffle"
+    order: Order = "shuffle"
     init: str = "previous"
     group_lr: dict[str, float] = field(default_factory=dict)
 
-    def check(self, declared: set[str], tasks: set[str]) -> None:
+    def __post_init__(self) -> None:
+        # YAML reads 1e-5 as a string: numbers are parsed here, once, as the stage is built.
         where = f"stage {self.name!r}"
         self.lr = _number(self.lr, f"{where}: lr")
         if self.epochs is not None:
@@ -96,21 +104,27 @@ class StageConfig:
             raise ValueError(f"{where}: group_lr names groups that do not train here: {stray}")
         if (self.steps is None) == (self.epochs is None):
             raise ValueError(f"{where}: set exactly one of steps or epochs")
-        for name in self.datasets:
-            if name not in declared:
-                raise ValueError(f"{where}: dataset {name!r} is not declared under data.datasets ({sorted(declared)})")
         bad_groups = sorted(set(self.trainable) - set(TRAINABLE_GROUPS))
         if bad_groups or not self.trainable:
             raise ValueError(f"{where}: trainable groups {bad_groups or '[]'} invalid; known: {list(TRAINABLE_GROUPS)}")
-        bad_tasks = sorted(set(self.tasks) - tasks)
-        if bad_tasks:
-            raise ValueError(f"{where}: tasks {bad_tasks} not in the prompt file (known: {sorted(tasks)})")
         if self.order not in ORDERS:
             raise ValueError(f"{where}: order={self.order!r}; expected one of {ORDERS}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"{where}: schedule={self.schedule!r}; expected one of {SCHEDULES}")
         if any(w <= 0 for w in [*self.datasets.values(), *self.tasks.values()]):
             raise ValueError(f"{where}: mixture weights must be positive")
+        if not self.datasets or not self.tasks:
+            raise ValueError(f"{where}: name at least one dataset and one task")
+
+    def validate(self, declared: set[str], tasks: set[str]) -> None:
+        """Cross-references: declared datasets, tasks of the prompt file. Changes nothing."""
+        where = f"stage {self.name!r}"
+        for name in self.datasets:
+            if name not in declared:
+                raise ValueError(f"{where}: dataset {name!r} is not declared under data.datasets ({sorted(declared)})")
+        bad_tasks = sorted(set(self.tasks) - tasks)
+        if bad_tasks:
+            raise ValueError(f"{where}: tasks {bad_tasks} not in the prompt file (known: {sorted(tasks)})")
 
 
 @dataclass
@@ -153,7 +167,7 @@ class TrainSettings:
 
     batch_size: int = 8
     grad_accum: int = 1
-    precision: str = "no"
+    precision: TrainingPrecision = "no"
     gradient_checkpointing: bool = False
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -210,21 +224,32 @@ class TrainConfig:
             seed=raw.get("seed", 0),
             prompt_version=raw.get("prompt_version"),
         )
-        config.check(task_names)
+        config.validate(task_names)
         return config
 
-    def check(self, task_names: set[str]) -> None:
+    def validate(self, task_names: set[str]) -> None:
+        """Cross-references between the parts of the config. Changes nothing.
+
+        Raises:
+            ValueError: Naming the stage and key.
+        """
         names = [s.name for s in self.stages]
         if not names:
             raise ValueError("config: stages is empty")
         if len(set(names)) != len(names):
             raise ValueError(f"config: stage names repeat: {names}")
         for stage in self.stages:
-            stage.check(set(self.data.datasets), task_names)
+            stage.validate(set(self.data.datasets), task_names)
             if "lora" in stage.trainable and self.lora is None:
                 raise ValueError(f"stage {stage.name!r} trains 'lora' but the config has no lora: block")
-        if self.stages[0].init == "previous":
-            self.stages[0].init = "base"
+
+    def start_point(self, index: int) -> str:
+        """Where stage ``index`` starts: ``base``, ``previous`` or a checkpoint path.
+
+        A first stage that says ``previous`` has nothing before it and starts from the base model.
+        """
+        init = self.stages[index].init
+        return "base" if init == "previous" and index == 0 else init
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

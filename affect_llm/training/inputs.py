@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from affect_llm.modeling.checkpoint import checkpoint_fingerprint
+from affect_llm.loading.checkpoint import checkpoint_fingerprint
 from affect_llm.training.config import TrainConfig
 
 INPUTS_FILE = "stage_inputs.json"

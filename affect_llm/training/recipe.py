@@ -24,10 +24,13 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from transformers import get_scheduler
 
-from affect_llm.data.cache import FeatureCache
-from affect_llm.data.manifest import ManifestRow, load_manifest, manifest_sha256
-from affect_llm.modeling.builder import build_model
-from affect_llm.modeling.checkpoint import load_checkpoint, save_checkpoint
+from affect_llm.data.manifest import ManifestRow
+from affect_llm.features.cache import FeatureCache
+from affect_llm.features.featurize import MediaFeaturizer, MediaOptions
+from affect_llm.hashing import file_sha256
+from affect_llm.loading.build import build_model
+from affect_llm.loading.checkpoint import load_checkpoint, save_checkpoint
+from affect_llm.modeling.media import MediaInputs
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.trainable import (
     apply_lora,
@@ -36,9 +39,9 @@ from affect_llm.modeling.trainable import (
     llm_weight_summary,
     set_trainable,
 )
-from affect_llm.processing.featurize import MediaFeaturizer, MediaOptions
-from affect_llm.processing.processor import IGNORE_INDEX, AffectProcessor
+from affect_llm.processing.processor import IGNORE_INDEX, AffectProcessor, batch_to_device
 from affect_llm.training.config import StageConfig, TrainConfig
+from affect_llm.training.data_check import load_splits, stage_data_problems
 from affect_llm.training.inputs import StaleStageError, check_inputs, record_inputs, stage_inputs
 from affect_llm.training.logging import RunLogger
 from affect_llm.training.schedule import Sample, build_schedule, stage_num_steps
@@ -79,35 +82,32 @@ class CurriculumRecipe:
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         self.rows: dict[str, dict[str, list[ManifestRow]]] = {}
-        self.features: dict[str, dict[str, torch.Tensor]] = {}
+        self.features: dict[str, MediaInputs] = {}
         self.failures: dict[str, str] = {}
-        self.encoder_inputs: dict[str, dict[str, torch.Tensor]] = {}
+        self.encoder_inputs: dict[str, MediaInputs] = {}
         self.live_encoders = False
         self.stop_after_steps: int | None = None  # testing hook: simulate a crash after N steps
         self.log: RunLogger | None = None
 
     # -- phases -------------------------------------------------------------------------------------
     def setup_data(self) -> None:
-        """Load every declared manifest and split it; bad rows are refused later by name."""
-        for name, dataset in self.config.data.datasets.items():
-            rows = load_manifest(dataset.manifest)
-            self.rows[name] = {
-                "train": [r for r in rows if r.split == dataset.train_split],
-                "val": [r for r in rows if r.split == dataset.val_split],
-            }
-            if not self.rows[name]["train"]:
-                raise ValueError(f"dataset {name!r} ({dataset.manifest}): no rows in split {dataset.train_split!r}")
+        """Load every declared manifest and split it; a stage or task without usable rows stops the run here."""
+        self.rows = load_splits(self.config)
+        problems = stage_data_problems(self.config, self.rows)
+        if problems:
+            raise ValueError("; ".join(problems))
 
-    def setup_model(self, stage: StageConfig, previous: Path | None) -> tuple[AffectForConditionalGeneration, AffectProcessor]:
+    def setup_model(self, index: int, previous: Path | None) -> tuple[AffectForConditionalGeneration, AffectProcessor]:
         """A fresh model (``init: base``), the previous stage's output, or a named checkpoint, loaded strictly."""
-        if stage.init == "base" or (stage.init == "previous" and previous is None):
+        start = self.config.start_point(index)
+        if start == "base":
             model, processor = build_model(
                 self.config.model, self.models_dir, seed=self.config.seed, prompt_version=self.config.prompt_version
             )
             if self.config.lora is not None:
                 apply_lora(model, self.config.lora)
             return model, processor
-        source = previous if stage.init == "previous" else Path(stage.init)
+        source = previous if start == "previous" else Path(start)
         # Every stage loads with the run's precision: a QLoRA curriculum keeps its LLM in 4-bit throughout.
         return load_checkpoint(source, self.models_dir, trainable_lora=True, precision=self.config.model.precision())
 
@@ -150,22 +150,20 @@ class CurriculumRecipe:
         """Standardise fresh projectors' inputs with feature statistics of the stage's training rows."""
         rows = [r for name in stage.datasets for r in self._usable(self.rows[name]["train"])]
         for modality, projector in model.projectors.items():
-            features = [self.features[r.id][f"{modality}_features"] for r in rows
-                        if f"{modality}_features" in self.features[r.id]]
+            features = [part.features[0] for r in rows if (part := self.features[r.id].get(modality)) is not None]
             if features:
                 projector.calibrate(features)
                 logger.info("%s projector standardised on %d training items", modality, len(features))
 
     def _item(self, processor: AffectProcessor, row: ManifestRow, task: str) -> dict[str, Any]:
-        features = self.encoder_inputs[row.id] if self.live_encoders else self.features[row.id]
-        modalities = sorted({key.split("_", 1)[0] for key in self.features[row.id]})
-        messages = processor.build_messages(task, modalities, transcript=row.transcript)
-        return {**processor.encode_text(messages, answer_for(row, task)), **features}
+        media = self.encoder_inputs[row.id] if self.live_encoders else self.features[row.id]
+        messages = processor.build_messages(task, media.modalities, transcript=row.transcript)
+        return {**processor.encode_text(messages, answer_for(row, processor.prompt.task_keys(task))), "media": media}
 
     def _usable(self, rows: list[ManifestRow]) -> list[ManifestRow]:
         return [r for r in rows if r.id in self.features]
 
-    def loss_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed answer-token cross-entropy of the local batch and its token count."""
         labels = batch.pop("labels")
         # Only positions that predict an answer token need logits: the vocabulary projection of
@@ -182,7 +180,7 @@ class CurriculumRecipe:
         """Loss of this process's share, scaled so that DDP's gradient average equals the global token mean."""
         local = samples[self.rank :: self.world]
         items = [self._item(processor, self.rows[s.dataset]["train_usable"][s.index], s.task) for s in local]
-        batch = {k: v.to(self.accelerator.device) for k, v in processor.collate(items).items()}
+        batch = batch_to_device(processor.collate(items), self.accelerator.device)
         with self.accelerator.autocast():
             loss_sum, count = self.loss_step(model, batch)
         # One all-reduce for both sums: this runs on every micro-batch.
@@ -204,12 +202,12 @@ class CurriculumRecipe:
         for start in range(0, len(mine), self.config.train.batch_size):
             items = []
             for row in mine[start : start + self.config.train.batch_size]:
-                task = next((t for t in tasks if answer_for(row, t) is not None), None)
+                task = next((t for t in tasks if answer_for(row, processor.prompt.task_keys(t)) is not None), None)
                 if task is not None:
                     items.append(self._item(processor, row, task))
             if not items:
                 continue
-            batch = {k: v.to(self.accelerator.device) for k, v in processor.collate(items).items()}
+            batch = batch_to_device(processor.collate(items), self.accelerator.device)
             with self.accelerator.autocast():
                 s, c = self.loss_step(model, batch)
             loss_sum, count = loss_sum + s.float().cpu(), count + c.cpu()
@@ -250,7 +248,7 @@ class CurriculumRecipe:
                                   num_training_steps=num_steps)
         schedule = build_schedule(
             stage, {n: self.rows[n]["train_usable"] for n in stage.datasets},
-            lambda row, task: answer_for(row, task) is not None,
+            lambda row, task: answer_for(row, processor.prompt.task_keys(task)) is not None,
             global_batch, num_steps * settings.grad_accum, seed=self.config.seed * 1000 + index,
         )
         model, optimizer = self.accelerator.prepare(model, optimizer)
@@ -331,7 +329,7 @@ class CurriculumRecipe:
 
     # -- whole run ----------------------------------------------------------------------------------
     def manifest_hashes(self) -> dict[str, str]:
-        return {n: manifest_sha256(d.manifest) for n, d in self.config.data.datasets.items()}
+        return {n: file_sha256(d.manifest) for n, d in self.config.data.datasets.items()}
 
     def _reusable(self, stage_dir: Path) -> bool:
         """A finished stage, or an interrupted one that ``--resume`` continues."""
@@ -342,13 +340,13 @@ class CurriculumRecipe:
         manifests = self.manifest_hashes()
         inputs = [stage_inputs(self.config, i, manifests, self.world) for i in range(len(self.config.stages))]
         retrained: str | None = None  # the stage just before, when it will train (again)
-        for stage, stage_input in zip(self.config.stages, inputs, strict=True):
+        for index, (stage, stage_input) in enumerate(zip(self.config.stages, inputs, strict=True)):
             stage_dir = self.run_dir / "stages" / stage.name
             if not self._reusable(stage_dir):
                 retrained = stage.name
                 continue
             check_inputs(stage_dir, stage.name, stage_input)
-            if retrained is not None and stage.init == "previous":
+            if retrained is not None and self.config.start_point(index) == "previous":
                 # It started from the output of a stage that is about to change.
                 raise StaleStageError(f"{stage_dir}: stage {stage.name!r} is on disk but stage {retrained!r} before "
                                       f"it will be trained again; delete {stage_dir} too")
@@ -405,11 +403,11 @@ class CurriculumRecipe:
                     previous = stage_dir / "best"
                     continue
                 set_seed(self.config.seed + index)
-                model, processor = self.setup_model(stage, previous)
+                model, processor = self.setup_model(index, previous)
                 model.to(self.accelerator.device)
                 self.featurize(model, processor)
                 # Only fresh projectors are calibrated: a loaded one was trained on its own statistics.
-                if stage.init == "base":
+                if self.config.start_point(index) == "base":
                     self.calibrate_projectors(model, stage)
                 self.live_encoders = "encoders" in stage.trainable
                 if self.live_encoders:

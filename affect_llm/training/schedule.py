@@ -59,9 +59,13 @@ def build_schedule(
     names = [n for n in stage.datasets if rows_by_dataset.get(n)]
     if not names:
         raise ValueError(f"stage {stage.name!r}: none of its datasets {list(stage.datasets)} has training rows")
+    tasks = list(stage.tasks)
+    for name in names:
+        # A dataset none of whose rows serves a task would make the sampling loop below spin forever.
+        if not any(supports(row, task) for row in rows_by_dataset[name] for task in tasks):
+            raise ValueError(f"stage {stage.name!r}: no training row of dataset {name!r} can serve its tasks {tasks}")
     weights = np.array([stage.datasets[n] for n in names], dtype=float)
     streams = {n: _row_stream(rows_by_dataset[n], stage.order, rng) for n in names}
-    tasks = list(stage.tasks)
     task_weights = np.array([stage.tasks[t] for t in tasks], dtype=float)
     schedule = []
     for _ in range(num_micro_batches):

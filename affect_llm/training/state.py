@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from affect_llm.modeling.checkpoint import load_strict
+from affect_llm.modeling.pretrained import load_strict
 
 LIBRARIES = ("affect-llm", "torch", "transformers", "peft", "accelerate", "bitsandbytes", "decord", "librosa")
 

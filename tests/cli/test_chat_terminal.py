@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from affect_llm.modeling.builder import ModelSpec, build_model
-from affect_llm.modeling.checkpoint import save_checkpoint
+from affect_llm.loading.build import build_model
+from affect_llm.loading.checkpoint import save_checkpoint
+from affect_llm.loading.spec import ModelSpec
 
 PROMPT = b"you> "
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")

@@ -10,9 +10,9 @@ from affect_llm.data.manifest import (
     ManifestError,
     ManifestRow,
     load_manifest,
-    manifest_sha256,
     write_manifest,
 )
+from affect_llm.hashing import file_sha256
 
 
 def test_round_trip_preserves_rows_and_resolves_media_against_manifest(tmp_path: Path) -> None:
@@ -80,5 +80,5 @@ def test_write_is_atomic_and_rejects_duplicates(tmp_path: Path) -> None:
 def test_sha256_changes_with_content(tmp_path: Path) -> None:
     a = write_manifest([ManifestRow(id="a", source="t")], tmp_path / "a.jsonl")
     b = write_manifest([ManifestRow(id="b", source="t")], tmp_path / "b.jsonl")
-    assert manifest_sha256(a) != manifest_sha256(b)
-    assert len(manifest_sha256(a)) == 64
+    assert file_sha256(a) != file_sha256(b)
+    assert len(file_sha256(a)) == 64

@@ -8,13 +8,14 @@ from datahelpers import make_wav
 
 from affect_llm.data.faces import FaceCropper
 from affect_llm.data.manifest import ManifestRow
-from affect_llm.data.media import MediaError, content_hash, load_media, sample_frame_indices
+from affect_llm.data.media import MediaError, load_media, sample_frame_indices
+from affect_llm.hashing import file_sha256
 
 
 def test_video_with_audio_track_gives_frames_faces_and_16k_audio(media_dir: Path) -> None:
     item = load_media(ManifestRow(id="a", video=str(media_dir / "av.mp4")), num_frames=4, face_size=32)
-    assert item.frames.shape == (4, 96, 128, 3) and item.frames.dtype == np.uint8
-    assert item.faces.shape == (4, 32, 32, 3)
+    assert item.video.shape == (4, 96, 128, 3) and item.video.dtype == np.uint8
+    assert item.face.shape == (4, 32, 32, 3)
     # A test pattern has no face: the fallback is recorded, never hidden.
     assert item.meta["face_found"] == [False] * 4
     assert item.audio.dtype == np.float32 and item.audio.ndim == 1
@@ -24,7 +25,7 @@ def test_video_with_audio_track_gives_frames_faces_and_16k_audio(media_dir: Path
 
 def test_video_without_audio_track_gives_no_audio(media_dir: Path) -> None:
     item = load_media(ManifestRow(id="a", video=str(media_dir / "silent_video.mp4")), detect_faces=False)
-    assert item.audio is None and item.faces is None
+    assert item.audio is None and item.face is None
     assert item.meta["audio_missing"] == "video has no audio track"
 
 
@@ -34,7 +35,7 @@ def test_audio_file_is_resampled_to_mono_and_truncated(tmp_path: Path) -> None:
     assert item.audio.shape == (24000,)
     assert item.meta["orig_sample_rate"] == 8000 and item.meta["orig_channels"] == 2
     assert item.meta["audio_truncated"] is True
-    assert item.frames is None
+    assert item.video is None
 
 
 def test_missing_and_empty_files_raise_media_error(tmp_path: Path) -> None:
@@ -55,10 +56,10 @@ def test_frame_sampling_uniform_and_fps_capped() -> None:
 def test_content_hash_follows_file_changes(tmp_path: Path) -> None:
     path = tmp_path / "f.bin"
     path.write_bytes(b"one")
-    first = content_hash(path)
-    assert content_hash(path) == first
+    first = file_sha256(path)
+    assert file_sha256(path) == first
     path.write_bytes(b"two!")
-    assert content_hash(path) != first
+    assert file_sha256(path) != first
 
 
 def test_face_crop_box_is_square_and_inside_frame() -> None:

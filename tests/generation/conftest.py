@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from genhelpers import read_rows, write_rows
 
-from affect_llm.modeling.builder import ModelSpec, build_model
-from affect_llm.modeling.checkpoint import save_checkpoint
+from affect_llm.loading.build import build_model
+from affect_llm.loading.checkpoint import save_checkpoint
+from affect_llm.loading.spec import ModelSpec
 
 TINY_SPEC = ModelSpec(
     llm="tiny:llm",

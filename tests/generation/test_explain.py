@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from genhelpers import read_rows, write_rows
 
-from affect_llm.generation.backends import DecodingSettings
+from affect_llm.generation.backend import DecodingSettings
 from affect_llm.generation.explain import ExplainSettings, explain_manifest, parse_shard
 
 ROW_FIELDS = {

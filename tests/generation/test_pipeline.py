@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from affect_llm.generation.backends import DecodingSettings
+from affect_llm.generation.backend import DecodingSettings
 from affect_llm.generation.pipeline import AffectPipeline
 
 
@@ -67,7 +67,7 @@ def test_follow_up_keeps_history_and_attach_resets_it(pipe, clip):
     assert pipe.messages[len(first_turn)] == {"role": "user", "content": "Why?"}
     assert len(pipe.messages) == len(first_turn) + 2
     pipe.attach(audio=clip["audio"])
-    assert pipe.messages == [] and set(pipe.features) == {"audio_features", "audio_feature_mask"}
+    assert pipe.messages == [] and pipe.media.modalities == ("audio",) and pipe.media.audio.is_features
 
 
 def test_undecodable_clip_names_the_file(pipe, tmp_path):
@@ -75,4 +75,4 @@ def test_undecodable_clip_names_the_file(pipe, tmp_path):
     broken.write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
     with pytest.raises(ValueError, match="broken.png"):
         pipe.attach(image=str(broken))
-    assert pipe.features == {}
+    assert pipe.media.modalities == ()

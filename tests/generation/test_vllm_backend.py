@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -10,14 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from affect_llm.generation.backends import DecodingSettings, load_backend
-from affect_llm.generation.vllm_backend import (
-    InProcessEngine,
-    VLLMUnavailableError,
-    WorkerEngine,
-    sampling_options,
-    served_llm_dir,
-)
+from affect_llm.generation.backend import DecodingSettings
+from affect_llm.generation.load import load_backend
+from affect_llm.generation.vllm_backend import WorkerEngine, sampling_options
+from affect_llm.generation.vllm_worker import InProcessEngine, VLLMUnavailableError
+from affect_llm.loading.checkpoint import served_llm_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = ROOT / ".venv-vllm/bin/python"
@@ -30,10 +26,7 @@ def test_merged_checkpoint_serves_its_llm_folder(tiny_checkpoint):
 def test_unmerged_adapter_is_refused_with_the_merge_command(tiny_checkpoint, tmp_path):
     checkpoint = tmp_path / "with-adapter"
     shutil.copytree(tiny_checkpoint, checkpoint)
-    meta_path = checkpoint / "affect_checkpoint.json"
-    meta = json.loads(meta_path.read_text())
-    meta["stored"] = [*meta["stored"], "adapter"]
-    meta_path.write_text(json.dumps(meta))
+    (checkpoint / "adapter").mkdir()  # what a LoRA checkpoint holds beside the base weights
     with pytest.raises(ValueError, match="affect-llm merge"):
         served_llm_dir(checkpoint)
     with pytest.raises(ValueError, match="LoRA adapter"):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from affect_llm.modeling.builder import ModelSpec, build_model
+from affect_llm.loading.build import build_model
+from affect_llm.loading.spec import ModelSpec
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.tiny import tiny_config
 from affect_llm.modeling.trainable import LoraSettings, apply_lora, set_trainable
@@ -17,7 +18,7 @@ ANSWER = '{"labels": ["calm"]}'
 def test_wav2vec2_audio_and_clip_video_train():
     model, processor = build_model(ModelSpec(audio_encoder="tiny:wav2vec2", video_encoder="tiny:clip",
                                              audio_projector="attention", audio_window_seconds=1.0))
-    assert processor.settings.audio_input == "waveform"
+    assert processor.feature_extractor.audio_input == "waveform"
     media = processor.prepare_media(audio=np.random.default_rng(0).standard_normal(12_000).astype(np.float32),
                                     video=np.zeros((2, 40, 40, 3), np.uint8))
     batch = processor([processor.build_messages("perceive", ["audio", "video"])], [media], answers=[ANSWER])

@@ -6,10 +6,9 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
+from affect_llm.configuration import FER_LABELS, FerMiniXceptionConfig
 from affect_llm.modeling import face_cnn
 from affect_llm.modeling.face_cnn import (
-    FER_LABELS,
-    FerMiniXceptionConfig,
     FerMiniXceptionModel,
     keras_same_max_pool,
 )

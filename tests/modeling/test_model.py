@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from affect_llm.modeling.media import MediaInputs, ModalityInput
 from affect_llm.modeling.model import merge_media_tokens
 
 ANSWER = '{"labels": ["happy"]}'
@@ -36,7 +37,9 @@ def test_absent_modality_gets_no_gradient(tiny_model, raw_media):
 def test_placeholder_count_mismatch_names_both_counts(tiny_model, raw_media):
     model, processor = tiny_model
     batch = processor([processor.build_messages("perceive", ["face"])], [processor.prepare_media(face=raw_media["face"])])
-    batch["face_values"] = torch.cat([batch["face_values"], batch["face_values"]])  # two items, one placeholder set
+    face = batch["media"].face
+    two_items = ModalityInput(values=torch.cat([face.values, face.values]))  # two items, one placeholder set
+    batch["media"] = MediaInputs(face=two_items)
     with pytest.raises(ValueError, match=r"face: the prompt holds 2 placeholder tokens but the media give 4 tokens"):
         model(**batch)
 
@@ -65,10 +68,12 @@ def test_cached_features_give_the_same_loss_as_raw_inputs(tiny_model, raw_media)
     batch = processor([messages], [media], answers=[ANSWER])
     with torch.no_grad():
         live = model(**batch).loss
-        feats, mask = model.get_media_features("audio", batch.pop("audio_values"), batch.pop("audio_attention_mask"))
-        face_feats, face_mask = model.get_media_features("face", batch.pop("face_values"))
-        cached = model(**batch, audio_features=feats, audio_feature_mask=mask,
-                       face_features=face_feats, face_feature_mask=face_mask).loss
+        audio, face = batch["media"].audio, batch["media"].face
+        feats, mask = model.get_media_features("audio", audio.values, audio.attention_mask)
+        face_feats, face_mask = model.get_media_features("face", face.values)
+        batch["media"] = MediaInputs(audio=ModalityInput(features=feats, feature_mask=mask),
+                                     face=ModalityInput(features=face_feats, feature_mask=face_mask))
+        cached = model(**batch).loss
     assert torch.allclose(live, cached)
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import WhisperModel
 
-from affect_llm.modeling.builder import ModelSpec, build_model
+from affect_llm.loading.build import build_model
+from affect_llm.loading.spec import ModelSpec
 from affect_llm.modeling.tiny import tiny_config
 
 
@@ -27,7 +28,7 @@ def test_whisper_with_a_short_window_keeps_its_pretrained_weights(tmp_path):
 def test_embedded_parts_are_the_converted_weights():
     from safetensors.torch import load_file
 
-    from affect_llm.models.registry import resolve_model_path
+    from affect_llm.references import resolve_model_path
 
     model, _ = build_model(ModelSpec(llm="smollm2-135m-instruct", audio_encoder="whisper-base",
                                      face_encoder="fer-mini-xception", audio_window_seconds=4.0))
@@ -54,5 +55,5 @@ def test_audio_encoder_can_keep_only_its_first_layers(tmp_path):
     assert len(model.encoders["audio"].layers) == 1
     assert torch.equal(model.encoders["audio"].layers[0].fc1.weight, whisper.encoder.layers[0].fc1.weight)
     media = processor.prepare_media(audio=torch.zeros(16000).numpy())
-    features, mask = model.get_media_features("audio", media["audio_values"][None], media["audio_attention_mask"][None])
+    features, mask = model.get_media_features("audio", media.audio.values, media.audio.attention_mask)
     assert features.shape == (1, 100, 32) and mask[0].sum() == 50

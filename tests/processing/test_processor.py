@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from affect_llm.modeling.builder import ModelSpec, build_model
+from affect_llm.loading.build import build_model
+from affect_llm.loading.spec import ModelSpec
 from affect_llm.processing.processor import IGNORE_INDEX, AffectProcessor
 
 ANSWER = '{"labels": ["sad"]}'
 
 
+SPEC = ModelSpec(audio_encoder="tiny:whisper", face_encoder="tiny:fer", num_audio_tokens=5, num_face_tokens=3,
+                 audio_window_seconds=1.0)
+
+
 def _processor() -> AffectProcessor:
-    _, processor = build_model(ModelSpec(audio_encoder="tiny:whisper", face_encoder="tiny:fer",
-                                         num_audio_tokens=5, num_face_tokens=3, audio_window_seconds=1.0))
-    return processor
+    return build_model(SPEC)[1]
 
 
 def test_each_placeholder_expands_to_its_token_budget():
@@ -48,13 +51,14 @@ def test_collate_stacks_media_of_items_that_have_it():
     processor = _processor()
     audio = processor.prepare_media(audio=torch.zeros(8000).numpy())
     batch = processor([processor.build_messages("perceive", ["audio"]), processor.build_messages("perceive", [])],
-                      [audio, {}])
-    assert batch["audio_values"].shape[0] == 1
-    assert "face_values" not in batch
+                      [audio, None])
+    assert batch["media"].audio.num_items == 1
+    assert batch["media"].modalities == ("audio",)
 
 
 def test_save_and_reload_round_trip(tmp_path):
-    processor = _processor()
+    model, processor = build_model(SPEC)
+    model.config.save_pretrained(tmp_path)  # the budgets' one source
     processor.save_pretrained(tmp_path)
     again = AffectProcessor.from_pretrained(tmp_path)
     messages = processor.build_messages("reason", ["audio", "face"], transcript="hi")

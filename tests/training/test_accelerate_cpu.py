@@ -38,7 +38,7 @@ def test_two_processes_match_one(synth_manifest: Path, feature_cache: Path, tmp_
         pytest.skip("the accelerate launcher is not installed beside this interpreter")
     single = tmp_path / "single"
     raw = _raw(synth_manifest, single, feature_cache, BATCH)
-    CurriculumRecipe(TrainConfig.from_dict(raw, {"align", "perceive", "reason"})).run()
+    CurriculumRecipe(TrainConfig.from_dict(raw, {"evidence", "perceive", "reason"})).run()
 
     double = tmp_path / "double"
     config = write_config(tmp_path / "double.yaml", _raw(synth_manifest, double, feature_cache, BATCH // 2))

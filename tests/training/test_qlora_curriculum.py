@@ -95,7 +95,7 @@ def test_merged_qlora_checkpoint_is_unquantized_and_answers_like_the_4bit_one(ql
     """Dequantise, merge, save: the merged LLM holds the weights the adapter was trained against."""
     import torch
 
-    from affect_llm.modeling.checkpoint import load_checkpoint, merge_checkpoint
+    from affect_llm.loading.checkpoint import load_checkpoint, merge_checkpoint
 
     merged = merge_checkpoint(qlora_run / "final", tmp_path / "merged")
     config = json.loads((merged / "config.json").read_text())

@@ -11,13 +11,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from trainhelpers import read_losses, tiny_config
 
-from affect_llm.data.manifest import manifest_sha256
-from affect_llm.modeling.checkpoint import CheckpointError, load_checkpoint, read_metadata
+from affect_llm.hashing import file_sha256
+from affect_llm.loading.checkpoint import CheckpointError, load_checkpoint, read_metadata
 from affect_llm.training.config import TrainConfig
 from affect_llm.training.inputs import StaleStageError, stage_inputs
 from affect_llm.training.recipe import CurriculumRecipe, _Interrupted
 
-TASKS = {"align", "perceive", "reason"}
+TASKS = {"evidence", "perceive", "reason"}
 
 
 def _config(manifest: Path, run_dir: Path, cache: Path) -> TrainConfig:
@@ -44,7 +44,7 @@ def test_run_info_records_what_determines_the_run(finished_run: Path, synth_mani
     info = json.loads((finished_run / "run_info.json").read_text())
     assert info["config"]["stages"][1]["name"] == "reason"
     assert info["prompt"]  # id and hash of the prompt file the run used
-    assert info["manifests"] == {"synth": manifest_sha256(synth_manifest)}
+    assert info["manifests"] == {"synth": file_sha256(synth_manifest)}
     assert info["libraries"]["torch"] is not None and info["libraries"]["transformers"] is not None
     assert "git_commit" in info and info["world_size"] == 1
 
@@ -64,7 +64,8 @@ def test_each_stage_keeps_its_best_checkpoint(finished_run: Path) -> None:
     for stage in ("align", "reason"):
         meta = read_metadata(finished_run / "stages" / stage / "best")
         assert meta["stage"] == stage and meta["val_loss"] is not None
-        assert "projectors" in meta["stored"] and "adapter" in meta["stored"]
+        best = finished_run / "stages" / stage / "best"
+        assert (best / "model.safetensors").is_file() and (best / "adapter").is_dir()
         done = json.loads((finished_run / "stages" / stage / "stage_done.json").read_text())
         assert done["best_step"] == meta["step"]
         assert not (finished_run / "stages" / stage / "state").exists()  # resumable state removed when done
@@ -101,12 +102,12 @@ def test_stage_two_loads_stage_one_strictly(
     """An unexpected key in stage 1's projectors stops stage 2 with the key named."""
     run_dir = copied_run
     shutil.rmtree(run_dir / "stages" / "reason")
-    projectors = run_dir / "stages" / "align" / "best" / "projectors.safetensors"
-    state = load_file(str(projectors))
-    state["audio.stray_weight"] = torch.zeros(2)
-    save_file(state, str(projectors))
+    weights = run_dir / "stages" / "align" / "best" / "model.safetensors"
+    state = load_file(str(weights))
+    state["projectors.audio.stray_weight"] = torch.zeros(2)
+    save_file(state, str(weights))
     with pytest.raises(
-        CheckpointError, match=r"projectors\.safetensors.*unexpected keys \['audio\.stray_weight'\]"
+        CheckpointError, match=r"model\.safetensors \[projectors\].*unexpected keys \['audio\.stray_weight'\]"
     ):
         CurriculumRecipe(_config(synth_manifest, run_dir, feature_cache)).run()
 

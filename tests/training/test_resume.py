@@ -18,7 +18,7 @@ def _config(manifest: Path, run_dir: Path, cache: Path) -> TrainConfig:
     raw = tiny_config(manifest, run_dir, cache, stages=1, checkpoint_every=2, batch_size=2)
     # LoRA and projectors both train, so the optimizer state of both must come back on resume.
     raw["stages"][0].update(trainable=["projectors", "lora"], steps=NUM_STEPS, warmup_steps=1)
-    return TrainConfig.from_dict(raw, {"align", "perceive", "reason"})
+    return TrainConfig.from_dict(raw, {"evidence", "perceive", "reason"})
 
 
 @pytest.fixture(scope="module")

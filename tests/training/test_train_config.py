@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -23,8 +24,8 @@ def no_model_builds(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a model was built during config validation")
 
-    monkeypatch.setattr("affect_llm.modeling.builder.build_model", refuse)
-    monkeypatch.setattr("affect_llm.modeling.builder.instantiate", refuse)
+    monkeypatch.setattr("affect_llm.loading.build.build_model", refuse)
+    monkeypatch.setattr("affect_llm.loading.build.instantiate", refuse)
 
 
 def _raw(tmp_path: Path) -> dict:
@@ -38,7 +39,8 @@ def _load(tmp_path: Path, raw: dict, overrides: list[str] | None = None):
 def test_valid_config_loads(tmp_path: Path, no_model_builds: None) -> None:
     config = _load(tmp_path, _raw(tmp_path))
     assert [s.name for s in config.stages] == ["align", "reason"]
-    assert config.stages[0].init == "base"  # the first stage has nothing previous to start from
+    assert config.stages[0].init == "previous"  # as written: validation changes nothing
+    assert config.start_point(0) == "base"  # the first stage has nothing previous to start from
 
 
 @pytest.mark.parametrize(
@@ -156,7 +158,7 @@ def test_shipped_configs_pass_check_offline(
     monkeypatch.setattr("huggingface_hub.snapshot_download", no_network)
     monkeypatch.setattr("huggingface_hub.hf_hub_download", no_network)
     monkeypatch.chdir(REPO)
-    assert main(["train", config, "--check"]) == 0
+    assert main(["train", config, "--check", "--config-only"]) == 0
     assert f"{config}: ok" in capsys.readouterr().out
 
 
@@ -173,3 +175,52 @@ def test_gpu_configs_describe_the_7b_curriculum(config: str) -> None:
     ]
     assert raw["stages"][2]["order"] == "easy_to_hard"
     assert raw["model"]["quantization"] == ("4bit" if "qlora" in config else "none")
+
+
+def test_check_refuses_a_task_no_row_can_answer(tmp_path: Path, synth_manifest: Path, capsys) -> None:
+    """A task needing explanations on rows without them fails in --check, not after model set-up."""
+    rows = [json.loads(line) for line in synth_manifest.read_text().splitlines()]
+    manifest = tmp_path / "no_explanations.jsonl"
+    manifest.write_text("".join(json.dumps({**row, "explanation": None}) + "\n" for row in rows))
+    raw = tiny_config(manifest, tmp_path / "run", None, stages=2)
+    raw["stages"][1]["tasks"] = {"reason": 1.0}
+    assert main(["train", str(write_config(tmp_path / "c.yaml", raw)), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "stage 'reason': task 'reason': none of the" in out
+
+
+def test_check_names_a_missing_manifest(tmp_path: Path) -> None:
+    raw = tiny_config(tmp_path / "absent.jsonl", tmp_path / "run", None)
+    with pytest.raises(FileNotFoundError, match="dataset 'synth': manifest .*absent.jsonl not found"):
+        main(["train", str(write_config(tmp_path / "c.yaml", raw)), "--check"])
+
+
+def test_unknown_projector_kind_is_refused(tmp_path: Path, no_model_builds: None) -> None:
+    raw = _raw(tmp_path)
+    raw["model"]["face_projector"] = "qformer"
+    with pytest.raises(ValueError, match=r"face_projector='qformer'"):
+        _load(tmp_path, raw)
+
+
+def test_a_stage_whose_rows_serve_none_of_its_tasks_is_refused_by_the_schedule() -> None:
+    """The sampling loop would otherwise spin forever looking for a usable row."""
+    from affect_llm.data.manifest import ManifestRow
+    from affect_llm.training.config import StageConfig
+    from affect_llm.training.schedule import build_schedule
+
+    stage = StageConfig(name="s", datasets={"d": 1.0}, tasks={"reason": 1.0}, trainable=["projectors"], steps=1)
+    rows = [ManifestRow(id="a"), ManifestRow(id="b")]
+    with pytest.raises(ValueError, match="no training row of dataset 'd' can serve its tasks"):
+        build_schedule(stage, {"d": rows}, lambda row, task: False, 2, 1, seed=0)
+
+
+def test_loading_a_config_does_not_import_model_code() -> None:
+    """Parsing and checking a YAML loads no model, processing or training-loop module."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import affect_llm.training.config as c; "
+            "heavy = [m for m in ('affect_llm.loading.build', 'affect_llm.training.recipe', 'peft') "
+            "if m in sys.modules]; print(heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

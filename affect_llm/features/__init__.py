@@ -1,0 +1,1 @@
+"""Media -> encoder features: decoding, encoding and the feature cache, shared by every consumer."""

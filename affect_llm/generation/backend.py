@@ -1,0 +1,73 @@
+"""The generation interface every backend implements, and the settings and requests it takes.
+
+A request is a chat (with media placeholders) plus the media of its clip (usually cached encoder
+features); a backend returns the generated text of each request, in order, or streams one request's
+text as it is generated. Decoding is greedy unless ``do_sample``, and sampling is seeded, so a rerun
+gives the same text. Backends receive an already loaded model and processor
+(:func:`affect_llm.generation.load.load_backend` loads them once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+from affect_llm.modeling.media import MediaInputs
+from affect_llm.modeling.model import AffectForConditionalGeneration
+from affect_llm.processing.processor import AffectProcessor
+
+
+@dataclass
+class DecodingSettings:
+    """Decoding of every backend.
+
+    Attributes:
+        max_new_tokens: Cap on generated tokens.
+        do_sample: Sample instead of greedy decoding.
+        temperature / top_p: Sampling parameters.
+        seed: Seed of sampling (greedy ignores it).
+    """
+
+    max_new_tokens: int = 160
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GenerationRequest:
+    """One chat and the media of its clip."""
+
+    messages: list[dict[str, str]]
+    media: MediaInputs = field(default_factory=MediaInputs)
+
+
+class GenerationBackend(Protocol):
+    """What ``explain``, ``chat``, the pipeline and the server need from a backend.
+
+    Attributes:
+        name: ``hf`` or ``vllm`` (recorded in every output row).
+        model: The loaded model; its encoders compute the features of new clips.
+        processor: Its processor (prompts, tokenizer, media preparation).
+    """
+
+    name: str
+    model: AffectForConditionalGeneration
+    processor: AffectProcessor
+
+    def generate(self, requests: list[GenerationRequest], settings: DecodingSettings) -> list[str]:
+        """The text of each request, in order."""
+        ...
+
+    def stream(self, request: GenerationRequest, settings: DecodingSettings) -> Iterator[str]:
+        """Text pieces of one request as they are generated."""
+        ...
+
+    def close(self) -> None:
+        """Release what the backend started (engines, worker processes)."""
+        ...

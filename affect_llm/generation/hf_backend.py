@@ -1,0 +1,64 @@
+"""Generation with the composite model's own ``generate`` (transformers): batched, left-padded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from threading import Thread
+from typing import Any
+
+import torch
+from transformers import TextIteratorStreamer
+
+from affect_llm.generation.backend import DecodingSettings, GenerationRequest
+from affect_llm.modeling.model import AffectForConditionalGeneration
+from affect_llm.processing.processor import AffectProcessor, batch_to_device
+
+
+class HFBackend:
+    """Batched ``generate`` of the composite model with left padding.
+
+    Args:
+        model: The loaded model (LoRA attached or merged), on the device it generates on.
+        processor: Its processor.
+    """
+
+    name = "hf"
+
+    def __init__(self, model: AffectForConditionalGeneration, processor: AffectProcessor) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.device = next(model.parameters()).device
+
+    def _batch(self, requests: list[GenerationRequest]) -> dict[str, Any]:
+        items = [{**self.processor.encode_text(r.messages), "media": r.media} for r in requests]
+        return batch_to_device(self.processor.collate(items, padding_side="left"), self.device)
+
+    def _generate_kwargs(self, settings: DecodingSettings) -> dict[str, Any]:
+        tokenizer = self.processor.tokenizer
+        kwargs = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
+                  "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+        if settings.do_sample:
+            torch.manual_seed(settings.seed)
+            kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+    @torch.no_grad()
+    def generate(self, requests: list[GenerationRequest], settings: DecodingSettings) -> list[str]:
+        if not requests:
+            return []
+        output = self.model.generate(**self._batch(requests), **self._generate_kwargs(settings))
+        return self.processor.tokenizer.batch_decode(output, skip_special_tokens=True)
+
+    def stream(self, request: GenerationRequest, settings: DecodingSettings) -> Iterator[str]:
+        """Yield text pieces as they are generated (one request; the chat uses this)."""
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=False, skip_special_tokens=True)
+        kwargs = {**self._batch([request]), **self._generate_kwargs(settings), "streamer": streamer}
+        thread = Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
+        thread.start()
+        yield from streamer
+        thread.join()
+
+    def close(self) -> None:
+        """Nothing to stop: the model lives in this process."""

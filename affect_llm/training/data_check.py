@@ -1,0 +1,57 @@
+"""What a curriculum needs of its data, checked before any model is built.
+
+Every stage needs training rows in its datasets, and every task of a stage needs rows that can
+answer it (labels for ``perceive``, an explanation for ``reason``, per-channel evidence for the
+evidence task): otherwise the stage would fail after minutes of set-up, or silently never train a
+task it names. ``affect-llm train --check`` and the recipe both run this.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from affect_llm.data.manifest import ManifestRow, load_manifest
+from affect_llm.prompts import load_prompt
+from affect_llm.training.config import TrainConfig
+from affect_llm.training.targets import answer_for
+
+Splits = dict[str, dict[str, list[ManifestRow]]]
+
+
+def load_splits(config: TrainConfig) -> Splits:
+    """Each dataset's training and validation rows.
+
+    Raises:
+        FileNotFoundError: A manifest that does not exist (the message names the dataset).
+        ManifestError: A row that breaks the schema (file, line and field named).
+    """
+    splits: Splits = {}
+    for name, dataset in config.data.datasets.items():
+        if not Path(dataset.manifest).is_file():
+            raise FileNotFoundError(f"dataset {name!r}: manifest {dataset.manifest} not found (prepare it with "
+                                    f"`affect-llm data prepare` or `affect-llm data synth`)")
+        rows = load_manifest(dataset.manifest)
+        splits[name] = {
+            "train": [r for r in rows if r.split == dataset.train_split],
+            "val": [r for r in rows if r.split == dataset.val_split],
+        }
+    return splits
+
+
+def stage_data_problems(config: TrainConfig, splits: Splits) -> list[str]:
+    """One line per stage without training rows, and per task no training row of the stage can answer."""
+    problems = []
+    prompt = load_prompt("tasks", config.prompt_version)
+    for name, dataset in config.data.datasets.items():
+        if not splits[name]["train"]:
+            problems.append(f"dataset {name!r} ({dataset.manifest}): no rows in split {dataset.train_split!r}")
+    for stage in config.stages:
+        rows = [row for name in stage.datasets for row in splits[name]["train"]]
+        if not rows:
+            continue  # already reported per dataset
+        for task in stage.tasks:
+            keys = prompt.task_keys(task)
+            if not any(answer_for(row, keys) is not None for row in rows):
+                problems.append(f"stage {stage.name!r}: task {task!r}: none of the {len(rows)} training rows of "
+                                f"{sorted(stage.datasets)} can answer it (it asks for {list(keys)})")
+    return problems
