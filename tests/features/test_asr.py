@@ -40,8 +40,15 @@ def test_language_list_must_match_the_clips() -> None:
 def test_silence_gives_no_words_without_loading_the_model() -> None:
     # Whisper invents words for silence; a silent clip must never reach it.
     recognizer = SpeechRecognizer(model="/nonexistent/whisper")
-    result = recognizer.transcribe([np.zeros(16_000, np.float32)])
-    assert [(r.text, r.language) for r in result] == [("", None)]
+    hum = 0.002 * np.sin(np.arange(16_000) / 16_000 * 2 * np.pi * 50).astype(np.float32)  # mains hum, -54 dBFS
+    result = recognizer.transcribe([np.zeros(16_000, np.float32), hum])
+    assert [(r.text, r.language, r.dropped) for r in result] == [("", None, "no speech energy")] * 2
+
+
+def test_repetition_loops_are_detected() -> None:
+    from affect_llm.features.asr import compression_ratio
+
+    assert compression_ratio(" ".join(["la"] * 60)) > 2.4 > compression_ratio(SENTENCE)
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +97,14 @@ def test_fill_marks_recognised_words_and_leaves_the_rest(recognizer, espeak_wav,
         {"id": "silent", "audio": "../silent.wav"},
         {"id": "words", "transcript": "Only text."},
         {"id": "photo", "image": "p.jpg"},
+        {"id": "syllables", "audio": str(espeak_wav), "extra": {"transcript_source": "none"}},
     ]
     base = {"video": None, "audio": None, "image": None, "transcript": None, "labels": [], "explanation": None,
             "valence": None, "arousal": None, "split": "test", "source": "t", "extra": {}}  # fmt: skip
     manifest.write_text("".join(json.dumps({**base, **row}) + "\n" for row in rows))
     out = tmp_path / "out" / "manifest.jsonl"
     summary = fill_manifest_transcripts(manifest, out, recognizer)
-    assert (summary.filled, summary.no_speech, summary.no_audio, summary.annotated) == (1, 1, 1, 2)
+    assert (summary.filled, summary.no_speech, summary.no_audio, summary.annotated, summary.no_words) == (1, 1, 1, 2, 1)
     filled = {row.id: row for row in load_manifest(out)}
     speech = filled["speech"]
     assert _words(speech.transcript).startswith("hello my name is john")
@@ -104,6 +112,7 @@ def test_fill_marks_recognised_words_and_leaves_the_rest(recognizer, espeak_wav,
     assert speech.extra["transcript_language"] == "en" and speech.extra["channels"] == ["audio", "text"]
     assert filled["annotated"].transcript == "Given words." and "transcript_source" not in filled["annotated"].extra
     assert filled["silent"].transcript is None and filled["silent"].media_path("audio").resolve() == silent.resolve()
+    assert filled["syllables"].transcript is None
 
 
 @pytest.mark.embedded

@@ -323,6 +323,9 @@ def render_sample(spec: SampleSpec, out_dir: Path) -> dict:
         extra["prosody"] = spec.prosody.to_dict()
     if "png" in spec.media:
         extra["face_style"] = spec.face_style.to_dict()
+    if spec.transcript is None:
+        # No words by design: speech recognition must not give this clip a transcript.
+        extra["transcript_source"] = "none"
     if spec.spoken != spec.transcript and "wav" in spec.media:
         extra["spoken"] = spec.spoken
     return {

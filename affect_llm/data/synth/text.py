@@ -197,13 +197,13 @@ ABSENT_PHRASES: dict[str, str] = {
 # Evidence key of the answer schema for each channel.
 EVIDENCE_KEYS: dict[str, str] = {"audio": "audio", "face": "video", "text": "text"}
 # What the voice says when the clip has no words: syllables that carry prosody but no meaning.
+# Only those Whisper-base hears as syllables too; "na na" comes back as "No, no, no", "ma ma" as
+# "Mama", "da da" as "Don't know", so they are not used.
 VOCALISATIONS: tuple[str, ...] = (
     "La la la, la la.",
-    "Na na na na.",
-    "Da da, da da da.",
-    "Ta ta ta, ta ta.",
-    "Ba ba ba, ba ba.",
-    "Ma ma ma ma.",
+    "La la, la la la.",
+    "Mm, mm mm, mm.",
+    "Mm mm, mm mm mm.",
 )
 
 
