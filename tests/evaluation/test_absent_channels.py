@@ -142,3 +142,29 @@ def test_eval_rejects_a_bad_channel_list_naming_the_file(tmp_path: Path) -> None
     results = _write(tmp_path / "results.jsonl", [{**RIGHT, "id": "na"}])
     with pytest.raises(EvaluationError, match="refs.jsonl.*extra.channels"):
         evaluate(results, refs, tmp_path / "eval")
+
+
+def test_reference_answers_of_every_synthetic_subset_describe_nothing_absent() -> None:
+    # The scorer must not flag the references themselves: no false positives on their wording.
+    from affect_llm.data.synth import plan_samples
+    from affect_llm.data.synth.text import (
+        EVIDENCE_KEYS,
+        evidence_for,
+        explanation_for,
+        labels_for,
+        present_channels,
+    )
+
+    specs = plan_samples(0, num_train=0, num_val=0, num_test_per_cue=8)
+    refs, results = {}, []
+    for spec in specs:
+        channels = [EVIDENCE_KEYS[c] for c in present_channels(spec.cues)]
+        refs[spec.id] = {"id": spec.id, "source": "synth", "extra": {"cue": spec.cue, "channels": channels}}
+        answer = {"labels": labels_for(spec.cues), "explanation": explanation_for(spec.cues),
+                  "evidence": evidence_for(spec.cues, spec.transcript)}  # fmt: skip
+        results.append({"id": spec.id, "raw": json.dumps(answer)})
+    scores = score_absent_channels(results, refs)
+    assert scores["overall"]["clips"] == 6 * 8 and scores["overall"]["describing_absent"] == 0
+    # ... while every present channel is described.
+    for channel, counts in scores["overall"]["by_channel"].items():
+        assert counts["described_present"] == counts["present"], channel
