@@ -25,7 +25,6 @@ from affect_llm.evaluation.unibench import Sample
 from affect_llm.labels.taxonomy import DATA_PATH, Taxonomy, load_taxonomy
 
 CI_METRICS = ("accuracy", "hit_rate", "family_f1", "fine_f1", "family_precision", "family_recall")
-CUES = ("all", "audio", "face", "text", "conflict")
 FLOAT_DIGITS = 6
 
 
