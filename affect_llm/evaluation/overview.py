@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from affect_llm.evaluation.absent_channels import CHANNEL_KEYS, score_absent_channels
 from affect_llm.evaluation.report import read_jsonl
 from affect_llm.evaluation.synth_evidence import EVIDENCE_CHANNELS, score_evidence
 
-CUE_ORDER = ("audio", "face", "text", "conflict", "all")
+CUE_ORDER = (
+    "audio", "face", "text", "conflict", "all",
+    "no_audio", "no_face", "no_text", "audio_only", "image_only", "text_only",
+)  # fmt: skip
 
 
 @dataclass
@@ -61,6 +66,43 @@ def evidence_table(evidence: dict[str, Any]) -> list[str]:
         per_key = " | ".join(_fmt(evidence["channel"][cue].get(k, 0.0)) for k in keys)
         lines.append(f"| {cue} | {evidence['count'][cue]} | {_fmt(evidence['cue_channel'][cue])} "
                      f"| {_fmt(evidence['explanation'][cue])} | {per_key} |")
+    return lines
+
+
+def absent_table(section: dict[str, Any]) -> list[str]:
+    """Per subset: clips without a channel and the answers that describe the missing one anyway."""
+    lines = ["| subset | clips without a channel | answers describing one | rate | in evidence | in explanation "
+             "| unparseable |", "|---|---|---|---|---|---|---|"]
+    for name in _in_cue_order(section["by_subset"]):
+        t = section["by_subset"][name]
+        if t["clips"]:
+            lines.append(f"| {name} | {t['clips']} | {t['describing_absent']} | {_fmt(t['rate'])} "
+                         f"| {t['in_evidence']} | {t['in_explanation']} | {t['unparseable']} |")
+    return lines
+
+
+def channel_table(section: dict[str, Any]) -> list[str]:
+    """Per channel: how often the answers describe it when the clip has it, and when it does not."""
+    lines = ["| channel | clips with it | answers describing it | clips without it | answers describing it anyway |",
+             "|---|---|---|---|---|"]
+    for channel in CHANNEL_KEYS:
+        c = section["overall"]["by_channel"][channel]
+        lines.append(f"| {channel} | {c['present']} | {c['described_present']} | {c['absent']} "
+                     f"| {c['described_absent']} |")
+    return lines
+
+
+def absent_section(evaluated: EvaluatedSet) -> list[str]:
+    """The absent-channel tables of one set, or nothing when every clip has every channel."""
+    refs = {str(row["id"]): row for row in read_jsonl(evaluated.refs)}
+    section = score_absent_channels(read_jsonl(evaluated.results), refs)
+    if not section["overall"]["clips"]:
+        return []
+    examples = section["overall"]["examples"]
+    lines = [*absent_table(section), "", *channel_table(section), ""]
+    if examples:
+        lines += ["Answers describing a missing channel: " + "; ".join(
+            f"`{e['id']}` ({', '.join(e['channels'])})" for e in examples) + ".", ""]
     return lines
 
 
@@ -111,8 +153,32 @@ def examples_section(evaluated: EvaluatedSet, page_dir: Path, per_cue: int = 2) 
     return lines
 
 
-def write_overview(out_path: Path, held_out: EvaluatedSet, real: EvaluatedSet | None = None) -> Path:
-    """Write the overview page and return its path."""
+def real_section(evaluated: EvaluatedSet, page_dir: Path) -> list[str]:
+    """One real set: accuracy, what the answers say about each channel, the report and examples."""
+    report = json.loads((evaluated.report_dir / "report.json").read_text())
+    overall = report.get("overall", {})
+    lines = [
+        f"### {evaluated.name}", "",
+        f"Accuracy {_fmt(overall.get('accuracy', 0.0))} on {report.get('coverage', {}).get('scored', '?')} clips.", "",
+        *scores_section(report), "",
+    ]  # fmt: skip
+    absent = absent_section(evaluated)
+    if absent:
+        lines += ["What the answers say about each channel:", "", *absent]
+    lines += [f"Full report: [{evaluated.name}]({_link(evaluated.report_dir / 'report.md', page_dir)}).", ""]
+    return lines + examples_section(evaluated, page_dir, per_cue=8)
+
+
+def write_overview(
+    out_path: Path, held_out: EvaluatedSet, real: EvaluatedSet | Sequence[EvaluatedSet] | None = None
+) -> Path:
+    """Write the overview page and return its path.
+
+    Args:
+        out_path: The Markdown page to write.
+        held_out: The synthetic held-out set.
+        real: Real recordings (one set or several), each with its own section.
+    """
     page_dir = out_path.parent
     page_dir.mkdir(parents=True, exist_ok=True)
     report = json.loads((held_out.report_dir / "report.json").read_text())
@@ -141,6 +207,16 @@ def write_overview(out_path: Path, held_out: EvaluatedSet, real: EvaluatedSet | 
             *evidence_table(evidence),
             "",
         ]
+    absent = absent_section(held_out)
+    if absent:
+        lines += [
+            "## Do the answers describe channels the clip does not have?",
+            "",
+            "Read from the raw output (evidence and explanation): an answer that describes a missing voice, face",
+            "or words invents it. The target is 0 in every subset.",
+            "",
+            *absent,
+        ]
     lines += [
         "## EMER-style scores (all held-out clips)",
         "",
@@ -152,13 +228,10 @@ def write_overview(out_path: Path, held_out: EvaluatedSet, real: EvaluatedSet | 
     figures = sorted(held_out.report_dir.glob("*.png"))
     lines += [f"![{f.stem}]({_link(f, page_dir)})" for f in figures]
     lines += ["", "## Example explanations", "", *examples_section(held_out, page_dir)]
-    if real is not None:
-        real_report = json.loads((real.report_dir / "report.json").read_text())
-        lines += [
-            f"## Real clips ({real.name})", "",
-            *scores_section(real_report), "",
-            f"Full report: [{real.name}]({_link(real.report_dir / 'report.md', page_dir)}).", "",
-            *examples_section(real, page_dir, per_cue=20),
-        ]
+    real_sets = [real] if isinstance(real, EvaluatedSet) else list(real or [])
+    if real_sets:
+        lines += ["## Real recordings", ""]
+        for evaluated in real_sets:
+            lines += real_section(evaluated, page_dir)
     out_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out_path

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from affect_llm.evaluation import metrics
+from affect_llm.evaluation.absent_channels import score_absent_channels
 from affect_llm.evaluation.judge.protocol import JUDGE_KINDS, Judge, score_all
 from affect_llm.evaluation.markdown import render_markdown
 from affect_llm.evaluation.plots import plot_confusion, plot_judge_histogram, plot_per_class
@@ -24,7 +25,6 @@ from affect_llm.hashing import file_sha256
 from affect_llm.labels.taxonomy import DATA_PATH, Taxonomy, load_taxonomy
 
 CI_METRICS = ("accuracy", "hit_rate", "family_f1", "fine_f1", "family_precision", "family_recall")
-CUES = ("all", "audio", "face", "text", "conflict")
 FLOAT_DIGITS = 6
 
 
@@ -224,6 +224,10 @@ def evaluate(
     closed, confusion = _closed_set(pairs, taxonomy)
     judge_report, judge_values = _run_judge(judge, pairs) if judge is not None else (None, None)
     published = published_sections(_samples(pairs), scoring, taxonomy, judge, seed)
+    try:
+        absent = score_absent_channels([res for _, res in pairs], refs)
+    except ValueError as exc:
+        raise EvaluationError(f"{refs_path}: {exc}") from exc
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "inputs": {
@@ -242,6 +246,7 @@ def evaluate(
         "sentiment": _sentiment(pairs, taxonomy),
         "by_source": _grouped(pairs, scores, lambda ref: ref.get("source")),
         "by_cue": _grouped(pairs, scores, _cue),
+        "absent_channels": absent,
         "judge": judge_report,
         **published,
         "scoring": scoring.describe(),

@@ -6,7 +6,8 @@ neutral" about a smiling face explains nothing. On the synthetic set every chann
 back into a level and compared with the truth. Three figures per cue subset:
 
 - ``channel``: per evidence key (``audio``, ``video``, ``text``), the share of clips whose evidence
-  describes that channel's true level (neutral channels included);
+  describes that channel's true level (neutral channels included), or, for a channel the clip does
+  not have, leaves it null or says it is missing;
 - ``cue_channel``: the share of clips whose evidence describes every cue-carrying (non-neutral)
   channel correctly, the figure that says whether the model looked where the emotion is;
 - ``explanation``: the share of clips whose explanation contains the phrase of every cue-carrying
@@ -20,6 +21,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from affect_llm.data.synth.text import CHANNELS, EMOTIONS, NEUTRAL, channel_phrase
+from affect_llm.evaluation.absent_channels import states_absence
 
 # Evidence keys of the answer schema, and the synthetic channel each describes.
 EVIDENCE_CHANNELS: dict[str, str] = {"audio": "audio", "video": "face", "text": "text"}
@@ -66,8 +68,8 @@ def score_evidence(results: Iterable[dict[str, Any]], refs: dict[str, dict[str, 
         subset = ref["extra"].get("cue", "?")
         evidence = result.get("evidence") if isinstance(result.get("evidence"), dict) else {}
         explanation = (result.get("explanation") or "").lower()
-        carrying = [c for c in CHANNELS if cues[c] != NEUTRAL]
-        described = {key: read_level(channel, evidence.get(key)) == cues[channel]
+        carrying = [c for c in CHANNELS if cues[c] is not None and cues[c] != NEUTRAL]
+        described = {key: _describes(channel, cues[channel], evidence.get(key))
                      for key, channel in EVIDENCE_CHANNELS.items()}
         for key, hit in described.items():
             channel_hits[subset][key].append(hit)
@@ -79,6 +81,14 @@ def score_evidence(results: Iterable[dict[str, Any]], refs: dict[str, dict[str, 
         "explanation": {s: _mean(v) for s, v in sorted(explanation_hits.items())},
         "count": {s: len(v) for s, v in sorted(cue_hits.items())},
     }
+
+
+def _describes(channel: str, level: str | None, description: Any) -> bool:
+    """Right evidence for one channel: its true level, or for an absent channel (level None) no
+    description at all."""
+    if level is None:
+        return states_absence(description)
+    return read_level(channel, description) == level
 
 
 def _mean(values: list[bool]) -> float:

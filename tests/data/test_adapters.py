@@ -27,7 +27,7 @@ def _csv(path: Path, header: str, *lines: str) -> Path:
 
 
 def test_registry_lists_every_dataset() -> None:
-    expected = {"mer2023", "mer2024", "mercaption", "meld", "iemocap", "cremad", "ravdess", "generic"}
+    expected = {"mer2023", "mer2024", "mercaption", "meld", "iemocap", "cremad", "ravdess", "generic", "polish"}
     assert set(adapter_names()) == expected
     with pytest.raises(ValueError, match="unknown dataset"):
         build_dataset("affectnet", ".")

@@ -48,6 +48,10 @@ def test_build_pyfeat_set_rows_and_labels(tmp_path) -> None:
     assert by_name["0-f15-hao-ph.jpg"]["labels"] == ["happy"]
     assert by_name["15-f13-anc-ph.jpg"]["labels"] == ["angry"]
     assert by_name["45-m7-di-ph.jpg"]["labels"] == ["disgusted"]
+    # Photos and the clips with a silent track have a face only; the answers must not hear a voice.
+    assert by_name["0-f1-su-ph.jpg"]["extra"]["channels"] == ["video"]
+    assert by_name["WolfgangLanger_Pexels.mp4"]["extra"]["channels"] == ["video"]
+    assert by_name["face_noface.mov"]["extra"]["channels"] == ["audio", "video"]
     for name in pyfeat_set.UNLABELLED_FILES:
         assert by_name[name]["labels"] == []
         assert by_name[name]["extra"]["labelled"] is False

@@ -1,4 +1,4 @@
-"""The synthetic sample set: determinism, idempotence, subsets and cue-bearing media."""
+"""The synthetic sample set: determinism, idempotence, subsets, missing channels and cue-bearing media."""
 
 from __future__ import annotations
 
@@ -11,12 +11,22 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from affect_llm.data.synth import generate_synthetic_set, plan_samples
-from affect_llm.data.synth.face import render_face_frames, sample_face_style
-from affect_llm.data.synth.text import CHANNELS, EMOTIONS, NEUTRAL, labels_for, sentence_pool
+from affect_llm.data.synth import MISSING_LAYOUTS, generate_synthetic_set, plan_samples
+from affect_llm.data.synth.face import render_background_frames, render_face_frames, sample_face_style
+from affect_llm.data.synth.text import (
+    CHANNELS,
+    EMOTIONS,
+    NEUTRAL,
+    VOCALISATIONS,
+    evidence_for,
+    explanation_for,
+    labels_for,
+    sentence_pool,
+)
 from affect_llm.data.synth.voice import render_voice, sample_prosody
 
-SIZES = {"num_train": 8, "num_val": 2, "num_test_per_cue": 2}
+SIZES = {"num_train": 8, "num_val": 2, "num_test_per_cue": 2, "num_test_per_missing": 1}
+CUE_SUBSETS = ["audio", "face", "text", "conflict"]
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +67,9 @@ def test_other_parameters_regenerate(tmp_path) -> None:
 
 def test_manifest_subsets_and_consistent_labels(synth_dir) -> None:
     rows = _rows(synth_dir / "manifest.jsonl")
-    assert len(rows) == 8 + 2 + 4 * 2
-    assert {r["extra"]["cue"] for r in rows if r["split"] == "train"} == {"all", "audio", "face", "text"}
-    assert [r["extra"]["cue"] for r in rows if r["split"] == "test"] == ["audio"] * 2 + ["face"] * 2 + [
-        "text"
-    ] * 2 + ["conflict"] * 2
+    assert len(rows) == 8 + 2 + 4 * 2 + 6
+    test_cues = [r["extra"]["cue"] for r in rows if r["split"] == "test"]
+    assert test_cues == [c for c in CUE_SUBSETS for _ in range(2)] + list(MISSING_LAYOUTS)
     for row in rows:
         cue, cues = row["extra"]["cue"], row["extra"]["cues"]
         assert row["labels"] == labels_for(cues)
@@ -73,24 +81,34 @@ def test_manifest_subsets_and_consistent_labels(synth_dir) -> None:
         if cue == "conflict":
             assert len(row["labels"]) >= 2 and "disagree" in row["explanation"]
         for key in ("video", "audio", "image"):
-            assert (synth_dir / row[key]).is_file()
+            assert row[key] is None or (synth_dir / row[key]).is_file()
     difficulty = {r["extra"]["cue"]: r["extra"]["difficulty"] for r in rows}
     assert difficulty["audio"] > difficulty["all"] and difficulty["face"] > difficulty["all"]
 
 
 def test_test_sentences_are_unseen_in_training() -> None:
     specs = plan_samples(0, num_train=40, num_val=8, num_test_per_cue=8)
-    train = {s.transcript for s in specs if s.split != "test"}
-    test = {s.transcript for s in specs if s.split == "test"}
+    train = {s.transcript for s in specs if s.split != "test"} - {None}
+    test = {s.transcript for s in specs if s.split == "test"} - {None}
     assert test and not train & test
     for level in (*EMOTIONS, NEUTRAL):
         assert len(sentence_pool(level, held_out=False)) >= 16
 
 
-def test_training_mix_is_forty_twenty_twenty_twenty() -> None:
-    specs = plan_samples(0, num_train=20, num_val=0, num_test_per_cue=0)
-    counts = {cue: sum(s.cue == cue for s in specs) for cue in ("all", "audio", "face", "text")}
-    assert counts == {"all": 8, "audio": 4, "face": 4, "text": 4}
+def test_training_mix_gives_a_quarter_to_missing_channels() -> None:
+    specs = plan_samples(0, num_train=100, num_val=0, num_test_per_cue=0)
+    counts = {cue: sum(s.cue == cue for s in specs) for cue in ("all", "audio", "face", "text", *MISSING_LAYOUTS)}
+    assert counts == {"all": 22, "audio": 18, "face": 18, "text": 18, **dict.fromkeys(MISSING_LAYOUTS, 4)}
+
+
+def test_version_one_subsets_keep_their_ids_and_content() -> None:
+    # Adding the missing-channel subsets must not move a sample of the cue subsets.
+    specs = {s.id: s for s in plan_samples(0, num_train=40, num_val=8, num_test_per_cue=6)}
+    without = {s.id: s for s in plan_samples(0, num_train=40, num_val=8, num_test_per_cue=6, num_test_per_missing=0)}
+    assert len(specs) == len(without) + 6 * len(MISSING_LAYOUTS)
+    for sample_id, spec in without.items():
+        if spec.split == "test":
+            assert specs[sample_id] == spec
 
 
 def test_mp4_decodes_with_face_frames(synth_dir) -> None:
@@ -159,4 +177,92 @@ def test_manifest_passes_the_schema_check(synth_dir) -> None:
     from affect_llm.data.manifest import load_manifest
 
     rows = load_manifest(synth_dir / "manifest.jsonl")
-    assert len(rows) == 18 and all(row.source == "synth" for row in rows)
+    assert len(rows) == 24 and all(row.source == "synth" for row in rows)
+
+
+def _by_cue(synth_dir: Path) -> dict[str, dict]:
+    return {r["extra"]["cue"]: r for r in _rows(synth_dir / "manifest.jsonl") if r["split"] == "test"}
+
+
+@pytest.mark.parametrize(
+    ("cue", "media", "channels"),
+    [
+        ("no_audio", ("video", "image"), ["video", "text"]),
+        ("no_face", ("video", "audio", "image"), ["audio", "text"]),
+        ("no_text", ("video", "audio", "image"), ["audio", "video"]),
+        ("audio_only", ("audio",), ["audio"]),
+        ("image_only", ("image",), ["video"]),
+        ("text_only", (), ["text"]),
+    ],
+)
+def test_missing_channel_rows_have_only_their_media(synth_dir, cue, media, channels) -> None:
+    row = _by_cue(synth_dir)[cue]
+    assert [k for k in ("video", "audio", "image") if row[k] is not None] == list(media)
+    assert row["extra"]["channels"] == channels
+    assert (row["transcript"] is not None) == ("text" in channels)
+    # Without words by design: speech recognition must leave the transcript empty.
+    assert (row["extra"].get("transcript_source") == "none") == ("text" not in channels)
+    evidence = row["extra"]["evidence"]
+    assert [k for k, v in evidence.items() if v is not None] == channels
+    assert row["labels"] and row["labels"][0] in EMOTIONS
+
+
+def test_explanations_never_describe_an_absent_channel(synth_dir) -> None:
+    words = {"audio": ("voice",), "video": ("face smiles", "brows", "mouth"), "text": ("words",)}
+    for row in _rows(synth_dir / "manifest.jsonl"):
+        absent = {"audio", "video", "text"} - set(row["extra"]["channels"])
+        text = row["explanation"].lower()
+        for channel in absent:
+            assert not any(w in text for w in words[channel]), (row["id"], channel, text)
+        # ... and says which channels are missing.
+        assert ("there is no audio" in text) == ("audio" in absent)
+        assert ("no face is visible" in text) == ("video" in absent)
+
+
+def test_video_without_audio_has_no_sound_track_and_no_face_clip_has_no_face(synth_dir) -> None:
+    import subprocess
+
+    by_cue = _by_cue(synth_dir)
+    streams = {}
+    for cue in ("no_audio", "no_face"):
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "csv=p=0",
+             str(synth_dir / by_cue[cue]["video"])],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        streams[cue] = probe.stdout.split()
+    assert streams == {"no_audio": ["video"], "no_face": ["video", "audio"]}
+    assert by_cue["no_face"]["extra"]["cues"]["face"] is None
+
+
+def test_clips_without_words_say_syllables() -> None:
+    specs = plan_samples(0, num_train=0, num_val=0, num_test_per_cue=0, num_test_per_missing=4)
+    for spec in specs:
+        if spec.transcript is None:
+            assert spec.spoken in VOCALISATIONS
+        else:
+            assert spec.spoken == spec.transcript
+
+
+def test_background_frames_hold_no_face() -> None:
+    from affect_llm.data.faces import FaceCropper
+
+    frames = render_background_frames(sample_face_style(np.random.default_rng(4)), 3)
+    assert frames.shape == (3, 128, 128, 3) and frames.dtype == np.uint8
+    _, found = FaceCropper().crop_frames(frames)
+    assert found == [False, False, False]
+
+
+def test_reference_text_for_absent_channels() -> None:
+    cues = {"audio": None, "face": "happy", "text": None}
+    assert evidence_for(cues, None) == {
+        "audio": None, "video": "The face smiles with upturned mouth corners.", "text": None,
+    }  # fmt: skip
+    assert explanation_for(cues) == (
+        "The face smiles with upturned mouth corners, which suggests happiness. "
+        "There is no audio and there is no transcript."
+    )
+    full = {"audio": "sad", "face": "neutral", "text": "neutral"}
+    assert explanation_for(full) == (
+        "The voice is low, slow and quiet, which suggests sadness; the face is neutral and the words are neutral."
+    )

@@ -85,3 +85,32 @@ def test_overview_shows_evidence_table_and_writes_json(evaluated: EvaluatedSet, 
     assert "| face | 1 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 |" in text
     saved = json.loads((tmp_path / "report" / "evidence.json").read_text())
     assert saved["cue_channel"]["conflict"] == 1.0
+
+
+def test_absent_channel_evidence_is_right_only_when_left_out() -> None:
+    cues = {"audio": None, "face": "happy", "text": None}
+    refs = {"io": {"id": "io", "labels": ["happy"], "explanation": explanation_for(cues),
+                   "extra": {"cue": "image_only", "cues": cues, "channels": ["video"]}}}  # fmt: skip
+    faithful = {"id": "io", "evidence": evidence_for(cues, None), "explanation": explanation_for(cues)}
+    invented = {**faithful, "evidence": {**faithful["evidence"], "audio": "The voice is even and moderate."}}
+    said_missing = {**faithful, "evidence": {**faithful["evidence"], "audio": "No audio.", "text": "absent"}}
+    for answer, audio_right in ((faithful, 1.0), (invented, 0.0), (said_missing, 1.0)):
+        scores = score_evidence([answer], refs)
+        assert scores["channel"]["image_only"]["audio"] == audio_right
+        assert scores["cue_channel"]["image_only"] == 1.0 and scores["explanation"]["image_only"] == 1.0
+
+
+def test_overview_lists_absent_channel_answers_and_real_sets(evaluated: EvaluatedSet, tmp_path: Path) -> None:
+    photo = {"id": "p", "video": None, "audio": None, "image": "p.jpg", "transcript": None, "labels": ["happy"],
+             "source": "pyfeat", "extra": {}}  # fmt: skip
+    raw = json.dumps({"labels": ["happy"], "explanation": "A bright voice and a smile.", "evidence": {}})
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    (real_dir / "refs.jsonl").write_text(json.dumps(photo) + "\n")
+    (real_dir / "results.jsonl").write_text(json.dumps({"id": "p", "raw": raw, "labels": ["happy"]}) + "\n")
+    (real_dir / "report.json").write_text(json.dumps({"overall": {"accuracy": 1.0}, "coverage": {"scored": 1}}))
+    real = EvaluatedSet("photos", real_dir / "results.jsonl", real_dir / "refs.jsonl", real_dir)
+    text = write_overview(tmp_path / "report" / "index.md", evaluated, [real]).read_text()
+    assert "## Real recordings" in text and "### photos" in text
+    assert "| pyfeat | 1 | 1 | 1.000 | 0 | 1 | 0 |" in text
+    assert "| audio | 0 | 0 | 1 | 1 |" in text

@@ -22,6 +22,7 @@ ADAPTERS: dict[str, tuple[str, tuple[tuple[str, Any], ...]]] = {
     "iemocap": ("affect_llm.data.adapters.iemocap", ()),
     "cremad": ("affect_llm.data.adapters.cremad", ()),
     "ravdess": ("affect_llm.data.adapters.ravdess", ()),
+    "polish": ("affect_llm.data.adapters.polish", ()),
     "generic": ("affect_llm.data.adapters.generic", ()),
 }
 

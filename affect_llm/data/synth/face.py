@@ -108,6 +108,40 @@ def render_face_frames(level: str, style: FaceStyle, num_frames: int) -> np.ndar
     return np.stack(frames)  # (K, H, W, 3)
 
 
+def render_background_frames(style: FaceStyle, num_frames: int) -> np.ndarray:
+    """Frames of the clip's background with no face, for clips whose face channel is missing.
+
+    A few soft, drifting blobs keep the picture from being a flat colour (a real empty scene is
+    not flat either) while nothing in it looks like eyes, brows or a mouth.
+
+    Args:
+        style: Appearance from ``sample_face_style``; only its background, offsets and drift are used.
+        num_frames: Number of frames ``K``.
+
+    Returns:
+        uint8 RGB frames ``(K, IMAGE_SIZE, IMAGE_SIZE, 3)``.
+
+    Raises:
+        ValueError: If ``num_frames`` < 1.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    background = np.array(style.background, dtype=float)
+    # Lighter and darker shades of the background, placed by the style's fixed numbers.
+    shades = [np.clip(background * factor, 0, 255) for factor in (0.8, 1.15, 0.9)]
+    anchors = [(30 + style.center_dx, 40), (92, 70 + style.center_dy), (55, 105)]
+    frames = []
+    for k in range(num_frames):
+        frame = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+        frame[:] = style.background
+        for (x, y), shade, radius in zip(anchors, shades, (22, 16, 12), strict=True):
+            centre = (int(round(x + style.drift[0] * k)), int(round(y + style.drift[1] * k)))
+            color = (int(shade[0]), int(shade[1]), int(shade[2]))
+            cv2.circle(frame, centre, radius, color, -1, cv2.LINE_AA)
+        frames.append(cv2.GaussianBlur(frame, (0, 0), 3.0))
+    return np.stack(frames)  # (K, H, W, 3)
+
+
 def _draw_face(level: str, style: FaceStyle) -> np.ndarray:
     s = _SCALE
     size = IMAGE_SIZE * s

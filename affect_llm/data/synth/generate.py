@@ -5,12 +5,17 @@ Layout written under ``out_dir``::
     manifest.jsonl        one row per sample (media paths relative to out_dir)
     synth_stamp.json      the parameters the set was built with (idempotence check)
     media/<id>.wav        16 kHz mono speech
-    media/<id>.png        first face frame
-    media/<id>.mp4        H.264 face clip with the speech as AAC
+    media/<id>.png        first frame (a face, or the background when the face is missing)
+    media/<id>.mp4        H.264 clip with the speech as AAC (no sound track when the voice is missing)
 
-Splits: ``train`` and ``val`` mix cue="all" (every channel shows the emotion) with single-channel
-cues; ``test`` holds the subsets cue in {audio, face, text, conflict}, where single-cue samples keep
-the other channels neutral, so only a model that uses that channel can answer.
+Splits: ``train`` and ``val`` mix cue="all" (every channel shows the emotion), single-channel cues
+and clips with a channel missing; ``test`` holds the subsets cue in {audio, face, text, conflict},
+where single-cue samples keep the other channels neutral, so only a model that uses that channel
+can answer, and the missing-channel subsets {no_audio, no_face, no_text, audio_only, image_only,
+text_only}, where every present channel shows the emotion and an answer must not describe the rest.
+
+Every row records the channels it has in ``extra.channels`` (evidence keys ``audio``, ``video``,
+``text``); an absent channel has level None in ``extra.cues`` and ``null`` in ``extra.evidence``.
 """
 
 from __future__ import annotations
@@ -20,35 +25,58 @@ import math
 import multiprocessing
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from affect_llm.data.synth.face import IMAGE_SIZE, FaceStyle, render_face_frames, sample_face_style
+from affect_llm.data.synth.face import FaceStyle, sample_face_style
+from affect_llm.data.synth.render import render_media
 from affect_llm.data.synth.text import (
     CHANNELS,
     EMOTIONS,
+    EVIDENCE_KEYS,
     NEUTRAL,
     VALENCE_AROUSAL,
+    VOCALISATIONS,
     evidence_for,
     explanation_for,
     labels_for,
+    present_channels,
     sentence_pool,
 )
-from affect_llm.data.synth.voice import Prosody, render_voice, sample_prosody
+from affect_llm.data.synth.voice import MAX_SECONDS, MIN_SECONDS, Prosody, sample_prosody
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 STAMP_NAME = "synth_stamp.json"
 MANIFEST_NAME = "manifest.jsonl"
-FPS = 4
-MIN_FRAMES = 4
-TRAIN_CUE_MIX: tuple[tuple[str, float], ...] = (("all", 0.4), ("audio", 0.2), ("face", 0.2), ("text", 0.2))
-TEST_CUES: tuple[str, ...] = ("audio", "face", "text", "conflict")
+# Clips with a channel missing: which channels are absent, and which media files the clip has.
+MISSING_LAYOUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "no_audio": (("audio",), ("png", "mp4")),
+    "no_face": (("face",), ("wav", "png", "mp4")),
+    "no_text": (("text",), ("wav", "png", "mp4")),
+    "audio_only": (("face", "text"), ("wav",)),
+    "image_only": (("audio", "text"), ("png",)),
+    "text_only": (("audio", "face"), ()),
+}
+FULL_MEDIA: tuple[str, ...] = ("wav", "png", "mp4")
+# A quarter of training shows a channel missing, so answers learn to say so instead of inventing it;
+# the single-cue shares stay near what they were, since they teach each channel to be used.
+TRAIN_CUE_MIX: tuple[tuple[str, float], ...] = (
+    ("all", 0.22),
+    ("audio", 0.18),
+    ("face", 0.18),
+    ("text", 0.18),
+    *((cue, 0.04) for cue in MISSING_LAYOUTS),
+)
+CUE_TEST_SUBSETS: tuple[str, ...] = ("audio", "face", "text", "conflict")
+MISSING_TEST_SUBSETS: tuple[str, ...] = tuple(MISSING_LAYOUTS)
+TEST_CUES: tuple[str, ...] = CUE_TEST_SUBSETS + MISSING_TEST_SUBSETS
 # Fewer channels carrying the cue (or channels that disagree) make a sample harder.
-DIFFICULTY: dict[str, float] = {"all": 0.2, "audio": 0.6, "face": 0.6, "text": 0.5, "conflict": 0.9}
+DIFFICULTY: dict[str, float] = {
+    "all": 0.2, "audio": 0.6, "face": 0.6, "text": 0.5, "conflict": 0.9,
+    "no_audio": 0.3, "no_face": 0.3, "no_text": 0.3, "audio_only": 0.6, "image_only": 0.6, "text_only": 0.5,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -58,20 +86,28 @@ class SampleSpec:
     Attributes:
         id: Sample id, also the media file stem.
         split: ``train``, ``val`` or ``test``.
-        cue: ``all``, ``audio``, ``face``, ``text`` or ``conflict``.
-        cues: Level shown per channel (``audio``, ``face``, ``text``): an emotion or ``neutral``.
-        transcript: Spoken sentence, also the text channel.
+        cue: Subset name: ``all``, ``audio``, ``face``, ``text``, ``conflict`` or a key of
+            ``MISSING_LAYOUTS``.
+        cues: Level shown per channel (``audio``, ``face``, ``text``): an emotion, ``neutral``,
+            or None when the clip does not have that channel.
+        transcript: The text channel, or None when the clip has no words.
+        spoken: What the voice says (the transcript, or meaningless syllables without one).
         prosody: Speech settings.
-        face_style: Face appearance.
+        face_style: Face appearance (its background also paints face-less frames).
+        media: Files to write, among ``wav``, ``png`` and ``mp4``.
+        seconds: Clip length when there is no voice to set it; None when the voice does.
     """
 
     id: str
     split: str
     cue: str
-    cues: dict[str, str]
-    transcript: str
+    cues: dict[str, str | None]
+    transcript: str | None
+    spoken: str
     prosody: Prosody
     face_style: FaceStyle
+    media: tuple[str, ...] = FULL_MEDIA
+    seconds: float | None = None
 
 
 def generate_synthetic_set(
@@ -81,6 +117,7 @@ def generate_synthetic_set(
     num_val: int = 40,
     num_test_per_cue: int = 40,
     workers: int | None = None,
+    num_test_per_missing: int | None = None,
 ) -> Path:
     """Write the synthetic set under ``out_dir`` and return the manifest path.
 
@@ -90,10 +127,12 @@ def generate_synthetic_set(
     Args:
         out_dir: Output folder (created if missing).
         seed: Seed of every random choice.
-        num_train: Training samples (40% cue "all", 20% each single cue).
+        num_train: Training samples, mixed as ``TRAIN_CUE_MIX``.
         num_val: Validation samples, same mix as training.
-        num_test_per_cue: Test samples per cue in ``TEST_CUES``.
+        num_test_per_cue: Test samples per cue subset in ``CUE_TEST_SUBSETS``.
         workers: Worker processes; ``os.cpu_count()`` when None.
+        num_test_per_missing: Test samples per missing-channel subset in ``MISSING_TEST_SUBSETS``;
+            ``num_test_per_cue`` when None.
 
     Returns:
         Path to ``out_dir/manifest.jsonl``.
@@ -102,10 +141,12 @@ def generate_synthetic_set(
         ValueError: If a size is negative or ``workers`` < 1.
         RuntimeError: If espeak-ng, sox or ffmpeg fails for a sample.
     """
+    per_missing = num_test_per_cue if num_test_per_missing is None else num_test_per_missing
     for name, value in (
         ("num_train", num_train),
         ("num_val", num_val),
         ("num_test_per_cue", num_test_per_cue),
+        ("num_test_per_missing", per_missing),
     ):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
@@ -121,6 +162,7 @@ def generate_synthetic_set(
         "num_train": num_train,
         "num_val": num_val,
         "num_test_per_cue": num_test_per_cue,
+        "num_test_per_missing": per_missing,
     }
     if manifest.is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
         return manifest
@@ -130,7 +172,7 @@ def generate_synthetic_set(
         shutil.rmtree(media)
     media.mkdir(parents=True, exist_ok=True)
     manifest.unlink(missing_ok=True)
-    specs = plan_samples(seed, num_train, num_val, num_test_per_cue)
+    specs = plan_samples(seed, num_train, num_val, num_test_per_cue, per_missing)
     jobs = [(spec, out_dir) for spec in specs]
     if workers == 1 or len(specs) <= 1:
         rows = [_render_job(job) for job in jobs]
@@ -145,50 +187,66 @@ def generate_synthetic_set(
     return manifest
 
 
-def plan_samples(seed: int, num_train: int, num_val: int, num_test_per_cue: int) -> list[SampleSpec]:
-    """Decide every sample (cues, sentence, prosody, face) from ``seed`` alone.
+def plan_samples(
+    seed: int, num_train: int, num_val: int, num_test_per_cue: int, num_test_per_missing: int | None = None
+) -> list[SampleSpec]:
+    """Decide every sample (cues, sentence, prosody, face, media) from ``seed`` alone.
+
+    The cue test subsets are planned exactly as by generator version 1 (same ids, same content for
+    the same seed and sizes); the missing-channel subsets follow them.
 
     Args:
         seed: Seed of every random choice.
         num_train: Training samples.
         num_val: Validation samples.
-        num_test_per_cue: Test samples per test cue.
+        num_test_per_cue: Test samples per cue subset.
+        num_test_per_missing: Test samples per missing-channel subset (``num_test_per_cue`` when None).
 
     Returns:
-        Specs in manifest order: train, val, test (cue by cue).
+        Specs in manifest order: train, val, test (subset by subset).
     """
+    per_missing = num_test_per_cue if num_test_per_missing is None else num_test_per_missing
     rng = np.random.default_rng([seed, 0])
     groups: list[tuple[str, str]] = []
     for split, total in (("train", num_train), ("val", num_val)):
         cues = [cue for cue, count in _mix_counts(total) for _ in range(count)]
         groups += [(split, cues[i]) for i in rng.permutation(len(cues))]
-    groups += [("test", cue) for cue in TEST_CUES for _ in range(num_test_per_cue)]
-    # Balanced emotions within every (split, cue) subset, in shuffled order.
+    groups += [("test", cue) for cue in CUE_TEST_SUBSETS for _ in range(num_test_per_cue)]
+    groups += [("test", cue) for cue in MISSING_TEST_SUBSETS for _ in range(per_missing)]
+    # Balanced emotions within every (split, cue) subset, in shuffled order. Offsets of the
+    # version-1 subsets are drawn first, so adding subsets leaves their emotions where they were.
     emotion_of: list[str] = []
     seen: dict[tuple[str, str], int] = {}
-    offsets = {key: int(rng.integers(len(EMOTIONS))) for key in sorted(set(groups))}
+    keys = sorted(set(groups), key=lambda key: (key[1] in MISSING_LAYOUTS, key))
+    offsets = {key: int(rng.integers(len(EMOTIONS))) for key in keys}
     for key in groups:
         emotion_of.append(EMOTIONS[(seen.get(key, 0) + offsets[key]) % len(EMOTIONS)])
         seen[key] = seen.get(key, 0) + 1
     specs = []
     counters: dict[str, int] = {}
     for index, ((split, cue), emotion) in enumerate(zip(groups, emotion_of, strict=True)):
-        sample_rng = np.random.default_rng([seed, 1, index])
-        cues = _channel_levels(cue, emotion, sample_rng)
-        pool = sentence_pool(cues["text"], held_out=split == "test")
         counters[split] = counters.get(split, 0) + 1
-        specs.append(
-            SampleSpec(
-                id=f"synth-{split}-{counters[split] - 1:04d}",
-                split=split,
-                cue=cue,
-                cues=cues,
-                transcript=pool[int(sample_rng.integers(len(pool)))],
-                prosody=sample_prosody(cues["audio"], sample_rng),
-                face_style=sample_face_style(sample_rng),
-            )
-        )
+        sample_id = f"synth-{split}-{counters[split] - 1:04d}"
+        specs.append(_plan_one(sample_id, split, cue, emotion, np.random.default_rng([seed, 1, index])))
     return specs
+
+
+def _plan_one(sample_id: str, split: str, cue: str, emotion: str, rng: np.random.Generator) -> SampleSpec:
+    """One sample's spec; the draws of the version-1 cues come first and in their old order."""
+    cues = _channel_levels(cue, emotion, rng)
+    # Without a text channel the voice says syllables: no words reach the clip, not even by ear.
+    text_level = cues["text"] if cues["text"] is not None else NEUTRAL
+    pool = sentence_pool(text_level, held_out=split == "test")
+    sentence = pool[int(rng.integers(len(pool)))]
+    prosody = sample_prosody(cues["audio"] or NEUTRAL, rng)
+    face_style = sample_face_style(rng)
+    if cue not in MISSING_LAYOUTS:
+        return SampleSpec(sample_id, split, cue, cues, sentence, sentence, prosody, face_style)
+    absent, media = MISSING_LAYOUTS[cue]
+    transcript = None if "text" in absent else sentence
+    spoken = VOCALISATIONS[int(rng.integers(len(VOCALISATIONS)))] if transcript is None else sentence
+    seconds = None if "audio" not in absent else round(float(rng.uniform(MIN_SECONDS, MAX_SECONDS)), 2)
+    return SampleSpec(sample_id, split, cue, cues, transcript, spoken, prosody, face_style, media, seconds)
 
 
 def _mix_counts(total: int) -> list[tuple[str, int]]:
@@ -201,7 +259,7 @@ def _mix_counts(total: int) -> list[tuple[str, int]]:
     return [(cue, counts[cue]) for cue, _ in TRAIN_CUE_MIX]
 
 
-def _channel_levels(cue: str, emotion: str, rng: np.random.Generator) -> dict[str, str]:
+def _channel_levels(cue: str, emotion: str, rng: np.random.Generator) -> dict[str, str | None]:
     if cue == "all":
         return dict.fromkeys(CHANNELS, emotion)
     if cue in CHANNELS:
@@ -213,7 +271,13 @@ def _channel_levels(cue: str, emotion: str, rng: np.random.Generator) -> dict[st
         # Two or three different emotions; when two, the words stay neutral.
         text = third if rng.random() < 0.5 else NEUTRAL
         return {"audio": emotion, "face": face, "text": text}
-    raise ValueError(f"unknown cue {cue!r}; expected all, {', '.join(CHANNELS)} or conflict")
+    if cue in MISSING_LAYOUTS:
+        # Every present channel shows the emotion: the subset tests what is said about the rest.
+        absent = MISSING_LAYOUTS[cue][0]
+        return {channel: None if channel in absent else emotion for channel in CHANNELS}
+    raise ValueError(
+        f"unknown cue {cue!r}; expected all, {', '.join(CHANNELS)}, conflict or {', '.join(MISSING_LAYOUTS)}"
+    )
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -229,7 +293,7 @@ def _render_job(job: tuple[SampleSpec, Path]) -> dict:
 
 
 def render_sample(spec: SampleSpec, out_dir: Path) -> dict:
-    """Write the wav, png and mp4 of one sample and return its manifest row.
+    """Write the media of one sample and return its manifest row.
 
     Args:
         spec: The planned sample.
@@ -241,57 +305,40 @@ def render_sample(spec: SampleSpec, out_dir: Path) -> dict:
     Raises:
         RuntimeError: If a media tool fails.
     """
-    rel = {ext: f"media/{spec.id}.{ext}" for ext in ("wav", "png", "mp4")}
-    duration = render_voice(spec.transcript, spec.prosody, out_dir / rel["wav"])
-    num_frames = max(MIN_FRAMES, math.ceil(duration * FPS))
-    frames = render_face_frames(spec.cues["face"], spec.face_style, num_frames)  # (K, H, W, 3)
-    png = out_dir / rel["png"]
-    if not cv2.imwrite(str(png), cv2.cvtColor(frames[0], cv2.COLOR_RGB2BGR)):
-        raise RuntimeError(f"OpenCV could not write {png}")
-    _write_mp4(frames, out_dir / rel["wav"], out_dir / rel["mp4"])
+    rendered = render_media(spec, out_dir)
     labels = labels_for(spec.cues)
-    valence = float(np.mean([VALENCE_AROUSAL[e][0] for e in labels]))
-    arousal = float(np.mean([VALENCE_AROUSAL[e][1] for e in labels]))
+    shown = labels or [NEUTRAL]
+    present = present_channels(spec.cues)
+    extra: dict[str, object] = {
+        "cue": spec.cue,
+        "cues": dict(spec.cues),
+        # Evidence keys of the channels the clip has: what an answer may describe.
+        "channels": [EVIDENCE_KEYS[c] for c in present],
+        "difficulty": DIFFICULTY[spec.cue],
+        "evidence": evidence_for(spec.cues, spec.transcript),
+        "duration": rendered.duration,
+        "num_frames": rendered.num_frames,
+    }
+    if "audio" in present:
+        extra["prosody"] = spec.prosody.to_dict()
+    if "png" in spec.media:
+        extra["face_style"] = spec.face_style.to_dict()
+    if spec.transcript is None:
+        # No words by design: speech recognition must not give this clip a transcript.
+        extra["transcript_source"] = "none"
+    if spec.spoken != spec.transcript and "wav" in spec.media:
+        extra["spoken"] = spec.spoken
     return {
         "id": spec.id,
-        "video": rel["mp4"],
-        "audio": rel["wav"],
-        "image": rel["png"],
+        "video": rendered.paths.get("mp4"),
+        "audio": rendered.paths.get("wav"),
+        "image": rendered.paths.get("png"),
         "transcript": spec.transcript,
         "labels": labels,
         "explanation": explanation_for(spec.cues),
-        "valence": round(valence, 3),
-        "arousal": round(arousal, 3),
+        "valence": round(float(np.mean([VALENCE_AROUSAL[e][0] for e in shown])), 3),
+        "arousal": round(float(np.mean([VALENCE_AROUSAL[e][1] for e in shown])), 3),
         "split": spec.split,
         "source": "synth",
-        "extra": {
-            "cue": spec.cue,
-            "cues": dict(spec.cues),
-            "difficulty": DIFFICULTY[spec.cue],
-            "evidence": evidence_for(spec.cues, spec.transcript),
-            "duration": round(duration, 4),
-            "num_frames": num_frames,
-            "prosody": spec.prosody.to_dict(),
-            "face_style": spec.face_style.to_dict(),
-        },
+        "extra": extra,
     }
-
-
-def _write_mp4(frames: np.ndarray, wav: Path, out_mp4: Path) -> None:
-    """Encode RGB frames (K, H, W, 3) as H.264 yuv420p at ``FPS`` with the wav muxed as AAC."""
-    command = [
-        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{IMAGE_SIZE}x{IMAGE_SIZE}", "-r", str(FPS), "-i", "-",
-        "-i", str(wav),
-        "-map", "0:v", "-map", "1:a",
-        "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p", "-threads", "1",
-        "-c:a", "aac", "-b:a", "64k", "-shortest",
-        "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-map_metadata", "-1",
-        str(out_mp4),
-    ]  # fmt: skip
-    result = subprocess.run(
-        command, input=np.ascontiguousarray(frames).tobytes(), capture_output=True, check=False
-    )
-    if result.returncode != 0:
-        stderr = result.stderr.decode(errors="replace").strip()
-        raise RuntimeError(f"ffmpeg failed writing {out_mp4} (exit {result.returncode}): {stderr}")

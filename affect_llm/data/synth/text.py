@@ -188,6 +188,23 @@ VALENCE_AROUSAL: dict[str, tuple[float, float]] = {
 }
 
 _PHRASES: dict[str, dict[str, str]] = {"audio": VOICE_PHRASES, "face": FACE_PHRASES, "text": TEXT_PHRASES}
+# A missing channel is stated, never described: these are the only words a reference spends on it.
+ABSENT_PHRASES: dict[str, str] = {
+    "audio": "there is no audio",
+    "face": "no face is visible",
+    "text": "there is no transcript",
+}
+# Evidence key of the answer schema for each channel.
+EVIDENCE_KEYS: dict[str, str] = {"audio": "audio", "face": "video", "text": "text"}
+# What the voice says when the clip has no words: syllables that carry prosody but no meaning.
+# Only those Whisper-base hears as syllables too; "na na" comes back as "No, no, no", "ma ma" as
+# "Mama", "da da" as "Don't know", so they are not used.
+VOCALISATIONS: tuple[str, ...] = (
+    "La la la, la la.",
+    "La la, la la la.",
+    "Mm, mm mm, mm.",
+    "Mm mm, mm mm mm.",
+)
 
 
 def sentence_pool(level: str, held_out: bool) -> tuple[str, ...]:
@@ -215,45 +232,78 @@ def channel_phrase(channel: str, level: str) -> str:
     return _PHRASES[channel][level]
 
 
-def evidence_for(cues: dict[str, str], transcript: str) -> dict[str, str]:
-    """Per-modality evidence keyed as in model answers (``audio``, ``video``, ``text``)."""
-    text = f'{channel_phrase("text", cues["text"])} ("{transcript}")'
-    return {
-        "audio": _capitalize(channel_phrase("audio", cues["audio"])) + ".",
-        "video": _capitalize(channel_phrase("face", cues["face"])) + ".",
-        "text": _capitalize(text) + ".",
-    }
+def absent_phrase(channel: str) -> str:
+    """How a reference states that a channel is missing, e.g. ``"no face is visible"``."""
+    if channel not in ABSENT_PHRASES:
+        raise ValueError(f"unknown channel {channel!r}; expected one of {CHANNELS}")
+    return ABSENT_PHRASES[channel]
 
 
-def labels_for(cues: dict[str, str]) -> list[str]:
-    """The emotions shown by any channel, in channel order, without repeats."""
+def present_channels(cues: dict[str, str | None]) -> list[str]:
+    """Channels (``audio``, ``face``, ``text``) that the clip has: those whose level is not None."""
+    return [channel for channel in CHANNELS if cues.get(channel) is not None]
+
+
+def evidence_for(cues: dict[str, str | None], transcript: str | None) -> dict[str, str | None]:
+    """Per-modality evidence keyed as in model answers (``audio``, ``video``, ``text``).
+
+    An absent channel (level None, or no transcript for the words) gets ``None``: evidence
+    describes only what the clip has.
+    """
+    evidence: dict[str, str | None] = {key: None for key in EVIDENCE_KEYS.values()}
+    if cues.get("audio") is not None:
+        evidence["audio"] = _capitalize(channel_phrase("audio", cues["audio"])) + "."
+    if cues.get("face") is not None:
+        evidence["video"] = _capitalize(channel_phrase("face", cues["face"])) + "."
+    if cues.get("text") is not None and transcript is not None:
+        evidence["text"] = _capitalize(f'{channel_phrase("text", cues["text"])} ("{transcript}")') + "."
+    return evidence
+
+
+def labels_for(cues: dict[str, str | None]) -> list[str]:
+    """The emotions shown by any present channel, in channel order, without repeats."""
     labels: list[str] = []
     for channel in CHANNELS:
-        level = cues[channel]
-        if level != NEUTRAL and level not in labels:
+        level = cues.get(channel)
+        if level is not None and level != NEUTRAL and level not in labels:
             labels.append(level)
     return labels
 
 
-def explanation_for(cues: dict[str, str]) -> str:
-    """Reference explanation that names each channel's cue and what it suggests.
+def explanation_for(cues: dict[str, str | None]) -> str:
+    """Reference explanation that names each present channel's cue and says which are missing.
 
-    Example: ``"The voice is high-pitched, fast and loud, which suggests happiness; the face is
-    neutral and the words are neutral."``
+    Examples: ``"The voice is high-pitched, fast and loud, which suggests happiness; the face is
+    neutral and the words are neutral."``; with the voice missing: ``"The face smiles with upturned
+    mouth corners, which suggests happiness; and the words express joy. There is no audio."``
     """
+    present = present_channels(cues)
     clauses = []
-    for channel in CHANNELS:
+    for channel in present:
         level = cues[channel]
         phrase = channel_phrase(channel, level)
         clauses.append(phrase if level == NEUTRAL else f"{phrase}, which suggests {EMOTION_NOUNS[level]}")
-    # A comma already follows a non-neutral face clause, so a semicolon keeps the list readable.
-    joiner = " and " if cues["face"] == NEUTRAL else "; and "
-    text = f"{clauses[0]}; {clauses[1]}{joiner}{clauses[2]}."
+    text = _join_clauses(clauses, [cues[c] != NEUTRAL for c in present])
+    absent = [absent_phrase(c) for c in CHANNELS if c not in present]
+    if absent:
+        text += (" " if text else "") + _capitalize(" and ".join(absent)) + "."
     labels = labels_for(cues)
     if len(labels) > 1:
         shown = " and ".join(EMOTION_NOUNS[e] for e in labels)
         text += f" The channels disagree, so the sample shows {shown}."
     return _capitalize(text)
+
+
+def _join_clauses(clauses: list[str], carries_cue: list[bool]) -> str:
+    """``a; b and c.`` as the three-channel references always read; fewer clauses the same way."""
+    if not clauses:
+        return ""
+    if len(clauses) == 1:
+        return clauses[0] + "."
+    # A comma already follows a cue-carrying clause, so a semicolon keeps the list readable.
+    joiner = "; and " if carries_cue[-2] else " and "
+    head = "; ".join(clauses[:-1])
+    return f"{head}{joiner}{clauses[-1]}."
 
 
 def _capitalize(text: str) -> str:
