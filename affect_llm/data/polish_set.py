@@ -12,7 +12,6 @@ out of the download; nothing else of the package is used or installed. Layout un
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from affect_llm import paths
 from affect_llm.data.adapters import prepare
+from affect_llm.hashing import file_sha256
 
 REQUIREMENT = "nkululeko==1.14.1"
 SDIST_NAME = "nkululeko-1.14.1.tar.gz"
@@ -68,7 +68,7 @@ def download_sdist(cache_dir: Path | None = None) -> Path:
                 f"pip could not download {REQUIREMENT} into {cache_dir} (exit {result.returncode}): "
                 f"{result.stderr.strip()[-2000:]}"
             )
-    digest = _sha256(sdist)
+    digest = file_sha256(sdist)
     if digest != SDIST_SHA256:
         raise PolishDataError(f"{sdist}: SHA-256 {digest} is not the expected {SDIST_SHA256}; delete it to retry")
     return sdist
@@ -143,10 +143,3 @@ def build_polish_set(out_dir: Path, cache_dir: Path | None = None) -> Path:
     stamp_path.write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
     return manifest
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -91,7 +91,7 @@ class SpeechRecognizer:
         if self._loaded is None:
             from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-            from affect_llm.models.registry import resolve_model_path
+            from affect_llm.references import resolve_model_path
 
             folder = resolve_model_path(self.model_ref)
             processor = WhisperProcessor.from_pretrained(folder)

@@ -65,7 +65,7 @@ def espeak_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def recognizer() -> SpeechRecognizer:
-    from affect_llm.models.registry import ModelNotPreparedError, resolve_model_path
+    from affect_llm.references import ModelNotPreparedError, resolve_model_path
 
     try:
         resolve_model_path("whisper-base")
