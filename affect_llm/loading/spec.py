@@ -27,6 +27,8 @@ class ModelSpec:
         num_audio_tokens / num_video_tokens / num_face_tokens: LLM tokens per media item.
         audio_window_seconds: Audio window (Whisper position table is cut to it).
         audio_encoder_layers: Keep the audio encoder's first N layers (prosody lives in the middle ones).
+        audio_feature_layers: Concatenate the audio encoder's states after these layers (a learned mix
+            of prosody and voice quality); None: the last kept layer only.
         quantization: ``none`` or ``4bit`` (QLoRA: the LLM in NF4 through bitsandbytes).
         dtype: Weight dtype of the LLM: ``float32``, ``bfloat16`` or ``float16``.
         encoder_dtype: Weight dtype of the encoders (None: ``dtype``). See :mod:`affect_llm.precision`.
@@ -44,6 +46,7 @@ class ModelSpec:
     num_face_tokens: int = 4
     audio_window_seconds: float = 30.0
     audio_encoder_layers: int | None = None
+    audio_feature_layers: list[int] | None = None
     quantization: str = "none"
     dtype: str = "float32"
     encoder_dtype: str | None = None

@@ -9,6 +9,8 @@ Shape letters: N items, K frames per item, S samples, M mel bins, T time steps, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
@@ -85,31 +87,39 @@ def build_encoder(
     return encoder
 
 
-def encoder_output_dim(config: PreTrainedConfig) -> int:
-    """Width of the vectors :func:`encode` returns for this encoder config."""
+def encoder_output_dim(config: PreTrainedConfig, num_feature_layers: int = 1) -> int:
+    """Width of the vectors the encoder yields: its hidden width times the layers concatenated."""
     for name in ("d_model", "hidden_size"):
         value = getattr(config, name, None)
         if isinstance(value, int):
-            return value
+            return value * num_feature_layers
     raise ValueError(f"cannot tell the output width of a {config.model_type!r} encoder (no d_model/hidden_size)")
 
 
 def encode_audio(
-    encoder: nn.Module, values: torch.Tensor, attention_mask: torch.Tensor | None
+    encoder: nn.Module, values: torch.Tensor, attention_mask: torch.Tensor | None,
+    feature_layers: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode audio: Whisper log-mels ``(N, M, F)`` or raw waveforms ``(N, S)``.
 
     Args:
         values: Encoder inputs from the processor.
         attention_mask: ``(N, F)`` or ``(N, S)`` validity of the input frames/samples.
+        feature_layers: Concatenate the hidden states after these layers (0: the input embeddings;
+            the last layer's state is the encoder's normalised output); None: the last layer only.
+            Middle layers of a speech recogniser keep prosody its top layers discard, the top layers
+            what a real voice's quality says: a projector given both learns the mix.
 
     Returns:
-        ``(features (N, T, D), mask (N, T))`` with padding steps marked False.
+        ``(features (N, T, D x len(feature_layers)), mask (N, T))`` with padding steps marked False.
     """
-    if encoder.config.model_type == "whisper":
-        hidden = encoder(input_features=values).last_hidden_state  # (N, T, D)
+    inputs = {"input_features": values} if encoder.config.model_type == "whisper" else {
+        "input_values": values, "attention_mask": attention_mask}
+    if feature_layers:
+        states = encoder(**inputs, output_hidden_states=True).hidden_states
+        hidden = torch.cat([states[i] for i in feature_layers], dim=-1)  # (N, T, D x layers)
     else:
-        hidden = encoder(input_values=values, attention_mask=attention_mask).last_hidden_state
+        hidden = encoder(**inputs).last_hidden_state  # (N, T, D)
     num_steps = hidden.shape[1]
     if attention_mask is None:
         mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)

@@ -102,11 +102,12 @@ class AffectForConditionalGeneration(AffectPreTrainedModel, GenerationMixin):
             encoder_config = config.encoder_config(modality)
             self.encoders[modality] = encoders.get(modality) or build_encoder(
                 encoder_config, audio_window_seconds=config.audio_window_seconds,
-                num_layers=config.audio_encoder_layers if modality == "audio" else None,
+                num_layers=config.audio_layers_kept() if modality == "audio" else None,
             )
+            feature_layers = len(config.audio_feature_layers or [0]) if modality == "audio" else 1
             self.projectors[modality] = MediaProjector(
                 getattr(config, f"{modality}_projector"),
-                encoder_output_dim(encoder_config),
+                encoder_output_dim(encoder_config, feature_layers),
                 llm_dim,
                 config.num_tokens(modality),
             )
@@ -132,7 +133,7 @@ class AffectForConditionalGeneration(AffectPreTrainedModel, GenerationMixin):
         encoder = self.encoders[modality]
         values = values.to(dtype=next(encoder.parameters()).dtype)
         if modality == "audio":
-            return encode_audio(encoder, values, attention_mask)
+            return encode_audio(encoder, values, attention_mask, self.config.audio_feature_layers)
         return encode_frames(encoder, values)
 
     def project_media_features(self, modality: str, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -223,7 +224,7 @@ class AffectForConditionalGeneration(AffectPreTrainedModel, GenerationMixin):
         encoders = {
             modality: build_encoder(
                 config.encoder_config(modality), paths[modality], config.audio_window_seconds,
-                num_layers=config.audio_encoder_layers if modality == "audio" else None,
+                num_layers=config.audio_layers_kept() if modality == "audio" else None,
                 dtype=precision.encoder_torch_dtype(),
             )
             for modality in config.modalities if paths.get(modality)

@@ -129,19 +129,42 @@ class AffectProcessor(ProcessorMixin):
         modalities: Sequence[str] = (),
         transcript: str | None = None,
         question: str | None = None,
+        transcript_recognised: bool = False,
     ) -> list[dict[str, str]]:
-        """A chat for one sample: system prompt, then the media placeholders, transcript and instruction."""
+        """A chat for one sample: system prompt, then the media placeholders, the channels the clip has
+        (prompts that state them), the transcript and the instruction.
+
+        Args:
+            modalities: Media the clip has (``audio``, ``video``, ``face``).
+            transcript_recognised: The words come from speech recognition, not from an annotation.
+        """
         tasks = self.prompt["tasks"]
         if task not in tasks and question is None:
             raise ValueError(f"unknown task {task!r} in prompt {self.prompt.ref}; tasks: {sorted(tasks)}")
         parts = [PLACEHOLDERS[m] for m in MODALITIES if m in modalities]
+        if "channels" in self.prompt.data:
+            parts.append(self.channels_line(modalities, bool(transcript)))
         if transcript:
-            parts.append(self.prompt["transcript_template"].format(transcript=transcript))
+            key = "recognised_transcript_template" if transcript_recognised else "transcript_template"
+            template = self.prompt.data.get(key) or self.prompt["transcript_template"]
+            parts.append(template.format(transcript=transcript))
         parts.append(question if question is not None else tasks[task]["instruction"].strip())
         return [
             {"role": "system", "content": self.prompt["system"].strip()},
             {"role": "user", "content": "\n".join(parts)},
         ]
+
+    def channels_line(self, modalities: Sequence[str], has_words: bool) -> str:
+        """The prompt's statement of which channels (voice, face, words) the clip has and lacks."""
+        spec = self.prompt["channels"]
+        present = {"audio": "audio" in modalities, "video": bool({"video", "face"} & set(modalities)),
+                   "text": has_words}
+        names = spec["names"]
+        have = ", ".join(names[c] for c, on in present.items() if on)
+        missing = ", ".join(names[c] for c, on in present.items() if not on)
+        if not missing:
+            return spec["all_present_template"].format(present=have)
+        return spec["template"].format(present=have or "nothing", missing=missing)
 
     def expand_placeholders(self, text: str) -> str:
         for modality, placeholder in PLACEHOLDERS.items():

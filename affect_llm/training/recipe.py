@@ -52,7 +52,7 @@ from affect_llm.training.state import (
     load_training_state,
     save_training_state,
 )
-from affect_llm.training.targets import answer_for
+from affect_llm.training.targets import answer_for, transcript_recognised
 
 logger = logging.getLogger(__name__)
 DONE_FILE = "stage_done.json"
@@ -157,7 +157,8 @@ class CurriculumRecipe:
 
     def _item(self, processor: AffectProcessor, row: ManifestRow, task: str) -> dict[str, Any]:
         media = self.encoder_inputs[row.id] if self.live_encoders else self.features[row.id]
-        messages = processor.build_messages(task, media.modalities, transcript=row.transcript)
+        messages = processor.build_messages(task, media.modalities, transcript=row.transcript,
+                                            transcript_recognised=transcript_recognised(row))
         return {**processor.encode_text(messages, answer_for(row, processor.prompt.task_keys(task))), "media": media}
 
     def _usable(self, rows: list[ManifestRow]) -> list[ManifestRow]:

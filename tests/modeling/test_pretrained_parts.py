@@ -57,3 +57,24 @@ def test_audio_encoder_can_keep_only_its_first_layers(tmp_path):
     media = processor.prepare_media(audio=torch.zeros(16000).numpy())
     features, mask = model.get_media_features("audio", media.audio.values, media.audio.attention_mask)
     assert features.shape == (1, 100, 32) and mask[0].sum() == 50
+
+
+def test_audio_feature_layers_concatenate_the_chosen_hidden_states(tmp_path):
+    """A learned mix of layers: the projector sees the states after layers 1 and 2, side by side."""
+    torch.manual_seed(0)
+    whisper = WhisperModel(tiny_config("whisper"))
+    whisper.save_pretrained(tmp_path / "whisper")
+    model, processor = build_model(ModelSpec(audio_encoder=str(tmp_path / "whisper"), audio_window_seconds=2.0,
+                                             audio_feature_layers=[1, 2]))
+    assert len(model.encoders["audio"].layers) == 2
+    media = processor.prepare_media(audio=torch.zeros(16000).numpy())
+    features, _ = model.get_media_features("audio", media.audio.values, media.audio.attention_mask)
+    assert features.shape == (1, 100, 64)  # two layers of width 32
+    states = model.encoders["audio"](input_features=media.audio.values, output_hidden_states=True).hidden_states
+    assert torch.equal(features[..., :32], states[1]) and torch.equal(features[..., 32:], states[2])
+    assert model.projectors["audio"].feature_mean.shape == (64,)
+
+
+def test_feature_layers_beyond_the_kept_encoder_are_refused():
+    with pytest.raises(ValueError, match="reach beyond audio_encoder_layers"):
+        build_model(ModelSpec(audio_encoder="tiny:whisper", audio_encoder_layers=1, audio_feature_layers=[1, 2]))

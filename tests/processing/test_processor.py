@@ -64,3 +64,26 @@ def test_save_and_reload_round_trip(tmp_path):
     messages = processor.build_messages("reason", ["audio", "face"], transcript="hi")
     assert again.encode_text(messages, ANSWER) == processor.encode_text(messages, ANSWER)
     assert again.prompt.ref == processor.prompt.ref
+
+
+def test_the_prompt_states_which_channels_the_clip_has_and_lacks():
+    processor = _processor()
+    audio_only = processor.build_messages("reason", ["audio"])[1]["content"]
+    assert "Has: voice. Missing: face, words." in audio_only
+    everything = processor.build_messages("reason", ["audio", "face"], transcript="hi")[1]["content"]
+    assert "Has: voice, face, words." in everything and "Missing" not in everything
+
+
+def test_recognised_words_are_marked_as_recognised():
+    processor = _processor()
+    text = processor.build_messages("perceive", ["audio"], transcript="nie", transcript_recognised=True)[1]["content"]
+    assert 'Words (recognised from the speech): "nie"' in text
+
+
+def test_a_prompt_version_without_channels_states_none(tmp_path):
+    from affect_llm.prompts import load_prompt
+
+    model, processor = build_model(ModelSpec(audio_encoder="tiny:whisper", audio_window_seconds=1.0),
+                                   prompt_version="v3")
+    assert processor.prompt.ref == load_prompt("tasks", "v3").ref
+    assert "Has:" not in processor.build_messages("reason", ["audio"])[1]["content"]
