@@ -1,0 +1,164 @@
+"""Group relative policy optimisation (GRPO) on the composite model: rollouts, log-probabilities, loss.
+
+Per clip the policy samples ``G`` answers; each answer's reward is compared with the others of its
+group (the advantage is the reward minus the group mean, over the group's standard deviation), and
+the policy's log-probability of each answer token is pushed up or down by its advantage through the
+clipped surrogate objective. An optional KL term keeps the policy near the stage's starting point.
+
+The pieces are plain functions of tensors and the model, so the stage runner
+(:mod:`affect_llm.training.grpo_stage`) stays a loop and each piece is tested on its own.
+
+Shape letters: B clips, G answers per clip, R = B x G rollouts, P prompt tokens, C completion tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from affect_llm.modeling.media import MediaInputs
+from affect_llm.processing.processor import AffectProcessor
+
+
+@dataclass(frozen=True)
+class Rollouts:
+    """``G`` sampled answers for each of ``B`` prompts, flattened prompt-major (``R = B x G`` rows).
+
+    Attributes:
+        input_ids: ``(R, P + C)`` left-padded prompt followed by the completion (right-padded).
+        attention_mask: ``(R, P + C)``.
+        completion_mask: ``(R, C)`` True on completion tokens up to and including the end of turn.
+        media: Each prompt's media repeated ``G`` times, in row order.
+        texts: The ``R`` decoded answers.
+        prompt_length: ``P``.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+    media: MediaInputs
+    texts: list[str]
+    prompt_length: int
+
+
+def repeat_media(media: list[MediaInputs], times: int) -> MediaInputs:
+    """One batch holding each item's media ``times`` times, item-major (the rows' order)."""
+    return MediaInputs.concat([item for item in media for _ in range(times)])
+
+
+@torch.no_grad()
+def sample_rollouts(
+    model: Any, processor: AffectProcessor, items: list[dict[str, Any]], group_size: int, max_new_tokens: int,
+    temperature: float, top_p: float = 1.0,
+) -> Rollouts:
+    """Sample ``group_size`` answers per item (its ``input_ids`` prompt and ``media``) in one batch.
+
+    Args:
+        items: Encoded prompts (``processor.encode_text``) with ``media``.
+        group_size: ``G``.
+    """
+    batch = processor.collate(items, padding_side="left")
+    device = model.get_input_embeddings().weight.device
+    ids = batch["input_ids"].repeat_interleave(group_size, 0).to(device)  # (R, P)
+    mask = batch["attention_mask"].repeat_interleave(group_size, 0).to(device)
+    media = repeat_media([item["media"] for item in items], group_size).to(device)
+    tokenizer = processor.tokenizer
+    completions = model.generate(
+        input_ids=ids, attention_mask=mask, media=media, do_sample=True, temperature=temperature, top_p=top_p,
+        top_k=None, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )  # (R, C): new tokens only
+    completion_mask = completion_token_mask(completions, tokenizer.eos_token_id)
+    completions = torch.where(completion_mask, completions, torch.full_like(completions, tokenizer.pad_token_id))
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    return Rollouts(
+        input_ids=torch.cat([ids, completions], dim=1),
+        attention_mask=torch.cat([mask, completion_mask.long()], dim=1),
+        completion_mask=completion_mask, media=media, texts=texts, prompt_length=ids.shape[1],
+    )
+
+
+def completion_token_mask(completions: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """``(R, C)`` True up to and including each row's first end-of-turn token (all of it when none)."""
+    is_eos = completions == eos_token_id
+    seen_before = is_eos.cumsum(dim=1) - is_eos.long()  # end tokens strictly before each position
+    return seen_before == 0
+
+
+def completion_logprobs(model: Any, rollouts: Rollouts, params: dict[str, torch.Tensor] | None = None
+                        ) -> torch.Tensor:
+    """``(R, C)`` log-probability of each completion token under the model (or under ``params``).
+
+    ``params`` replaces named parameters for this call only (the stage's starting policy, for the
+    KL term), through ``torch.func.functional_call``.
+    """
+    start = rollouts.prompt_length - 1
+    # Only positions that predict a completion token need logits.
+    keep = rollouts.input_ids.shape[1] - start - 1
+    # Positions count real tokens only, as generation counted them under left padding.
+    position_ids = (rollouts.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    kwargs = {"input_ids": rollouts.input_ids, "attention_mask": rollouts.attention_mask, "media": rollouts.media,
+              "position_ids": position_ids, "logits_to_keep": keep + 1}
+    if params is None:
+        logits = model(**kwargs).logits
+    else:
+        logits = torch.func.functional_call(model, params, args=(), kwargs=kwargs, strict=False).logits
+    logits = logits[:, :-1].float()  # (R, C, V): position t predicts token t + 1
+    targets = rollouts.input_ids[:, rollouts.prompt_length:]
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """``(B, G)`` rewards -> advantages normalised within each group (zero for a group of equal rewards)."""
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True, unbiased=False)
+    return (rewards - mean) / (std + eps)
+
+
+def grpo_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_epsilon: float = 0.2,
+    beta: float = 0.0,
+    ref_logprobs: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The clipped surrogate objective with an optional KL term, averaged over completion tokens.
+
+    Args:
+        logprobs: ``(R, C)`` under the policy being trained (with gradients).
+        old_logprobs: ``(R, C)`` under the policy that sampled the rollouts.
+        advantages: ``(R,)`` one per rollout.
+        mask: ``(R, C)`` completion tokens.
+        clip_epsilon: Ratios outside ``[1 - e, 1 + e]`` give no gradient in the direction that
+            moves them further out.
+        beta: Weight of the KL term (0: none).
+        ref_logprobs: ``(R, C)`` under the stage's starting policy; needed when ``beta > 0``.
+
+    Returns:
+        The loss and its parts (``policy``, ``kl``, ``clipped``: the share of tokens clipped).
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    adv = advantages.unsqueeze(1)
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1 - clip_epsilon, 1 + clip_epsilon) * adv
+    per_token = -torch.minimum(unclipped, clipped)
+    kl = torch.zeros_like(per_token)
+    if beta > 0:
+        if ref_logprobs is None:
+            raise ValueError("grpo_loss: beta > 0 needs the starting policy's log-probabilities")
+        delta = ref_logprobs - logprobs
+        kl = torch.exp(delta) - delta - 1  # an unbiased, non-negative estimate of KL(policy || start)
+        per_token = per_token + beta * kl
+    weight = mask.float()
+    denominator = weight.sum().clamp(min=1.0)
+    loss = (per_token * weight).sum() / denominator
+    stats = {
+        "policy": float(((-torch.minimum(unclipped, clipped)) * weight).sum() / denominator),
+        "kl": float((kl * weight).sum() / denominator),
+        "clipped": float(((unclipped != clipped).float() * weight).sum() / denominator),
+    }
+    return loss, stats

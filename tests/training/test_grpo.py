@@ -1,0 +1,93 @@
+"""GRPO pieces: group advantages, the completion mask, log-probabilities that match sampling, the loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from affect_llm.training.grpo import (
+    completion_logprobs,
+    completion_token_mask,
+    group_advantages,
+    grpo_loss,
+    sample_rollouts,
+)
+
+
+def test_advantages_are_normalised_within_each_group():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]])
+    adv = group_advantages(rewards)
+    assert torch.allclose(adv[0], torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-3)
+    assert torch.equal(adv[1], torch.zeros(4))  # equal rewards teach nothing
+
+
+def test_completion_mask_stops_after_the_first_end_token():
+    completions = torch.tensor([[5, 6, 2, 7, 2], [5, 6, 7, 8, 9]])
+    assert completion_token_mask(completions, eos_token_id=2).tolist() == [
+        [True, True, True, False, False], [True, True, True, True, True]]
+
+
+def test_loss_pushes_up_the_log_probability_of_a_better_answer():
+    logprobs = torch.tensor([[-1.0, -1.0], [-1.0, -1.0]], requires_grad=True)
+    loss, stats = grpo_loss(logprobs, logprobs.detach(), torch.tensor([1.0, -1.0]), torch.ones(2, 2, dtype=torch.bool))
+    loss.backward()
+    assert logprobs.grad[0].lt(0).all() and logprobs.grad[1].gt(0).all()  # descent raises row 0, lowers row 1
+    assert stats["clipped"] == 0.0 and stats["kl"] == 0.0
+
+
+def test_clipping_stops_a_ratio_that_already_moved_too_far():
+    old = torch.zeros(1, 1)
+    logprobs = torch.log(torch.tensor([[1.5]])).requires_grad_()
+    loss, stats = grpo_loss(logprobs, old, torch.tensor([1.0]), torch.ones(1, 1, dtype=torch.bool), clip_epsilon=0.2)
+    loss.backward()
+    assert stats["clipped"] == 1.0 and logprobs.grad.abs().sum() == 0
+
+
+def test_kl_term_is_zero_at_the_start_and_positive_away_from_it():
+    ref = torch.tensor([[-1.0, -2.0]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    _, at_start = grpo_loss(ref.clone(), ref, torch.zeros(1), mask, beta=0.1, ref_logprobs=ref)
+    _, moved = grpo_loss(ref + 0.5, ref + 0.5, torch.zeros(1), mask, beta=0.1, ref_logprobs=ref)
+    assert at_start["kl"] == pytest.approx(0.0) and moved["kl"] > 0
+    with pytest.raises(ValueError, match="starting policy"):
+        grpo_loss(ref, ref, torch.zeros(1), mask, beta=0.1)
+
+
+def test_log_probabilities_match_what_sampling_saw(tiny_model, raw_media):
+    """The training forward scores each sampled token as generation did (left padding, media, positions)."""
+    model, processor = tiny_model
+    model.eval()
+    items = []
+    for modalities, transcript in ((("audio", "face"), "hello there, how are you today?"), (("face",), None)):
+        media = processor.prepare_media(**{m: raw_media[m] for m in modalities})
+        messages = processor.build_messages("perceive", modalities, transcript=transcript)
+        items.append({**processor.encode_text(messages), "media": media})
+    torch.manual_seed(0)
+    rollouts = sample_rollouts(model, processor, items, group_size=3, max_new_tokens=6, temperature=1.0)
+    assert rollouts.input_ids.shape[0] == 6 and len(rollouts.texts) == 6
+    with torch.no_grad():
+        scored = completion_logprobs(model, rollouts)
+        # Reference: score each rollout alone, unpadded, token by token through the model's own forward.
+        for row in range(6):
+            keep = rollouts.attention_mask[row].bool()
+            ids = rollouts.input_ids[row][keep][None]
+            logits = model(input_ids=ids, media=items[row // 3]["media"]).logits[0].float()
+            n = int(rollouts.completion_mask[row].sum())
+            own = torch.log_softmax(logits[-n - 1 : -1], -1).gather(-1, ids[0, -n:, None]).squeeze(-1)
+            assert torch.allclose(scored[row, :n], own, atol=1e-4), row
+
+
+def test_a_functional_call_scores_with_other_parameters(tiny_model, raw_media):
+    model, processor = tiny_model
+    media = processor.prepare_media(face=raw_media["face"])
+    items = [{**processor.encode_text(processor.build_messages("perceive", ["face"])), "media": media}]
+    torch.manual_seed(1)
+    rollouts = sample_rollouts(model, processor, items, group_size=2, max_new_tokens=4, temperature=1.0)
+    name, param = next((n, p) for n, p in model.named_parameters() if n.startswith("projectors.face"))
+    with torch.no_grad():
+        base = completion_logprobs(model, rollouts)
+        same = completion_logprobs(model, rollouts, {name: param.detach().clone()})
+        other = completion_logprobs(model, rollouts, {name: param.detach() + torch.from_numpy(
+            np.full(param.shape, 0.5, np.float32))})
+    assert torch.allclose(base, same) and not torch.allclose(base, other)
