@@ -42,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("manifest", type=Path)
     check.add_argument("--out", type=Path, help="report folder (default: <manifest>.check/)")
     check.add_argument("--allow-bad", action="store_true", help="exit 0 even when rows are quarantined")
-    check.add_argument("--min-sample-rate", type=int, default=16000, help="audio below this rate is an error")
+    check.add_argument("--min-sample-rate", type=int, default=None,
+                       help="audio below this rate is an error (default: none; below 16000 Hz is a warning)")
     check.set_defaults(func=_check)
 
     synth = sub.add_parser("synth", help="generate the synthetic cue-controlled dataset")
@@ -113,9 +114,10 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from affect_llm.data.check import check_manifest
+    from affect_llm.data.issues import MediaPolicy
 
     out = args.out or args.manifest.with_name(args.manifest.name + ".check")
-    report = check_manifest(args.manifest, out, min_sample_rate=args.min_sample_rate)
+    report = check_manifest(args.manifest, out, policy=MediaPolicy(min_sample_rate=args.min_sample_rate))
     print(f"{report.num_rows} rows: {report.num_good} good, {report.num_bad} quarantined; report in {out}")
     for issue in report.issues[:20]:
         print(

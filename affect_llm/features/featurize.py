@@ -93,6 +93,8 @@ class MediaFeaturizer:
         self.settings = {**asdict(self.options), **self.processor.feature_extractor.settings()}
         self.settings.pop("decode_workers")
         self.failures: dict[str, str] = {}
+        # Row id -> warnings of the media checks (issue dicts) for rows decoded by this featurizer.
+        self.warnings: dict[str, list[dict[str, Any]]] = {}
         self.encoded_items = 0
 
     @property
@@ -122,6 +124,8 @@ class MediaFeaturizer:
             )
         except (MediaError, OSError, ValueError) as error:
             return str(error)
+        if item.meta.get("issues"):
+            self.warnings[row.id] = item.meta["issues"]
         return self.processor.prepare_media(audio=item.audio, video=item.video, face=item.face)
 
     def __call__(self, rows: Sequence[ManifestRow], progress: Callable[[int], None] | None = None) -> dict[str, MediaInputs]:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from affect_llm.data.adapters.common import BuildResult, check_media, read_csv_rows, require_dir
-from affect_llm.data.manifest import MEDIA_FIELDS, REQUIRED_KEYS, ManifestRow
+from affect_llm.data.manifest import KEYS, MEDIA_FIELDS, ManifestRow
 
-MAPPABLE = frozenset(REQUIRED_KEYS)
+MAPPABLE = frozenset(KEYS) - {"extra"}
 
 
 def parse_mapping(text: str) -> dict[str, str]:
