@@ -29,6 +29,18 @@ class _OwnRecords(logging.Filter):
         return record.name == "affect_llm" or record.name.startswith("affect_llm.")
 
 
+class _TerminalHandler(logging.StreamHandler):
+    """Writes above any progress bar (``tqdm.write``), so a warning does not cut a bar in two."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 (logging's own contract: a failing handler reports, never raises)
+            self.handleError(record)
+
+
 class Console:
     """Sets up (on enter) and undoes (on exit) where output goes for one command.
 
@@ -83,7 +95,7 @@ class Console:
         self._saved.update(level=root.level, handlers=root.handlers[:], raise_exceptions=logging.raiseExceptions)
         file_handler = logging.StreamHandler(self._log)
         file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        terminal_handler = logging.StreamHandler(self.terminal)
+        terminal_handler = _TerminalHandler(self.terminal)
         terminal_handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         terminal_handler.setLevel(logging.INFO if self.verbose else self.terminal_level)
         if not self.verbose:

@@ -226,6 +226,7 @@ def row_from_dict(obj: Any, *, path: str | Path | None = None, line: int = 0) ->
 
 def _decode_json(raw: bytes, path: Path | None, line: int) -> Any:
     """The JSON value of one line; a non-UTF-8 byte is reported against the field that holds it."""
+    raw = raw.rstrip(b"\r\n")  # else a line cut short is reported at "column 1" of a line after it
     try:
         return json.loads(raw.decode("utf-8"))
     except json.JSONDecodeError as exc:
