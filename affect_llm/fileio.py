@@ -38,7 +38,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def append_whole(fd: int, data: bytes) -> None:
+def append_whole(fd: int, data: bytes, path: str | Path | None = None) -> None:
     """Append ``data`` to an open file in full or not at all, then fsync.
 
     A write that fails part-way (disk full, file size limit, a signal) is cut back to where it
@@ -48,6 +48,7 @@ def append_whole(fd: int, data: bytes) -> None:
         fd: A descriptor opened for writing; this process must be its only writer (see
             :class:`OutputLock`).
         data: The bytes to add at the end.
+        path: The file's name, for the error (``os.write`` errors name none).
     """
     start = os.lseek(fd, 0, os.SEEK_END)
     try:
@@ -56,9 +57,11 @@ def append_whole(fd: int, data: bytes) -> None:
             # os.write may write part of the buffer (a size limit reached): go on until it raises.
             view = view[os.write(fd, view) :]
         os.fsync(fd)
-    except BaseException:
+    except BaseException as error:
         # Shrinking a file needs no free space: this works on a full disk.
         os.ftruncate(fd, start)
+        if isinstance(error, OSError) and error.filename is None and path is not None:
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise
 
 

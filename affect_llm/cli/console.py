@@ -13,6 +13,7 @@ in worker threads and in subprocesses (the vLLM engine), and a per-call redirect
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -124,8 +125,10 @@ class Console:
         """Write an error and its traceback to the log file only."""
         record = logging.LogRecord("affect_llm.cli", logging.ERROR, __file__, 0, message, None,
                                    (type(error), error, error.__traceback__))
-        self._log.write(logging.Formatter(LOG_FORMAT).format(record) + "\n")
-        self._log.flush()
+        # The disk that stopped the command may not take the log either.
+        with contextlib.suppress(OSError):
+            self._log.write(logging.Formatter(LOG_FORMAT).format(record) + "\n")
+            self._log.flush()
 
     def __exit__(self, *exc: object) -> None:
         self._hand_over_transformers(False)
@@ -140,4 +143,6 @@ class Console:
             sys.stderr = self._saved["stderr"]
             self.terminal.close()
             self.terminal = sys.stderr
-        self._log.close()
+        # A full disk: what could not be logged is lost, the command's own outcome is not.
+        with contextlib.suppress(OSError):
+            self._log.close()

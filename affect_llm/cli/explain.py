@@ -66,13 +66,24 @@ def run(args: argparse.Namespace) -> int:
     settings = ExplainSettings(args.task, args.batch_size, args.split, shard, args.limit, args.strict)
     decoding = DecodingSettings(args.max_new_tokens, args.sample, args.temperature, seed=args.seed)
     total = _total(args.manifest, args.split)
-    with tqdm(total=total, desc="explain", unit="clip", mininterval=1.0) as bar:
+    bars: list = []
+
+    def progress(count: int) -> None:
+        # The bar starts with the first batch: an error while loading the model stays a single line.
+        if not bars:
+            bars.append(tqdm(total=total, desc="explain", unit="clip", mininterval=1.0))
+        bars[0].update(count)
+
+    try:
         counts = explain_manifest(
             args.manifest, args.out, args.model, settings, decoding, args.backend, args.feature_cache,
-            models_dir=Path(args.models_dir) if args.models_dir else None, progress=bar.update,
+            models_dir=Path(args.models_dir) if args.models_dir else None, progress=progress,
             backend_options={"vllm_python": args.vllm_python} if args.backend == "vllm" and args.vllm_python else None,
             precision=precision_from_arguments(args, args.model),
         )
+    finally:
+        for bar in bars:
+            bar.close()
     print_summary(args.out, counts)
     return 0
 

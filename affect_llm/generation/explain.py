@@ -156,28 +156,28 @@ class BatchExplainer:
     ) -> dict[str, int]:
         """Explain every pending row; returns :meth:`RunSummary.totals` (written, skipped, failed, refused...).
 
-        ``rows`` may be a stream (a :class:`ManifestReader`): rows are taken a window at a time.
+        ``rows`` may be a stream (a :class:`ManifestReader`): rows are taken a window at a time. The
+        caller holds the output's :class:`~affect_llm.fileio.OutputLock` (:func:`explain_manifest` does).
         """
         summary = summary or RunSummary(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        with OutputLock(out_path):
-            cut_torn_tail(out_path)
-            already = done_ids(out_path, {**self.identity, "task": settings.task})
-            summary.counts["skipped"] = len(already)
-            fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                for window in _windows(_pending(rows, already, settings), max(256, 16 * settings.batch_size)):
-                    # Similar prompt lengths in one batch waste less padding.
-                    window.sort(key=lambda r: (len(r.transcript or ""), r.modalities(), r.id))
-                    for start in range(0, len(window), settings.batch_size):
-                        batch = window[start : start + settings.batch_size]
-                        self._write_batch(fd, batch, settings, decoding, summary)
-                        if progress is not None:
-                            progress(len(batch))
-            finally:
-                os.close(fd)
-                # Also after an error: what was refused before it is still worth knowing.
-                summary.write()
+        cut_torn_tail(out_path)
+        already = done_ids(out_path, {**self.identity, "task": settings.task})
+        summary.counts["skipped"] = len(already)
+        fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for window in _windows(_pending(rows, already, settings), max(256, 16 * settings.batch_size)):
+                # Similar prompt lengths in one batch waste less padding.
+                window.sort(key=lambda r: (len(r.transcript or ""), r.modalities(), r.id))
+                for start in range(0, len(window), settings.batch_size):
+                    batch = window[start : start + settings.batch_size]
+                    self._write_batch(fd, batch, settings, decoding, summary)
+                    if progress is not None:
+                        progress(len(batch))
+        finally:
+            os.close(fd)
+            # Also after an error: what was refused before it is still worth knowing.
+            summary.write()
         return summary.totals()
 
     def _write_batch(self, fd: int, batch: list[ManifestRow], settings: ExplainSettings,
@@ -189,7 +189,7 @@ class BatchExplainer:
             # The rows answered before the refused one are kept; a rerun without it goes on from there.
             lines = [line for line in lines if not line.get("refused")]
         append_whole(fd, "".join(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n"
-                                 for line in lines).encode("utf-8"))
+                                 for line in lines).encode("utf-8"), summary.out_path)
         summary.count_rows(lines)
         if settings.strict and refused:
             raise RefusedInputError(f"clip {refused[0]['id']}: {refused[0]['error']}")
@@ -273,25 +273,26 @@ def explain_manifest(
 
     settings = settings or ExplainSettings()
     decoding = decoding or DecodingSettings()
-    # Opened first: a missing manifest is reported before minutes of model loading.
+    # Opened and locked first: a missing manifest or a busy output is reported before minutes of loading.
     reader = ManifestReader(manifest, strict=settings.strict)
     meta = read_metadata(checkpoint)
-    active = load_backend(backend, str(checkpoint), models_dir, precision=precision, **(backend_options or {}))
-    # Every backend holds the loaded model and processor (.model, .processor): its encoders compute the features.
-    train_frames = (meta.get("config") or {}).get("data", {}).get("num_frames", 4)
-    options = MediaOptions(num_frames=num_frames or train_frames)
-    featurizer = MediaFeaturizer(active.model, active.processor, FeatureCache(feature_cache) if feature_cache else None, options)
-    identity = {
-        "model": str(checkpoint),
-        "model_fingerprint": checkpoint_fingerprint(checkpoint),
-        "model_step": meta.get("step"),
-        "prompt": active.processor.prompt.ref,
-        "backend": active.name,
-        "decoding": decoding.as_dict(),
-    }
-    explainer = BatchExplainer(active, featurizer, active.processor, identity)
-    summary = RunSummary(Path(out_path), reader)
-    try:
-        return explainer.run(reader, Path(out_path), settings, decoding, progress, summary)
-    except ManifestError as error:  # only under strict: the reader records bad lines otherwise
-        raise RefusedInputError(str(error)) from error
+    with OutputLock(out_path):
+        active = load_backend(backend, str(checkpoint), models_dir, precision=precision, **(backend_options or {}))
+        # Every backend holds the loaded model and processor (.model, .processor): its encoders compute the features.
+        train_frames = (meta.get("config") or {}).get("data", {}).get("num_frames", 4)
+        options = MediaOptions(num_frames=num_frames or train_frames)
+        cache = FeatureCache(feature_cache) if feature_cache else None
+        featurizer = MediaFeaturizer(active.model, active.processor, cache, options)
+        identity = {
+            "model": str(checkpoint),
+            "model_fingerprint": checkpoint_fingerprint(checkpoint),
+            "model_step": meta.get("step"),
+            "prompt": active.processor.prompt.ref,
+            "backend": active.name,
+            "decoding": decoding.as_dict(),
+        }
+        explainer = BatchExplainer(active, featurizer, active.processor, identity)
+        try:
+            return explainer.run(reader, Path(out_path), settings, decoding, progress, RunSummary(Path(out_path), reader))
+        except ManifestError as error:  # only under strict: the reader records bad lines otherwise
+            raise RefusedInputError(str(error)) from error

@@ -28,6 +28,7 @@ class RunSummary:
     """
 
     def __init__(self, out_path: Path, reader: ManifestReader | None = None) -> None:
+        self.out_path = out_path
         self.path = out_path.with_name(out_path.name + ".summary.json")
         self.reader = reader
         self.counts = {"written": 0, "skipped": 0, "failed": 0, "refused": 0, "unparseable": 0, "warned": 0}
