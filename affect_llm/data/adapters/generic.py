@@ -112,7 +112,7 @@ def build(
         try:
             row = _row(rec, mapping, root, labels_sep, source, where)
         except ValueError as exc:
-            result.skip(where, str(exc))
+            result.skip(where, str(exc).removeprefix(f"{where}: "))
             continue
         check_media(row, result)
         result.rows.append(row)
