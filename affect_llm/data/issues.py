@@ -44,7 +44,7 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType({
     "wrong_extension": "warning",  # decodes, but its name says another format
     # video and images
     "no_frames": "error",
-    "no_face": "warning",         # no detector found a face in any frame: crops are centre squares
+    "no_face": "warning",         # no detector found a face in any frame
     # audio
     "no_samples": "error",        # a header without samples
     "non_finite": "error",        # NaN or inf samples

@@ -17,7 +17,7 @@ Policies, stated once:
   Frames are sampled uniformly (``num_frames`` segment centres) or, when ``fps`` is given, at
   that rate, thinned uniformly to at most ``max_frames``. The last frame is always decoded too:
   it catches files cut short after a readable header.
-- Face crops record per frame which detector made them (``meta["face_crops"]``).
+- Face crops record per frame which detector made them (``meta["faces"]``).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class MediaItem:
         video: ``(K, H, W, 3)`` uint8 RGB frames of the clip, or the still image (``K=1``).
         face: ``(K, h, w, 3)`` uint8 RGB face crops (whole frame where no face was found).
         meta: Decoding facts: sources, original sample rate, durations, frame indices,
-            ``face_crops`` (per frame: detector, score, box, angle), ``face_found``, ``issues``.
+            ``faces`` (per frame: detector, score, box, angle), ``face_found``, ``issues``.
     """
 
     audio: np.ndarray | None = None
@@ -277,11 +277,11 @@ def _faces(frames: np.ndarray, field_name: str, how: _Decoding, meta: dict, issu
 
     cropper = FaceCropper(face_size=how.face_size)
     faces, crops = cropper.crop_frames_with_meta(frames)
-    meta["face_crops"] = [crop.to_dict() for crop in crops]
+    meta["faces"] = [crop.to_dict() for crop in crops]
     meta["face_found"] = [crop.found for crop in crops]
     if not any(meta["face_found"]):
         issues.append(how.policy.issue("no_face", field_name, f"no face found in {len(crops)} frame(s) "
-                                       f"({cropper.detector_in_use()}): crops are centre squares"))
+                                       f"by {cropper.detector_in_use()}"))
     return faces
 
 

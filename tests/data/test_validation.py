@@ -102,7 +102,7 @@ def test_face_meta_names_the_detector_of_every_frame(tmp_path: Path) -> None:
     frames = render_face_frames("happy", sample_face_style(np.random.default_rng(0)), 4)  # (K, H, W, 3)
     write_mp4(frames, None, tmp_path / "face.mp4")
     item = load_media(ManifestRow(id="f", video=str(tmp_path / "face.mp4")), num_frames=3)
-    crops = item.meta["face_crops"]
+    crops = item.meta["faces"]
     assert len(crops) == 3 and item.meta["face_found"] == [True] * 3
     for crop in crops:
         assert crop["method"] in ("blazeface", "haar") and crop["score"] > 0
