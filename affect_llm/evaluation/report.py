@@ -101,6 +101,21 @@ def _index_refs(
     return index
 
 
+def _read_inputs(
+    results_path: Path, refs_path: Path, strict: bool
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """References by id, result rows, and the lines of each that were refused (raised under ``strict``)."""
+    refused: dict[str, list[dict[str, Any]]] = {"refs": [], "results": []}
+    refs = _index_refs(read_jsonl(refs_path, refused=refused["refs"]), refs_path, refused["refs"])
+    result_rows = read_jsonl(results_path, refused=refused["results"])
+    for name, path in (("refs", refs_path), ("results", results_path)):
+        if strict and refused[name]:
+            first = refused[name][0]
+            where = f"{path}:{first['line']}" if "line" in first else f"{path} (id {first['id']})"
+            raise RefusedInputError(f"{where}: {first['reason']}")
+    return refs, result_rows, refused
+
+
 def predicted_labels(row: dict[str, Any]) -> list[str] | None:
     """Labels of a result row, or None when its answer did not parse."""
     status = row.get("parse_status", "ok" if isinstance(row.get("labels"), list) else "unparseable")
@@ -250,14 +265,7 @@ def evaluate(
     results_path, refs_path, out_dir = Path(results_path), Path(refs_path), Path(out_dir)
     scoring = scoring or ScoringOptions()
     taxonomy = load_taxonomy()
-    refused: dict[str, list[dict[str, Any]]] = {"refs": [], "results": []}
-    refs = _index_refs(read_jsonl(refs_path, refused=refused["refs"]), refs_path, refused["refs"])
-    result_rows = read_jsonl(results_path, refused=refused["results"])
-    for name, path in (("refs", refs_path), ("results", results_path)):
-        if strict and refused[name]:
-            first = refused[name][0]
-            where = f"{path}:{first['line']}" if "line" in first else f"{path} (id {first['id']})"
-            raise RefusedInputError(f"{where}: {first['reason']}")
+    refs, result_rows, refused = _read_inputs(results_path, refs_path, strict)
     # A resumed run appends: the last row of an id wins.
     results = {str(row["id"]): row for row in result_rows}
     pairs = [(refs[key], results[key]) for key in refs if key in results]
