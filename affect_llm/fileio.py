@@ -1,10 +1,21 @@
-"""Crash-safe file writes shared by the manifest writer, the feature cache and reports."""
+"""Crash-safe file writes shared by the manifest writer, the feature cache, reports and batch outputs.
+
+- :func:`atomic_write_bytes`: whole files, replaced at once;
+- :func:`append_whole` and :func:`cut_torn_tail`: append-only JSONL outputs that never keep a torn line;
+- :class:`OutputLock`: one writer per output file or run folder, also on cluster file systems.
+"""
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import socket
+import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -25,3 +36,200 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def append_whole(fd: int, data: bytes, path: str | Path | None = None) -> None:
+    """Append ``data`` to an open file in full or not at all, then fsync.
+
+    A write that fails part-way (disk full, file size limit, a signal) is cut back to where it
+    started, so a reader never finds a torn line, and the error is raised.
+
+    Args:
+        fd: A descriptor opened for writing; this process must be its only writer (see
+            :class:`OutputLock`).
+        data: The bytes to add at the end.
+        path: The file's name, for the error (``os.write`` errors name none).
+    """
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        view = memoryview(data)
+        while view:
+            # os.write may write part of the buffer (a size limit reached): go on until it raises.
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException as error:
+        # Shrinking a file needs no free space: this works on a full disk.
+        os.ftruncate(fd, start)
+        if isinstance(error, OSError) and error.filename is None and path is not None:
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
+
+
+def cut_torn_tail(path: Path) -> int:
+    """Remove an unfinished last line (a crash mid-write) in place; returns the bytes removed.
+
+    In place, never by rewriting the file: on a full disk a rewrite would lose what it rewrites.
+    """
+    if not path.is_file():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with path.open("rb") as handle:
+        # Walk back from the end in blocks to the last newline.
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            handle.seek(start)
+            block = handle.read(end - start)
+            if end == size and block.endswith(b"\n"):
+                return 0
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            end = start
+        else:
+            keep = 0
+    os.truncate(path, keep)
+    return size - keep
+
+
+class LockHeldError(RuntimeError):
+    """Another process holds the lock of an output.
+
+    Attributes:
+        lock_path: The lock file.
+        holder: What the lock file says (``host``, ``pid``, ``since``, ``command``), or {} when unreadable.
+    """
+
+    def __init__(self, target: Path, lock_path: Path, holder: dict[str, Any]) -> None:
+        self.lock_path = lock_path
+        self.holder = holder
+        who = (f"process {holder.get('pid')} on host {holder.get('host')} (since {holder.get('since')}: "
+               f"{holder.get('command', '?')})") if holder else "a process that has not written its name yet"
+        super().__init__(f"{target} is being written by {who}; wait for it to finish, or, if that process is "
+                         f"gone, delete {lock_path} and run again")
+
+
+# Why a lock file created with O_CREAT|O_EXCL and not fcntl/flock: requeued shards of one job write to
+# the same output from different nodes of a cluster, and on NFS and Lustre POSIX locks depend on the
+# mount (Lustre's "flock"/"localflock" options, NFS's lock daemon) and may silently lock only on the
+# local node. Exclusive create is atomic on local disks, NFSv3+ and Lustre alike. Its weakness is a
+# holder that dies without removing the file: the lock is broken only when the holder ran on this
+# host and its pid is gone; a holder on another host is never guessed dead, the message says what to do.
+class OutputLock:
+    """Exclusive right to write ``target``, held as ``<target>.lock`` (or ``lock_path``).
+
+    The lock file records the holder: host, pid, start time and command. Use as a context manager.
+
+    Args:
+        target: The output file or folder being written.
+        lock_path: Where the lock file lives (default ``<target>.lock`` beside it).
+
+    Raises:
+        LockHeldError: On entering, when another live process holds it.
+    """
+
+    # An empty lock file (holder died between creating and writing it) older than this is stale.
+    EMPTY_STALE_SECONDS = 60.0
+
+    def __init__(self, target: str | Path, lock_path: str | Path | None = None) -> None:
+        self.target = Path(target)
+        self.path = Path(lock_path) if lock_path is not None else self.target.with_name(self.target.name + ".lock")
+        self.me = {"host": socket.gethostname(), "pid": os.getpid()}
+        self.held = False
+
+    def acquire(self) -> None:
+        """Take the lock, breaking it only when its holder is provably dead.
+
+        Raises:
+            LockHeldError: When another process holds it.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = read_lock(self.path)
+                if holder is not None and not self._stale(holder):
+                    raise LockHeldError(self.target, self.path, holder) from None
+                self._break(holder)
+                continue
+            record = {**self.me, "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)[:300]}
+            try:
+                os.write(fd, (json.dumps(record) + "\n").encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.held = True
+            return
+        raise LockHeldError(self.target, self.path, read_lock(self.path) or {})
+
+    def _stale(self, holder: dict[str, Any]) -> bool:
+        if not holder:
+            age = time.time() - _mtime(self.path)
+            return age > self.EMPTY_STALE_SECONDS
+        if holder.get("host") != self.me["host"] or not isinstance(holder.get("pid"), int):
+            return False
+        return holder["pid"] != self.me["pid"] and not _alive(holder["pid"])
+
+    def _break(self, holder: dict[str, Any] | None) -> None:
+        """Remove a stale lock; a rename first, so that of two processes breaking it only one wins."""
+        aside = self.path.with_name(f"{self.path.name}.stale.{self.me['pid']}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # another process broke it first
+        if read_lock(aside) != holder:
+            # A new holder took the lock between our read and the rename: give it back.
+            os.rename(aside, self.path)
+            raise LockHeldError(self.target, self.path, read_lock(self.path) or {})
+        aside.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Remove the lock file when it is still ours."""
+        if self.held and (read_lock(self.path) or {}).get("pid") == self.me["pid"]:
+            self.path.unlink(missing_ok=True)
+        self.held = False
+
+    def __enter__(self) -> OutputLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def read_lock(path: Path) -> dict[str, Any] | None:
+    """The holder a lock file names; {} when it is empty or unreadable, None when it is gone."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return {}
+    try:
+        holder = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    except OSError as exc:
+        return exc.errno != errno.ESRCH
+    return True

@@ -7,9 +7,8 @@ Inside the chat: type a question; ``/attach video=clip.mp4 audio=clip.wav`` load
 from __future__ import annotations
 
 import argparse
-import sys
 
-from affect_llm.cli.options import add_precision_arguments, precision_from_arguments
+from affect_llm.cli.options import add_precision_arguments, precision_from_arguments, require_checkpoint
 
 HELP = "commands: /attach video=PATH audio=PATH image=PATH transcript=TEXT | /reset | /help | /quit"
 
@@ -46,6 +45,8 @@ def _attach(pipe, fields: dict[str, str]) -> None:
         print(f"[error] {error}", flush=True)
         return
     print(f"[clip attached: {', '.join(modalities) or 'no media'}]", flush=True)
+    for warning in pipe.warnings:
+        print(f"[note] {warning['field'] or 'clip'}: {warning['reason']}", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,10 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from affect_llm.generation.backend import DecodingSettings
     from affect_llm.generation.pipeline import AffectPipeline
 
-    if not Path(args.model).is_dir():
-        print(f"{args.model}: no such checkpoint (train one with scripts/quickstart.sh or affect-llm train)",
-              file=sys.stderr)
-        return 2
+    require_checkpoint(args.model)
     pipe = AffectPipeline(args.model, DecodingSettings(max_new_tokens=args.max_new_tokens),
                           Path(args.models_dir) if args.models_dir else None,
                           precision=precision_from_arguments(args, args.model))

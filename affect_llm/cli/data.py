@@ -18,6 +18,9 @@ import json
 import sys
 from pathlib import Path
 
+from affect_llm.cli.errors import UsageError
+from affect_llm.cli.options import add_strict_argument
+
 DATASETS = ("cremad", "generic", "iemocap", "meld", "mer2023", "mer2024", "mercaption", "polish", "ravdess")
 
 
@@ -37,14 +40,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--labels", action="append", default=[], metavar="SPLIT=CSV", help="mer*: label file per split"
     )
     prep.add_argument("--subsets", default="mercaptionplus,ovmerd", help="mercaption: subsets to include")
-    prep.set_defaults(func=_prepare)
+    add_strict_argument(prep)
+    prep.set_defaults(func=_prepare, log_file=lambda args: args.out.with_name(args.out.name + ".log"))
 
     check = sub.add_parser("check", help="validate a manifest and every medium it references")
     check.add_argument("manifest", type=Path)
     check.add_argument("--out", type=Path, help="report folder (default: <manifest>.check/)")
     check.add_argument("--allow-bad", action="store_true", help="exit 0 even when rows are quarantined")
-    check.add_argument("--min-sample-rate", type=int, default=16000, help="audio below this rate is an error")
-    check.set_defaults(func=_check)
+    check.add_argument("--min-sample-rate", type=int, default=None,
+                       help="audio below this rate is an error (default: none; below 16000 Hz is a warning)")
+    check.set_defaults(func=_check, log_file=lambda args: _check_dir(args) / "check.log")
 
     synth = sub.add_parser("synth", help="generate the synthetic cue-controlled dataset")
     synth.add_argument("--out", type=Path, required=True)
@@ -80,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _adapter_options(args: argparse.Namespace) -> dict:
     if args.name == "generic":
         if args.annotations is None or not args.mapping:
-            raise SystemExit("affect-llm data prepare generic: --annotations and --map are required")
+            raise UsageError("data prepare generic: --annotations and --map are required")
         from affect_llm.data.adapters.generic import parse_mapping
 
         return {
@@ -92,7 +97,7 @@ def _adapter_options(args: argparse.Namespace) -> dict:
         pairs = [item.partition("=") for item in args.labels]
         bad = [item for item, (_, sep, path) in zip(args.labels, pairs, strict=True) if not sep or not path]
         if bad:
-            raise SystemExit(f"affect-llm data prepare: --labels expects SPLIT=CSV, got {bad}")
+            raise UsageError(f"--labels expects SPLIT=CSV, got {bad}")
         return {"labels": {split: path for split, _, path in pairs}}
     if args.name == "mercaption":
         return {"subsets": tuple(s.strip() for s in args.subsets.split(",") if s.strip())}
@@ -103,7 +108,8 @@ def _prepare(args: argparse.Namespace) -> int:
     from affect_llm.data.adapters import prepare
 
     summary = prepare(
-        args.name, args.root, args.out, keep_missing=args.keep_missing, **_adapter_options(args)
+        args.name, args.root, args.out, keep_missing=args.keep_missing, strict=args.strict,
+        **_adapter_options(args),
     )
     print(f"wrote {summary.num_rows} rows to {summary.manifest} (splits: {summary.splits})")
     if summary.missing:
@@ -116,18 +122,25 @@ def _prepare(args: argparse.Namespace) -> int:
         for item in summary.missing[:10]:
             print(f"  {item['id']}: {item['field']} {item['path']}", file=sys.stderr)
     if summary.skipped:
-        print(
-            f"note: {len(summary.skipped)} annotation entries skipped (listed in the summary)",
-            file=sys.stderr,
-        )
+        print(f"note: {len(summary.skipped)} annotation entries skipped (each with its reason in "
+              f"{summary.manifest}.summary.json)", file=sys.stderr)
+        for item in summary.skipped[:10]:
+            print(f"  {item['where']}: {item['reason']}", file=sys.stderr)
     return 0
+
+
+def _check_dir(args: argparse.Namespace) -> Path:
+    return args.out or args.manifest.with_name(args.manifest.name + ".check")
 
 
 def _check(args: argparse.Namespace) -> int:
     from affect_llm.data.check import check_manifest
+    from affect_llm.data.issues import MediaPolicy
+    from affect_llm.fileio import OutputLock
 
-    out = args.out or args.manifest.with_name(args.manifest.name + ".check")
-    report = check_manifest(args.manifest, out, min_sample_rate=args.min_sample_rate)
+    out = _check_dir(args)
+    with OutputLock(out):
+        report = check_manifest(args.manifest, out, policy=MediaPolicy(min_sample_rate=args.min_sample_rate))
     print(f"{report.num_rows} rows: {report.num_good} good, {report.num_bad} quarantined; report in {out}")
     for issue in report.issues[:20]:
         print(
@@ -135,6 +148,12 @@ def _check(args: argparse.Namespace) -> int:
         )
     if len(report.issues) > 20:
         print(f"  ... {len(report.issues) - 20} more in {out / 'report.md'}")
+    counts = report.to_dict()["counts"]
+    for severity in ("errors", "warnings"):
+        if counts[severity]:
+            print(f"{severity}: " + ", ".join(f"{code} {n}" for code, n in counts[severity].items()))
+    if counts["warnings"].get("no_split"):
+        print(f"{counts['warnings']['no_split']} rows have no split: training never uses them (set 'split')")
     return 1 if report.num_bad and not args.allow_bad else 0
 
 

@@ -11,9 +11,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
+
+from affect_llm.cli.errors import UsageError
+from affect_llm.cli.options import add_strict_argument
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -65,7 +67,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="kind of every set for MER-UniBench (default: by set name, else by what the references hold)",
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.set_defaults(func=run)
+    add_strict_argument(parser)
+    parser.set_defaults(func=run, log_file=lambda args: args.out / "eval.log")
     return parser
 
 
@@ -82,7 +85,7 @@ def build_judge(args: argparse.Namespace) -> Any:
         return EmbeddingJudge(args.judge_path, cache=cache)
     if args.judge == "openai":
         if not args.judge_url or not args.judge_model:
-            raise ValueError("--judge openai needs --judge-url and --judge-model")
+            raise UsageError("--judge openai needs --judge-url and --judge-model")
         from affect_llm.evaluation.judge.openai_compat import OpenAICompatJudge
 
         return OpenAICompatJudge(
@@ -93,7 +96,7 @@ def build_judge(args: argparse.Namespace) -> Any:
             structured_output=args.judge_structured,
         )
     if args.judge_path is None:
-        raise ValueError("--judge hf needs --judge-path (a local model folder)")
+        raise UsageError("--judge hf needs --judge-path (a local model folder)")
     from affect_llm.evaluation.judge.hf_local import HFLocalJudge
 
     return HFLocalJudge(args.judge_path, cache=cache)
@@ -115,10 +118,7 @@ def run(args: argparse.Namespace) -> int:
         if used
     ]
     if needs_chat and args.judge not in ("openai", "hf"):
-        print(
-            f"affect-llm eval: {' and '.join(needs_chat)} need --judge openai or --judge hf", file=sys.stderr
-        )
-        return 2
+        raise UsageError(f"{' and '.join(needs_chat)} need --judge openai or --judge hf")
     scoring = ScoringOptions(
         modes=tuple(args.scoring or ("affect-llm",)),
         ov_grouping=args.ov_grouping,
@@ -126,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         unibench_task=args.unibench_task,
     )
     report = evaluate(
-        args.results, args.refs, args.out, judge=build_judge(args), seed=args.seed, scoring=scoring
+        args.results, args.refs, args.out, judge=build_judge(args), seed=args.seed, scoring=scoring,
+        strict=args.strict,
     )
     overall, coverage = report["overall"], report["coverage"]
     print(f"report: {args.out / 'report.json'}")
@@ -150,6 +151,10 @@ def run(args: argparse.Namespace) -> int:
             headline = figures["headline"]
             print(f"MER-UniBench {name} ({figures['task']}): {headline['metric']} {_num(headline['value'])}")
         print(f"MER-UniBench mean of headlines: {_num(bench['mean_headline'])} [{bench['wheel']}]")
+    for name, path in (("results", args.results), ("refs", args.refs)):
+        for item in report["refused"][name]:
+            where = f"line {item['line']}" if "line" in item else f"id {item['id']}"
+            print(f"refused {path} {where}: {item['reason']}")
     return 0
 
 

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from affect_llm.cli.options import add_precision_arguments, precision_from_arguments
+from affect_llm.cli.options import (
+    add_precision_arguments,
+    add_strict_argument,
+    precision_from_arguments,
+    require_checkpoint,
+)
+
+SHOWN_PROBLEMS = 10
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,30 +36,75 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--feature-cache", default=None, help="feature cache folder shared with training")
     parser.add_argument("--models-dir", default=None)
     add_precision_arguments(parser)
+    add_strict_argument(parser)
     parser.add_argument("--vllm-python", default=None,
                         help="interpreter of a separate vLLM environment (e.g. .venv-vllm/bin/python)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, log_file=lambda args: Path(args.out + ".log"))
+
+
+def _total(manifest: str, split: str | None) -> int:
+    """Rows the progress bar expects: a quick pass over the manifest (refused lines do not count)."""
+    from affect_llm.data.manifest import ManifestReader
+
+    return sum(1 for row in ManifestReader(manifest) if split is None or row.split == split)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from tqdm.auto import tqdm
 
-    from affect_llm.data.manifest import load_manifest
+    from affect_llm.cli.errors import UsageError
     from affect_llm.generation.backend import DecodingSettings
     from affect_llm.generation.explain import ExplainSettings, explain_manifest, parse_shard
 
-    settings = ExplainSettings(args.task, args.batch_size, args.split, parse_shard(args.shard), args.limit)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
+    try:
+        shard = parse_shard(args.shard)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    require_checkpoint(args.model)
+    settings = ExplainSettings(args.task, args.batch_size, args.split, shard, args.limit, args.strict)
     decoding = DecodingSettings(args.max_new_tokens, args.sample, args.temperature, seed=args.seed)
-    total = sum(1 for r in load_manifest(args.manifest) if args.split is None or r.split == args.split)
-    with tqdm(total=total, desc="explain", unit="clip", mininterval=1.0) as bar:
+    total = _total(args.manifest, args.split)
+    bars: list = []
+
+    def progress(count: int) -> None:
+        # The bar starts with the first batch: an error while loading the model stays a single line.
+        if not bars:
+            bars.append(tqdm(total=total, desc="explain", unit="clip", mininterval=1.0))
+        bars[0].update(count)
+
+    try:
         counts = explain_manifest(
             args.manifest, args.out, args.model, settings, decoding, args.backend, args.feature_cache,
-            models_dir=Path(args.models_dir) if args.models_dir else None, progress=bar.update,
+            models_dir=Path(args.models_dir) if args.models_dir else None, progress=progress,
             backend_options={"vllm_python": args.vllm_python} if args.backend == "vllm" and args.vllm_python else None,
             precision=precision_from_arguments(args, args.model),
         )
-    print(f"{args.out}: {counts['written']} written, {counts['skipped']} already done, "
-          f"{counts['failed']} failed, {counts['unparseable']} unparseable")
+    finally:
+        for bar in bars:
+            bar.close()
+    print_summary(args.out, counts)
     return 0
+
+
+def print_summary(out: str, counts: dict[str, int]) -> None:
+    """What the run did, and where each refused input is listed."""
+    import json
+
+    answered = counts["written"] - counts["failed"]
+    print(f"{out}: {answered} answered ({counts['unparseable']} unparseable, {counts['warned']} with warnings), "
+          f"{counts['skipped']} already done, {counts['refused']} clips refused, "
+          f"{counts['failed'] - counts['refused']} failed in generation, "
+          f"{counts['refused_lines']} manifest lines refused")
+    if not (counts["refused"] or counts["refused_lines"]):
+        return
+    summary_path = Path(out + ".summary.json")
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    problems = [f"line {i['line']}: {i['field'] or 'row'}: {i['reason']}" for i in summary["refused_lines"]]
+    problems += [f"{c['id']}: {c['error']}" for c in summary["refused_clips"]]
+    for problem in problems[:SHOWN_PROBLEMS]:
+        print(f"  refused {problem}")
+    if len(problems) > SHOWN_PROBLEMS:
+        print(f"  ... {len(problems) - SHOWN_PROBLEMS} more")
+    print(f"  every refused input, with its reason: {summary_path}")

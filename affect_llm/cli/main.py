@@ -1,16 +1,27 @@
 """``affect-llm`` console script: dispatches to one module per subcommand.
 
 Each subcommand module exposes ``register(subparsers)``, which adds its parser and sets
-``func`` to a callable taking the parsed namespace and returning an exit code. Modules are
-imported only when listed here, so a missing optional dependency of one subcommand (for
-example vLLM) never breaks the others: they import heavy packages inside ``func``.
+``func`` to a callable taking the parsed namespace and returning an exit code; it may also set
+``log_file`` (namespace -> path of the run's log) and ``log_level`` (``"info"`` to show this package's
+progress messages). Modules are imported only when listed here, so a missing optional dependency of
+one subcommand (for example vLLM) never breaks the others: they import heavy packages inside ``func``.
+
+Global flags, accepted before or after the subcommand: ``--debug`` (show the traceback of an error)
+and ``--verbose`` (library warnings and logs on the terminal too). Exit codes: :mod:`affect_llm.cli.errors`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+import traceback
+from pathlib import Path
+from typing import NoReturn
+
+from affect_llm.cli.console import Console
+from affect_llm.cli.errors import EXIT_USAGE, UsageError, classify, one_line
 
 SUBCOMMAND_MODULES = (
     "models",
@@ -24,20 +35,77 @@ SUBCOMMAND_MODULES = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes end in one line (and exit code 2), not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _global_flags(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("--debug", action="store_true", default=default, help="show the traceback of an error")
+    parser.add_argument("--verbose", action="store_true", default=default,
+                        help="show library warnings and logs on the terminal (else only in the run's log file)")
+
+
+def _add_flags_everywhere(parser: argparse.ArgumentParser) -> None:
+    """The global flags on every subcommand too; SUPPRESS keeps a value given before the subcommand."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                _global_flags(sub, argparse.SUPPRESS)
+                _add_flags_everywhere(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="affect-llm", description="Explainable multimodal emotion reasoning."
-    )
+    parser = Parser(prog="affect-llm", description="Explainable multimodal emotion reasoning.")
+    _global_flags(parser, False)
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMAND_MODULES:
         module = importlib.import_module(f"affect_llm.cli.{name}")
         module.register(subparsers)
+    _add_flags_everywhere(parser)
     return parser
 
 
+def log_path(args: argparse.Namespace) -> Path:
+    """The run's log file: the subcommand's choice, else ``<cache>/logs/<command>.log``."""
+    from affect_llm.paths import cache_root
+
+    chooser = getattr(args, "log_file", None)
+    if chooser is not None:
+        try:
+            return Path(chooser(args))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a bad argument behind the path is reported by the command itself
+    return cache_root() / "logs" / f"{args.command}.log"
+
+
+def _fail(prog: str, error: BaseException, console: Console | None, debug: bool) -> int:
+    code, message = classify(error)
+    stream = console.terminal if console is not None else sys.stderr
+    where = f" (traceback in {console.log_path}; --debug shows it here)" if console and code == 70 else ""
+    if console is not None:
+        console.log_exception(message, error)
+    if debug:
+        traceback.print_exception(error, file=stream)
+    print(f"{prog}: error: {one_line(message)}{where}", file=stream, flush=True)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as error:
+        print(f"affect-llm: error: {one_line(str(error))}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    prog = f"affect-llm {args.command}"
+    level = logging.INFO if getattr(args, "log_level", None) == "info" else logging.WARNING
+    with Console(log_path(args), verbose=args.verbose, terminal_level=level) as console:
+        try:
+            return int(args.func(args) or 0)
+        except (Exception, KeyboardInterrupt) as error:  # every way a command ends badly gets one line
+            return _fail(prog, error, console, args.debug)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from affect_llm.cli.options import require_checkpoint
     from affect_llm.loading.checkpoint import merge_checkpoint
 
+    require_checkpoint(args.checkpoint, "checkpoint")
     out = merge_checkpoint(args.checkpoint, args.out, Path(args.models_dir) if args.models_dir else None)
     print(f"merged checkpoint: {out} (LLM for serving: {out / 'llm'})")
     return 0

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument("--dir", type=Path, default=None, help="models folder (default $AFFECT_LLM_MODELS)")
     prepare.add_argument("--force", action="store_true", help="convert again even if prepared")
     prepare.add_argument("--verify", action="store_true", help="re-hash every file of prepared folders")
-    prepare.set_defaults(func=run_prepare)
+    prepare.set_defaults(func=run_prepare, log_level="info")
 
     listing = actions.add_parser("list", help="show embedded models and their state")
     listing.add_argument("--dir", type=Path, default=None, help="models folder (default $AFFECT_LLM_MODELS)")
@@ -40,11 +40,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
-    try:
-        prepared = prepare_models(args.dir, names=args.names or None, force=args.force, verify=args.verify)
-    except (KeyError, ModuleNotFoundError) as error:
-        print(f"error: {error}")
-        return 2
+    prepared = prepare_models(args.dir, names=args.names or None, force=args.force, verify=args.verify)
     for name, folder in prepared.items():
         print(f"{name}\t{folder}")
     print(f"done in {time.perf_counter() - start:.1f} s")

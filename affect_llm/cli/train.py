@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
+
+from affect_llm.cli.options import add_strict_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,12 +22,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="validate the config and its data (rows for every stage and task) and exit")
     parser.add_argument("--config-only", action="store_true",
                         help="with --check: skip the data (for configs whose manifests are not prepared yet)")
-    parser.set_defaults(func=run)
+    add_strict_argument(parser)
+    parser.set_defaults(func=run, log_file=_log_file, log_level="info")
+
+
+def _log_file(args: argparse.Namespace) -> Path:
+    """``<run_dir>/train.log``, beside the run's other records (``--check`` creates no run folder)."""
+    from affect_llm.paths import cache_root
+    from affect_llm.training.config import load_config
+
+    if args.check:
+        return cache_root() / "logs" / "train-check.log"
+    return Path(load_config(args.config, args.overrides).run_dir) / "train.log"
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from affect_llm.training.config import load_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -33,10 +45,14 @@ def run(args: argparse.Namespace) -> int:
         return check(config, args)
     from affect_llm.training.recipe import CurriculumRecipe
 
-    recipe = CurriculumRecipe(config, resume=args.resume, models_dir=Path(args.models_dir) if args.models_dir else None)
+    recipe = CurriculumRecipe(config, resume=args.resume, models_dir=Path(args.models_dir) if args.models_dir else None,
+                              strict=args.strict)
     final = recipe.run()
     if recipe.accelerator.is_main_process:
         print(f"final checkpoint: {final}")
+        if recipe.refused_lines or recipe.failures:
+            print(f"refused: {len(recipe.refused_lines)} manifest lines, {len(recipe.failures)} rows whose media "
+                  f"the checks refused (each with its reason in {Path(config.run_dir) / 'result.json'})")
     return 0
 
 
@@ -46,10 +62,13 @@ def check(config, args: argparse.Namespace) -> int:
 
     problems: list[str] = []
     if not args.config_only:
-        splits = load_splits(config)
+        refused: list[dict] = []
+        splits = load_splits(config, strict=args.strict, refused=refused)
         problems = stage_data_problems(config, splits)
         counts = ", ".join(f"{name}: {len(s['train'])} train / {len(s['val'])} val" for name, s in splits.items())
         print(f"data: {counts}")
+        for item in refused:
+            print(f"refused: {item['manifest']}:{item['line']}: {item['field'] or 'row'}: {item['reason']}")
     print(f"precision: {config.model.precision().describe(config.train.precision)}")
     for problem in problems:
         print(f"error: {problem}")

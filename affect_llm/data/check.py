@@ -1,54 +1,34 @@
 """The data check: find every bad row of a manifest, report it, and split the manifest in two.
 
-Unlike :func:`affect_llm.data.manifest.load_manifest`, which stops at the first schema error,
-the check reads line by line and collects every problem: schema, duplicate ids, non-UTF-8 text,
-and for each medium whether it exists, is non-empty and decodes, its duration, and for audio the
-sample rate, NaNs, a too-short clip (< 0.25 s) and silence. Outputs, in ``out_dir``:
+The manifest is streamed (:class:`~affect_llm.data.manifest.ManifestReader`): a refused line costs that
+line. Every row goes through :func:`affect_llm.data.validation.inspect_row`, the same checks
+``explain``, training, chat and the server apply: schema, duplicate ids, non-UTF-8 text, and for each
+medium whether it exists, is a regular file, holds the right kind of content, decodes, its duration,
+and for audio the sample rate, channels, NaN/inf, length and silence. Outputs, in ``out_dir``:
 
-- ``report.json`` / ``report.md``: every issue with its line, id, field and reason;
+- ``report.json`` / ``report.md``: every issue with its line, id, field, code and reason;
 - ``quarantine.jsonl``: one line per bad row (line, id, reasons);
 - ``clean.jsonl``: the good rows, a valid manifest whose relative media paths are rewritten to
   resolve from ``out_dir``.
 
-An issue is an ``error`` (the row is quarantined) or a ``warning`` (reported, row kept).
+An issue is an ``error`` (the row is quarantined) or a ``warning`` (reported, row kept), as
+:data:`affect_llm.data.issues.SEVERITY` says.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
-
-from affect_llm.data.manifest import (
-    MEDIA_FIELDS,
-    ManifestError,
-    ManifestRow,
-    row_from_dict,
-    write_manifest,
-)
-from affect_llm.data.media import SAMPLE_RATE, MediaError
+from affect_llm.data.issues import Issue, MediaPolicy
+from affect_llm.data.manifest import MEDIA_FIELDS, ManifestReader, ManifestRow, row_from_dict, write_manifest
+from affect_llm.data.validation import inspect_row
+from affect_llm.fileio import atomic_write_bytes
 from affect_llm.hashing import file_sha256
-
-MIN_AUDIO_SECONDS = 0.25
-# Peak amplitude below which a clip counts as silent (about -80 dBFS).
-SILENCE_PEAK = 1e-4
-
-Severity = Literal["error", "warning"]
-
-
-@dataclass
-class Issue:
-    """One problem found in one row."""
-
-    line: int
-    id: str | None
-    field: str | None
-    reason: str
-    severity: Severity = "error"
 
 
 @dataclass
@@ -80,7 +60,18 @@ class CheckReport:
         return len(self.bad_lines)
 
     def errors(self) -> list[Issue]:
-        return [i for i in self.issues if i.severity == "error"]
+        return [i for i in self.issues if i.is_error]
+
+    def warnings(self) -> list[Issue]:
+        return [i for i in self.issues if not i.is_error]
+
+    def add(self, line: int, issues: list[Issue]) -> bool:
+        """Record a line's issues; True when the line is usable (no error)."""
+        self.issues.extend(issues)
+        if any(issue.is_error for issue in issues):
+            self.bad_lines.append(line)
+            return False
+        return True
 
     def to_dict(self) -> dict[str, Any]:
         summary = {
@@ -95,115 +86,14 @@ class CheckReport:
             "num_good": self.num_good,
             "num_bad": self.num_bad,
             "bad_lines": self.bad_lines,
-            "issues": [asdict(i) for i in self.issues],
+            "counts": {
+                "errors": dict(sorted(Counter(i.code for i in self.errors()).items())),
+                "warnings": dict(sorted(Counter(i.code for i in self.warnings()).items())),
+            },
+            "issues": [i.to_dict() for i in self.issues],
             "durations": summary,
             "outputs": self.outputs,
         }
-
-
-def _low_rate(sample_rate: int, min_sample_rate: int) -> tuple[str, Severity]:
-    return (
-        f"sample rate {sample_rate} Hz below {min_sample_rate} Hz (upsampling cannot restore the band)",
-        "error",
-    )
-
-
-def check_audio_array(
-    audio: np.ndarray, sample_rate: int, channels: int, *, min_sample_rate: int
-) -> list[tuple[str, Severity]]:
-    """Problems of a decoded waveform ``(S,)`` or ``(S, C)`` (reasons with severities)."""
-    found: list[tuple[str, Severity]] = []
-    if sample_rate < min_sample_rate:
-        found.append(_low_rate(sample_rate, min_sample_rate))
-    if channels > 1:
-        found.append((f"{channels} channels (mixed down to mono when loaded)", "warning"))
-    if audio.size and not np.isfinite(audio).all():
-        found.append((f"{int((~np.isfinite(audio)).sum())} NaN/inf samples", "error"))
-        return found
-    seconds = audio.shape[0] / sample_rate if sample_rate else 0.0
-    if seconds < MIN_AUDIO_SECONDS:
-        found.append((f"too short: {seconds:.3f} s < {MIN_AUDIO_SECONDS} s", "error"))
-    elif float(np.abs(audio).max()) < SILENCE_PEAK:
-        found.append((f"silent (peak {float(np.abs(audio).max()):.2e})", "error"))
-    return found
-
-
-def _check_media(
-    row: ManifestRow, name: str, min_sample_rate: int, durations: dict
-) -> list[tuple[str, Severity]]:
-    """Problems of one medium of a row; raises nothing (a decoding failure is an issue)."""
-    from affect_llm.data import media
-
-    path = row.media_path(name)
-    assert path is not None  # callers only pass fields that are set
-    try:
-        if name == "audio":
-            return _check_audio(path, min_sample_rate, durations)
-        if name == "image":
-            media.load_image(path)
-            return []
-        durations.setdefault("video", []).append(media.probe_video(path))
-        if row.audio is None:
-            audio, meta = media.load_video_audio(path, max_seconds=None)
-            if audio is None:
-                return [(f"{meta['audio_missing']} (sample has no audio)", "warning")]
-            durations.setdefault("audio", []).append(audio.shape[0] / SAMPLE_RATE)
-            return check_audio_array(audio, SAMPLE_RATE, 1, min_sample_rate=min_sample_rate)
-        return []
-    except MediaError as exc:
-        return [(exc.reason, "error")]
-
-
-def _check_audio(path: Path, min_sample_rate: int, durations: dict) -> list[tuple[str, Severity]]:
-    """Decode the file the way training does (:func:`affect_llm.data.media.load_audio_file`) and judge it."""
-    from affect_llm.data.media import load_audio_file
-
-    mono, meta = load_audio_file(path, max_seconds=None)
-    found = check_audio_array(mono, SAMPLE_RATE, int(meta["orig_channels"]), min_sample_rate=0)
-    if int(meta["orig_sample_rate"]) < min_sample_rate:
-        found.insert(0, _low_rate(int(meta["orig_sample_rate"]), min_sample_rate))
-    durations.setdefault("audio", []).append(mono.shape[0] / SAMPLE_RATE)
-    return found
-
-
-def _decode_line(raw: bytes, line: int) -> tuple[Any, list[Issue]]:
-    """JSON of one line; a non-UTF-8 byte is reported against the field that holds it."""
-    try:
-        return json.loads(raw.decode("utf-8")), []
-    except UnicodeDecodeError:
-        pass
-    except json.JSONDecodeError as exc:
-        return None, [Issue(line, None, None, f"invalid JSON: {exc.msg} (column {exc.colno})")]
-    try:
-        obj = json.loads(raw.decode("utf-8", errors="surrogateescape"))
-    except json.JSONDecodeError as exc:
-        return None, [Issue(line, None, None, f"invalid JSON: {exc.msg} (column {exc.colno})")]
-    row_id = obj.get("id") if isinstance(obj, dict) else None
-    fields = (
-        [k for k, v in obj.items() if isinstance(v, str) and _has_surrogate(v)]
-        if isinstance(obj, dict)
-        else []
-    )
-    issues = [
-        Issue(line, row_id if isinstance(row_id, str) else None, k, "not valid UTF-8 text") for k in fields
-    ]
-    return None, issues or [Issue(line, None, None, "not valid UTF-8")]
-
-
-def _has_surrogate(text: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
-
-
-def _row_issues(row: ManifestRow, min_sample_rate: int, durations: dict) -> list[Issue]:
-    issues: list[Issue] = []
-    if not row.modalities() and not row.transcript:
-        issues.append(Issue(row.line, row.id, None, "no media and no transcript"))
-    for name in MEDIA_FIELDS:
-        if getattr(row, name) is None:
-            continue
-        for reason, severity in _check_media(row, name, min_sample_rate, durations):
-            issues.append(Issue(row.line, row.id, name, reason, severity))
-    return issues
 
 
 def _relocate(row: ManifestRow, out_dir: Path) -> ManifestRow:
@@ -218,15 +108,22 @@ def _relocate(row: ManifestRow, out_dir: Path) -> ManifestRow:
     return row_from_dict(data, path=out_dir / "clean.jsonl", line=row.line)
 
 
+def _record_durations(meta: dict[str, Any], durations: dict[str, list[float]]) -> None:
+    if meta.get("video_seconds") is not None:
+        durations.setdefault("video", []).append(float(meta["video_seconds"]))
+    if meta.get("audio_file_seconds") is not None:
+        durations.setdefault("audio", []).append(float(meta["audio_file_seconds"]))
+
+
 def check_manifest(
-    path: str | Path, out_dir: str | Path | None = None, *, min_sample_rate: int = SAMPLE_RATE
+    path: str | Path, out_dir: str | Path | None = None, *, policy: MediaPolicy | None = None
 ) -> CheckReport:
     """Check every row of a manifest and write the report, quarantine and clean manifest.
 
     Args:
         path: The manifest.
         out_dir: Where to write outputs; None writes nothing.
-        min_sample_rate: Audio files below this rate are errors.
+        policy: Severity adjustments (``min_sample_rate`` for ``--min-sample-rate``).
 
     Returns:
         The report.
@@ -234,44 +131,26 @@ def check_manifest(
     Raises:
         FileNotFoundError: If the manifest does not exist.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
-    report = CheckReport(manifest=str(path), manifest_sha256=file_sha256(path))
+    reader = ManifestReader(path)
+    report = CheckReport(manifest=str(reader.path), manifest_sha256=file_sha256(reader.path))
     good: list[ManifestRow] = []
-    seen: dict[str, int] = {}
-    with path.open("rb") as handle:
-        for line, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            report.num_rows += 1
-            issues, row = _check_line(raw, line, path, seen, min_sample_rate, report.durations)
-            report.issues.extend(issues)
-            if any(i.severity == "error" for i in issues):
-                report.bad_lines.append(line)
-            elif row is not None:
-                good.append(row)
+    refused = 0
+    for row in reader:
+        # Lines refused since the last good row come first: the report stays in line order.
+        for issue in reader.issues[refused:]:
+            report.add(issue.line, [issue])
+        refused = len(reader.issues)
+        issues, meta = inspect_row(row, policy=policy)
+        if report.add(row.line, issues):
+            good.append(row)
+            _record_durations(meta, report.durations)
+    for issue in reader.issues[refused:]:
+        report.add(issue.line, [issue])
+    report.num_rows = reader.num_lines
     report.num_good = len(good)
     if out_dir is not None:
         _write_outputs(report, good, Path(out_dir))
     return report
-
-
-def _check_line(
-    raw: bytes, line: int, path: Path, seen: dict[str, int], min_sample_rate: int, durations: dict
-) -> tuple[list[Issue], ManifestRow | None]:
-    obj, issues = _decode_line(raw, line)
-    if issues:
-        return issues, None
-    try:
-        row = row_from_dict(obj, path=path, line=line)
-    except ManifestError as exc:
-        row_id = obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
-        return [Issue(line, row_id, exc.field, exc.reason)], None
-    if row.id in seen:
-        return [Issue(line, row.id, "id", f"duplicate id (first on line {seen[row.id]})")], None
-    seen[row.id] = line
-    return _row_issues(row, min_sample_rate, durations), row
 
 
 def _write_outputs(report: CheckReport, good: list[ManifestRow], out_dir: Path) -> None:
@@ -280,26 +159,25 @@ def _write_outputs(report: CheckReport, good: list[ManifestRow], out_dir: Path) 
     by_line: dict[int, list[Issue]] = {}
     for issue in report.errors():
         by_line.setdefault(issue.line, []).append(issue)
+    records = []
+    for line in report.bad_lines:
+        issues = by_line[line]
+        records.append({
+            "line": line,
+            "id": next((i.id for i in issues if i.id is not None), None),
+            "reasons": [f"{i.field or 'row'}: {i.reason}" for i in issues],
+        })
     quarantine = out_dir / "quarantine.jsonl"
-    tmp = quarantine.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for line in report.bad_lines:
-            issues = by_line[line]
-            record = {
-                "line": line,
-                "id": next((i.id for i in issues if i.id is not None), None),
-                "reasons": [f"{i.field or 'row'}: {i.reason}" for i in issues],
-            }
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, quarantine)
+    atomic_write_bytes(quarantine, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
     report.outputs = {
         "clean": str(clean),
         "quarantine": str(quarantine),
         "report_json": str(out_dir / "report.json"),
         "report_md": str(out_dir / "report.md"),
     }
-    (out_dir / "report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n"
+    atomic_write_bytes(out_dir / "report.json", text.encode("utf-8"))
+    atomic_write_bytes(out_dir / "report.md", render_markdown(report).encode("utf-8"))
 
 
 def render_markdown(report: CheckReport) -> str:
@@ -308,17 +186,18 @@ def render_markdown(report: CheckReport) -> str:
         f"# Data check: `{Path(report.manifest).name}`",
         "",
         f"- manifest sha256: `{report.manifest_sha256}`",
-        f"- rows: {report.num_rows}, good: {report.num_good}, quarantined: {report.num_bad}",
+        f"- rows: {report.num_rows}, good: {report.num_good}, quarantined: {report.num_bad}, "
+        f"warnings: {len(report.warnings())}",
     ]
     for key, stats in report.to_dict()["durations"].items():
         lines.append(
             f"- {key}: {stats['count']} clips, {stats['total']:.1f} s total, "
             f"{stats['min']:.2f}-{stats['max']:.2f} s"
         )
-    lines += ["", "| line | id | field | severity | reason |", "|---:|---|---|---|---|"]
+    lines += ["", "| line | id | field | severity | code | reason |", "|---:|---|---|---|---|---|"]
     for i in report.issues:
         reason = i.reason.replace("|", "\\|")
-        lines.append(f"| {i.line} | {i.id or ''} | {i.field or ''} | {i.severity} | {reason} |")
+        lines.append(f"| {i.line} | {i.id or ''} | {i.field or ''} | {i.severity} | {i.code} | {reason} |")
     if not report.issues:
-        lines.append("| | | | | no issues |")
+        lines.append("| | | | | | no issues |")
     return "\n".join(lines) + "\n"

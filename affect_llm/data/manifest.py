@@ -1,51 +1,48 @@
 """The manifest: one JSON object per line describing one sample.
 
-Schema (every key is required except ``extra``; absent media are ``null``):
+Schema. Only ``id`` is required; every other key may be left out and then takes its default.
+Keys outside this table are refused (put them under ``extra``).
 
-| key | type | meaning |
-|---|---|---|
-| ``id`` | str, unique | sample identity, used by caches and result rows |
-| ``video`` / ``audio`` / ``image`` | str or null | media path, relative to the manifest's folder or absolute |
-| ``transcript`` | str or null | what is said |
-| ``labels`` | list[str] | open-vocabulary emotion words (may be empty) |
-| ``explanation`` | str or null | free-text reasoning about the emotion |
-| ``valence`` / ``arousal`` | number or null | dimensional ratings |
-| ``split`` | str | ``train`` / ``val`` / ``test`` or any other name |
-| ``source`` | str | dataset the row comes from |
-| ``extra`` | object | anything else (speaker, dialogue id, ...) |
+| key | type | default | meaning |
+|---|---|---|---|
+| ``id`` | str, unique | (required) | sample identity, used by caches and result rows |
+| ``video`` / ``audio`` / ``image`` | str or null | null | media path, relative to the manifest's folder or absolute |
+| ``transcript`` | str or null | null | what is said |
+| ``labels`` | list[str] | ``[]`` | open-vocabulary emotion words (may be empty) |
+| ``explanation`` | str or null | null | free-text reasoning about the emotion |
+| ``valence`` / ``arousal`` | number or null | null | dimensional ratings |
+| ``split`` | str or null | null | ``train`` / ``val`` / ``test`` or any other name; a row without one is never trained on |
+| ``source`` | str or null | null | dataset the row comes from |
+| ``extra`` | object | ``{}`` | anything else (speaker, dialogue id, ...) |
 
-``load_manifest`` is strict: the first bad row raises :class:`ManifestError` naming the file, the
-line and the field. The data check (:mod:`affect_llm.data.check`) instead collects every error.
+:class:`ManifestReader` streams a file: it yields the good rows and records each refused line (invalid
+UTF-8 or JSON, schema violation, a repeated id: the first row of an id is kept) as an
+:class:`~affect_llm.data.issues.Issue` with its line, so one bad line in 100,000 costs that line.
+With ``strict=True`` (and in :func:`load_manifest`) the first refused line raises :class:`ManifestError`
+naming the file, the line and the field.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from affect_llm.data.issues import SEVERITY, Issue
 from affect_llm.fileio import atomic_write_bytes
 
 MediaField = Literal["video", "audio", "image"]
 MEDIA_FIELDS: tuple[str, ...] = ("video", "audio", "image")
-REQUIRED_KEYS: tuple[str, ...] = (
-    "id",
-    "video",
-    "audio",
-    "image",
-    "transcript",
-    "labels",
-    "explanation",
-    "valence",
-    "arousal",
-    "split",
-    "source",
+# Every key of a row, in the order rows are written.
+KEYS: tuple[str, ...] = (
+    "id", "video", "audio", "image", "transcript", "labels", "explanation", "valence", "arousal", "split",
+    "source", "extra",
 )
-OPTIONAL_KEYS: tuple[str, ...] = ("extra",)
-ALL_KEYS: frozenset[str] = frozenset(REQUIRED_KEYS + OPTIONAL_KEYS)
+REQUIRED_KEYS: tuple[str, ...] = ("id",)
+ALL_KEYS: frozenset[str] = frozenset(KEYS)
 
 
 class ManifestError(ValueError):
@@ -56,17 +53,26 @@ class ManifestError(ValueError):
         line: 1-based line number (0 when the error concerns the whole file).
         field: The offending key, or None when the row as a whole is bad.
         reason: What is wrong.
+        row_id: The row's id, when it could be read.
+        code: ``manifest`` or ``duplicate_id`` (keys of :data:`affect_llm.data.issues.SEVERITY`).
     """
 
-    def __init__(self, path: str | Path | None, line: int, field: str | None, reason: str) -> None:
+    def __init__(self, path: str | Path | None, line: int, field: str | None, reason: str,
+                 row_id: str | None = None, code: str = "manifest") -> None:
         self.path = Path(path) if path is not None else None
         self.line = line
         self.field = field
         self.reason = reason
+        self.row_id = row_id
+        self.code = code
         where = self.path.name if self.path is not None else "<manifest>"
         where = f"{where}:{line}" if line else where
         what = f"field '{field}': " if field else ""
         super().__init__(f"{where}: {what}{reason}")
+
+    def to_issue(self) -> Issue:
+        """The error as a recorded issue (line and id kept)."""
+        return Issue(self.code, self.field, self.reason, SEVERITY[self.code], None, self.line, self.row_id)
 
 
 @dataclass
@@ -82,8 +88,8 @@ class ManifestRow:
     explanation: str | None = None
     valence: float | None = None
     arousal: float | None = None
-    split: str = "train"
-    source: str = ""
+    split: str | None = None
+    source: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     # Where the row was read from; never serialised.
     line: int = field(default=0, compare=False, repr=False)
@@ -114,6 +120,12 @@ class ManifestRow:
             path = Path(self.manifest_path).parent / path
         return path
 
+    @property
+    def transcript_recognised(self) -> bool:
+        """Whether the words come from speech recognition (``extra.transcript_source: asr:...``)."""
+        source = self.extra.get("transcript_source") if isinstance(self.extra, dict) else None
+        return isinstance(source, str) and source.startswith("asr:")
+
     def modalities(self) -> tuple[str, ...]:
         """Media fields that are set on this row, in schema order."""
         return tuple(name for name in MEDIA_FIELDS if getattr(self, name) is not None)
@@ -136,29 +148,38 @@ class ManifestRow:
         }
 
 
-def _check_optional_str(obj: dict[str, Any], key: str, path: Path | None, line: int) -> str | None:
-    value = obj[key]
+# (manifest, line, row id) of the row being read, for its errors.
+_Where = tuple[Path | None, int, str | None]
+
+
+def _error(where: _Where, key: str | None, reason: str) -> ManifestError:
+    return ManifestError(where[0], where[1], key, reason, where[2])
+
+
+def _optional_str(obj: dict[str, Any], key: str, where: _Where) -> str | None:
+    value = obj.get(key)
     if value is not None and not isinstance(value, str):
-        raise ManifestError(path, line, key, f"expected a string or null, got {type(value).__name__}")
-    if isinstance(value, str) and key in MEDIA_FIELDS and not value.strip():
-        raise ManifestError(path, line, key, "empty path (use null for absent media)")
+        raise _error(where, key, f"expected a string or null, got {type(value).__name__}")
+    if isinstance(value, str) and key in MEDIA_FIELDS + ("split", "source") and not value.strip():
+        hint = " (use null for absent media)" if key in MEDIA_FIELDS else " (use null, or leave the key out)"
+        raise _error(where, key, f"empty string{hint}")
     return value
 
 
-def _check_optional_number(obj: dict[str, Any], key: str, path: Path | None, line: int) -> float | None:
-    value = obj[key]
+def _optional_number(obj: dict[str, Any], key: str, where: _Where) -> float | None:
+    value = obj.get(key)
     if value is None:
         return None
     # bool is an int subclass; a rating of `true` is a bug upstream, not a number.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ManifestError(path, line, key, f"expected a number or null, got {type(value).__name__}")
+        raise _error(where, key, f"expected a number or null, got {type(value).__name__}")
     if not math.isfinite(value):
-        raise ManifestError(path, line, key, f"expected a finite number, got {value}")
+        raise _error(where, key, f"expected a finite number, got {value}")
     return float(value)
 
 
 def row_from_dict(obj: Any, *, path: str | Path | None = None, line: int = 0) -> ManifestRow:
-    """Validate one decoded JSON object and build a :class:`ManifestRow`.
+    """Validate one decoded JSON object and build a :class:`ManifestRow` (absent keys take their defaults).
 
     Args:
         obj: The decoded JSON value of one line.
@@ -169,66 +190,135 @@ def row_from_dict(obj: Any, *, path: str | Path | None = None, line: int = 0) ->
         The row.
 
     Raises:
-        ManifestError: On a missing or unknown key or a value of the wrong type.
+        ManifestError: On a missing id, an unknown key or a value of the wrong type.
     """
     mpath = Path(path) if path is not None else None
     if not isinstance(obj, dict):
         raise ManifestError(mpath, line, None, f"expected a JSON object, got {type(obj).__name__}")
+    row_id = obj.get("id")
+    known_id = row_id if isinstance(row_id, str) and row_id else None
+    where = (mpath, line, known_id)
+    if "id" not in obj:
+        raise ManifestError(mpath, line, "id", "missing required key")
+    if known_id is None:
+        raise ManifestError(mpath, line, "id", f"expected a non-empty string, got {json.dumps(row_id)[:40]}")
     unknown = sorted(set(obj) - ALL_KEYS)
     if unknown:
-        raise ManifestError(mpath, line, unknown[0], "unknown key (put extra information under 'extra')")
-    for key in REQUIRED_KEYS:
-        if key not in obj:
-            raise ManifestError(mpath, line, key, "missing required key")
-    row_id = obj["id"]
-    if not isinstance(row_id, str) or not row_id:
-        raise ManifestError(mpath, line, "id", "expected a non-empty string")
-    labels = obj["labels"]
+        raise _error(where, unknown[0], "unknown key (put extra information under 'extra')")
+    labels = obj.get("labels") if obj.get("labels") is not None else []
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise ManifestError(mpath, line, "labels", "expected a list of strings")
-    for key in ("split", "source"):
-        if not isinstance(obj[key], str) or not obj[key]:
-            raise ManifestError(mpath, line, key, "expected a non-empty string")
-    extra = obj.get("extra", {})
-    if extra is None:
-        extra = {}
+        got = type(labels).__name__ if not isinstance(labels, list) else "a list with non-strings"
+        raise _error(where, "labels", f"expected a list of strings, got {got}")
+    extra = obj.get("extra") if obj.get("extra") is not None else {}
     if not isinstance(extra, dict):
-        raise ManifestError(mpath, line, "extra", f"expected an object, got {type(extra).__name__}")
+        raise _error(where, "extra", f"expected an object, got {type(extra).__name__}")
     return ManifestRow(
-        id=row_id,
-        video=_check_optional_str(obj, "video", mpath, line),
-        audio=_check_optional_str(obj, "audio", mpath, line),
-        image=_check_optional_str(obj, "image", mpath, line),
-        transcript=_check_optional_str(obj, "transcript", mpath, line),
+        id=known_id,
+        video=_optional_str(obj, "video", where),
+        audio=_optional_str(obj, "audio", where),
+        image=_optional_str(obj, "image", where),
+        transcript=_optional_str(obj, "transcript", where),
         labels=list(labels),
-        explanation=_check_optional_str(obj, "explanation", mpath, line),
-        valence=_check_optional_number(obj, "valence", mpath, line),
-        arousal=_check_optional_number(obj, "arousal", mpath, line),
-        split=obj["split"],
-        source=obj["source"],
+        explanation=_optional_str(obj, "explanation", where),
+        valence=_optional_number(obj, "valence", where),
+        arousal=_optional_number(obj, "arousal", where),
+        split=_optional_str(obj, "split", where),
+        source=_optional_str(obj, "source", where),
         extra=dict(extra),
         line=line,
         manifest_path=mpath,
     )
 
 
-def parse_line(text: str, *, path: str | Path | None = None, line: int = 0) -> ManifestRow | None:
+def _decode_json(raw: bytes, path: Path | None, line: int) -> Any:
+    """The JSON value of one line; a non-UTF-8 byte is reported against the field that holds it."""
+    raw = raw.rstrip(b"\r\n")  # else a line cut short is reported at "column 1" of a line after it
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ManifestError(path, line, None, f"invalid JSON: {exc.msg} (column {exc.colno})") from exc
+    except UnicodeDecodeError as exc:
+        utf8_error = exc
+    # Decoded with the bad bytes kept as surrogates, the line still shows which field holds them.
+    try:
+        obj = json.loads(raw.decode("utf-8", errors="surrogateescape"))
+    except json.JSONDecodeError:
+        raise ManifestError(path, line, None, f"not valid UTF-8 ({utf8_error.reason})") from utf8_error
+    row_id = obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
+    fields = [k for k, v in obj.items() if isinstance(v, str) and _has_surrogate(v)] if isinstance(obj, dict) else []
+    if row_id is not None and _has_surrogate(row_id):
+        row_id = None
+    raise ManifestError(path, line, fields[0] if fields else None, "not valid UTF-8 text", row_id)
+
+
+def _has_surrogate(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def parse_line(text: str | bytes, *, path: str | Path | None = None, line: int = 0) -> ManifestRow | None:
     """Parse one manifest line; blank lines give None.
 
     Raises:
-        ManifestError: On invalid JSON or a schema violation.
+        ManifestError: On invalid UTF-8 or JSON, or a schema violation.
     """
-    if not text.strip():
+    raw = text.encode("utf-8") if isinstance(text, str) else text
+    if not raw.strip():
         return None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ManifestError(path, line, None, f"invalid JSON: {exc.msg} (column {exc.colno})") from exc
-    return row_from_dict(obj, path=path, line=line)
+    mpath = Path(path) if path is not None else None
+    return row_from_dict(_decode_json(raw, mpath, line), path=mpath, line=line)
+
+
+class ManifestReader:
+    """Stream the rows of a manifest, recording (or, when strict, raising on) every refused line.
+
+    Iterate once; afterwards :attr:`issues` holds one :class:`~affect_llm.data.issues.Issue` per refused
+    line (its line, id when readable, field and reason) and :attr:`num_lines` counts non-blank lines.
+
+    Args:
+        path: The manifest file.
+        strict: Raise :class:`ManifestError` at the first refused line instead of recording it.
+
+    Raises:
+        FileNotFoundError: If the file does not exist (on construction).
+    """
+
+    def __init__(self, path: str | Path, *, strict: bool = False) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            kind = "is a directory, not a manifest file" if self.path.is_dir() else "not found"
+            raise FileNotFoundError(f"manifest {kind}: {self.path}")
+        self.strict = strict
+        self.issues: list[Issue] = []
+        self.num_lines = 0
+        self._seen: dict[str, int] = {}
+
+    def __iter__(self) -> Iterator[ManifestRow]:
+        with self.path.open("rb") as handle:
+            for line_no, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                self.num_lines += 1
+                try:
+                    row = self._row(raw, line_no)
+                except ManifestError as exc:
+                    if self.strict:
+                        raise
+                    self.issues.append(exc.to_issue())
+                    continue
+                yield row
+
+    def _row(self, raw: bytes, line_no: int) -> ManifestRow:
+        row = parse_line(raw, path=self.path, line=line_no)
+        assert row is not None  # blank lines are skipped by the caller
+        first = self._seen.setdefault(row.id, line_no)
+        if first != line_no:
+            raise ManifestError(self.path, line_no, "id", f"duplicate id {row.id!r} (first on line {first}, "
+                                "which is used)", row.id, code="duplicate_id")
+        return row
 
 
 def load_manifest(path: str | Path) -> list[ManifestRow]:
-    """Read and validate a JSONL manifest.
+    """Read and validate a JSONL manifest, strictly.
 
     Args:
         path: The manifest file.
@@ -240,27 +330,7 @@ def load_manifest(path: str | Path) -> list[ManifestRow]:
         FileNotFoundError: If the file does not exist.
         ManifestError: On the first bad line (invalid UTF-8 or JSON, schema violation, duplicate id).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
-    rows: list[ManifestRow] = []
-    seen: dict[str, int] = {}
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ManifestError(path, line_no, None, f"not valid UTF-8 ({exc.reason})") from exc
-            row = parse_line(text, path=path, line=line_no)
-            if row is None:
-                continue
-            if row.id in seen:
-                raise ManifestError(
-                    path, line_no, "id", f"duplicate id {row.id!r} (first on line {seen[row.id]})"
-                )
-            seen[row.id] = line_no
-            rows.append(row)
-    return rows
+    return list(ManifestReader(path, strict=True))
 
 
 def write_manifest(rows: Iterable[ManifestRow | dict[str, Any]], path: str | Path) -> Path:

@@ -1,23 +1,27 @@
-"""Decoding a manifest row's media into arrays: waveform, video frames and face crops.
+"""Decoding a manifest row's media into arrays, judged on the way: waveform, video frames and face crops.
 
 Shape letters: ``S`` audio samples (16 kHz mono), ``K`` frames, ``H``/``W`` frame size,
 ``h``/``w`` face crop size.
 
 Policies, stated once:
+- Every medium a row names is opened and judged with the checks of :mod:`affect_llm.data.issues`
+  (exists, regular file, content of the right kind, decodes, sample rate, channels, NaN/inf,
+  duration, silence, audio track), so ``data check``, training, ``explain``, chat and the server
+  reach the same verdict: :func:`load_media` raises :class:`MediaError` on any error and records
+  warnings in ``meta["issues"]``; :func:`decode_row` returns them all without raising.
 - Audio comes from the row's ``audio`` file when set, else from the video's audio track.
-  A video without an audio track gives ``audio=None`` and ``meta["audio_missing"]`` says why;
-  it is never replaced by silence.
-- Audio longer than ``max_audio_seconds`` is truncated to its first ``max_audio_seconds``.
+  A video without an audio track, or whose audio is silent, gives ``audio=None`` and
+  ``meta["audio_missing"]`` says why; it is never replaced by silence.
+- Audio files are judged whole, then cut to their first ``max_audio_seconds``.
 - The visual stream is called ``video`` whether it comes from a clip or a still ``image`` (``K=1``).
   Frames are sampled uniformly (``num_frames`` segment centres) or, when ``fps`` is given, at
-  that rate, thinned uniformly to at most ``max_frames``.
-- Missing, empty, corrupt or undecodable files raise :class:`MediaError`; nothing is skipped.
+  that rate, thinned uniformly to at most ``max_frames``. The last frame is always decoded too:
+  it catches files cut short after a readable header.
+- Face crops record per frame which detector made them (``meta["faces"]``).
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,26 +29,28 @@ from typing import Any
 
 import numpy as np
 
+from affect_llm.data.audio import (
+    SAMPLE_RATE,
+    load_audio_file,
+    load_video_audio,
+    read_audio_file,
+    read_video_track,
+    to_model_audio,
+)
+from affect_llm.data.issues import (
+    DEFAULT_POLICY,
+    Issue,
+    MediaError,
+    MediaPolicy,
+    check_audio_array,
+    check_file,
+    check_format,
+    errors_of,
+)
 from affect_llm.data.manifest import ManifestRow
 
-SAMPLE_RATE = 16_000
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus")
-
-
-class MediaError(ValueError):
-    """A media file that cannot be used.
-
-    Attributes:
-        path: The file.
-        field: The manifest field that referenced it (``video``, ``audio``, ``image``).
-        reason: What is wrong.
-    """
-
-    def __init__(self, path: str | Path, field: str, reason: str) -> None:
-        self.path = Path(path)
-        self.field = field
-        self.reason = reason
-        super().__init__(f"{self.path}: field '{field}': {reason}")
+__all__ = ["SAMPLE_RATE", "MediaError", "MediaItem", "decode_row", "load_audio_file", "load_image", "load_media",
+           "load_video_audio", "load_video_frames", "sample_frame_indices"]
 
 
 @dataclass
@@ -55,7 +61,8 @@ class MediaItem:
         audio: ``(S,)`` float32 mono waveform at 16 kHz.
         video: ``(K, H, W, 3)`` uint8 RGB frames of the clip, or the still image (``K=1``).
         face: ``(K, h, w, 3)`` uint8 RGB face crops (whole frame where no face was found).
-        meta: Decoding facts: sources, original sample rate, durations, frame indices, ``face_found``.
+        meta: Decoding facts: sources, original sample rate, durations, frame indices,
+            ``faces`` (per frame: detector, score, box, angle), ``face_found``, ``issues``.
     """
 
     audio: np.ndarray | None = None
@@ -64,136 +71,10 @@ class MediaItem:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-
-
 def _require_file(path: Path, field_name: str) -> None:
-    if not path.exists():
-        raise MediaError(path, field_name, "file not found")
-    if not path.is_file():
-        raise MediaError(path, field_name, "not a regular file")
-    if path.stat().st_size == 0:
-        raise MediaError(path, field_name, "empty file (0 bytes)")
-
-
-def _to_mono_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """``(S,)`` or ``(S, C)`` at any rate -> ``(S',)`` float32 at 16 kHz."""
-    if audio.ndim == 2:
-        audio = audio.mean(axis=1)  # (S, C) -> (S,)
-    audio = audio.astype(np.float32, copy=False)
-    if sample_rate != SAMPLE_RATE and audio.size:
-        # soxr directly: librosa.resample would pay librosa's numba start-up (seconds) per process.
-        import soxr
-
-        audio = soxr.resample(audio, sample_rate, SAMPLE_RATE, quality="HQ")
-    return np.ascontiguousarray(audio, dtype=np.float32)
-
-
-def load_audio_file(
-    path: Path, *, max_seconds: float | None = None, field_name: str = "audio"
-) -> tuple[np.ndarray, dict]:
-    """Read an audio file as 16 kHz mono float32, truncated to ``max_seconds``.
-
-    Returns:
-        The waveform ``(S,)`` and meta (``orig_sample_rate``, ``orig_channels``, ``audio_seconds``,
-        ``audio_truncated``).
-
-    Raises:
-        MediaError: If the file is missing, empty or cannot be decoded.
-    """
-    import soundfile as sf
-
-    _require_file(path, field_name)
-    try:
-        info = sf.info(str(path))
-        frames = -1 if max_seconds is None else int(round(max_seconds * info.samplerate))
-        audio, sample_rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
-        channels, total = info.channels, info.frames
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        # Containers libsndfile cannot read (m4a, some mp3) go through librosa's audioread path.
-        audio, sample_rate, channels, total = _load_with_librosa(path, max_seconds, field_name, exc)
-    mono = _to_mono_16k(audio, sample_rate)
-    meta = {
-        "orig_sample_rate": int(sample_rate),
-        "orig_channels": int(channels),
-        "audio_seconds": mono.shape[0] / SAMPLE_RATE,
-        "audio_truncated": bool(max_seconds is not None and total > max_seconds * sample_rate),
-    }
-    return mono, meta
-
-
-def _load_with_librosa(
-    path: Path, max_seconds: float | None, field_name: str, first_error: Exception
-) -> tuple[np.ndarray, int, int, int]:
-    import librosa
-
-    try:
-        audio, sample_rate = librosa.load(str(path), sr=None, mono=False, duration=max_seconds)
-    except (OSError, RuntimeError, ValueError, EOFError) as exc:
-        raise MediaError(path, field_name, f"cannot decode audio ({first_error}; {exc})") from exc
-    audio = audio.T if audio.ndim == 2 else audio[:, None]  # (C, S) -> (S, C)
-    # librosa does not report the untruncated length cheaply; one more sample marks "maybe longer".
-    total = audio.shape[0] + (1 if max_seconds is not None else 0)
-    return audio, int(sample_rate), int(audio.shape[1]), total
-
-
-def load_video_audio(path: Path, *, max_seconds: float | None = None) -> tuple[np.ndarray | None, dict]:
-    """The audio track of a video as 16 kHz mono, or None with ``meta["audio_missing"]``.
-
-    decord's AudioReader is tried first; ffmpeg (when on PATH) is the fallback.
-
-    Raises:
-        MediaError: If the container cannot be opened at all.
-    """
-    from decord import AudioReader, cpu
-    from decord._ffi.base import DECORDError
-
-    _require_file(path, "video")
-    try:
-        reader = AudioReader(str(path), ctx=cpu(0), sample_rate=SAMPLE_RATE, mono=True)
-        audio = reader[:].asnumpy()[0]  # (1, S) -> (S,)
-    except DECORDError as exc:
-        if "find audio stream" in str(exc):
-            return None, {"audio_missing": "video has no audio track"}
-        return _ffmpeg_audio(path, max_seconds, first_error=exc)
-    return _truncate(audio.astype(np.float32, copy=False), max_seconds)
-
-
-def _truncate(audio: np.ndarray, max_seconds: float | None) -> tuple[np.ndarray, dict]:
-    limit = None if max_seconds is None else int(round(max_seconds * SAMPLE_RATE))
-    truncated = limit is not None and audio.shape[0] > limit
-    if truncated:
-        audio = audio[:limit]
-    meta = {
-        "orig_sample_rate": None,
-        "audio_seconds": audio.shape[0] / SAMPLE_RATE,
-        "audio_truncated": bool(truncated),
-    }
-    return np.ascontiguousarray(audio, dtype=np.float32), meta
-
-
-def _ffmpeg_audio(
-    path: Path, max_seconds: float | None, first_error: Exception
-) -> tuple[np.ndarray | None, dict]:
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise MediaError(
-            path, "video", f"cannot decode audio track ({first_error}) and ffmpeg is not on PATH"
-        )
-    cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE)]
-    if max_seconds is not None:
-        cmd += ["-t", str(max_seconds + 1.0)]
-    cmd += ["-f", "f32le", "-"]
-    proc = subprocess.run(cmd, capture_output=True, check=False, timeout=600)
-    stderr = proc.stderr.decode("utf-8", errors="replace")
-    if proc.returncode != 0:
-        if "does not contain any stream" in stderr or "Output file #0 does not contain" in stderr:
-            return None, {"audio_missing": "video has no audio track"}
-        last = stderr.strip().splitlines()[-1] if stderr.strip() else f"ffmpeg exit code {proc.returncode}"
-        raise MediaError(path, "video", f"cannot decode audio track: {last[:200]}")
-    audio = np.frombuffer(proc.stdout, dtype="<f4").copy()
-    if audio.size == 0:
-        return None, {"audio_missing": "video has no audio track"}
-    return _truncate(audio, max_seconds)
+    problem = check_file(path, field_name)
+    if problem is not None:
+        raise MediaError(path, field_name, problem.reason, problem.code)
 
 
 def sample_frame_indices(
@@ -247,11 +128,15 @@ def _read_frames(path: Path, choose: Callable[[int, float], list[int]]) -> tuple
         reader = VideoReader(str(path), ctx=cpu(0), num_threads=1)
         total, fps = len(reader), float(reader.get_avg_fps())
         if total == 0:
-            raise MediaError(path, "video", "video stream has no frames")
-        indices = choose(total, fps)
-        frames = reader.get_batch(indices).asnumpy()  # (K, H, W, 3)
+            raise MediaError(path, "video", "video stream has no frames", "no_frames")
+        indices = [int(i) for i in choose(total, fps)]
+        # The last frame too: a file cut short after a readable header fails there.
+        wanted = sorted(set(indices) | {total - 1})
+        batch = reader.get_batch(wanted).asnumpy()  # (K', H, W, 3)
     except (DECORDError, RuntimeError) as exc:
-        raise MediaError(path, "video", f"cannot decode video: {str(exc).splitlines()[0][:200]}") from exc
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise MediaError(path, "video", f"cannot decode video: {reason}") from exc
+    frames = batch[[wanted.index(i) for i in indices]]  # (K, H, W, 3)
     return frames, indices, total, fps
 
 
@@ -275,18 +160,6 @@ def load_video_frames(
     return np.ascontiguousarray(frames, dtype=np.uint8), meta
 
 
-def probe_video(path: Path) -> float:
-    """Open a video and decode its first, middle and last frame; returns its duration in seconds.
-
-    The last frame catches files cut short after a readable header.
-
-    Raises:
-        MediaError: If the file is missing, empty, corrupt or has no frames.
-    """
-    _, _, total, fps = _read_frames(path, lambda total, _: sorted({0, total // 2, total - 1}))
-    return total / fps if fps > 0 else 0.0
-
-
 def load_image(path: Path) -> np.ndarray:
     """A still image as ``(1, H, W, 3)`` uint8 RGB.
 
@@ -302,17 +175,159 @@ def load_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)[None]  # (1, H, W, 3)
 
 
+@dataclass(frozen=True)
+class _Decoding:
+    """Settings of one :func:`decode_row` call."""
+
+    num_frames: int
+    fps: float | None
+    max_frames: int
+    max_audio_seconds: float | None
+    detect_faces: bool
+    face_size: int
+    policy: MediaPolicy
+
+
+def _opened(path: Path, field_name: str, policy: MediaPolicy, issues: list[Issue]) -> bool:
+    """File and content checks; False when the file cannot be decoded (the error is recorded)."""
+    found = check_file(path, field_name, policy) or check_format(path, field_name, policy)
+    if found is not None:
+        issues.append(found)
+    return found is None or not found.is_error
+
+
+def _decode(step: Callable[[], Any], issues: list[Issue], policy: MediaPolicy) -> Any:
+    """Run one decoder; a :class:`MediaError` becomes an issue and the result None."""
+    try:
+        return step()
+    except MediaError as exc:
+        issues.append(policy.issue(exc.code, exc.field, exc.reason, exc.path))
+        return None
+
+
+def _frames(row: ManifestRow, how: _Decoding, meta: dict, issues: list[Issue]) -> np.ndarray | None:
+    """Frames of the video, else of the image; every visual field set is opened and judged."""
+    frames = None
+    image_path, video_path = row.media_path("image"), row.media_path("video")
+    if image_path is not None and _opened(image_path, "image", how.policy, issues):
+        image = _decode(lambda: load_image(image_path), issues, how.policy)
+        if image is not None and video_path is None:
+            frames = image
+            meta.update(frames_source="image")
+    if video_path is not None and _opened(video_path, "video", how.policy, issues):
+        decoded = _decode(lambda: load_video_frames(video_path, num_frames=how.num_frames, fps=how.fps,
+                                                    max_frames=how.max_frames), issues, how.policy)
+        if decoded is not None:
+            frames, video_meta = decoded
+            meta.update(video_meta, frames_source="video")
+    return frames
+
+
+def _audio(row: ManifestRow, how: _Decoding, has_frames: bool, meta: dict, issues: list[Issue]) -> np.ndarray | None:
+    """The row's audio judged whole, then cut and resampled; None when absent, silent or refused."""
+    path = row.media_path("audio")
+    if path is None:
+        return _track(row, how, has_frames, meta, issues)
+    if not _opened(path, "audio", how.policy, issues):
+        return None
+    decoded = _decode(lambda: read_audio_file(path), issues, how.policy)
+    if decoded is None:
+        return None
+    raw, sample_rate = decoded  # (S, C)
+    found = check_audio_array(raw, sample_rate, has_frames=has_frames, policy=how.policy, path=path)
+    issues.extend(found)
+    meta.update(orig_sample_rate=sample_rate, orig_channels=int(raw.shape[1]), audio_source="audio")
+    return _usable(raw, sample_rate, found, how, meta)
+
+
+def _track(row: ManifestRow, how: _Decoding, has_frames: bool, meta: dict, issues: list[Issue]) -> np.ndarray | None:
+    path = row.media_path("video")
+    if path is None or not has_frames:
+        # No video, or one that did not decode (its error is recorded already).
+        meta.update(audio_source=None, audio_missing="row has no audio or video" if path is None else None)
+        return None
+    decoded = _decode(lambda: read_video_track(path), issues, how.policy)
+    if decoded is None:
+        return None
+    track, missing = decoded
+    if track is None:
+        issues.append(how.policy.issue("no_audio_track", "video", f"{missing}: used without audio", path))
+        meta.update(audio_source=None, audio_missing=missing)
+        return None
+    found = [how.policy.issue(i.code, "video", f"audio track: {i.reason}", path)
+             for i in check_audio_array(track, None, field="video", has_frames=True, policy=how.policy)]
+    issues.extend(found)
+    meta.update(orig_sample_rate=None, audio_source="video")
+    return _usable(track, SAMPLE_RATE, found, how, meta)
+
+
+def _usable(raw: np.ndarray, sample_rate: int, found: list[Issue], how: _Decoding, meta: dict) -> np.ndarray | None:
+    if errors_of(found):
+        return None
+    if any(issue.code == "silent_track" for issue in found):
+        meta.update(audio_source=None, audio_missing="audio is silent")
+        return None
+    audio, audio_meta = to_model_audio(raw, sample_rate, how.max_audio_seconds)
+    meta.update(audio_meta)
+    return audio
+
+
+def _faces(frames: np.ndarray, field_name: str, how: _Decoding, meta: dict, issues: list[Issue]) -> np.ndarray:
+    from affect_llm.data.faces import FaceCropper
+
+    cropper = FaceCropper(face_size=how.face_size)
+    faces, crops = cropper.crop_frames_with_meta(frames)
+    meta["faces"] = [crop.to_dict() for crop in crops]
+    meta["face_found"] = [crop.found for crop in crops]
+    if not any(meta["face_found"]):
+        issues.append(how.policy.issue("no_face", field_name, f"no face found in {len(crops)} frame(s) "
+                                       f"by {cropper.detector_in_use()}"))
+    return faces
+
+
+def decode_row(
+    row: ManifestRow,
+    *,
+    num_frames: int = 8,
+    fps: float | None = None,
+    max_frames: int = 32,
+    max_audio_seconds: float | None = 30.0,
+    detect_faces: bool = True,
+    face_size: int = 64,
+    policy: MediaPolicy | None = None,
+) -> tuple[MediaItem, list[Issue]]:
+    """Decode and judge every medium of a row; never raises for a bad medium.
+
+    Arguments as :func:`load_media`. Returns the item (None for each part that is absent or
+    refused) and every issue found, errors and warnings.
+    """
+    how = _Decoding(num_frames, fps, max_frames, max_audio_seconds, detect_faces, face_size, policy or DEFAULT_POLICY)
+    meta: dict[str, Any] = {"id": row.id}
+    issues: list[Issue] = []
+    if not row.modalities() and not row.transcript:
+        issues.append(how.policy.issue("no_content", None, "no media and no transcript"))
+        return MediaItem(meta=meta), issues
+    frames = _frames(row, how, meta, issues)
+    audio = _audio(row, how, frames is not None, meta, issues)
+    faces = None
+    if frames is not None and detect_faces:
+        faces = _faces(frames, meta["frames_source"], how, meta, issues)
+    meta["issues"] = [issue.to_dict() for issue in issues]
+    return MediaItem(audio=audio, video=frames, face=faces, meta=meta), issues
+
+
 def load_media(
     row: ManifestRow,
     *,
     num_frames: int = 8,
     fps: float | None = None,
     max_frames: int = 32,
-    max_audio_seconds: float = 30.0,
+    max_audio_seconds: float | None = 30.0,
     detect_faces: bool = True,
     face_size: int = 64,
+    policy: MediaPolicy | None = None,
 ) -> MediaItem:
-    """Decode every medium of a row.
+    """Decode every medium of a row, refusing the row on any error of the media checks.
 
     Audio longer than ``max_audio_seconds`` is truncated to its first ``max_audio_seconds``.
     Frames come from the video, else from the still image; face crops are cut from those frames.
@@ -322,43 +337,20 @@ def load_media(
         num_frames: ``K`` for uniform frame sampling.
         fps: Sample frames at this rate instead (capped at ``max_frames``).
         max_frames: Cap for fps-based sampling.
-        max_audio_seconds: Truncation length for audio.
+        max_audio_seconds: Truncation length for audio (None: whole files).
         detect_faces: Whether to compute face crops.
         face_size: Side of the face crops.
+        policy: Severity adjustments (default: the one every command uses).
 
     Returns:
-        The decoded :class:`MediaItem`.
+        The decoded :class:`MediaItem`; its ``meta["issues"]`` lists the warnings.
 
     Raises:
-        MediaError: If a referenced file is missing, empty or cannot be decoded.
+        MediaError: For the first error found (file, field and reason); ``.issues`` holds them all.
     """
-    meta: dict[str, Any] = {"id": row.id}
-    audio = frames = faces = None
-    audio_path, video_path, image_path = (
-        row.media_path("audio"),
-        row.media_path("video"),
-        row.media_path("image"),
-    )
-    # Frames first: a corrupt container is then reported by the video decoder, whose error is clearer.
-    if video_path is not None:
-        frames, video_meta = load_video_frames(
-            video_path, num_frames=num_frames, fps=fps, max_frames=max_frames
-        )
-        meta.update(video_meta, frames_source="video")
-    elif image_path is not None:
-        frames = load_image(image_path)
-        meta.update(frames_source="image")
-    if audio_path is not None:
-        audio, audio_meta = load_audio_file(audio_path, max_seconds=max_audio_seconds)
-        meta.update(audio_meta, audio_source="audio")
-    elif video_path is not None:
-        audio, audio_meta = load_video_audio(video_path, max_seconds=max_audio_seconds)
-        meta.update(audio_meta, audio_source="video" if audio is not None else None)
-    else:
-        meta.update(audio_source=None, audio_missing="row has no audio or video")
-    if frames is not None and detect_faces:
-        from affect_llm.data.faces import FaceCropper
-
-        faces, found = FaceCropper(face_size=face_size).crop_frames(frames)
-        meta["face_found"] = found
-    return MediaItem(audio=audio, video=frames, face=faces, meta=meta)
+    item, issues = decode_row(row, num_frames=num_frames, fps=fps, max_frames=max_frames,
+                              max_audio_seconds=max_audio_seconds, detect_faces=detect_faces,
+                              face_size=face_size, policy=policy)
+    if errors_of(issues):
+        raise MediaError.from_issues(issues)
+    return item

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from affect_llm.data.issues import RefusedInputError
 from affect_llm.evaluation import metrics
 from affect_llm.evaluation.absent_channels import score_absent_channels
 from affect_llm.evaluation.judge.protocol import JUDGE_KINDS, Judge, score_all
@@ -33,43 +34,86 @@ class EvaluationError(ValueError):
 
 
 
-def read_jsonl(path: Path, required: Iterable[str] = ("id",)) -> list[dict[str, Any]]:
-    """Rows of a JSONL file.
+def read_jsonl(
+    path: Path, required: Iterable[str] = ("id",), refused: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Rows of a JSONL file, read line by line.
+
+    Args:
+        path: The file.
+        required: Fields every row must have.
+        refused: When given, a bad line (not UTF-8, not JSON, not an object, a required field missing)
+            is appended here as ``{"line", "reason"}`` and skipped; when None it raises.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        EvaluationError: A line is not a JSON object or lacks a required field (``file:line``).
+        EvaluationError: A bad line, when ``refused`` is None (``file:line``).
     """
     if not path.is_file():
         raise FileNotFoundError(f"JSONL file not found: {path}")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EvaluationError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(row, dict):
-            raise EvaluationError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-        for field in required:
-            if field not in row:
-                raise EvaluationError(f"{path}:{number}: field {field!r} missing")
-        rows.append(row)
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                rows.append(_json_row(raw, required))
+            except ValueError as exc:
+                if refused is None:
+                    raise EvaluationError(f"{path}:{number}: {exc}") from exc
+                refused.append({"line": number, "reason": str(exc)})
     return rows
 
 
-def _index_refs(rows: list[dict[str, Any]], path: Path) -> dict[str, dict[str, Any]]:
+def _json_row(raw: bytes, required: Iterable[str]) -> dict[str, Any]:
+    try:
+        row = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not valid UTF-8 ({exc.reason})") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg})") from exc
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    for field in required:
+        if field not in row:
+            raise ValueError(f"field {field!r} missing")
+    return row
+
+
+def _index_refs(
+    rows: list[dict[str, Any]], path: Path, refused: list[dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """References by id; a repeated id or bad labels are refused (recorded, or raised when ``refused`` is None)."""
     index: dict[str, dict[str, Any]] = {}
     for number, row in enumerate(rows, start=1):
         key = str(row["id"])
-        if key in index:
-            raise EvaluationError(f"{path}: duplicate reference id {key!r} (row {number})")
         labels = row.get("labels")
-        if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
-            raise EvaluationError(f"{path}: row id {key!r} field 'labels' must be a list of strings")
-        index[key] = row
+        if key in index:
+            reason = f"duplicate reference id {key!r} (row {number}; the first is used)"
+        elif labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+            reason = f"row id {key!r} field 'labels' must be a list of strings"
+        else:
+            index[key] = row
+            continue
+        if refused is None:
+            raise EvaluationError(f"{path}: {reason}")
+        refused.append({"id": key, "reason": reason})
     return index
+
+
+def _read_inputs(
+    results_path: Path, refs_path: Path, strict: bool
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """References by id, result rows, and the lines of each that were refused (raised under ``strict``)."""
+    refused: dict[str, list[dict[str, Any]]] = {"refs": [], "results": []}
+    refs = _index_refs(read_jsonl(refs_path, refused=refused["refs"]), refs_path, refused["refs"])
+    result_rows = read_jsonl(results_path, refused=refused["results"])
+    for name, path in (("refs", refs_path), ("results", results_path)):
+        if strict and refused[name]:
+            first = refused[name][0]
+            where = f"{path}:{first['line']}" if "line" in first else f"{path} (id {first['id']})"
+            raise RefusedInputError(f"{where}: {first['reason']}")
+    return refs, result_rows, refused
 
 
 def predicted_labels(row: dict[str, Any]) -> list[str] | None:
@@ -195,8 +239,12 @@ def evaluate(
     judge: Judge | None = None,
     seed: int = 0,
     scoring: ScoringOptions | None = None,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Score results against references; write ``report.json``, ``report.md`` and PNG figures.
+
+    A bad line of either file (not JSON, no id, a repeated reference id, labels that are not strings)
+    is left out and listed in the report's ``refused`` section; ``strict`` stops at the first one.
 
     Args:
         results_path: JSONL written by ``affect-llm explain``.
@@ -206,15 +254,18 @@ def evaluate(
             MER scoring modes.
         seed: Bootstrap seed.
         scoring: Scoring modes and groupings (this project's taxonomy scores only when None).
+        strict: Raise at the first refused line instead of recording it.
 
     Returns:
         The report mapping (as written to ``report.json``).
+
+    Raises:
+        RefusedInputError: Under ``strict``, naming the first refused line.
     """
     results_path, refs_path, out_dir = Path(results_path), Path(refs_path), Path(out_dir)
     scoring = scoring or ScoringOptions()
     taxonomy = load_taxonomy()
-    refs = _index_refs(read_jsonl(refs_path), refs_path)
-    result_rows = read_jsonl(results_path)
+    refs, result_rows, refused = _read_inputs(results_path, refs_path, strict)
     # A resumed run appends: the last row of an id wins.
     results = {str(row["id"]): row for row in result_rows}
     pairs = [(refs[key], results[key]) for key in refs if key in results]
@@ -254,6 +305,7 @@ def evaluate(
         "models": sorted({str(res["model"]) for _, res in pairs if res.get("model")}),
         "taxonomy": f"{DATA_PATH.name}#{file_sha256(DATA_PATH)[:12]}",
         "seed": seed,
+        "refused": refused,
     }
     report["figures"] = _write_figures(out_dir, closed["per_class"], confusion, judge_values)
     report = _round(report)

@@ -102,6 +102,8 @@ class MediaFeaturizer:
                          "face_channel": "needs_a_detected_face"}
         self.settings.pop("decode_workers")
         self.failures: dict[str, str] = {}
+        # Row id -> warnings of the media checks (issue dicts) for rows decoded by this featurizer.
+        self.warnings: dict[str, list[dict[str, Any]]] = {}
         self.encoded_items = 0
 
     @property
@@ -131,6 +133,8 @@ class MediaFeaturizer:
             )
         except (MediaError, OSError, ValueError) as error:
             return str(error)
+        if item.meta.get("issues"):
+            self.warnings[row.id] = item.meta["issues"]
         # A clip in which no frame shows a face has no face channel: the centre-crop fallback stands
         # in for frames a detector missed, never for a face that is not there.
         face = item.face if face_detected(item.meta) else None

@@ -1,9 +1,12 @@
 """Batch explanation of a manifest: resumable, sharded, one JSONL row per clip.
 
 A rerun skips ids already in the output (and refuses a file written by another model, prompt, task
-or decoding); rows are appended and flushed batch by batch, so a crash loses at most the batch in
-flight. A clip that fails to decode, or whose answer does not parse, is
-recorded with the reason and the run goes on.
+or decoding); each batch is appended whole or not at all (:func:`affect_llm.fileio.append_whole`), so a
+crash or a full disk loses at most the batch in flight and never leaves a torn row. One process
+writes an output at a time (:class:`affect_llm.fileio.OutputLock`). The manifest is streamed: a
+refused line (bad JSON, schema, repeated id) is recorded in ``<out>.summary.json`` with its line and
+reason; a clip whose media the checks refuse (:mod:`affect_llm.data.validation`), or whose answer does
+not parse, gets a row with the reason; the run goes on. ``strict`` stops at the first refused input.
 """
 
 from __future__ import annotations
@@ -13,13 +16,16 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from affect_llm.data.manifest import ManifestRow, load_manifest
+from affect_llm.data.issues import RefusedInputError
+from affect_llm.data.manifest import ManifestError, ManifestReader, ManifestRow
+from affect_llm.fileio import OutputLock, append_whole, cut_torn_tail
 from affect_llm.generation.backend import DecodingSettings, GenerationBackend, GenerationRequest
+from affect_llm.generation.explain_summary import RunSummary
 from affect_llm.labels.parse import parse_answer
 
 logger = logging.getLogger(__name__)
@@ -35,6 +41,7 @@ class ExplainSettings:
         split: Only rows of this split (None: every row).
         shard: ``(index, count)``: this run takes the ids whose hash falls in its shard.
         limit: Stop after this many new rows (None: all).
+        strict: Stop at the first refused manifest line or medium instead of recording it.
     """
 
     task: str = "reason"
@@ -42,6 +49,7 @@ class ExplainSettings:
     split: str | None = None
     shard: tuple[int, int] = (0, 1)
     limit: int | None = None
+    strict: bool = False
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -97,23 +105,17 @@ def done_ids(out_path: Path, provenance: dict[str, Any] | None = None) -> set[st
     return ids
 
 
-def _truncate_torn_tail(out_path: Path) -> None:
-    if not out_path.is_file():
-        return
-    data = out_path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        out_path.write_bytes(data[: data.rfind(b"\n") + 1])
-
-
 def result_row(
     row: ManifestRow, raw: str | None, error: str | None, task: str, identity: dict, timings: dict,
-    require_labels: bool = True,
+    require_labels: bool = True, warnings: list | None = None,
 ) -> dict:
     """One output row: the parsed answer, the raw text and its parse status, and provenance.
 
     ``require_labels``: whether the task asks for labels (a missing ``labels`` key is then unparseable).
+    ``warnings``: what the media checks noted about a clip that was used (issue dicts).
     """
-    base = {"id": row.id, "raw": raw, "task": task, **identity, "timings": timings}
+    base = {"id": row.id, "raw": raw, "task": task, **identity, "timings": timings, "warnings": warnings or [],
+            "refused": False}
     if error is not None:
         return {**base, "labels": None, "explanation": None, "evidence": None, "parse_status": "failed", "error": error}
     parsed = parse_answer(raw, require_labels=require_labels)
@@ -144,39 +146,54 @@ class BatchExplainer:
         requests = []
         for row in rows:
             media = features[row.id]
-            messages = self.processor.build_messages(task, media.modalities, transcript=row.transcript)
+            messages = self.processor.build_messages(task, media.modalities, transcript=row.transcript,
+                                                     transcript_recognised=row.transcript_recognised)
             requests.append(GenerationRequest(messages, media))
         return requests
 
     def run(
         self, rows: Iterable[ManifestRow], out_path: Path, settings: ExplainSettings, decoding: DecodingSettings,
-        progress: Any = None,
+        progress: Any = None, summary: RunSummary | None = None,
     ) -> dict[str, int]:
-        """Explain every pending row; returns counts (``written``, ``skipped``, ``failed``, ``unparseable``)."""
+        """Explain every pending row; returns :meth:`RunSummary.totals` (written, skipped, failed, refused...).
+
+        ``rows`` may be a stream (a :class:`ManifestReader`): rows are taken a window at a time. The
+        caller holds the output's :class:`~affect_llm.fileio.OutputLock` (:func:`explain_manifest` does).
+        """
+        summary = summary or RunSummary(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        _truncate_torn_tail(out_path)
+        cut_torn_tail(out_path)
         already = done_ids(out_path, {**self.identity, "task": settings.task})
-        pending = [r for r in rows if (settings.split is None or r.split == settings.split)
-                   and in_shard(r.id, settings.shard) and r.id not in already]
-        if settings.limit is not None:
-            pending = pending[: settings.limit]
-        # Similar prompt lengths in one batch waste less padding.
-        pending.sort(key=lambda r: (len(r.transcript or ""), r.modalities(), r.id))
-        counts = {"written": 0, "skipped": len(already), "failed": 0, "unparseable": 0}
-        with out_path.open("a", encoding="utf-8") as handle:
-            for start in range(0, len(pending), settings.batch_size):
-                batch = pending[start : start + settings.batch_size]
-                lines = self._explain_batch(batch, settings.task, decoding)
-                for line in lines:
-                    handle.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
-                    counts["written"] += 1
-                    counts["failed"] += line["parse_status"] == "failed"
-                    counts["unparseable"] += line["parse_status"] == "unparseable"
-                handle.flush()
-                os.fsync(handle.fileno())
-                if progress is not None:
-                    progress(len(batch))
-        return counts
+        summary.counts["skipped"] = len(already)
+        fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for window in _windows(_pending(rows, already, settings), max(256, 16 * settings.batch_size)):
+                # Similar prompt lengths in one batch waste less padding.
+                window.sort(key=lambda r: (len(r.transcript or ""), r.modalities(), r.id))
+                for start in range(0, len(window), settings.batch_size):
+                    batch = window[start : start + settings.batch_size]
+                    self._write_batch(fd, batch, settings, decoding, summary)
+                    if progress is not None:
+                        progress(len(batch))
+        finally:
+            os.close(fd)
+            # Also after an error: what was refused before it is still worth knowing.
+            summary.write()
+        return summary.totals()
+
+    def _write_batch(self, fd: int, batch: list[ManifestRow], settings: ExplainSettings,
+                     decoding: DecodingSettings, summary: RunSummary) -> None:
+        """Explain one batch and append its rows whole; under strict, stop at a refused clip."""
+        lines = self._explain_batch(batch, settings.task, decoding)
+        refused = [line for line in lines if line["parse_status"] == "failed" and line.get("refused")]
+        if settings.strict and refused:
+            # The rows answered before the refused one are kept; a rerun without it goes on from there.
+            lines = [line for line in lines if not line.get("refused")]
+        append_whole(fd, "".join(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n"
+                                 for line in lines).encode("utf-8"), summary.out_path)
+        summary.count_rows(lines)
+        if settings.strict and refused:
+            raise RefusedInputError(f"clip {refused[0]['id']}: {refused[0]['error']}")
 
     def _explain_batch(self, batch: list[ManifestRow], task: str, decoding: DecodingSettings) -> list[dict]:
         started = time.perf_counter()
@@ -187,7 +204,8 @@ class BatchExplainer:
         for row in batch:
             if row.id not in features:
                 reason = self.featurizer.failures.get(row.id, "media could not be decoded")
-                lines.append(result_row(row, None, reason, task, self.identity, {"featurize_s": featurize_s}))
+                line = result_row(row, None, reason, task, self.identity, {"featurize_s": featurize_s})
+                lines.append({**line, "refused": True})
         started = time.perf_counter()
         try:
             texts = self.backend.generate(self._requests(good, features, task), decoding)
@@ -202,8 +220,32 @@ class BatchExplainer:
                 lines.append(result_row(row, None, failure, task, self.identity, timings))
             else:
                 lines.append(result_row(row, texts[i], None, task, self.identity, timings,
-                                        require_labels="labels" in self.processor.prompt.task_keys(task)))
+                                        require_labels="labels" in self.processor.prompt.task_keys(task),
+                                        warnings=self.featurizer.warnings.get(row.id)))
         return lines
+
+
+def _pending(rows: Iterable[ManifestRow], already: set[str], settings: ExplainSettings) -> Iterator[ManifestRow]:
+    """The rows this run explains: its split and shard, not yet written, up to the limit."""
+    taken = 0
+    for row in rows:
+        if settings.limit is not None and taken >= settings.limit:
+            return
+        if (settings.split is None or row.split == settings.split) and in_shard(row.id, settings.shard) \
+                and row.id not in already:
+            taken += 1
+            yield row
+
+
+def _windows(rows: Iterable[ManifestRow], size: int) -> Iterator[list[ManifestRow]]:
+    window: list[ManifestRow] = []
+    for row in rows:
+        window.append(row)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
 
 
 def explain_manifest(
@@ -232,20 +274,26 @@ def explain_manifest(
 
     settings = settings or ExplainSettings()
     decoding = decoding or DecodingSettings()
-    rows = load_manifest(manifest)
+    # Opened and locked first: a missing manifest or a busy output is reported before minutes of loading.
+    reader = ManifestReader(manifest, strict=settings.strict)
     meta = read_metadata(checkpoint)
-    active = load_backend(backend, str(checkpoint), models_dir, precision=precision, **(backend_options or {}))
-    # Every backend holds the loaded model and processor (.model, .processor): its encoders compute the features.
-    train_frames = (meta.get("config") or {}).get("data", {}).get("num_frames", 4)
-    options = MediaOptions(num_frames=num_frames or train_frames)
-    featurizer = MediaFeaturizer(active.model, active.processor, FeatureCache(feature_cache) if feature_cache else None, options)
-    identity = {
-        "model": str(checkpoint),
-        "model_fingerprint": checkpoint_fingerprint(checkpoint),
-        "model_step": meta.get("step"),
-        "prompt": active.processor.prompt.ref,
-        "backend": active.name,
-        "decoding": decoding.as_dict(),
-    }
-    explainer = BatchExplainer(active, featurizer, active.processor, identity)
-    return explainer.run(rows, Path(out_path), settings, decoding, progress)
+    with OutputLock(out_path):
+        active = load_backend(backend, str(checkpoint), models_dir, precision=precision, **(backend_options or {}))
+        # Every backend holds the loaded model and processor (.model, .processor): its encoders compute the features.
+        train_frames = (meta.get("config") or {}).get("data", {}).get("num_frames", 4)
+        options = MediaOptions(num_frames=num_frames or train_frames)
+        cache = FeatureCache(feature_cache) if feature_cache else None
+        featurizer = MediaFeaturizer(active.model, active.processor, cache, options)
+        identity = {
+            "model": str(checkpoint),
+            "model_fingerprint": checkpoint_fingerprint(checkpoint),
+            "model_step": meta.get("step"),
+            "prompt": active.processor.prompt.ref,
+            "backend": active.name,
+            "decoding": decoding.as_dict(),
+        }
+        explainer = BatchExplainer(active, featurizer, active.processor, identity)
+        try:
+            return explainer.run(reader, Path(out_path), settings, decoding, progress, RunSummary(Path(out_path), reader))
+        except ManifestError as error:  # only under strict: the reader records bad lines otherwise
+            raise RefusedInputError(str(error)) from error

@@ -44,17 +44,22 @@ class AffectPipeline:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the clip and the history."""
+        """Forget the clip, what the media checks noted about it, and the history."""
         self.media = MediaInputs()
         self.transcript: str | None = None
         self.messages: list[dict[str, str]] = []
+        self.warnings: list[dict[str, Any]] = []
 
     def attach(self, video: str | None = None, audio: str | None = None, image: str | None = None,
                transcript: str | None = None) -> list[str]:
         """Decode and encode a clip for the next questions; returns the modalities the model sees.
 
+        The clip goes through the media checks every command applies
+        (:mod:`affect_llm.data.validation`): an error refuses it, warnings land in :attr:`warnings`
+        (a video without sound, 8 kHz audio, no face found...) and the clip is used.
+
         Raises:
-            ValueError: If the media cannot be decoded (the message names the file and field).
+            ValueError: If the checks refuse the media (the message names the file, field and reason).
         """
         self.reset()
         if not (video or audio or image):
@@ -66,6 +71,7 @@ class AffectPipeline:
             raise ValueError(self.featurizer.failures.pop("chat", "the clip could not be decoded"))
         self.media = features["chat"]
         self.transcript = transcript
+        self.warnings = self.featurizer.warnings.pop("chat", [])
         return list(self.media.modalities)
 
     def _first_turn(self, question: str | None, task: str) -> list[dict[str, str]]:
@@ -93,9 +99,14 @@ class AffectPipeline:
 
     def __call__(self, video: str | None = None, audio: str | None = None, image: str | None = None,
                  transcript: str | None = None, question: str | None = None, task: str = "reason") -> dict[str, Any]:
-        """Attach a clip and answer one question; returns the parsed answer, the raw text and the parse status."""
+        """Attach a clip and answer one question.
+
+        Returns:
+            The parsed answer, the raw text, the parse status, and the media checks' ``warnings``.
+        """
         self.attach(video, audio, image, transcript)
         raw = self.ask(question, task)
         parsed = parse_answer(raw, require_labels="labels" in self.processor.prompt.task_keys(task))
         answer = parsed.answer.to_dict() if parsed.ok else {"labels": None, "explanation": None, "evidence": None}
-        return {**answer, "raw": raw, "parse_status": "ok" if parsed.ok else "unparseable", "error": parsed.error}
+        return {**answer, "raw": raw, "parse_status": "ok" if parsed.ok else "unparseable", "error": parsed.error,
+                "warnings": self.warnings}

@@ -8,29 +8,47 @@ task it names. ``affect-llm train --check`` and the recipe both run this.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
-from affect_llm.data.manifest import ManifestRow, load_manifest
+from affect_llm.data.issues import RefusedInputError
+from affect_llm.data.manifest import ManifestError, ManifestReader, ManifestRow
 from affect_llm.prompts import load_prompt
 from affect_llm.training.config import TrainConfig
 from affect_llm.training.targets import answer_for
 
+logger = logging.getLogger(__name__)
 Splits = dict[str, dict[str, list[ManifestRow]]]
 
 
-def load_splits(config: TrainConfig) -> Splits:
-    """Each dataset's training and validation rows.
+def load_splits(config: TrainConfig, *, strict: bool = False, refused: list[dict[str, Any]] | None = None) -> Splits:
+    """Each dataset's training and validation rows (rows without a split belong to neither).
+
+    Args:
+        config: The training config.
+        strict: Stop at the first refused manifest line instead of recording it.
+        refused: Receives one dict per refused line (``dataset``, ``manifest``, ``line``, ``id``, ``field``,
+            ``code``, ``reason``); each is also logged.
 
     Raises:
         FileNotFoundError: A manifest that does not exist (the message names the dataset).
-        ManifestError: A row that breaks the schema (file, line and field named).
+        RefusedInputError: Under ``strict``, a line that breaks the schema (file, line and field named).
     """
     splits: Splits = {}
     for name, dataset in config.data.datasets.items():
         if not Path(dataset.manifest).is_file():
             raise FileNotFoundError(f"dataset {name!r}: manifest {dataset.manifest} not found (prepare it with "
                                     f"`affect-llm data prepare` or `affect-llm data synth`)")
-        rows = load_manifest(dataset.manifest)
+        reader = ManifestReader(dataset.manifest, strict=strict)
+        try:
+            rows = list(reader)
+        except ManifestError as error:
+            raise RefusedInputError(f"dataset {name!r}: {error}") from error
+        for issue in reader.issues:
+            logger.warning("dataset %s: %s:%d refused: %s", name, dataset.manifest, issue.line, issue)
+            if refused is not None:
+                refused.append({"dataset": name, "manifest": str(dataset.manifest), **issue.to_dict()})
         splits[name] = {
             "train": [r for r in rows if r.split == dataset.train_split],
             "val": [r for r in rows if r.split == dataset.val_split],

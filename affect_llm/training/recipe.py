@@ -24,9 +24,11 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from transformers import get_scheduler
 
+from affect_llm.data.issues import RefusedInputError
 from affect_llm.data.manifest import ManifestRow
 from affect_llm.features.cache import FeatureCache
 from affect_llm.features.featurize import MediaFeaturizer, MediaOptions
+from affect_llm.fileio import OutputLock
 from affect_llm.hashing import file_sha256
 from affect_llm.loading.build import build_model
 from affect_llm.loading.checkpoint import load_checkpoint, save_checkpoint
@@ -52,7 +54,7 @@ from affect_llm.training.state import (
     load_training_state,
     save_training_state,
 )
-from affect_llm.training.targets import answer_for, transcript_recognised
+from affect_llm.training.targets import answer_for
 
 logger = logging.getLogger(__name__)
 DONE_FILE = "stage_done.json"
@@ -65,11 +67,15 @@ class CurriculumRecipe:
         config: The validated config.
         resume: Continue a stage from its last training-state checkpoint.
         models_dir: Where embedded models were prepared (default: the cache).
+        strict: Stop at the first refused manifest line or medium instead of recording it.
     """
 
-    def __init__(self, config: TrainConfig, resume: bool = False, models_dir: Path | None = None) -> None:
+    def __init__(self, config: TrainConfig, resume: bool = False, models_dir: Path | None = None,
+                 strict: bool = False) -> None:
         self.config = config
         self.resume = resume
+        self.strict = strict
+        self.refused_lines: list[dict[str, Any]] = []
         self.models_dir = models_dir
         self.run_dir = Path(config.run_dir)
         settings = config.train
@@ -92,7 +98,7 @@ class CurriculumRecipe:
     # -- phases -------------------------------------------------------------------------------------
     def setup_data(self) -> None:
         """Load every declared manifest and split it; a stage or task without usable rows stops the run here."""
-        self.rows = load_splits(self.config)
+        self.rows = load_splits(self.config, strict=self.strict, refused=self.refused_lines)
         problems = stage_data_problems(self.config, self.rows)
         if problems:
             raise ValueError("; ".join(problems))
@@ -136,6 +142,9 @@ class CurriculumRecipe:
                         time.perf_counter() - started, featurizer.encoded_items, hits, len(featurizer.failures))
         for row_id, reason in featurizer.failures.items():
             logger.warning("refusing row %s: %s", row_id, reason)
+        if self.strict and featurizer.failures:
+            row_id, reason = next(iter(featurizer.failures.items()))
+            raise RefusedInputError(f"row {row_id}: {reason}")
 
     def load_encoder_inputs(self, model: AffectForConditionalGeneration, processor: AffectProcessor) -> None:
         """Keep decoded encoder inputs in memory: a stage that trains the encoders cannot use cached features."""
@@ -158,7 +167,7 @@ class CurriculumRecipe:
     def _item(self, processor: AffectProcessor, row: ManifestRow, task: str) -> dict[str, Any]:
         media = self.encoder_inputs[row.id] if self.live_encoders else self.features[row.id]
         messages = processor.build_messages(task, media.modalities, transcript=row.transcript,
-                                            transcript_recognised=transcript_recognised(row))
+                                            transcript_recognised=row.transcript_recognised)
         return {**processor.encode_text(messages, answer_for(row, processor.prompt.task_keys(task))), "media": media}
 
     def _usable(self, rows: list[ManifestRow]) -> list[ManifestRow]:
@@ -385,7 +394,24 @@ class CurriculumRecipe:
         (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
 
     def run(self) -> Path:
-        """Run (or finish) every stage; returns the final checkpoint folder ``<run_dir>/final``."""
+        """Run (or finish) every stage; returns the final checkpoint folder ``<run_dir>/final``.
+
+        The main process holds ``<run_dir>/run.lock`` meanwhile: a second run into the same folder stops
+        with the holder's host and pid instead of mixing checkpoints.
+
+        Raises:
+            LockHeldError: When another process is writing this run folder.
+        """
+        lock = OutputLock(self.run_dir, self.run_dir / "run.lock") if self.accelerator.is_main_process else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            return self._run()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self) -> Path:
         set_seed(self.config.seed)
         self.setup_data()
         inputs = self.check_reusable_stages()
@@ -422,7 +448,8 @@ class CurriculumRecipe:
         if self.accelerator.is_main_process:
             shutil.rmtree(final, ignore_errors=True)
             shutil.copytree(previous, final)
-            result = {"final_checkpoint": str(final), "stages": summaries, "refused_rows": self.failures}
+            result = {"final_checkpoint": str(final), "stages": summaries, "refused_rows": self.failures,
+                      "refused_lines": self.refused_lines}
             (self.run_dir / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
         self.accelerator.wait_for_everyone()
         return final

@@ -16,11 +16,6 @@ EVIDENCE_KEYS = ("audio", "video", "text")
 
 
 
-def transcript_recognised(row: ManifestRow) -> bool:
-    """Whether the row's words come from speech recognition (``extra.transcript_source: asr:...``)."""
-    source = row.extra.get("transcript_source") if isinstance(row.extra, dict) else None
-    return isinstance(source, str) and source.startswith("asr:")
-
 
 def evidence_of(row: ManifestRow) -> dict[str, Any] | None:
     evidence = row.extra.get("evidence") if isinstance(row.extra, dict) else None

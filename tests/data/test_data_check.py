@@ -9,6 +9,7 @@ import soundfile as sf
 from datahelpers import make_wav, row, write_jsonl
 
 from affect_llm.data.check import check_manifest
+from affect_llm.data.issues import MediaPolicy
 from affect_llm.data.manifest import load_manifest
 
 
@@ -51,10 +52,9 @@ def test_check_reports_each_bad_row_by_line_and_keeps_good_rows(tmp_path: Path, 
         (3, "video"): "empty file",
         (4, "video"): "cannot decode video",
         (5, "audio"): "NaN",
-        (6, "audio"): "sample rate 8000 Hz below 16000 Hz",
         (7, "audio"): "too short",
         (8, "transcript"): "not valid UTF-8",
-        (10, "id"): "duplicate id (first on line 1)",
+        (10, "id"): "duplicate id 'good_video' (first on line 1, which is used)",
         (11, "audio"): "silent",
         (12, "labels"): "expected a list of strings",
     }
@@ -62,18 +62,20 @@ def test_check_reports_each_bad_row_by_line_and_keeps_good_rows(tmp_path: Path, 
         assert key in errors, f"no error reported for line/field {key}"
         assert reason in errors[key]
     assert report.bad_lines == sorted(line for line, _ in expected)
-    warnings = [(i.line, i.reason) for i in report.issues if i.severity == "warning"]
-    assert (6, "2 channels (mixed down to mono when loaded)") in warnings
+    # Telephone-band stereo speech is usable: two warnings, no error.
+    warnings = {(i.line, i.code) for i in report.warnings()}
+    assert {(6, "low_sample_rate"), (6, "multichannel")} <= warnings
 
     clean = load_manifest(out / "clean.jsonl")
-    assert [r.id for r in clean] == ["good_video", "good_audio", "text_only"]
+    assert [r.id for r in clean] == ["good_video", "stereo8k", "good_audio", "text_only"]
     # Relative paths were rewritten to resolve from the output folder.
     assert clean[0].media_path("video").resolve() == (tmp_path / "good.mp4").resolve()
     quarantined = [json.loads(x) for x in (out / "quarantine.jsonl").read_text().splitlines()]
     assert [q["line"] for q in quarantined] == report.bad_lines
     assert quarantined[0] == {"line": 2, "id": "missing", "reasons": ["video: file not found"]}
     saved = json.loads((out / "report.json").read_text())
-    assert saved["num_good"] == 3 and saved["num_bad"] == len(expected)
+    assert saved["num_good"] == 4 and saved["num_bad"] == len(expected)
+    assert saved["counts"]["errors"]["duplicate_id"] == 1
     assert "| 4 | truncated | video | error |" in (out / "report.md").read_text()
 
 
@@ -82,3 +84,11 @@ def test_check_of_clean_manifest_has_no_errors(tmp_path: Path, media_dir: Path) 
     report = check_manifest(manifest, None)
     assert report.num_good == 1 and report.errors() == []
     assert report.to_dict()["durations"]["video"]["count"] == 1
+
+
+def test_min_sample_rate_turns_low_rate_audio_into_an_error(tmp_path: Path) -> None:
+    make_wav(tmp_path / "phone.wav", sample_rate=8000)
+    manifest = write_jsonl(tmp_path / "m.jsonl", [row("phone", audio="phone.wav")])
+    assert check_manifest(manifest).num_bad == 0
+    strict = check_manifest(manifest, policy=MediaPolicy(min_sample_rate=16000))
+    assert [(i.code, i.severity) for i in strict.issues] == [("below_min_sample_rate", "error")]

@@ -49,3 +49,26 @@ def test_prepare_writes_manifest_and_warns_about_missing_media(tmp_path: Path, c
     assert code == 0
     assert "1 media referenced by annotations are missing" in capsys.readouterr().err
     assert json.loads(out.read_text())["labels"] == ["calm"]
+
+
+def test_prepare_records_annotations_that_give_no_row_and_goes_on(tmp_path: Path, capsys) -> None:
+    from affect_llm.cli.main import main
+
+    good = {"k": "x1", "wav": "x1.wav", "emo": "calm", "v": "0.5"}
+    lines = [json.dumps(good), "{cut short", json.dumps({**good, "k": "x2", "v": "high"}), json.dumps(good),
+             json.dumps({"k": "x3", "emo": "sad"})]
+    (tmp_path / "ann.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "x1.wav").write_bytes(b"RIFF")
+    argv = ["data", "prepare", "generic", "--root", str(tmp_path), "--annotations", "ann.jsonl",
+            "--map", "id=k,audio=wav,labels=emo,valence=v", "--out", str(tmp_path / "m.jsonl")]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "m.jsonl.summary.json").read_text())
+    expected = [("ann.jsonl:2", "invalid JSON"), ("ann.jsonl:3", "column for 'valence' holds 'high', not a number"),
+                ("ann.jsonl:5", "column(s) ['wav', 'v'] not found"), ("id x1", "duplicate id")]
+    assert len(summary["skipped"]) == len(expected)
+    for item, (where, reason) in zip(summary["skipped"], expected, strict=True):
+        assert item["where"] == where and item["reason"].startswith(reason)
+    assert [json.loads(line)["id"] for line in (tmp_path / "m.jsonl").read_text().splitlines()] == ["x1"]
+    assert "4 annotation entries skipped" in capsys.readouterr().err
+    assert main([*argv, "--strict"]) == 3
+    assert "ann.jsonl:2: invalid JSON" in capsys.readouterr().err

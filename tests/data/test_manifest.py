@@ -8,6 +8,7 @@ from datahelpers import row, write_jsonl
 
 from affect_llm.data.manifest import (
     ManifestError,
+    ManifestReader,
     ManifestRow,
     load_manifest,
     write_manifest,
@@ -31,7 +32,8 @@ def test_round_trip_preserves_rows_and_resolves_media_against_manifest(tmp_path:
         ({"labels": "happy"}, "labels", "expected a list of strings"),
         ({"valence": "high"}, "valence", "expected a number"),
         ({"speaker": "x"}, "speaker", "unknown key"),
-        ({"split": ""}, "split", "non-empty string"),
+        ({"split": ""}, "split", "empty string"),
+        ({"id": 7}, "id", "expected a non-empty string"),
     ],
 )
 def test_schema_errors_name_file_line_and_field(tmp_path: Path, bad: dict, field: str, reason: str) -> None:
@@ -43,18 +45,47 @@ def test_schema_errors_name_file_line_and_field(tmp_path: Path, bad: dict, field
     assert reason in str(info.value)
 
 
-def test_missing_key_is_an_error(tmp_path: Path) -> None:
-    data = row("a")
-    del data["transcript"]
-    path = write_jsonl(tmp_path / "m.jsonl", [data])
-    with pytest.raises(ManifestError, match=r"m.jsonl:1: field 'transcript': missing required key"):
+def test_keys_other_than_id_take_their_defaults(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "m.jsonl", [{"id": "a", "video": "a.mp4", "labels": ["happy"]}])
+    (loaded,) = load_manifest(path)
+    assert loaded == ManifestRow(id="a", video="a.mp4", labels=["happy"])
+    # A row without a split has none: nothing takes it into a training split by default.
+    assert loaded.split is None and loaded.source is None and loaded.transcript is None
+
+
+def test_missing_id_is_an_error(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "m.jsonl", [{"video": "a.mp4"}])
+    with pytest.raises(ManifestError, match=r"m.jsonl:1: field 'id': missing required key"):
         load_manifest(path)
 
 
 def test_duplicate_id_names_both_lines(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "m.jsonl", [row("a"), row("b"), row("a")])
-    with pytest.raises(ManifestError, match=r"m.jsonl:3: field 'id': duplicate id 'a' \(first on line 1\)"):
+    with pytest.raises(ManifestError, match=r"m.jsonl:3: field 'id': duplicate id 'a' \(first on line 1"):
         load_manifest(path)
+
+
+def test_reader_records_each_refused_line_and_keeps_the_first_of_an_id(tmp_path: Path) -> None:
+    lines = [row("a"), b"{not json", row("b", labels="sad"), row("a", split="test"), {"video": "x.mp4"},
+             json.dumps(row("c", transcript="caf@")).encode().replace(b"@", b"\xe9"), row("d")]
+    reader = ManifestReader(write_jsonl(tmp_path / "m.jsonl", lines))
+    rows = list(reader)
+    assert [(r.id, r.line, r.split) for r in rows] == [("a", 1, "train"), ("d", 7, "train")]
+    found = [(i.line, i.id, i.field, i.code) for i in reader.issues]
+    assert found == [(2, None, None, "manifest"), (3, "b", "labels", "manifest"), (4, "a", "id", "duplicate_id"),
+                     (5, None, "id", "manifest"), (6, "c", "transcript", "manifest")]
+    assert reader.num_lines == 7 and all(i.is_error for i in reader.issues)
+
+
+def test_one_bad_line_in_many_costs_that_line(tmp_path: Path) -> None:
+    path = tmp_path / "big.jsonl"
+    good = json.dumps({"id": "x", "transcript": "t", "split": "train"})
+    with path.open("w") as handle:
+        for index in range(20_000):
+            handle.write("{oops\n" if index == 12_345 else good.replace('"x"', f'"r{index}"') + "\n")
+    reader = ManifestReader(path)
+    assert sum(1 for _ in reader) == 19_999
+    assert [(i.line, i.code) for i in reader.issues] == [(12_346, "manifest")]
 
 
 def test_invalid_json_and_utf8_report_line(tmp_path: Path) -> None:
@@ -64,7 +95,7 @@ def test_invalid_json_and_utf8_report_line(tmp_path: Path) -> None:
     path = write_jsonl(
         tmp_path / "u.jsonl", [json.dumps(row("a")).replace("null", '"\xff"', 1).encode("latin-1")]
     )
-    with pytest.raises(ManifestError, match=r"u.jsonl:1: not valid UTF-8"):
+    with pytest.raises(ManifestError, match=r"u.jsonl:1: field 'video': not valid UTF-8"):
         load_manifest(path)
 
 

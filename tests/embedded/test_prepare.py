@@ -153,4 +153,9 @@ def test_cli_prepare_then_list(tmp_path, fake_registry, capsys) -> None:
     assert _cli(["models", "list", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "fake-tiny" in out and "ready" in out
-    assert _cli(["models", "prepare", "--dir", str(tmp_path), "unknown"]) == 2
+    # Through the console script's entry: a user error is one line and exit code 2.
+    from affect_llm.cli.main import main
+
+    assert main(["models", "prepare", "--dir", str(tmp_path), "unknown"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown embedded model(s) ['unknown']" in err

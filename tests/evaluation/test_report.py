@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from affect_llm.data.issues import RefusedInputError
 from affect_llm.evaluation.judge.protocol import JudgeResult
-from affect_llm.evaluation.report import EvaluationError, evaluate
+from affect_llm.evaluation.report import EvaluationError, evaluate, read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,11 +94,30 @@ def test_judge_section_and_histogram(files, tmp_path):
     assert (tmp_path / "out" / "judge_histogram.png").is_file()
 
 
-def test_malformed_refs_name_file_and_line(files, tmp_path):
+def test_malformed_lines_are_left_out_and_listed(files, tmp_path):
+    results, refs = files
+    torn = tmp_path / "torn.jsonl"
+    torn.write_bytes(results.read_bytes() + b'{"id": "x", "labels": ["sa')
+    bad_refs = tmp_path / "bad.jsonl"
+    bad_refs.write_bytes(refs.read_bytes() + b'{oops\n{"labels": ["sad"]}\n' + refs.read_text().splitlines()[0].encode()
+                         + b"\n")
+    report = evaluate(torn, bad_refs, tmp_path / "out")
+    clean = evaluate(results, refs, tmp_path / "clean")
+    assert report["overall"] == clean["overall"]
+    lines = len(refs.read_text().splitlines())
+    assert report["refused"]["results"] == [{"line": len(results.read_text().splitlines()) + 1,
+                                             "reason": "not valid JSON (Unterminated string starting at)"}]
+    assert [item.get("line") for item in report["refused"]["refs"]] == [lines + 1, lines + 2, None]
+    assert "duplicate reference id" in report["refused"]["refs"][2]["reason"]
+
+
+def test_strict_stops_at_the_first_malformed_line(files, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "labels": ["sad"]}\n{oops\n')
+    with pytest.raises(RefusedInputError, match=r"bad.jsonl:2: not valid JSON"):
+        evaluate(files[0], bad, tmp_path / "out", strict=True)
     with pytest.raises(EvaluationError, match=r"bad.jsonl:2"):
-        evaluate(files[0], bad, tmp_path / "out")
+        read_jsonl(bad)
 
 
 def _cli(results, refs, out):

@@ -200,3 +200,34 @@ def test_greedy_generation_is_deterministic(small_manifest, tiny_checkpoint, tmp
         runs.append({r["id"]: r["raw"] for r in read_rows(out)})
     assert runs[0] == runs[1]
     assert all(isinstance(text, str) and text for text in runs[0].values())
+
+
+def _file_size_limit(limit: int):
+    """A ``preexec_fn``: writes past ``limit`` bytes fail with EFBIG (SIGXFSZ ignored), as on a full disk."""
+    import resource
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_full_disk_leaves_no_torn_row_and_a_rerun_completes(small_manifest, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "affect_llm.cli.main", "explain", str(small_manifest), "--model",
+               str(tiny_checkpoint), "--out", str(out), "--batch-size", "2", "--max-new-tokens", "8"]
+    _explain(small_manifest, out, tiny_checkpoint, batch_size=2, limit=2)
+    before = out.read_bytes()
+    # Room for half a row more: the next batch's write stops part-way.
+    full = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False,
+                          preexec_fn=_file_size_limit(len(before) + len(before) // 4))
+    assert full.returncode == 5, full.stderr
+    message = full.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"affect-llm explain: error: cannot write {out}: File too large")
+    assert "Traceback" not in full.stderr
+    assert out.read_bytes() == before  # the torn batch was cut back
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert rerun.returncode == 0, rerun.stderr
+    counts = Counter(r["id"] for r in read_rows(out))  # read_rows fails on any torn line
+    assert set(counts) == set(_ids(small_manifest)) and max(counts.values()) == 1

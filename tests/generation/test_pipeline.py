@@ -76,3 +76,18 @@ def test_undecodable_clip_names_the_file(pipe, tmp_path):
     with pytest.raises(ValueError, match="broken.png"):
         pipe.attach(image=str(broken))
     assert pipe.media.modalities == ()
+
+
+def test_chat_refuses_what_the_checks_refuse_and_notes_their_warnings(pipe, synth_rows, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(str(tmp_path / "nan.wav"), np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match=r"nan.wav: field 'audio': 16000 NaN/inf samples"):
+        pipe.attach(audio=str(tmp_path / "nan.wav"))
+    # 8 kHz speech is used, with the note every command records.
+    voice, rate = sf.read(synth_rows[0]["audio"])
+    sf.write(str(tmp_path / "phone.wav"), voice[::2], rate // 2)
+    result = pipe(audio=str(tmp_path / "phone.wav"))
+    assert result["parse_status"] in ("ok", "unparseable")
+    assert [w["code"] for w in result["warnings"]] == ["low_sample_rate"] == [w["code"] for w in pipe.warnings]

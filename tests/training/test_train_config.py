@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -189,10 +190,11 @@ def test_check_refuses_a_task_no_row_can_answer(tmp_path: Path, synth_manifest: 
     assert "stage 'reason': task 'reason': none of the" in out
 
 
-def test_check_names_a_missing_manifest(tmp_path: Path) -> None:
+def test_check_names_a_missing_manifest(tmp_path: Path, capsys) -> None:
     raw = tiny_config(tmp_path / "absent.jsonl", tmp_path / "run", None)
-    with pytest.raises(FileNotFoundError, match="dataset 'synth': manifest .*absent.jsonl not found"):
-        main(["train", str(write_config(tmp_path / "c.yaml", raw)), "--check"])
+    assert main(["train", str(write_config(tmp_path / "c.yaml", raw)), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"^affect-llm train: error: dataset 'synth': manifest .*absent.jsonl not found \(prepare it", err)
 
 
 def test_unknown_projector_kind_is_refused(tmp_path: Path, no_model_builds: None) -> None:

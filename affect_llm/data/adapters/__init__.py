@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from affect_llm.data.adapters.common import BuildResult, BuildSummary, write_prepared
+from affect_llm.data.issues import RefusedInputError
 
 # name -> (module, fixed keyword arguments); a constant, so it is not mutable registry state.
 ADAPTERS: dict[str, tuple[str, tuple[tuple[str, Any], ...]]] = {
@@ -46,7 +47,8 @@ def build_dataset(name: str, root: str | Path, **options: Any) -> BuildResult:
 
 
 def prepare(
-    name: str, root: str | Path, out: str | Path, *, keep_missing: bool = False, **options: Any
+    name: str, root: str | Path, out: str | Path, *, keep_missing: bool = False, strict: bool = False,
+    **options: Any,
 ) -> BuildSummary:
     """Build a dataset's manifest at ``out`` and its summary at ``<out>.summary.json``.
 
@@ -55,12 +57,20 @@ def prepare(
         root: The corpus folder, in its published layout.
         out: Manifest path.
         keep_missing: Keep rows whose media are missing (the data check will quarantine them).
+        strict: Write nothing when an annotation was skipped or a medium is missing.
         **options: Adapter-specific options.
 
     Returns:
         The summary (rows, splits, label counts, missing media, skipped annotations).
+
+    Raises:
+        RefusedInputError: Under ``strict``, naming the first skipped annotation or missing medium.
     """
     result = build_dataset(name, root, **options)
+    if strict and (result.skipped or result.missing):
+        first = (f"{result.skipped[0]['where']}: {result.skipped[0]['reason']}" if result.skipped else
+                 f"{result.missing[0].id}: {result.missing[0].field}: {result.missing[0].path}: file not found")
+        raise RefusedInputError(first)
     return write_prepared(name, Path(root), result, Path(out), keep_missing=keep_missing)
 
 

@@ -92,11 +92,19 @@ def find_one(root: Path, patterns: Iterable[str]) -> Path | None:
 
 
 def read_csv_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    """``(line, row)`` for each data row of a CSV (UTF-8, BOM tolerated)."""
+    """``(line, row)`` for each data row of a CSV (UTF-8, BOM tolerated).
+
+    Raises:
+        ValueError: If the file is not UTF-8 (naming the line where decoding failed).
+    """
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
-        for row in reader:
-            yield reader.line_num, {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        try:
+            for row in reader:
+                yield reader.line_num, {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not valid UTF-8 after line {reader.line_num} ({exc.reason}); "
+                             "save the file as UTF-8") from exc
 
 
 def require_columns(path: Path, row: dict[str, str], columns: Iterable[str]) -> None:
@@ -116,6 +124,19 @@ def check_media(row: ManifestRow, result: BuildResult) -> bool:
     return ok
 
 
+def _drop_repeated_ids(result: BuildResult) -> None:
+    """Keep the first row of each id; record the others (a manifest's ids are unique)."""
+    seen: set[str] = set()
+    kept = []
+    for row in result.rows:
+        if row.id in seen:
+            result.skip(f"id {row.id}", "duplicate id (the first row with it is kept)")
+        else:
+            seen.add(row.id)
+            kept.append(row)
+    result.rows = kept
+
+
 def write_prepared(
     dataset: str, root: Path, result: BuildResult, out: Path, *, keep_missing: bool = False
 ) -> BuildSummary:
@@ -125,6 +146,7 @@ def write_prepared(
     data check quarantines them); either way each is listed in the summary.
     """
     out = Path(out)
+    _drop_repeated_ids(result)
     missing_ids = {m.id for m in result.missing}
     kept = [r for r in result.rows if keep_missing or r.id not in missing_ids]
     base = out.parent.resolve()

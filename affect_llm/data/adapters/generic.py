@@ -9,13 +9,14 @@ media paths are relative to ``root``; ``split`` defaults to ``train``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from affect_llm.data.adapters.common import BuildResult, check_media, read_csv_rows, require_dir
-from affect_llm.data.manifest import MEDIA_FIELDS, REQUIRED_KEYS, ManifestRow
+from affect_llm.data.manifest import KEYS, MEDIA_FIELDS, ManifestRow
 
-MAPPABLE = frozenset(REQUIRED_KEYS)
+MAPPABLE = frozenset(KEYS) - {"extra"}
 
 
 def parse_mapping(text: str) -> dict[str, str]:
@@ -37,17 +38,27 @@ def parse_mapping(text: str) -> dict[str, str]:
     return mapping
 
 
-def _records(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def _records(path: Path, result: BuildResult) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line, record)`` of each annotation; a line that is not a JSON object is recorded and skipped."""
     if path.suffix.lower() == ".csv":
-        return list(read_csv_rows(path))
-    records = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
+        yield from read_csv_rows(path)
+        return
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, 1):
+            if not raw.strip():
+                continue
             try:
-                records.append((line_no, json.loads(line)))
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                result.skip(f"{path.name}:{line_no}", f"not valid UTF-8 ({exc.reason})")
+                continue
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: invalid JSON: {exc.msg}") from exc
-    return records
+                result.skip(f"{path.name}:{line_no}", f"invalid JSON: {exc.msg}")
+                continue
+            if not isinstance(record, dict):
+                result.skip(f"{path.name}:{line_no}", f"expected a JSON object, got {type(record).__name__}")
+                continue
+            yield line_no, record
 
 
 def _labels(value: Any, sep: str) -> list[str]:
@@ -79,7 +90,10 @@ def build(
 
     Raises:
         FileNotFoundError: If the annotation file is missing.
-        ValueError: If ``id`` is not mapped, or a mapped column is missing from a record.
+        ValueError: If ``id`` is not mapped.
+
+    A record that cannot give a row (bad JSON, a mapped column missing, a rating that is not a
+    number) is recorded in ``skipped`` with its line, and the others go on.
     """
     root = require_dir(root, "generic")
     path = Path(annotations)
@@ -89,29 +103,44 @@ def build(
     if "id" not in mapping:
         raise ValueError("generic: the mapping must name the id column (id=COLUMN)")
     result = BuildResult()
-    for line, rec in _records(path):
+    for line, rec in _records(path, result):
         where = f"{path.name}:{line}"
         absent = [col for col in mapping.values() if col not in rec]
         if absent:
-            raise ValueError(f"{where}: column(s) {absent} not found; present: {sorted(rec)}")
-        values = {key: rec[col] for key, col in mapping.items()}
-        for name in MEDIA_FIELDS:
-            if values.get(name):
-                values[name] = str(root / str(values[name]))
-        row = ManifestRow(
-            id=str(values["id"]),
-            video=values.get("video") or None,
-            audio=values.get("audio") or None,
-            image=values.get("image") or None,
-            transcript=str(values["transcript"]) if values.get("transcript") else None,
-            labels=_labels(values.get("labels"), labels_sep),
-            explanation=str(values["explanation"]) if values.get("explanation") else None,
-            valence=_number(values.get("valence"), where, "valence"),
-            arousal=_number(values.get("arousal"), where, "arousal"),
-            split=str(values.get("split") or "train"),
-            source=str(values.get("source") or source),
-            extra={k: v for k, v in rec.items() if k not in mapping.values()},
-        )
+            result.skip(where, f"column(s) {absent} not found; present: {sorted(rec)}")
+            continue
+        try:
+            row = _row(rec, mapping, root, labels_sep, source, where)
+        except ValueError as exc:
+            result.skip(where, str(exc).removeprefix(f"{where}: "))
+            continue
         check_media(row, result)
         result.rows.append(row)
     return result
+
+
+def _row(rec: dict[str, Any], mapping: dict[str, str], root: Path, labels_sep: str, source: str,
+         where: str) -> ManifestRow:
+    """One annotation record as a row (media paths absolute).
+
+    Raises:
+        ValueError: On a value that cannot be read (a rating that is not a number).
+    """
+    values = {key: rec[col] for key, col in mapping.items()}
+    for name in MEDIA_FIELDS:
+        if values.get(name):
+            values[name] = str(root / str(values[name]))
+    return ManifestRow(
+        id=str(values["id"]),
+        video=values.get("video") or None,
+        audio=values.get("audio") or None,
+        image=values.get("image") or None,
+        transcript=str(values["transcript"]) if values.get("transcript") else None,
+        labels=_labels(values.get("labels"), labels_sep),
+        explanation=str(values["explanation"]) if values.get("explanation") else None,
+        valence=_number(values.get("valence"), where, "valence"),
+        arousal=_number(values.get("arousal"), where, "arousal"),
+        split=str(values.get("split") or "train"),
+        source=str(values.get("source") or source),
+        extra={k: v for k, v in rec.items() if k not in mapping.values()},
+    )

@@ -1,0 +1,85 @@
+"""Exit codes and one-line messages: what the command line says when something stops it.
+
+Every user error (bad arguments, missing files, a bad manifest or config, an unprepared model, a
+checkpoint that cannot be read, a locked output, a full disk) ends the command with one line naming
+the problem and what to do, and the exit code below; the traceback goes to the log file and, with
+``--debug``, to the terminal. The codes are listed in the README.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+EXIT_OK = 0
+EXIT_FOUND_BAD = 1  # a check found problems: data check (bad rows), train --check, models list (corrupt)
+EXIT_USAGE = 2  # a user error: arguments, missing file, bad manifest/config/checkpoint, unprepared model
+EXIT_STRICT = 3  # --strict: a manifest line or medium was refused
+EXIT_BUSY = 4  # the output is being written by another process
+EXIT_NO_SPACE = 5  # the disk is full or a file size limit was reached; rerun to resume
+EXIT_INTERNAL = 70  # a bug: the message says where the traceback is
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+class UsageError(Exception):
+    """A command-line mistake; the message names it and what to do."""
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    # ValueError covers ManifestError, MediaError, CheckpointError, EvaluationError, StaleStageError and
+    # the config's own checks: each names the file, line or key at fault.
+    from affect_llm.evaluation.judge.protocol import JudgeError
+    from affect_llm.generation.vllm_worker import VLLMUnavailableError
+
+    return (UsageError, ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError, ModuleNotFoundError, JudgeError, VLLMUnavailableError)
+
+
+def _os_message(error: OSError) -> str:
+    # Python's own text, "[Errno 2] No such file or directory: 'x'", reads better as "x: No such file".
+    if error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
+
+
+def _hint(error: BaseException) -> str:
+    from affect_llm.references import ModelNotPreparedError
+
+    if isinstance(error, ModelNotPreparedError) and os.environ.get("AFFECT_LLM_MODELS"):
+        return (f"; or set AFFECT_LLM_MODELS to the folder they were prepared in (it is now "
+                f"{os.environ['AFFECT_LLM_MODELS']})")
+    if isinstance(error, ModuleNotFoundError) and error.name:
+        return f" (install it: pip install {error.name}, or run scripts/setup.sh)"
+    return ""
+
+
+def classify(error: BaseException) -> tuple[int, str]:
+    """The exit code and the one-line message for an exception that ended a command."""
+    from affect_llm.data.issues import RefusedInputError
+    from affect_llm.fileio import LockHeldError
+
+    if isinstance(error, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted; finished work is kept, run the same command again to go on"
+    if isinstance(error, RefusedInputError):
+        return EXIT_STRICT, str(error)
+    if isinstance(error, LockHeldError):
+        return EXIT_BUSY, str(error)
+    if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
+        return EXIT_NO_SPACE, (f"cannot write {error.filename or 'output'}: {error.strerror}; free some space (or "
+                               "raise the file size limit) and run the same command again: finished work is kept")
+    if isinstance(error, _user_error_types()):
+        if isinstance(error, KeyError) and error.args:
+            text = str(error.args[0])
+        elif isinstance(error, OSError) and not isinstance(error, ModuleNotFoundError):
+            text = _os_message(error) if type(error).__str__ is OSError.__str__ else str(error)
+        else:
+            text = str(error)
+        return EXIT_USAGE, text + _hint(error)
+    return EXIT_INTERNAL, f"internal error: {type(error).__name__}: {error}"
+
+
+def one_line(text: str) -> str:
+    """A message on one line (embedded newlines and runs of spaces folded)."""
+    return " ".join(text.split())

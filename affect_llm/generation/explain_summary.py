@@ -1,0 +1,72 @@
+"""What a batch explanation did, counted and written beside its results as ``<out>.summary.json``.
+
+The results file holds one row per clip, refused clips included (``parse_status: failed``,
+``refused: true``, the reason in ``error``). What has no row there, a manifest line that was refused
+(bad JSON, schema, a repeated id), is listed here with its line and reason, so that every input is
+accounted for: written + skipped + refused lines = the lines of this run's share of the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from affect_llm.data.manifest import ManifestReader
+from affect_llm.fileio import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+
+class RunSummary:
+    """Counts of one run and the inputs it refused.
+
+    Args:
+        out_path: The results file; the summary is ``<out_path>.summary.json``.
+        reader: The manifest being read (its refused lines are reported).
+    """
+
+    def __init__(self, out_path: Path, reader: ManifestReader | None = None) -> None:
+        self.out_path = out_path
+        self.path = out_path.with_name(out_path.name + ".summary.json")
+        self.reader = reader
+        self.counts = {"written": 0, "skipped": 0, "failed": 0, "refused": 0, "unparseable": 0, "warned": 0}
+        self.refused_clips: list[dict[str, Any]] = []
+
+    def count_rows(self, lines: list[dict[str, Any]]) -> None:
+        """Count result rows as they are written."""
+        for line in lines:
+            self.counts["written"] += 1
+            self.counts["failed"] += line["parse_status"] == "failed"
+            self.counts["unparseable"] += line["parse_status"] == "unparseable"
+            self.counts["warned"] += bool(line.get("warnings"))
+            if line.get("refused"):
+                self.counts["refused"] += 1
+                self.refused_clips.append({"id": line["id"], "error": line["error"]})
+
+    @property
+    def refused_lines(self) -> list[dict[str, Any]]:
+        """Manifest lines refused so far (line, id, field, code, reason)."""
+        return [issue.to_dict() for issue in self.reader.issues] if self.reader is not None else []
+
+    def totals(self) -> dict[str, int]:
+        """Rows written, skipped, failed, refused (media), unparseable, warned; manifest lines refused."""
+        return {**self.counts, "refused_lines": len(self.reader.issues) if self.reader is not None else 0}
+
+    def to_dict(self) -> dict[str, Any]:
+        manifest = str(self.reader.path) if self.reader is not None else None
+        return {
+            "manifest": manifest,
+            "counts": self.totals(),
+            "refused_lines": self.refused_lines,
+            "refused_clips": self.refused_clips,
+        }
+
+    def write(self) -> None:
+        """Write the summary; a failure (a full disk) is logged, not raised: the results are what matter."""
+        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+        try:
+            atomic_write_bytes(self.path, text.encode("utf-8"))
+        except OSError as error:
+            logger.warning("could not write %s: %s", self.path, error)

