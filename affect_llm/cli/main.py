@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = (
     "chat",
     "explain",
     "eval",
+    "serve",
 )
 
 
