@@ -125,10 +125,11 @@ def _load_with_librosa(
     path: Path, max_seconds: float | None, field_name: str, first_error: Exception
 ) -> tuple[np.ndarray, int, int, int]:
     import librosa
+    from audioread.exceptions import DecodeError as AudioreadError  # librosa's fallback: NoBackendError
 
     try:
         audio, sample_rate = librosa.load(str(path), sr=None, mono=False, duration=max_seconds)
-    except (OSError, RuntimeError, ValueError, EOFError) as exc:
+    except (OSError, RuntimeError, ValueError, EOFError, AudioreadError) as exc:
         raise MediaError(path, field_name, f"cannot decode audio ({first_error}; {exc})") from exc
     audio = audio.T if audio.ndim == 2 else audio[:, None]  # (C, S) -> (S, C)
     # librosa does not report the untruncated length cheaply; one more sample marks "maybe longer".
