@@ -4,10 +4,11 @@
 ended; its streamers accept batch size 1 only. A server batching concurrent requests needs more:
 each request streams its own tokens, has its own token budget and sampling settings, and a request
 whose client went away must stop costing compute. :func:`stream_batch` is that loop: one prefill of
-the left-padded batch (media tokens merged by ``model.embed_inputs``, exactly as ``generate``
-does), then one decoding step per token for the rows still running; a row that ends (end of turn,
-its budget, or its sink reports it cancelled) is removed from the batch and from the KV cache
-(``DynamicCache.batch_select_indices``), so later steps compute only the live rows.
+the batch (the prompt prefix every request shares computed once, the rest left-padded after it,
+media tokens merged by ``model.embed_inputs`` as ``generate`` merges them), then one decoding step
+per token for the rows still running; a row that ends (end of turn, its budget, or its sink reports
+it cancelled) is removed from the batch and from the KV cache (``DynamicCache.batch_select_indices``),
+so later steps compute only the live rows.
 
 Under greedy decoding the tokens are those of :class:`~affect_llm.generation.hf_backend.HFBackend`
 (the same positions, mask and cache; tested). Sampling is seeded per request with its own
@@ -30,6 +31,8 @@ from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.processing.processor import AffectProcessor, batch_to_device
 
 FinishReason = Literal["stop", "length", "cancelled"]
+# A shared prompt prefix shorter than this is not worth a forward pass of its own.
+MIN_SHARED_PREFIX = 8
 
 
 class TokenSink(Protocol):
@@ -104,18 +107,45 @@ class _Sampler:
         return int(torch.multinomial(probs.cpu(), 1, generator=self.generator))
 
 
-def _prefill_inputs(
-    model: AffectForConditionalGeneration, processor: AffectProcessor, items: list[BatchItem]
-) -> dict[str, Any]:
-    """Left-padded prompt embeddings, mask and positions of the batch (as ``generate`` builds them)."""
+def shared_prefix_length(prompts: list[list[int]], stop_ids: set[int]) -> int:
+    """Leading tokens every prompt shares, up to the first media placeholder, leaving each one token.
+
+    Returns 0 when fewer than ``MIN_SHARED_PREFIX`` tokens are shared (not worth a forward of its own).
+    """
+    limit = min(len(ids) for ids in prompts) - 1
+    first = prompts[0]
+    length = 0
+    while length < limit and first[length] not in stop_ids and all(ids[length] == first[length] for ids in prompts):
+        length += 1
+    return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def _prefill(model: AffectForConditionalGeneration, processor: AffectProcessor, items: list[BatchItem],
+             cache: DynamicCache, cached: dict[str, Any]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """Run the prompts through the LLM, filling the cache; returns ``(output, mask (B, L), positions (B, 1))``.
+
+    The prefix all prompts share (the system prompt and chat header) is computed once and its keys
+    and values repeated for every row: with a batch of B requests, B - 1 copies of its cost are
+    saved. The rest of each prompt is left-padded after it, so a row reads
+    ``[shared prefix][padding][own tokens]``; padding is masked, and positions count only real
+    tokens, as ``generate`` counts them.
+    """
+    lm = model.language_model
     device = model.get_input_embeddings().weight.device
-    encoded = [{**processor.encode_text(item.request.messages), "media": item.request.media} for item in items]
-    batch = batch_to_device(processor.collate(encoded, padding_side="left"), device)
-    mask = batch["attention_mask"]  # (B, L)
-    positions = mask.long().cumsum(-1) - 1
-    positions.masked_fill_(mask == 0, 1)
-    embeds = model.embed_inputs(batch["input_ids"], batch["media"])  # (B, L, D)
-    return {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
+    prompts = [processor.encode_text(item.request.messages)["input_ids"] for item in items]
+    shared = shared_prefix_length(prompts, set(processor.token_ids().values()))
+    if shared:
+        lm(input_ids=torch.tensor(prompts[0][:shared], device=device)[None], **cached)  # (1, P)
+        if len(items) > 1:
+            cache.batch_repeat_interleave(len(items))
+    rest = [{"input_ids": ids[shared:], "media": item.request.media} for ids, item in zip(prompts, items, strict=True)]
+    batch = batch_to_device(processor.collate(rest, padding_side="left"), device)
+    own_mask = batch["attention_mask"]  # (B, S)
+    mask = torch.cat([own_mask.new_ones(len(items), shared), own_mask], dim=-1)  # (B, P + S)
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, shared:]  # (B, S)
+    embeds = model.embed_inputs(batch["input_ids"], batch["media"])  # (B, S, D)
+    out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, **cached)
+    return out, mask, positions[:, -1:]
 
 
 @torch.no_grad()
@@ -143,11 +173,9 @@ def stream_batch(
         return stats
     samplers = {i: _Sampler(items[i].settings) for i in live}
     produced = dict.fromkeys(live, 0)
-    inputs = _prefill_inputs(model, processor, [items[i] for i in live])
-    mask, positions = inputs["attention_mask"], inputs["position_ids"][:, -1:]  # (B, L), (B, 1)
     cache = DynamicCache()
     cached = {_cache_argument(model.language_model): cache, "use_cache": True, "logits_to_keep": 1}
-    out = model.language_model(**inputs, **cached)
+    out, mask, positions = _prefill(model, processor, [items[i] for i in live], cache, cached)  # (B, L), (B, 1)
     while True:
         logits = out.logits[:, -1, :]  # (B, V)
         next_ids, keep = [], []

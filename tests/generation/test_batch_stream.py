@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
-from affect_llm.generation.batch_stream import BatchItem, IncrementalDetokenizer, stream_batch
+from affect_llm.generation.batch_stream import (
+    BatchItem,
+    IncrementalDetokenizer,
+    shared_prefix_length,
+    stream_batch,
+)
 from affect_llm.generation.hf_backend import HFBackend
 from affect_llm.loading.build import build_model
 from affect_llm.loading.spec import ModelSpec
@@ -60,6 +65,15 @@ def test_greedy_tokens_are_those_of_generate(parts) -> None:
     sinks = [Sink() for _ in requests]
     run(parts, [settings] * 4, sinks)
     assert [processor.tokenizer.decode(s.tokens, skip_special_tokens=True) for s in sinks] == expected
+
+
+def test_the_shared_prompt_prefix_stops_before_the_media(parts) -> None:
+    _, processor, requests = parts
+    prompts = [processor.encode_text(r.messages)["input_ids"] for r in requests]
+    media_ids = set(processor.token_ids().values())
+    shared = shared_prefix_length(prompts, media_ids)
+    assert shared >= 8 and prompts[0][shared] in media_ids  # the system prompt, computed once per batch
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]], set()) == 0  # too short to be worth a pass
 
 
 def test_rows_with_smaller_budgets_leave_the_batch(parts) -> None:

@@ -29,10 +29,11 @@ class ServerProcess:
     ``/health`` to answer; leaving the block terminates the child (by its own pid).
     """
 
-    def __init__(self, checkpoint: Path, *args: str, startup_s: float = 180.0) -> None:
+    def __init__(self, checkpoint: Path, *args: str, startup_s: float = 180.0, threads: int = 1) -> None:
         self.command = [sys.executable, "-m", "affect_llm.cli.main", "serve", "--model", str(checkpoint),
                         "--port", "0", "--log-level", "warning", *args]
         self.startup_s = startup_s
+        self.threads = threads  # torch threads of the server (tests keep to one core: others share the machine)
         self.url = ""
         self.log: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -46,7 +47,7 @@ class ServerProcess:
         self._lines.put(None)
 
     def __enter__(self) -> ServerProcess:
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
         self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         env=env)
         threading.Thread(target=self._read, daemon=True).start()
