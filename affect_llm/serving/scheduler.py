@@ -1,7 +1,8 @@
 """Dynamic batching: requests that arrive together are generated together, each streaming its own tokens.
 
 One generation thread takes the first waiting request, waits a short window for more (up to the
-largest batch), and decodes them as one batch. With the HF backend every token reaches its request
+largest batch; longer, within bounds, while admitted requests are still reading their media), and
+decodes them as one batch. With the HF backend every token reaches its request
 as soon as it is chosen (:func:`affect_llm.generation.batch_stream.stream_batch`), rows leave the
 batch as they end, and a request whose client went away is dropped at the next step. With the vLLM
 backend the engine returns whole answers, so each request gets its answer in one piece.
@@ -27,6 +28,9 @@ from affect_llm.generation.backend import DecodingSettings, GenerationBackend, G
 from affect_llm.generation.batch_stream import BatchItem, IncrementalDetokenizer, stream_batch
 
 logger = logging.getLogger(__name__)
+# A batch waits up to this many windows for requests admitted but still reading their media: clients
+# that all finished together send their next requests together, and a batch should take them all.
+PREPARING_WAIT = 10
 
 
 class QueueFull(Exception):
@@ -207,14 +211,23 @@ class Scheduler:
         self._queue.put(None)
         self._thread.join(timeout=30)
 
+    def _preparing(self, taken: int) -> bool:
+        """Whether admitted requests are still reading their media (on their way to the queue)."""
+        return self.stats.waiting - taken - self._queue.qsize() > 0
+
     def _collect(self, first: Job) -> list[Job]:
+        """The first job and those that arrive within the window (longer while others are on their way)."""
         batch = [first]
-        deadline = time.monotonic() + self.window_s
+        start = time.monotonic()
         while len(batch) < self.max_batch:
-            try:
-                job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
+            limit = self.window_s * (PREPARING_WAIT if self._preparing(len(batch)) else 1)
+            remaining = start + limit - time.monotonic()
+            if remaining <= 0:
                 break
+            try:
+                job = self._queue.get(timeout=min(remaining, self.window_s))
+            except queue.Empty:
+                continue
             if job is None:  # closing: put the sentinel back for the loop
                 self._queue.put(None)
                 break
