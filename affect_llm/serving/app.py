@@ -11,11 +11,12 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -42,6 +43,9 @@ async def read_json_body(request: Request, limit: int) -> Any:
         raise ApiError(415, f"Content-Type must be application/json, got {content_type or 'none'!r}",
                        None, "unsupported_content_type")
     declared = int(request.headers.get("content-length") or 0)
+    if declared > DRAIN_LIMIT:  # not worth reading at all
+        raise ApiError(413, f"the request body is {declared / MB:.1f} MB, over the limit of {limit / MB:.1f} MB "
+                            "(--max-request-mb)", None, "request_too_large")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -58,7 +62,7 @@ async def read_json_body(request: Request, limit: int) -> Any:
         raise ApiError(400, f"malformed JSON body: {error}", None, "invalid_json") from None
 
 
-def _api_key_check(options: ServeOptions):
+def _api_key_check(options: ServeOptions) -> Callable[[Request], Awaitable[None]]:
     async def check(request: Request) -> None:
         if not options.api_key:
             return
@@ -111,7 +115,7 @@ def create_app(service: ChatService, options: ServeOptions) -> FastAPI:
         return {"object": "list", "data": [model_card(service, options)]}
 
     @app.post("/v1/chat/completions", dependencies=authorised)
-    async def chat_completions(request: Request):  # noqa: ANN202 (JSON or an event stream)
+    async def chat_completions(request: Request) -> Response:  # JSON, or an event stream
         chat = parse_request(await read_json_body(request, options.max_request_bytes()))
         if chat.model != options.model_name:
             raise ApiError(404, f"model: the model {chat.model!r} does not exist; this server serves "

@@ -16,10 +16,11 @@ from affect_llm.serving.options import ServeOptions
 
 if TYPE_CHECKING:
     from affect_llm.precision import Precision
+    from affect_llm.serving.completions import ChatService
 
 
 def build_service(options: ServeOptions, precision: Precision | None = None,
-                  **engine_options: object):  # noqa: ANN201 (a ChatService, imported late)
+                  **engine_options: object) -> ChatService:
     """Load the backend, the media store (with speech recognition) and start the batching thread.
 
     Args:
