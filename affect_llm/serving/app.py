@@ -93,8 +93,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def create_app(service: ChatService, options: ServeOptions) -> FastAPI:
     """The application around a loaded :class:`ChatService`."""
+    # No /docs: its page loads scripts from a CDN, and nothing this server shows is fetched from elsewhere.
     app = FastAPI(title="affect-llm", summary="OpenAI-compatible multimodal emotion reasoning",
-                  docs_url="/docs", redoc_url=None)
+                  docs_url=None, redoc_url=None)
     _install_error_handlers(app)
     authorised = [Depends(_api_key_check(options))]
     static = resources.files("affect_llm.serving") / "static"

@@ -222,18 +222,19 @@ class MediaStore:
             self._clips.move_to_end(key)
             self.stats.hits += 1
             return clip, True
-        pending = self._pending.get(key)
+        job = f"{key}|words={want_words}"
+        pending = self._pending.get(job)
         if pending is not None:  # the same clip is being decoded for another request
             self.stats.hits += 1
             return await asyncio.shield(pending), True
         self.stats.misses += 1
         future: asyncio.Future[Clip] = asyncio.get_running_loop().run_in_executor(
             self._worker, self._decode, media, clip, want_words)
-        self._pending[key] = future
+        self._pending[job] = future
         try:
             clip = await asyncio.shield(future)
         finally:
-            self._pending.pop(key, None)
+            self._pending.pop(job, None)
         self._clips[key] = clip
         while len(self._clips) > self.max_clips:
             self._clips.popitem(last=False)

@@ -208,8 +208,9 @@ class Scheduler:
         self._queue.put(job)
 
     def close(self) -> None:
+        """Stop taking batches; the batch in flight may finish (the thread is a daemon: exit never waits long)."""
         self._queue.put(None)
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=5)
 
     def _preparing(self, taken: int) -> bool:
         """Whether admitted requests are still reading their media (on their way to the queue)."""

@@ -36,6 +36,16 @@ def test_a_client_that_disconnects_stops_its_generation(server, clip_dir: Path) 
     assert after["completed"] == before["completed"]
 
 
+def test_a_waiting_client_without_a_stream_that_leaves_is_cancelled_too(server, clip_dir: Path) -> None:
+    before = server.health()["scheduler"]
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up after 2 s and closes the connection
+        httpx.post(f"{server.api}/chat/completions", json={**long_request(clip_dir), "stream": False},
+                   timeout=httpx.Timeout(60, read=2))
+    after = wait_for(lambda: (s := server.health()["scheduler"])["cancelled"] > before["cancelled"]
+                     and s["running"] == 0 and s)
+    assert after["generated_tokens"] - before["generated_tokens"] < 3000
+
+
 def test_a_full_queue_answers_503_with_retry_after(answering_checkpoint: Path, clip_dir: Path) -> None:
     with ServerProcess(answering_checkpoint, "--no-asr", "--max-batch", "1", "--max-queue", "1",
                        "--max-tokens-limit", "4000", "--served-model-name", MODEL) as busy:
