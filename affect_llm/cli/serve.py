@@ -1,0 +1,76 @@
+"""``affect-llm serve --model CKPT``: an OpenAI-compatible chat server with a web page, on loopback by default.
+
+    affect-llm serve --model runs/embedded/final                  # http://127.0.0.1:8000, page at /
+    affect-llm serve --model CKPT --host 0.0.0.0 --api-key KEY    # beyond this machine: a key is required
+    affect-llm serve --model CKPT --allowed-media-dir /data/clips # clients may name file:// media there
+
+``POST /v1/chat/completions`` takes text, ``input_audio``, ``image_url``, ``video_url`` and
+``audio_url`` parts; ``GET /v1/models``; ``GET /health``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from affect_llm.cli.options import add_precision_arguments, precision_from_arguments
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("serve", help="OpenAI-compatible chat server and web page", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="checkpoint folder")
+    parser.add_argument("--served-model-name", default=None, help="name clients send as 'model' (default: --model)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (0: a free one, printed at start)")
+    parser.add_argument("--backend", choices=("hf", "vllm"), default="hf",
+                        help="hf streams tokens as generated; vllm streams each answer in one piece")
+    parser.add_argument("--api-key", default=os.environ.get("AFFECT_LLM_API_KEY"),
+                        help="Bearer key required on /v1 (default $AFFECT_LLM_API_KEY); needed off loopback")
+    parser.add_argument("--allowed-media-dir", default=None, help="folder file:// media may come from")
+    parser.add_argument("--max-request-mb", type=float, default=64.0)
+    parser.add_argument("--max-media-mb", type=float, default=32.0)
+    parser.add_argument("--max-batch", type=int, default=32, help="most requests generated together")
+    parser.add_argument("--batch-window-ms", type=float, default=30.0, help="how long a batch waits to fill")
+    parser.add_argument("--max-queue", type=int, default=128, help="waiting requests before 503")
+    parser.add_argument("--max-new-tokens", type=int, default=160, help="budget of a request that names none")
+    parser.add_argument("--max-tokens-limit", type=int, default=2048, help="largest budget a request may ask")
+    parser.add_argument("--asr", action=argparse.BooleanOptionalAction, default=True,
+                        help="recognise the words of clips sent without a transcript (embedded Whisper)")
+    parser.add_argument("--models-dir", default=None)
+    parser.add_argument("--vllm-python", default=None, help="interpreter of a separate vLLM environment")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    add_precision_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from affect_llm.references import ModelNotPreparedError
+    from affect_llm.serving.options import ServeOptions
+    from affect_llm.serving.server import serve
+
+    if not Path(args.model).is_dir():
+        print(f"{args.model}: no such checkpoint folder", file=sys.stderr)
+        return 2
+    try:
+        options = ServeOptions(
+            checkpoint=args.model, model_name=args.served_model_name, backend=args.backend, host=args.host,
+            port=args.port, api_key=args.api_key, max_request_mb=args.max_request_mb, max_media_mb=args.max_media_mb,
+            allowed_media_dir=Path(args.allowed_media_dir) if args.allowed_media_dir else None,
+            max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, max_queue=args.max_queue,
+            default_max_tokens=args.max_new_tokens, max_tokens_limit=args.max_tokens_limit, asr=args.asr,
+            models_dir=Path(args.models_dir) if args.models_dir else None,
+        )
+    except ValueError as error:
+        print(f"affect-llm serve: {error}", file=sys.stderr)
+        return 2
+    engine = {"vllm_python": args.vllm_python} if args.vllm_python else {}
+    try:
+        serve(options, precision_from_arguments(args, args.model), args.log_level, **engine)
+    except ModelNotPreparedError as error:
+        print(f"affect-llm serve: {error} (speech recognition needs it; or pass --no-asr)", file=sys.stderr)
+        return 2
+    return 0

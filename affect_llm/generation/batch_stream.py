@@ -1,0 +1,269 @@
+"""Batched generation that hands every request its tokens as they are decoded, and drops finished rows.
+
+``model.generate`` decodes a batch until its last row ends and keeps computing rows that already
+ended; its streamers accept batch size 1 only. A server batching concurrent requests needs more:
+each request streams its own tokens, has its own token budget and sampling settings, and a request
+whose client went away must stop costing compute. :func:`stream_batch` is that loop: one prefill of
+the batch (the prompt prefix every request shares computed once, the rest left-padded after it,
+media tokens merged by ``model.embed_inputs`` as ``generate`` merges them), then one decoding step
+per token for the rows still running; a row that ends (end of turn, its budget, or its sink reports
+it cancelled) is removed from the batch and from the KV cache (``DynamicCache.batch_select_indices``),
+so later steps compute only the live rows.
+
+Under greedy decoding the tokens are those of :class:`~affect_llm.generation.hf_backend.HFBackend`
+(the same positions, mask and cache; tested). Sampling is seeded per request with its own
+generator, so a request samples the same tokens whatever it is batched with.
+
+Shape letters: B live rows, L prompt tokens, V vocabulary, D LLM width.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import torch
+from transformers import DynamicCache
+
+from affect_llm.generation.backend import DecodingSettings, GenerationRequest
+from affect_llm.modeling.model import AffectForConditionalGeneration
+from affect_llm.processing.processor import AffectProcessor, batch_to_device
+
+FinishReason = Literal["stop", "length", "cancelled"]
+# A shared prompt prefix shorter than this is not worth a forward pass of its own.
+MIN_SHARED_PREFIX = 8
+
+
+class TokenSink(Protocol):
+    """Receives one request's tokens; called from the generating thread."""
+
+    def put(self, token_id: int) -> None:
+        """One new token (never the end-of-turn token)."""
+        ...
+
+    def cancelled(self) -> bool:
+        """True once nobody waits for the rest (the row is then dropped before the next step)."""
+        ...
+
+    def end(self, reason: FinishReason) -> None:
+        """The request is done: ``stop`` (end of turn), ``length`` (budget) or ``cancelled``."""
+        ...
+
+
+@dataclass
+class BatchItem:
+    """One request of a batch.
+
+    Attributes:
+        request: Chat and media (cached features or encoder inputs).
+        settings: Its decoding settings (budget, greedy or seeded sampling).
+        sink: Where its tokens go.
+        stop_at_eos: End at the end-of-turn token (False decodes the whole budget: load tests).
+    """
+
+    request: GenerationRequest
+    settings: DecodingSettings
+    sink: TokenSink
+    stop_at_eos: bool = True
+
+
+@dataclass
+class BatchStats:
+    """What one call of :func:`stream_batch` computed.
+
+    Attributes:
+        rows: Requests in the batch.
+        steps: Decoding steps after the prefill.
+        row_steps: Sum over steps of the rows computed in that step (the cost of decoding).
+        finished: Finish reason per request, in batch order.
+    """
+
+    rows: int = 0
+    steps: int = 0
+    row_steps: int = 0
+    finished: list[FinishReason] = field(default_factory=list)
+
+
+class _Sampler:
+    """Next-token choice of one row: argmax, or a draw from its own seeded generator."""
+
+    def __init__(self, settings: DecodingSettings) -> None:
+        self.settings = settings
+        self.generator: torch.Generator | None = None
+        if settings.do_sample:
+            self.generator = torch.Generator().manual_seed(settings.seed)
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        """``(V,)`` logits -> token id."""
+        if self.generator is None:
+            return int(logits.argmax())
+        probs = torch.softmax(logits.float() / max(self.settings.temperature, 1e-5), dim=-1)  # (V,)
+        if self.settings.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+            drop = sorted_probs.cumsum(-1) - sorted_probs > self.settings.top_p
+            probs = probs.scatter(0, order, sorted_probs.masked_fill(drop, 0.0))
+        return int(torch.multinomial(probs.cpu(), 1, generator=self.generator))
+
+
+def shared_prefix_length(prompts: list[list[int]], stop_ids: set[int]) -> int:
+    """Leading tokens every prompt shares, up to the first media placeholder, leaving each one token.
+
+    Returns 0 when fewer than ``MIN_SHARED_PREFIX`` tokens are shared (not worth a forward of its own).
+    """
+    limit = min(len(ids) for ids in prompts) - 1
+    first = prompts[0]
+    length = 0
+    while length < limit and first[length] not in stop_ids and all(ids[length] == first[length] for ids in prompts):
+        length += 1
+    return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def _prefill(model: AffectForConditionalGeneration, processor: AffectProcessor, items: list[BatchItem],
+             cache: DynamicCache, cached: dict[str, Any]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """Run the prompts through the LLM, filling the cache; returns ``(output, mask (B, L), positions (B, 1))``.
+
+    The prefix all prompts share (the system prompt and chat header) is computed once and its keys
+    and values repeated for every row: with a batch of B requests, B - 1 copies of its cost are
+    saved. The rest of each prompt is left-padded after it, so a row reads
+    ``[shared prefix][padding][own tokens]``; padding is masked, and positions count only real
+    tokens, as ``generate`` counts them.
+    """
+    lm = model.language_model
+    device = model.get_input_embeddings().weight.device
+    prompts = [processor.encode_text(item.request.messages)["input_ids"] for item in items]
+    shared = shared_prefix_length(prompts, set(processor.token_ids().values()))
+    if shared:
+        lm(input_ids=torch.tensor(prompts[0][:shared], device=device)[None], **cached)  # (1, P)
+        if len(items) > 1:
+            cache.batch_repeat_interleave(len(items))
+    rest = [{"input_ids": ids[shared:], "media": item.request.media} for ids, item in zip(prompts, items, strict=True)]
+    batch = batch_to_device(processor.collate(rest, padding_side="left"), device)
+    own_mask = batch["attention_mask"]  # (B, S)
+    mask = torch.cat([own_mask.new_ones(len(items), shared), own_mask], dim=-1)  # (B, P + S)
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, shared:]  # (B, S)
+    embeds = model.embed_inputs(batch["input_ids"], batch["media"])  # (B, S, D)
+    out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, **cached)
+    return out, mask, positions[:, -1:]
+
+
+@torch.no_grad()
+def stream_batch(
+    model: AffectForConditionalGeneration,
+    processor: AffectProcessor,
+    items: list[BatchItem],
+    eos_token_id: int | None = None,
+) -> BatchStats:
+    """Decode a batch, handing each token to its request's sink as soon as it is chosen.
+
+    Args:
+        model: The composite model (LoRA attached or merged).
+        processor: Its processor.
+        items: The requests; rows already cancelled are ended before the prefill.
+        eos_token_id: End-of-turn token (default: the tokenizer's, as ``HFBackend`` uses).
+
+    Returns:
+        Counts of rows and steps, and each request's finish reason.
+    """
+    stats = BatchStats(rows=len(items), finished=["cancelled"] * len(items))
+    eos = processor.tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+    live = [i for i, item in enumerate(items) if not _ended_early(item, stats, i)]
+    if not live:
+        return stats
+    samplers = {i: _Sampler(items[i].settings) for i in live}
+    produced = dict.fromkeys(live, 0)
+    cache = DynamicCache()
+    cached = {_cache_argument(model.language_model): cache, "use_cache": True, "logits_to_keep": 1}
+    out, mask, positions = _prefill(model, processor, [items[i] for i in live], cache, cached)  # (B, L), (B, 1)
+    while True:
+        logits = out.logits[:, -1, :]  # (B, V)
+        next_ids, keep = [], []
+        for row, index in enumerate(live):
+            item = items[index]
+            token = samplers[index](logits[row])
+            reason = _step_end(item, token, eos, produced[index])
+            if reason is None:
+                item.sink.put(token)
+                produced[index] += 1
+                reason = "length" if produced[index] >= item.settings.max_new_tokens else None
+            if reason is not None:
+                stats.finished[index] = reason
+                item.sink.end(reason)
+            else:
+                next_ids.append(token)
+                keep.append(row)
+        if not keep:
+            return stats
+        if len(keep) < len(live):
+            # Rows that ended leave the batch and the cache: later steps cost only the live ones.
+            cache.batch_select_indices(torch.tensor(keep, device=mask.device))
+            mask, positions = mask[keep], positions[keep]
+            live = [live[row] for row in keep]
+        mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)  # (B, L + 1)
+        positions = positions + 1
+        step_ids = torch.tensor(next_ids, device=mask.device)[:, None]  # (B, 1)
+        out = model.language_model(input_ids=step_ids, attention_mask=mask, position_ids=positions, **cached)
+        stats.steps += 1
+        stats.row_steps += len(live)
+
+
+def _cache_argument(language_model: torch.nn.Module) -> str:
+    """``cache`` where the LLM's forward takes it, else the older ``past_key_values``."""
+    base = language_model.get_base_model() if hasattr(language_model, "get_base_model") else language_model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _ended_early(item: BatchItem, stats: BatchStats, index: int) -> bool:
+    """End a row that is cancelled, or has no budget, before anything is computed for it."""
+    if item.sink.cancelled():
+        item.sink.end("cancelled")
+        return True
+    if item.settings.max_new_tokens <= 0:
+        stats.finished[index] = "length"
+        item.sink.end("length")
+        return True
+    return False
+
+
+def _step_end(item: BatchItem, token: int, eos: int | None, produced: int) -> FinishReason | None:
+    """Why a row ends at this token, before it is handed out; None to keep decoding."""
+    if item.sink.cancelled():
+        return "cancelled"
+    if item.stop_at_eos and eos is not None and token == eos:
+        return "stop"
+    return None
+
+
+class IncrementalDetokenizer:
+    """Token ids -> text pieces, holding back a piece that ends inside a multi-byte character.
+
+    Args:
+        tokenizer: The checkpoint's tokenizer; special tokens are skipped, as ``HFBackend`` decodes.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.token_ids: list[int] = []
+        self.emitted = 0
+
+    def push(self, token_id: int) -> str:
+        """The text this token completes ('' while a character is incomplete)."""
+        self.token_ids.append(token_id)
+        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return ""
+        return self._take(text)
+
+    def flush(self) -> str:
+        """Whatever is left once the request ended."""
+        return self._take(self.text())
+
+    def text(self) -> str:
+        """The whole decoded text so far."""
+        return self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+
+    def _take(self, text: str) -> str:
+        piece = text[self.emitted:]
+        self.emitted = len(text)
+        return piece

@@ -1,0 +1,114 @@
+"""``stream_batch``: each request's tokens as they come, the same greedy text as ``generate``, rows that leave."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from affect_llm.generation.backend import DecodingSettings, GenerationRequest
+from affect_llm.generation.batch_stream import (
+    BatchItem,
+    IncrementalDetokenizer,
+    shared_prefix_length,
+    stream_batch,
+)
+from affect_llm.generation.hf_backend import HFBackend
+from affect_llm.loading.build import build_model
+from affect_llm.loading.spec import ModelSpec
+
+SPEC = ModelSpec(llm="tiny:llm", audio_encoder="tiny:whisper", face_encoder="tiny:fer", audio_window_seconds=4.0,
+                 num_audio_tokens=4, num_face_tokens=2)
+
+
+class Sink:
+    """Collects tokens; cancels itself after ``cancel_after`` tokens when set."""
+
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.tokens: list[int] = []
+        self.reason: str | None = None
+        self.cancel_after = cancel_after
+
+    def put(self, token_id: int) -> None:
+        self.tokens.append(token_id)
+
+    def cancelled(self) -> bool:
+        return self.cancel_after is not None and len(self.tokens) >= self.cancel_after
+
+    def end(self, reason: str) -> None:
+        self.reason = reason
+
+
+@pytest.fixture(scope="module")
+def parts():
+    model, processor = build_model(SPEC, seed=0)
+    rng = np.random.default_rng(0)
+    requests = []
+    for i in range(4):  # different prompt lengths and media: left padding matters
+        audio = (0.1 * rng.standard_normal(8_000 * (i + 1))).astype(np.float32)
+        face = rng.integers(0, 255, (2, 64, 64, 3), dtype=np.uint8) if i % 2 else None
+        media = processor.prepare_media(audio=audio, face=face)
+        requests.append(GenerationRequest(processor.build_messages("reason", media.modalities, question="q" * (3 * i + 1)),
+                                          media))
+    return model.eval(), processor, requests
+
+
+def run(parts, settings: list[DecodingSettings], sinks: list[Sink], indices: list[int] | None = None):
+    model, processor, requests = parts
+    chosen = [requests[i] for i in indices] if indices is not None else requests
+    return stream_batch(model, processor, [BatchItem(r, s, k) for r, s, k in zip(chosen, settings, sinks, strict=True)])
+
+
+def test_greedy_tokens_are_those_of_generate(parts) -> None:
+    model, processor, requests = parts
+    settings = DecodingSettings(max_new_tokens=12)
+    expected = HFBackend(model, processor).generate(requests, settings)
+    sinks = [Sink() for _ in requests]
+    run(parts, [settings] * 4, sinks)
+    assert [processor.tokenizer.decode(s.tokens, skip_special_tokens=True) for s in sinks] == expected
+
+
+def test_the_shared_prompt_prefix_stops_before_the_media(parts) -> None:
+    _, processor, requests = parts
+    prompts = [processor.encode_text(r.messages)["input_ids"] for r in requests]
+    media_ids = set(processor.token_ids().values())
+    shared = shared_prefix_length(prompts, media_ids)
+    assert shared >= 8 and prompts[0][shared] in media_ids  # the system prompt, computed once per batch
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]], set()) == 0  # too short to be worth a pass
+
+
+def test_rows_with_smaller_budgets_leave_the_batch(parts) -> None:
+    sinks = [Sink() for _ in range(4)]
+    budgets = [2, 12, 5, 12]
+    stats = run(parts, [DecodingSettings(max_new_tokens=n) for n in budgets], sinks)
+    assert [len(s.tokens) for s in sinks] == budgets and [s.reason for s in sinks] == ["length"] * 4
+    assert stats.steps == 11 and stats.row_steps == sum(budgets) - 4  # each step computes only live rows
+
+
+def test_a_cancelled_row_stops_and_the_others_are_unchanged(parts) -> None:
+    settings = [DecodingSettings(max_new_tokens=12)] * 4
+    alone = [Sink() for _ in range(4)]
+    run(parts, settings, alone)
+    sinks = [Sink(), Sink(cancel_after=3), Sink(), Sink()]
+    stats = run(parts, settings, sinks)
+    assert sinks[1].reason == "cancelled" and len(sinks[1].tokens) == 3
+    assert [s.tokens for i, s in enumerate(sinks) if i != 1] == [s.tokens for i, s in enumerate(alone) if i != 1]
+    assert stats.row_steps == 3 * 11 + 3
+
+
+def test_sampling_is_seeded_per_request_whatever_its_batch(parts) -> None:
+    sampled = DecodingSettings(max_new_tokens=10, do_sample=True, temperature=1.0, top_p=0.9, seed=7)
+    alone = Sink()
+    run(parts, [sampled], [alone], indices=[2])
+    companions = [Sink(), Sink(), Sink()]
+    run(parts, [DecodingSettings(max_new_tokens=10), sampled, DecodingSettings(max_new_tokens=3)], companions,
+        indices=[0, 2, 3])
+    assert companions[1].tokens == alone.tokens
+
+
+def test_detokenized_pieces_never_split_a_character(parts) -> None:
+    tokenizer = parts[1].tokenizer
+    text = "happy ☺ — naïve 情"
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    pieces = [detokenizer.push(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    pieces.append(detokenizer.flush())
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
