@@ -184,7 +184,18 @@ class MediaFeaturizer:
 
     @torch.no_grad()
     def _encode(self, media: list[MediaInputs]) -> list[MediaInputs]:
-        """Encode a batch of prepared media; per item, features trimmed to their valid steps."""
+        """Encode a batch of prepared media in eval mode; per item, features trimmed to their valid steps."""
+        modes = {m: encoder.training for m, encoder in self.model.encoders.items()}
+        # Features are what the frozen encoder infers: batch-norm running statistics, no dropout,
+        # and no update of the running statistics (they are part of the encoder's identity).
+        self.model.encoders.eval()
+        try:
+            return self._encode_eval(media)
+        finally:
+            for modality, training in modes.items():
+                self.model.encoders[modality].train(training)
+
+    def _encode_eval(self, media: list[MediaInputs]) -> list[MediaInputs]:
         parts: list[dict[str, ModalityInput]] = [{} for _ in media]
         device = next(self.model.encoders.parameters()).device
         for modality in self.modalities:
