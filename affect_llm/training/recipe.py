@@ -38,7 +38,7 @@ from affect_llm.modeling.trainable import (
     llm_weight_summary,
     set_trainable,
 )
-from affect_llm.processing.processor import IGNORE_INDEX, AffectProcessor, batch_to_device
+from affect_llm.processing.processor import AffectProcessor, batch_to_device
 from affect_llm.training.config import StageConfig, TrainConfig
 from affect_llm.training.data_check import load_splits, stage_data_problems
 from affect_llm.training.inputs import StaleStageError, check_inputs, record_inputs, stage_inputs
@@ -55,6 +55,7 @@ from affect_llm.training.state import (
     save_training_state,
     saved_step,
 )
+from affect_llm.training.step import answer_loss, build_optimizer
 from affect_llm.training.targets import answer_for
 
 logger = logging.getLogger(__name__)
@@ -131,16 +132,7 @@ class CurriculumRecipe:
 
     def loss_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed answer-token cross-entropy of the local batch and its token count."""
-        labels = batch.pop("labels")
-        # Only positions that predict an answer token need logits: the vocabulary projection of
-        # every prompt position would otherwise dominate memory and time for short answers.
-        positions = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(-1)  # (P,)
-        logits = model(**batch, logits_to_keep=positions).logits  # (B, P, V)
-        targets = labels[:, positions + 1]
-        loss_sum = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-        return loss_sum, (targets != IGNORE_INDEX).sum()
+        return answer_loss(model, batch)
 
     def _global_mean_loss(self, model, batch: dict[str, Any]) -> tuple[torch.Tensor, float, int]:
         """Loss of this process's batch, scaled so that DDP's gradient average equals the global token mean."""
@@ -205,7 +197,7 @@ class CurriculumRecipe:
         param_groups = [{"params": [p for p in groups[g] if p.requires_grad], "lr": stage.group_lr.get(g, stage.lr)}
                         for g in stage.trainable]
         params = [p for group in param_groups for p in group["params"]]
-        optimizer = torch.optim.AdamW(param_groups, lr=stage.lr, weight_decay=settings.weight_decay)
+        optimizer = build_optimizer(param_groups, stage.lr, settings.weight_decay)
         if not self.shard:
             model, optimizer = self.accelerator.prepare(model, optimizer)
         return model, optimizer, params
