@@ -2,7 +2,8 @@
 
 Renders a small synthetic set in a temporary folder, builds the tiny random model or the embedded
 default model (SmolLM2-135M + Whisper-base + FER mini-Xception, prepared by ``affect-llm models
-prepare``), puts LoRA on the LLM and trains projectors + LoRA. Two modes are timed on the same rows:
+prepare``), puts LoRA on the LLM and trains projectors + LoRA with the recipe's step (answer-token
+loss with logits at answer positions only, fused AdamW). Two modes are timed on the same rows:
 
 - ``cached``: items carry encoder features, as the recipe trains from the cache;
 - ``live``: items carry encoder inputs, so the frozen encoders run every step.
@@ -105,7 +106,6 @@ def build(kind: str, audio_window: float, models_dir: Path | None):
 def make_items(model, processor, num_rows: int, num_frames: int) -> tuple[list[dict], list[dict]]:
     """The same rows as (cached-feature items, live encoder-input items)."""
     from affect_llm.data.manifest import load_manifest
-    from affect_llm.data.media import load_media
     from affect_llm.data.synth import generate_synthetic_set
     from affect_llm.features.featurize import MediaFeaturizer, MediaOptions
     from affect_llm.training.targets import answer_for
@@ -116,31 +116,26 @@ def make_items(model, processor, num_rows: int, num_frames: int) -> tuple[list[d
         )
         rows = [r for r in load_manifest(manifest) if r.split == "train"]
         options = MediaOptions(num_frames=num_frames, detect_faces=True, decode_workers=2)
-        features = MediaFeaturizer(model, processor, None, options)(rows)
-        modalities = tuple(model.config.modalities)
+        featurizer = MediaFeaturizer(model, processor, None, options)
+        features = featurizer(rows)
+        job = featurizer.job()
         cached, live = [], []
         for row in rows:
-            media = load_media(
-                row,
-                num_frames=num_frames,
-                detect_faces=True,
-                max_audio_seconds=processor.feature_extractor.audio_window_seconds,
-                face_size=max(processor.feature_extractor.face_image_size, 64),
-            )
-            values = processor.prepare_media(
-                audio=media.audio if "audio" in modalities else None,
-                face=media.face if "face" in modalities else None,
-            )
-            messages = processor.build_messages("perceive", values.modalities, transcript=row.transcript)
+            if row.id not in features:
+                continue
+            messages = processor.build_messages("perceive", features[row.id].modalities, transcript=row.transcript)
             text = processor.encode_text(messages, answer_for(row, processor.prompt.task_keys("perceive")))
             cached.append({**text, "media": features[row.id]})
-            live.append({**text, "media": values})
+            live.append({**text, "media": job.decode(row)})  # the same channels: one decoding rule
     return cached, live
 
 
 def train_step(model, optimizer, batch: dict[str, Any]) -> None:
-    loss = model(**batch).loss  # labels in the batch: mean answer-token cross-entropy
-    loss.backward()
+    """The recipe's step: answer-token cross-entropy (logits at answer positions only), fused AdamW."""
+    from affect_llm.training.step import answer_loss
+
+    loss_sum, count = answer_loss(model, dict(batch))
+    (loss_sum / count).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
@@ -148,8 +143,10 @@ def train_step(model, optimizer, batch: dict[str, Any]) -> None:
 def time_mode(
     model, processor, items: list[dict], batch_size: int, steps: int, warmup: int
 ) -> list[StepStats]:
+    from affect_llm.training.step import build_optimizer
+
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    optimizer = build_optimizer([{"params": params}], lr=1e-5, weight_decay=0.0)
     stats = []
     for step in range(warmup + steps):
         chosen = [items[(step * batch_size + i) % len(items)] for i in range(batch_size)]

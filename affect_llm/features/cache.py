@@ -1,55 +1,74 @@
-"""A disk cache of frozen-encoder features, one safetensors file per entry.
+"""A disk cache of frozen-encoder features, packed into append-only shards.
 
 The key is the sha256 of everything that determines the features: the sample id, the content
 hash of its media, the encoder identity and the sampling settings (frames, fps, face size...).
 Change any of them and the entry is simply not found.
 
-Entries live in ``<root>/<key[:2]>/<key>.safetensors`` so no folder grows to millions of files.
-Writes go to a temporary file in the same folder and are published with ``os.replace``, which
-is atomic on POSIX: concurrent writers of one key each publish a whole file and the last one
-wins, and a reader never sees a half-written entry. A file that is still damaged (a copy cut
-short, a full disk) fails to load or fails its checksum, is deleted and counted as a miss.
+An entry is a safetensors blob (its tensors plus a JSON ``meta``) appended to a shard file that
+belongs to one writer process (:mod:`affect_llm.features.shards`): 10^5 clips make a few large
+files instead of 10^5 small ones, and concurrent writers on a cluster file system never share a
+file. Every entry's sha256 is checked when it is read; an entry that fails (a copy cut short, a
+flipped bit) is recorded as bad, counted as corrupt and treated as a miss, so it is computed again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from affect_llm.fileio import atomic_write_bytes
+from affect_llm.features.shards import SHARD_FOLDER, Location, ShardIndex, ShardWriter
 
-CHECKSUM_KEY = "affect_llm.sha256"
 META_KEY = "affect_llm.meta"
 
 
-def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over names, dtypes, shapes and raw bytes of tensors, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        # A uint8 view hashes every dtype (bfloat16 included) without a numpy round trip per dtype.
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+@dataclass(frozen=True)
+class CacheStats:
+    """What a cache holds: distinct entries, bytes of its data files, number of data files."""
+
+    entries: int
+    bytes: int
+    shards: int
+
+    def describe(self) -> str:
+        return f"{self.entries} entries, {self.bytes / 2**30:.2f} GiB in {self.shards} shard files"
 
 
 class FeatureCache:
-    """Safetensors entries under ``root``; counts hits, misses and corrupt entries per instance.
+    """Feature entries under ``root``; counts hits, misses and corrupt entries per instance.
+
+    The index of every shard is read on first use and again on :meth:`refresh` (call it after other
+    processes wrote, e.g. after a barrier). Entries this instance writes are visible to it at once.
 
     Args:
         root: Cache folder (created on first write).
+        max_shard_bytes: Size past which a writer starts a new data file.
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, max_shard_bytes: int | None = None) -> None:
         self.root = Path(root)
+        self.folder = self.root / SHARD_FOLDER
+        self.max_shard_bytes = max_shard_bytes
         self.hits = 0
         self.misses = 0
         self.corrupt = 0
+        self._index: ShardIndex | None = None
+        self._own: dict[bytes, list[Location]] = {}  # written by this process since the last refresh
+        self._writer: ShardWriter | None = None
+        self._handles: dict[str, int] = {}
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled into a spawned loader worker: open files and the writer stay with their process.
+        state = dict(self.__dict__)
+        state.update(_writer=None, _handles={})
+        return state
 
     @staticmethod
     def key(sample_id: str, content_hash: str, encoder_id: str, settings: Mapping[str, Any]) -> str:
@@ -58,7 +77,7 @@ class FeatureCache:
         Args:
             sample_id: The manifest row id.
             content_hash: Hash of the media bytes (:func:`affect_llm.hashing.file_sha256`).
-            encoder_id: Encoder identity (name and weights hash).
+            encoder_id: Encoder identity (name and weights fingerprint).
             settings: Sampling and preprocessing settings; must be JSON-serialisable.
 
         Raises:
@@ -73,74 +92,102 @@ class FeatureCache:
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-    def path(self, key: str) -> Path:
-        """Where an entry lives (whether or not it exists)."""
-        if len(key) < 3 or not all(c in "0123456789abcdef" for c in key):
-            raise ValueError(f"FeatureCache: key must be a lowercase hex digest, got {key!r}")
-        return self.root / key[:2] / f"{key}.safetensors"
+    # -- reading ------------------------------------------------------------------------------------
+    def _forked(self) -> None:
+        """After a fork, file descriptors and the writer belong to the parent: start afresh."""
+        if os.getpid() != self._pid:
+            self._pid, self._handles, self._writer = os.getpid(), {}, None
+
+    @property
+    def index(self) -> ShardIndex:
+        if self._index is None:
+            self.refresh()
+        return self._index
+
+    def refresh(self) -> None:
+        """Re-read every shard's index (entries other processes wrote since)."""
+        index = ShardIndex(self.folder)
+        index.load()
+        self._index, self._own = index, {}
+
+    def _locations(self, key: str) -> list[Location]:
+        digest = _digest(key)
+        return self._own.get(digest, []) + self.index.find(digest)
+
+    def contains(self, key: str) -> bool:
+        """Whether an entry is recorded for ``key`` (its bytes are checked only when read)."""
+        return bool(self._locations(key))
+
+    def _read(self, location: Location) -> bytes:
+        self._forked()
+        fd = self._handles.get(location.shard)
+        if fd is None:
+            fd = os.open(self.folder / location.shard, os.O_RDONLY)
+            self._handles[location.shard] = fd
+        # pread: no shared file position, so threads of one process may read at once.
+        return os.pread(fd, location.length, location.offset)
 
     def _load(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         from safetensors import SafetensorError
         from safetensors.torch import load
 
-        path = self.path(key)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            self.misses += 1
-            return None
-        try:
-            tensors = load(data)
-            metadata = _read_metadata(data)
-            ok = metadata.get(CHECKSUM_KEY) == tensors_sha256(tensors)
-            meta = json.loads(metadata.get(META_KEY, "{}"))
-        except (SafetensorError, ValueError, json.JSONDecodeError):
-            ok, tensors, meta = False, {}, {}
-        if not ok:
+        for location in self._locations(key):
+            try:
+                blob = self._read(location)
+            except FileNotFoundError:
+                continue
+            if hashlib.sha256(blob).digest() == location.sha:
+                try:
+                    return load(blob), json.loads(_read_metadata(blob).get(META_KEY, "{}"))
+                except (SafetensorError, ValueError, json.JSONDecodeError):
+                    pass  # a checksum-valid blob that does not parse was written wrong: bad as well
             self.corrupt += 1
-            self.misses += 1
-            # Another process may have replaced or removed it meanwhile; either way it is gone.
-            path.unlink(missing_ok=True)
-            return None
-        self.hits += 1
-        return tensors, meta
+            self._writer_here().mark_bad(location)
+        self.misses += 1
+        return None
 
     def get(self, key: str) -> dict[str, torch.Tensor] | None:
-        """The tensors of an entry, or None on a miss (a corrupt entry is deleted and is a miss)."""
-        found = self._load(key)
+        """The tensors of an entry, or None on a miss (a corrupt entry is marked bad and is a miss)."""
+        found = self.get_with_meta(key)
         return None if found is None else found[0]
 
     def get_with_meta(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """Like :meth:`get`, also returning the metadata dict given to :meth:`put`."""
-        return self._load(key)
+        found = self._load(key)
+        if found is not None:
+            self.hits += 1
+        return found
 
-    def put(
-        self, key: str, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None
-    ) -> Path:
-        """Write an entry atomically.
+    # -- writing ------------------------------------------------------------------------------------
+    def _writer_here(self) -> ShardWriter:
+        self._forked()
+        if self._writer is None:
+            self._writer = ShardWriter(self.folder, **({"max_bytes": self.max_shard_bytes}
+                                                       if self.max_shard_bytes else {}))
+        return self._writer
+
+    def put(self, key: str, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None) -> Location:
+        """Append an entry to this process's shard.
 
         Args:
             key: From :meth:`key`.
-            tensors: Name -> tensor (stored on CPU, contiguous).
+            tensors: Name -> tensor (stored on CPU, contiguous, in its own dtype).
             meta: JSON-serialisable facts about the entry (encoder id, settings, shapes).
 
         Returns:
-            The entry path.
+            Where the entry was written.
         """
         from safetensors.torch import save
 
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         cpu = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-        metadata = {CHECKSUM_KEY: tensors_sha256(cpu), META_KEY: json.dumps(dict(meta or {}), sort_keys=True)}
-        data = save(cpu, metadata=metadata)
-        return atomic_write_bytes(path, data)
+        blob = save(cpu, metadata={META_KEY: json.dumps(dict(meta or {}), sort_keys=True)})
+        digest = _digest(key)
+        location = self._writer_here().append(digest, blob, hashlib.sha256(blob).digest())
+        self._own.setdefault(digest, []).insert(0, location)
+        return location
 
     def get_or_compute(
-        self,
-        key: str,
-        compute: Callable[[], Mapping[str, torch.Tensor]],
-        meta: Mapping[str, Any] | None = None,
+        self, key: str, compute: Callable[[], Mapping[str, torch.Tensor]], meta: Mapping[str, Any] | None = None,
     ) -> dict[str, torch.Tensor]:
         """The cached tensors, or ``compute()`` stored under ``key`` and returned."""
         found = self.get(key)
@@ -150,9 +197,36 @@ class FeatureCache:
         self.put(key, tensors, meta)
         return tensors
 
+    def sync(self) -> None:
+        """Make this process's writes durable and visible to other machines (fsync)."""
+        if self._writer is not None and self._writer.pid == os.getpid():
+            self._writer.sync()
+
+    def stats(self) -> CacheStats:
+        """Entries, bytes and data files as of the last :meth:`refresh`."""
+        index = self.index
+        keys = index.records["key"]  # sorted: distinct keys are where the value changes
+        entries = int((keys[1:] != keys[:-1]).sum()) + 1 if len(keys) else 0
+        return CacheStats(entries=entries, bytes=index.data_bytes, shards=len(index.shards))
+
+    def close(self) -> None:
+        """Close files this process opened (the cache stays usable: they reopen on demand)."""
+        if os.getpid() == self._pid:
+            for fd in self._handles.values():
+                os.close(fd)
+            if self._writer is not None:
+                self._writer.close()
+        self._handles, self._writer = {}, None
+
+
+def _digest(key: str) -> bytes:
+    if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
+        raise ValueError(f"FeatureCache: key must be a lowercase sha256 hex digest, got {key!r}")
+    return bytes.fromhex(key)
+
 
 def _read_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a serialised safetensors file (header: u64 length + JSON)."""
+    """The ``__metadata__`` of a serialised safetensors blob (header: u64 length + JSON)."""
     if len(data) < 8:
         raise ValueError("safetensors data shorter than its header length")
     length = int.from_bytes(data[:8], "little")

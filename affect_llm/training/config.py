@@ -135,8 +135,13 @@ class DataConfig:
         datasets: Name -> dataset.
         num_frames: Frames sampled per video.
         detect_faces: Crop faces from frames.
-        feature_cache: Folder of the feature cache (None: keep features in memory only).
-        decode_workers: Threads decoding media.
+        feature_cache: Folder of the feature cache: features are computed once and read lazily by
+            the loaders. None: no cache; the loaders decode every clip and the frozen encoders run
+            in every step (for corpora whose features would not fit on disk).
+        decode_workers: Processes decoding clips ahead of the encoders (featurization, and the
+            training loaders when they decode); 0 decodes in the training process.
+        loader_workers: Processes reading cached features and tokenizing for the training and
+            validation loaders; 0 reads in the training process.
     """
 
     datasets: dict[str, DatasetConfig]
@@ -144,6 +149,12 @@ class DataConfig:
     detect_faces: bool = True
     feature_cache: str | None = None
     decode_workers: int = 1
+    loader_workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.decode_workers < 0 or self.loader_workers < 0:
+            raise ValueError(f"data.decode_workers={self.decode_workers} and data.loader_workers="
+                             f"{self.loader_workers} must be >= 0")
 
 
 @dataclass

@@ -47,7 +47,9 @@ def stage_inputs(config: TrainConfig, index: int, manifest_hashes: dict[str, str
         "prompt_version": config.prompt_version,
         "model": asdict(config.model),
         "lora": asdict(config.lora) if config.lora else None,
-        "data": {key: data[key] for key in ("datasets", "num_frames", "detect_faces")},
+        # Cached features are rounded to 16 bits; features computed in the step are not.
+        "data": {**{key: data[key] for key in ("datasets", "num_frames", "detect_faces")},
+                 "features": "cached" if config.data.feature_cache else "computed_in_step"},
         "manifests": manifest_hashes,
         "train": {key: settings[key] for key in RESULT_SETTINGS},
         "global_batch": config.train.batch_size * config.train.grad_accum * world_size,

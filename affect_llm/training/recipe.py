@@ -5,9 +5,10 @@
         train training/gpu_7b_qlora.yaml                      # many
 
 Phases: ``setup_data`` (manifests, splits), ``setup_model`` (fresh or the previous stage's output,
-loaded strictly), ``featurize`` (frozen-encoder features through the cache), ``train_stage``
-(optimizer steps with accumulation, validation, best-checkpoint selection on the validation split),
-``save_checkpoint``. Finished stages are skipped on rerun; ``resume`` continues a stage mid-way.
+loaded strictly), ``featurize`` (frozen-encoder features into the cache), ``train_stage``
+(optimizer steps with accumulation over batches a DataLoader reads lazily, validation,
+best-checkpoint selection on the validation split), ``save_checkpoint``. Finished stages are
+skipped on rerun; ``resume`` continues a stage mid-way.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import logging
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +28,10 @@ from transformers import get_scheduler
 
 from affect_llm.data.issues import RefusedInputError
 from affect_llm.data.manifest import ManifestRow
-from affect_llm.features.cache import FeatureCache
-from affect_llm.features.featurize import MediaFeaturizer, MediaOptions
 from affect_llm.fileio import OutputLock
 from affect_llm.hashing import file_sha256
 from affect_llm.loading.build import build_model
 from affect_llm.loading.checkpoint import load_checkpoint, save_checkpoint
-from affect_llm.modeling.media import MediaInputs
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.trainable import (
     apply_lora,
@@ -41,19 +40,24 @@ from affect_llm.modeling.trainable import (
     llm_weight_summary,
     set_trainable,
 )
-from affect_llm.processing.processor import IGNORE_INDEX, AffectProcessor, batch_to_device
+from affect_llm.processing.processor import AffectProcessor, batch_to_device
 from affect_llm.training.config import StageConfig, TrainConfig
 from affect_llm.training.data_check import load_splits, stage_data_problems
 from affect_llm.training.inputs import StaleStageError, check_inputs, record_inputs, stage_inputs
+from affect_llm.training.loader import StageItems, batch_loader
 from affect_llm.training.logging import RunLogger
-from affect_llm.training.schedule import Sample, build_schedule, stage_num_steps
+from affect_llm.training.media_source import TrainingMedia
+from affect_llm.training.sampler import ScheduleSampler, validation_batches
+from affect_llm.training.schedule import Sample, iter_schedule, stage_num_steps
+from affect_llm.training.sharding import fsdp_requested, full_state_dict, is_sharded, shard_model
 from affect_llm.training.state import (
-    commit_training_state,
     git_commit,
     library_versions,
     load_training_state,
     save_training_state,
+    saved_step,
 )
+from affect_llm.training.step import answer_loss, build_optimizer
 from affect_llm.training.targets import answer_for
 
 logger = logging.getLogger(__name__)
@@ -87,13 +91,17 @@ class CurriculumRecipe:
         )
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
+        self.shard = fsdp_requested() and self.world > 1
+        if self.shard and settings.precision == "fp16":
+            raise ValueError("train.precision=fp16 with FSDP: use bf16 (no loss scaling across shards here)")
         self.rows: dict[str, dict[str, list[ManifestRow]]] = {}
-        self.features: dict[str, MediaInputs] = {}
-        self.failures: dict[str, str] = {}
-        self.encoder_inputs: dict[str, MediaInputs] = {}
-        self.live_encoders = False
-        self.stop_after_steps: int | None = None  # testing hook: simulate a crash after N steps
+        self.media = TrainingMedia(config.data, self.accelerator, models_dir)
         self.log: RunLogger | None = None
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """Rows refused because their media could not be decoded (id -> reason)."""
+        return self.media.failures
 
     # -- phases -------------------------------------------------------------------------------------
     def setup_data(self) -> None:
@@ -118,79 +126,26 @@ class CurriculumRecipe:
         return load_checkpoint(source, self.models_dir, trainable_lora=True, precision=self.config.model.precision())
 
     def featurize(self, model: AffectForConditionalGeneration, processor: AffectProcessor) -> None:
-        """Encoder features of every row, read from or written to the feature cache."""
-        data = self.config.data
-        cache = FeatureCache(data.feature_cache) if data.feature_cache else None
-        options = MediaOptions(data.num_frames, data.detect_faces, data.decode_workers)
-        featurizer = MediaFeaturizer(model, processor, cache, options)
+        """Encoder features of every row into the feature cache (nothing without one: the steps encode)."""
         rows = [r for splits in self.rows.values() for split in splits.values() for r in split]
-        todo = [r for r in rows if r.id not in self.features and r.id not in self.failures]
-        started = time.perf_counter()
-        if cache is not None and self.world > 1:
-            # The main process fills the cache; the others then read it instead of decoding again.
-            features = featurizer(todo) if self.accelerator.is_main_process else None
-            self.accelerator.wait_for_everyone()
-            if features is None:
-                features = featurizer(todo)
-        else:
-            features = featurizer(todo)
-        self.features.update(features)
-        self.failures.update(featurizer.failures)
-        if self.accelerator.is_main_process and todo:
-            hits = cache.hits if cache else 0
-            logger.info("features for %d rows in %.1fs (%d encoded, %d cache hits, %d failed)", len(todo),
-                        time.perf_counter() - started, featurizer.encoded_items, hits, len(featurizer.failures))
-        for row_id, reason in featurizer.failures.items():
-            logger.warning("refusing row %s: %s", row_id, reason)
-        if self.strict and featurizer.failures:
-            row_id, reason = next(iter(featurizer.failures.items()))
+        self.media.prepare(model, processor, rows)
+        if self.strict and self.failures:
+            row_id, reason = next(iter(self.failures.items()))
             raise RefusedInputError(f"row {row_id}: {reason}")
 
-    def load_encoder_inputs(self, model: AffectForConditionalGeneration, processor: AffectProcessor) -> None:
-        """Keep decoded encoder inputs in memory: a stage that trains the encoders cannot use cached features."""
-        data = self.config.data
-        featurizer = MediaFeaturizer(model, processor, None, MediaOptions(data.num_frames, data.detect_faces,
-                                                                          data.decode_workers))
-        rows = [r for splits in self.rows.values() for split in splits.values() for r in split
-                if r.id in self.features and r.id not in self.encoder_inputs]
-        self.encoder_inputs.update(featurizer.encoder_inputs(rows))
-
-    def calibrate_projectors(self, model: AffectForConditionalGeneration, stage: StageConfig) -> None:
+    def calibrate_projectors(self, model: AffectForConditionalGeneration, processor: AffectProcessor,
+                             stage: StageConfig) -> None:
         """Standardise fresh projectors' inputs with feature statistics of the stage's training rows."""
-        rows = [r for name in stage.datasets for r in self._usable(self.rows[name]["train"])]
-        for modality, projector in model.projectors.items():
-            features = [part.features[0] for r in rows if (part := self.features[r.id].get(modality)) is not None]
-            if features:
-                projector.calibrate(features)
-                logger.info("%s projector standardised on %d training items", modality, len(features))
-
-    def _item(self, processor: AffectProcessor, row: ManifestRow, task: str) -> dict[str, Any]:
-        media = self.encoder_inputs[row.id] if self.live_encoders else self.features[row.id]
-        messages = processor.build_messages(task, media.modalities, transcript=row.transcript,
-                                            transcript_recognised=row.transcript_recognised)
-        return {**processor.encode_text(messages, answer_for(row, processor.prompt.task_keys(task))), "media": media}
-
-    def _usable(self, rows: list[ManifestRow]) -> list[ManifestRow]:
-        return [r for r in rows if r.id in self.features]
+        rows = [r for name in stage.datasets for r in self.media.usable(self.rows[name]["train"])]
+        self.media.calibrate(model, processor, rows)
 
     def loss_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed answer-token cross-entropy of the local batch and its token count."""
-        labels = batch.pop("labels")
-        # Only positions that predict an answer token need logits: the vocabulary projection of
-        # every prompt position would otherwise dominate memory and time for short answers.
-        positions = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(-1)  # (P,)
-        logits = model(**batch, logits_to_keep=positions).logits  # (B, P, V)
-        targets = labels[:, positions + 1]
-        loss_sum = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-        return loss_sum, (targets != IGNORE_INDEX).sum()
+        return answer_loss(model, batch)
 
-    def _global_mean_loss(self, model, processor, samples: list[Sample]) -> tuple[torch.Tensor, float, int]:
-        """Loss of this process's share, scaled so that DDP's gradient average equals the global token mean."""
-        local = samples[self.rank :: self.world]
-        items = [self._item(processor, self.rows[s.dataset]["train_usable"][s.index], s.task) for s in local]
-        batch = batch_to_device(processor.collate(items), self.accelerator.device)
+    def _global_mean_loss(self, model, batch: dict[str, Any]) -> tuple[torch.Tensor, float, int]:
+        """Loss of this process's batch, scaled so that DDP's gradient average equals the global token mean."""
+        batch = batch_to_device(batch, self.accelerator.device)
         with self.accelerator.autocast():
             loss_sum, count = self.loss_step(model, batch)
         # One all-reduce for both sums: this runs on every micro-batch.
@@ -198,37 +153,43 @@ class CurriculumRecipe:
         scaled = loss_sum * self.world / total.clamp(min=1)
         return scaled, float(total_loss / total.clamp(min=1)), int(batch["attention_mask"].sum())
 
+    def _loader(self, processor: AffectProcessor, model, rows: dict[str, list[ManifestRow]], batches,
+                live_encoders: bool):
+        source = self.media.source(processor, tuple(self.accelerator.unwrap_model(model).config.modalities),
+                                   live_encoders)
+        return batch_loader(StageItems(processor, rows, source), batches, self.media.loader_workers(live_encoders),
+                            pin_memory=self.accelerator.device.type == "cuda", seed=self.config.seed)
+
     @torch.no_grad()
     def validate(self, model, processor, stage: StageConfig) -> float | None:
         """Mean answer-token loss on the validation split (the model-selection metric)."""
-        rows = [r for name in stage.datasets for r in self._usable(self.rows[name]["val"])]
-        rows = rows[: self.config.train.val_max_samples]
-        if not rows:
-            return None
-        model.eval()
-        loss_sum, count = torch.zeros(()), torch.zeros(())
+        names = list(stage.datasets)
+        val_rows = {n: self.media.usable(self.rows[n]["val"]) for n in names}
         tasks = sorted(stage.tasks, key=lambda t: -stage.tasks[t])
-        mine = rows[self.rank :: self.world]
-        for start in range(0, len(mine), self.config.train.batch_size):
-            items = []
-            for row in mine[start : start + self.config.train.batch_size]:
+        samples = []
+        for name in names:
+            for index, row in enumerate(val_rows[name]):
                 task = next((t for t in tasks if answer_for(row, processor.prompt.task_keys(t)) is not None), None)
                 if task is not None:
-                    items.append(self._item(processor, row, task))
-            if not items:
-                continue
-            batch = batch_to_device(processor.collate(items), self.accelerator.device)
+                    samples.append(Sample(name, index, task))
+        samples = samples[: self.config.train.val_max_samples]
+        if not samples:
+            return None
+        model.eval()
+        loss_sum, count = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+        batches = validation_batches(samples, self.config.train.batch_size, self.rank, self.world)
+        for batch in self._loader(processor, model, val_rows, batches, "encoders" in stage.trainable):
+            batch = batch_to_device(batch, self.accelerator.device)
             with self.accelerator.autocast():
                 s, c = self.loss_step(model, batch)
-            loss_sum, count = loss_sum + s.float().cpu(), count + c.cpu()
-        loss_sum = self.accelerator.reduce(loss_sum.to(self.accelerator.device), "sum")
-        count = self.accelerator.reduce(count.to(self.accelerator.device), "sum")
-        model.train()
-        return float(loss_sum / count) if count > 0 else None
+            loss_sum, count = loss_sum + s.double().cpu(), count + c.double().cpu()
+        total = self.accelerator.reduce(torch.stack([loss_sum, count]).to(self.accelerator.device), "sum")
+        self._train_mode(model, stage)
+        return float(total[0] / total[1]) if total[1] > 0 else None
 
     def save_checkpoint(self, model, processor, out_dir: Path, metadata: dict[str, Any]) -> None:
         # Every rank takes part in gathering: under FSDP / ZeRO-3 the weights are sharded.
-        state = self.accelerator.get_state_dict(model)
+        state = full_state_dict(model) if is_sharded(model) else self.accelerator.get_state_dict(model)
         if self.accelerator.is_main_process:
             unwrapped = self.accelerator.unwrap_model(model)
             save_checkpoint(unwrapped, processor, out_dir, metadata=metadata,
@@ -236,83 +197,103 @@ class CurriculumRecipe:
                             store_encoders="encoders" in metadata.get("trainable", []), state_dict=state)
         self.accelerator.wait_for_everyone()
 
-    def train_stage(self, index: int, stage: StageConfig, model, processor) -> dict[str, Any]:
-        """Run one stage; returns its summary (best validation loss, steps, timings)."""
-        settings = self.config.train
-        stage_dir = self.run_dir / "stages" / stage.name
-        for name in stage.datasets:
-            self.rows[name]["train_usable"] = self._usable(self.rows[name]["train"])
-        counts = set_trainable(model, stage.trainable)
-        weights = llm_weight_summary(model)
-        if settings.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
+    def _prepare(self, model, stage: StageConfig, settings) -> tuple[Any, Any, list[torch.nn.Parameter]]:
+        """Shard or wrap the model for the processes, then build its optimizer over the trainable groups."""
+        if self.shard:
+            # Sharding replaces the parameters: the optimizer is built over the sharded ones.
+            shard_model(model)
         groups = group_parameters(model)
         param_groups = [{"params": [p for p in groups[g] if p.requires_grad], "lr": stage.group_lr.get(g, stage.lr)}
                         for g in stage.trainable]
         params = [p for group in param_groups for p in group["params"]]
-        optimizer = torch.optim.AdamW(param_groups, lr=stage.lr, weight_decay=settings.weight_decay)
+        optimizer = build_optimizer(param_groups, stage.lr, settings.weight_decay)
+        if not self.shard:
+            model, optimizer = self.accelerator.prepare(model, optimizer)
+        return model, optimizer, params
+
+    def train_stage(self, index: int, stage: StageConfig, model, processor) -> dict[str, Any]:
+        """Run one stage; returns its summary (best validation loss, steps, timings)."""
+        settings = self.config.train
+        stage_dir = self.run_dir / "stages" / stage.name
+        train_rows = {name: self.media.usable(self.rows[name]["train"]) for name in stage.datasets}
+        counts = set_trainable(model, stage.trainable)
+        summary = {"stage": stage.name, "groups": counts, "losses": [], "llm_weights": llm_weight_summary(model)}
+        if settings.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        model, optimizer, params = self._prepare(model, stage, settings)
         global_batch = settings.batch_size * self.world
-        num_rows = sum(len(self.rows[n]["train_usable"]) for n in stage.datasets)
-        num_steps = stage_num_steps(stage, num_rows, global_batch * settings.grad_accum)
+        num_steps = stage_num_steps(stage, sum(len(r) for r in train_rows.values()), global_batch * settings.grad_accum)
+        summary["steps"] = num_steps
         scheduler = get_scheduler(stage.schedule, optimizer, num_warmup_steps=stage.warmup_steps,
                                   num_training_steps=num_steps)
-        schedule = build_schedule(
-            stage, {n: self.rows[n]["train_usable"] for n in stage.datasets},
-            lambda row, task: answer_for(row, processor.prompt.task_keys(task)) is not None,
-            global_batch, num_steps * settings.grad_accum, seed=self.config.seed * 1000 + index,
-        )
-        model, optimizer = self.accelerator.prepare(model, optimizer)
         state_dir = stage_dir / "state"
         start_step = 0
-        if self.resume and (state_dir / "progress.json").is_file():
-            start_step = load_training_state(state_dir, self.accelerator.unwrap_model(model), optimizer, scheduler, self.rank)
+        # The steps' RNG (dropout) starts from the seed, whatever featurization and calibration drew;
+        # a resumed stage then restores the RNG its state saved.
+        set_seed(self.config.seed + index)
+        if self.resume and saved_step(state_dir) is not None:
+            start_step = load_training_state(state_dir, self.accelerator, model, optimizer, scheduler)
             logger.info("stage %s: resumed at step %d of %d", stage.name, start_step, num_steps)
+        schedule = partial(iter_schedule, stage, train_rows,
+                           lambda row, task: answer_for(row, processor.prompt.task_keys(task)) is not None,
+                           global_batch, self.config.seed * 1000 + index)
+        sampler = ScheduleSampler(schedule, start_step * settings.grad_accum, num_steps * settings.grad_accum,
+                                  self.rank, self.world)
+        batches = iter(self._loader(processor, model, train_rows, sampler, "encoders" in stage.trainable))
         best = self._best_so_far(stage_dir)
-        summary = {"stage": stage.name, "steps": num_steps, "groups": counts, "losses": [],
-                   "llm_weights": weights}
-        model.train()
+        self._train_mode(model, stage)
         self.log.start_stage(stage.name, num_steps, start_step)
         for step in range(start_step, num_steps):
             started = time.perf_counter()
-            loss_value, tokens = 0.0, 0
-            for micro in range(settings.grad_accum):
-                samples = schedule[step * settings.grad_accum + micro]
-                # accumulate() skips gradient sync and the optimizer step until the last micro-batch
-                # (DDP no_sync, DeepSpeed's own accumulation) and divides the loss by grad_accum.
-                with self.accelerator.accumulate(model):
-                    scaled, global_loss, n_tokens = self._global_mean_loss(model, processor, samples)
-                    self.accelerator.backward(scaled)
-                    if self.accelerator.sync_gradients and settings.max_grad_norm:
-                        self.accelerator.clip_grad_norm_(params, settings.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                loss_value += global_loss / settings.grad_accum
-                tokens += n_tokens
+            loss, tokens = self._optimizer_step(model, optimizer, params, batches)
             scheduler.step()
-            summary["losses"].append(loss_value)
             elapsed = time.perf_counter() - started
-            self.log.step(step + 1, loss_value, scheduler.get_last_lr()[0], tokens * self.world / elapsed,
+            self.log.step(step + 1, loss, scheduler.get_last_lr()[0], tokens * self.world / elapsed,
                           global_batch * settings.grad_accum / elapsed)
+            summary["losses"].append(loss)
             done = step + 1
             if settings.eval_every and done % settings.eval_every == 0 and done < num_steps:
                 best = self._maybe_keep_best(model, processor, stage, stage_dir, best, done)
             if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < num_steps:
-                save_training_state(state_dir, self.accelerator.unwrap_model(model), optimizer, scheduler, done, self.rank)
-                self.accelerator.wait_for_everyone()
-                if self.accelerator.is_main_process:
-                    commit_training_state(state_dir)
-                self.accelerator.wait_for_everyone()
-            if self.stop_after_steps is not None and done >= self.stop_after_steps:
-                raise _Interrupted(done)
+                save_training_state(state_dir, self.accelerator, model, optimizer, scheduler, done)
         self.log.end_stage()
         best = self._maybe_keep_best(model, processor, stage, stage_dir, best, num_steps)
-        summary["best_val_loss"] = best["val_loss"]
-        summary["best_step"] = best["step"]
+        summary.update(best_val_loss=best["val_loss"], best_step=best["step"])
         if self.accelerator.is_main_process:
             (stage_dir / DONE_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
             shutil.rmtree(state_dir, ignore_errors=True)
         self.accelerator.wait_for_everyone()
+        # Release the prepared model and optimizer: the accelerator would keep them alive into the next stage.
+        self.accelerator.free_memory()
         return summary
+
+    def _optimizer_step(self, model, optimizer, params, batches) -> tuple[float, int]:
+        """One optimizer step over ``grad_accum`` micro-batches: its global mean loss and this process's tokens."""
+        settings = self.config.train
+        loss_value, tokens = 0.0, 0
+        for _ in range(settings.grad_accum):
+            batch = next(batches)
+            # accumulate() skips gradient sync until the last micro-batch (DDP no_sync, DeepSpeed's own
+            # accumulation) and divides the loss by grad_accum.
+            with self.accelerator.accumulate(model):
+                scaled, global_loss, n_tokens = self._global_mean_loss(model, batch)
+                self.accelerator.backward(scaled)
+                if self.accelerator.sync_gradients:
+                    if settings.max_grad_norm:
+                        self.accelerator.clip_grad_norm_(params, settings.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            loss_value += global_loss / settings.grad_accum
+            tokens += n_tokens
+        return loss_value, tokens
+
+    def _train_mode(self, model, stage: StageConfig) -> None:
+        """Train mode, but for frozen encoders: when they run in the step (no cache) they must compute
+        what they would have cached, with batch-norm statistics and dropout in eval mode."""
+        model.train()
+        if "encoders" not in stage.trainable:
+            for encoder in self.accelerator.unwrap_model(model).encoders.values():
+                encoder.eval()
 
     def _best_so_far(self, stage_dir: Path) -> dict[str, Any]:
         path = stage_dir / "best" / "affect_checkpoint.json"
@@ -343,7 +324,7 @@ class CurriculumRecipe:
 
     def _reusable(self, stage_dir: Path) -> bool:
         """A finished stage, or an interrupted one that ``--resume`` continues."""
-        return (stage_dir / DONE_FILE).is_file() or (self.resume and (stage_dir / "state" / "progress.json").is_file())
+        return (stage_dir / DONE_FILE).is_file() or (self.resume and saved_step(stage_dir / "state") is not None)
 
     def check_reusable_stages(self) -> list[dict[str, Any]]:
         """Every stage's inputs; before anything is written, refuse a reusable stage that other inputs produced."""
@@ -390,8 +371,20 @@ class CurriculumRecipe:
             "libraries": library_versions(),
             "git_commit": git_commit(),
             "world_size": self.world,
+            "sharding": "fsdp2" if self.shard else self.accelerator.distributed_type.value,
         }
         (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+
+    def run_stage(self, index: int, stage: StageConfig, previous: Path | None) -> dict[str, Any]:
+        """Set up, featurize, calibrate and train one stage that is not done yet."""
+        set_seed(self.config.seed + index)
+        model, processor = self.setup_model(index, previous)
+        model.to(self.accelerator.device)
+        self.featurize(model, processor)
+        # Only fresh projectors are calibrated: a loaded one was trained on its own statistics.
+        if self.config.start_point(index) == "base":
+            self.calibrate_projectors(model, processor, stage)
+        return self.train_stage(index, stage, model, processor)
 
     def run(self) -> Path:
         """Run (or finish) every stage; returns the final checkpoint folder ``<run_dir>/final``.
@@ -427,21 +420,9 @@ class CurriculumRecipe:
                 if (stage_dir / DONE_FILE).is_file():
                     logger.info("stage %s already done: %s", stage.name, stage_dir / "best")
                     summaries.append(json.loads((stage_dir / DONE_FILE).read_text()))
-                    previous = stage_dir / "best"
-                    continue
-                set_seed(self.config.seed + index)
-                model, processor = self.setup_model(index, previous)
-                model.to(self.accelerator.device)
-                self.featurize(model, processor)
-                # Only fresh projectors are calibrated: a loaded one was trained on its own statistics.
-                if self.config.start_point(index) == "base":
-                    self.calibrate_projectors(model, stage)
-                self.live_encoders = "encoders" in stage.trainable
-                if self.live_encoders:
-                    self.load_encoder_inputs(model, processor)
-                summaries.append(self.train_stage(index, stage, model, processor))
+                else:
+                    summaries.append(self.run_stage(index, stage, previous))
                 previous = stage_dir / "best"
-                del model
         finally:
             self.log.close()
         final = self.run_dir / "final"
@@ -454,6 +435,3 @@ class CurriculumRecipe:
         self.accelerator.wait_for_everyone()
         return final
 
-
-class _Interrupted(RuntimeError):
-    """Raised by the ``stop_after_steps`` hook to simulate a crash at a known step."""

@@ -1,15 +1,17 @@
 """The sample order of a stage, fixed up front from the seed so a resumed run sees the same data.
 
-A stage's schedule is the list of global micro-batches; process ``r`` of ``W`` takes every
+A stage's schedule is the sequence of global micro-batches; process ``r`` of ``W`` takes every
 ``W``-th sample of each global batch, so 1 and 2 processes at the same global batch see the same
-samples.
+samples. The sequence is generated lazily from the seed (:func:`iter_schedule`): a resumed run
+replays the draws up to its step instead of storing millions of samples.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -19,9 +21,16 @@ from affect_llm.training.config import StageConfig
 
 @dataclass(frozen=True)
 class Sample:
+    """One training item: a row of a dataset's list and the task it answers.
+
+    Attributes:
+        counted: False for a padding item (validation ranks run equal batch counts): its loss is left out.
+    """
+
     dataset: str
     index: int
     task: str
+    counted: bool = True
 
 
 def _row_stream(rows: list[ManifestRow], order: str, rng: np.random.Generator):
@@ -50,34 +59,53 @@ def build_schedule(
     num_micro_batches: int,
     seed: int,
 ) -> list[list[Sample]]:
-    """``num_micro_batches`` global micro-batches of ``global_batch`` samples each.
+    """The first ``num_micro_batches`` global micro-batches of :func:`iter_schedule`, as a list."""
+    return list(islice(iter_schedule(stage, rows_by_dataset, supports, global_batch, seed), num_micro_batches))
+
+
+def iter_schedule(
+    stage: StageConfig,
+    rows_by_dataset: dict[str, list[ManifestRow]],
+    supports: Callable[[ManifestRow, str], bool],
+    global_batch: int,
+    seed: int,
+) -> Iterator[list[Sample]]:
+    """Endless global micro-batches of ``global_batch`` samples each, drawn from ``seed``.
 
     Args:
         supports: Whether a row can serve a task (has the labels / explanation it needs).
+
+    Raises:
+        ValueError: A stage without training rows, or a dataset none of whose rows serves a task.
     """
     rng = np.random.default_rng(seed)
     names = [n for n in stage.datasets if rows_by_dataset.get(n)]
     if not names:
         raise ValueError(f"stage {stage.name!r}: none of its datasets {list(stage.datasets)} has training rows")
     tasks = list(stage.tasks)
+    # Which tasks each row serves, asked once per row: replaying a long schedule on resume stays cheap.
+    serves = {n: np.array([[supports(row, t) for t in tasks] for row in rows_by_dataset[n]], dtype=bool)
+              for n in names}
     for name in names:
         # A dataset none of whose rows serves a task would make the sampling loop below spin forever.
-        if not any(supports(row, task) for row in rows_by_dataset[name] for task in tasks):
+        if not serves[name].any():
             raise ValueError(f"stage {stage.name!r}: no training row of dataset {name!r} can serve its tasks {tasks}")
+    return _draw(stage, rows_by_dataset, names, tasks, serves, global_batch, rng)
+
+
+def _draw(stage: StageConfig, rows_by_dataset: dict[str, list[ManifestRow]], names: list[str], tasks: list[str],
+          serves: dict[str, np.ndarray], global_batch: int, rng: np.random.Generator) -> Iterator[list[Sample]]:
     weights = np.array([stage.datasets[n] for n in names], dtype=float)
     streams = {n: _row_stream(rows_by_dataset[n], stage.order, rng) for n in names}
     task_weights = np.array([stage.tasks[t] for t in tasks], dtype=float)
-    schedule = []
-    for _ in range(num_micro_batches):
+    while True:
         batch = []
         while len(batch) < global_batch:
             name = names[rng.choice(len(names), p=weights / weights.sum())]
             index = next(streams[name])
-            row = rows_by_dataset[name][index]
-            usable = [i for i, t in enumerate(tasks) if supports(row, t)]
+            usable = np.flatnonzero(serves[name][index]).tolist()
             if not usable:
                 continue
             probs = task_weights[usable] / task_weights[usable].sum()
             batch.append(Sample(name, index, tasks[usable[rng.choice(len(usable), p=probs)]]))
-        schedule.append(batch)
-    return schedule
+        yield batch

@@ -1,8 +1,18 @@
 """Resumable training state and the run record.
 
-The state of a stage in progress (trainable weights, optimizer, scheduler, RNG, step) is written
-atomically every ``checkpoint_every`` steps; ``--resume`` restores it and replays the fixed sample
-schedule from the next step, so an interrupted run reaches the same losses.
+The state of a stage in progress is written every ``checkpoint_every`` steps and ``--resume``
+restores it, replaying the seeded sample schedule from the next step, so an interrupted run reaches
+the losses of one that was not interrupted, on one process or many:
+
+- trainable weights and optimizer state through ``torch.distributed.checkpoint``, which every
+  process takes part in: under FSDP each writes its own shards, under DDP one copy is written;
+  frozen weights are not saved (they are the stage's starting point). Under DeepSpeed (ZeRO-2/3)
+  the engine owns both, and accelerate's ``save_state`` / ``load_state`` write them;
+- the scheduler and the step;
+- every process's RNG: Python, numpy, torch CPU and every CUDA device.
+
+Everything goes to ``state.tmp`` first; once every process wrote its part, the main process swaps
+it into ``state``, so a kill at any moment leaves the previous state whole.
 """
 
 from __future__ import annotations
@@ -19,35 +29,68 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-
-from affect_llm.modeling.pretrained import load_strict
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
 LIBRARIES = ("affect-llm", "torch", "transformers", "peft", "accelerate", "bitsandbytes", "decord", "librosa")
+PROGRESS_FILE = "progress.json"
+
+
+def _raw_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate wraps prepared optimizers
+
+
+def _strip_wrapper(name: str) -> str:
+    return name.removeprefix("module.")
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG: Python, numpy, torch CPU and every CUDA device."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _dcp_state(model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(ignore_frozen_params=True)
+    model_state, optimizer_state = get_state_dict(model, _raw_optimizer(optimizer), options=options)
+    return {"model": model_state, "optimizer": optimizer_state}
 
 
 def save_training_state(
-    state_dir: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, step: int, rank: int
+    state_dir: Path, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, scheduler: Any, step: int
 ) -> None:
-    """Write trainable weights + optimizer + scheduler + RNG + step into ``state_dir`` atomically."""
+    """Write the state after ``step`` optimizer steps; every process calls this."""
+    import torch.distributed.checkpoint as dcp
+
     tmp = state_dir.with_name(state_dir.name + ".tmp")
-    if rank == 0:
+    if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(trainable, str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        accelerator.save_state(str(tmp / "accelerate"))
     else:
-        tmp.mkdir(parents=True, exist_ok=True)
-    rng = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-    torch.save(rng, tmp / f"rng_{rank}.pt")
-    if rank == 0:
-        (tmp / "progress.json").write_text(json.dumps({"step": step}) + "\n")
+        dcp.save(_dcp_state(model, optimizer), checkpoint_id=str(tmp / "dcp"))
+    torch.save(rng_state(), tmp / f"rng_{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        # Written last: a folder with a progress file holds every part.
+        (tmp / PROGRESS_FILE).write_text(json.dumps({"step": step, "world_size": accelerator.num_processes}) + "\n")
+        commit_training_state(state_dir)
+    accelerator.wait_for_everyone()
 
 
 def commit_training_state(state_dir: Path) -> None:
@@ -61,28 +104,47 @@ def commit_training_state(state_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_training_state(state_dir: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, rank: int) -> int:
-    """Restore what :func:`save_training_state` wrote; returns the step to continue from."""
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    saved = load_file(str(state_dir / "trainable.safetensors"))
-    if set(saved) != set(trainable):
-        raise ValueError(
-            f"{state_dir}: saved trainable weights do not match the model: "
-            f"missing {sorted(set(trainable) - set(saved))[:5]}, unexpected {sorted(set(saved) - set(trainable))[:5]}"
-        )
-    holder = torch.nn.Module()
-    for i, (_name, param) in enumerate(trainable.items()):
-        holder.register_parameter(f"p{i}", param)
-    load_strict(holder, {f"p{i}": saved[name] for i, name in enumerate(trainable)}, f"{state_dir}/trainable.safetensors")
-    optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
+def saved_step(state_dir: Path) -> int | None:
+    """The step a complete saved state continues from, or None when there is none."""
+    path = state_dir / PROGRESS_FILE
+    return int(json.loads(path.read_text())["step"]) if path.is_file() else None
+
+
+def load_training_state(
+    state_dir: Path, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, scheduler: Any
+) -> int:
+    """Restore what :func:`save_training_state` wrote; returns the step to continue from.
+
+    Raises:
+        ValueError: The saved weights do not match the model's trainable weights (names listed),
+            or the state was written by another number of processes (its RNG files differ).
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    progress = json.loads((state_dir / PROGRESS_FILE).read_text())
+    rng_path = state_dir / f"rng_{accelerator.process_index}.pt"
+    if progress.get("world_size", accelerator.num_processes) != accelerator.num_processes or not rng_path.is_file():
+        raise ValueError(f"{state_dir}: written by {progress.get('world_size')} processes, resumed by "
+                         f"{accelerator.num_processes}; resume with the process count it was written with")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        accelerator.load_state(str(state_dir / "accelerate"))
+    else:
+        state = _dcp_state(model, optimizer)
+        try:
+            dcp.load(state, checkpoint_id=str(state_dir / "dcp"))
+        except (RuntimeError, ValueError) as error:  # DCP names the missing or mismatching keys
+            raise ValueError(f"{state_dir}: saved state does not match the model's trainable weights: {error}") from error
+        result = set_state_dict(model, _raw_optimizer(optimizer), model_state_dict=state["model"],
+                                optim_state_dict=state["optimizer"], options=StateDictOptions(strict=False))
+        frozen = {_strip_wrapper(n) for n, p in model.named_parameters() if not p.requires_grad}
+        missing = sorted({_strip_wrapper(k) for k in result.missing_keys} - frozen)
+        if missing or result.unexpected_keys:
+            raise ValueError(f"{state_dir}: saved trainable weights do not match the model: missing {missing[:5]}, "
+                             f"unexpected {sorted(result.unexpected_keys)[:5]}")
     scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=True))
-    rng_path = state_dir / f"rng_{rank}.pt"
-    if rng_path.is_file():
-        rng = torch.load(rng_path, weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-    return int(json.loads((state_dir / "progress.json").read_text())["step"])
+    set_rng_state(torch.load(rng_path, weights_only=False))
+    return int(progress["step"])
 
 
 def git_commit() -> str | None:

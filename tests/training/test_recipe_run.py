@@ -15,7 +15,8 @@ from affect_llm.hashing import file_sha256
 from affect_llm.loading.checkpoint import CheckpointError, load_checkpoint, read_metadata
 from affect_llm.training.config import TrainConfig
 from affect_llm.training.inputs import StaleStageError, stage_inputs
-from affect_llm.training.recipe import CurriculumRecipe, _Interrupted
+from affect_llm.training.logging import RunLogger
+from affect_llm.training.recipe import CurriculumRecipe
 
 TASKS = {"evidence", "perceive", "reason"}
 
@@ -163,8 +164,12 @@ def test_finished_stage_after_one_that_retrains_is_refused(
         CurriculumRecipe(_config(synth_manifest, run_dir, feature_cache)).run()
 
 
+class _Crash(RuntimeError):
+    pass
+
+
 def test_a_fresh_attempt_clears_another_attempts_state(
-    copied_run: Path, synth_manifest: Path, feature_cache: Path
+    copied_run: Path, synth_manifest: Path, feature_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Leftover resumable state of another config must not survive for a later --resume to pick up."""
     run_dir = copied_run
@@ -172,10 +177,12 @@ def test_a_fresh_attempt_clears_another_attempts_state(
     (reason / "stage_done.json").unlink()
     (reason / "state").mkdir()
     (reason / "state" / "progress.json").write_text('{"step": 1}')  # as another config's crash left it
-    recipe = CurriculumRecipe(_config(synth_manifest, run_dir, feature_cache))
-    recipe.stop_after_steps = 1  # crash again before any state checkpoint (checkpoint_every: 0)
-    with pytest.raises(_Interrupted):
-        recipe.run()
+    def crash(*args: object, **kwargs: object) -> None:
+        raise _Crash  # after the first step, before any state checkpoint (checkpoint_every: 0)
+
+    monkeypatch.setattr(RunLogger, "step", crash)
+    with pytest.raises(_Crash):
+        CurriculumRecipe(_config(synth_manifest, run_dir, feature_cache)).run()
     assert not (reason / "state").exists() and not (reason / "best").exists()
     assert json.loads((reason / "stage_inputs.json").read_text())["stages"][1]["name"] == "reason"
 

@@ -69,3 +69,39 @@ def read_losses(run_dir: Path, stage: str | None = None) -> dict[int, float]:
         if stage is None or record["stage"] == stage:
             losses[record["step"]] = record["loss"]
     return losses
+
+
+def run_and_kill(command: list[str], cwd: Path, env: dict[str, str], log: Path, after_step: int,
+                 timeout: float = 300.0) -> int:
+    """Start ``command`` in its own process group; SIGKILL the whole group (every rank and loader
+    worker) once ``log`` records step ``after_step``. Returns the last step logged before the kill.
+
+    Raises:
+        AssertionError: If the command ends on its own first, or no such step is logged in time.
+    """
+    import os
+    import signal
+    import subprocess
+    import time
+
+    output = cwd / f"killed_at_{after_step}.log"
+    with output.open("wb") as sink:
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            steps = [json.loads(line)["step"] for line in log.read_text().splitlines()] if log.is_file() else []
+            if steps and max(steps) >= after_step:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+                return max(steps)
+            if proc.poll() is not None:
+                raise AssertionError(f"{command} ended (rc {proc.returncode}) before step {after_step}: "
+                                     f"{output.read_text()[-3000:]}")
+            time.sleep(0.005)
+        raise AssertionError(f"no step {after_step} in {log} after {timeout} s")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)

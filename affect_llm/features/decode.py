@@ -1,0 +1,214 @@
+"""Clips decoded in worker processes, ahead of the encoders that consume them.
+
+Decoding (video frames, audio, face detection, log-mels) runs on the CPU while the encoders and
+the LLM run on the accelerator; in one process the two take turns. Here a ``torch.utils.data``
+DataLoader hands rows to ``decode_workers`` processes, which return batches in order and keep
+``PREFETCH_BATCHES`` batches per worker ready while the caller encodes the previous ones.
+Processes, not threads: decord aborted ("double free or corruption") decoding two clips at once
+from threads of one process.
+
+A :class:`ClipJob` is what a worker does with one row: hash its media into cache keys, read its
+features from the cache when they are all there, or else decode it into encoder inputs. The
+featurizer, the training loader and batch explanation use the same job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from affect_llm.data.manifest import ManifestRow
+from affect_llm.data.media import MediaError, load_media
+from affect_llm.features.cache import FeatureCache
+from affect_llm.hashing import file_sha256, text_sha256
+from affect_llm.modeling.media import MediaInputs, ModalityInput
+
+PREFETCH_BATCHES = 2
+
+# OpenCV before decord, in every process that decodes: decord ships its own zlib, and once it is
+# loaded OpenCV reads no PNG ("libpng error: bad parameters to zlib"; every still image fails).
+# Without the video extra there is neither.
+with contextlib.suppress(ImportError):
+    import cv2  # noqa: F401
+
+
+@dataclass
+class MediaOptions:
+    """How clips are sampled before encoding (part of every cache key, but for the worker count).
+
+    Attributes:
+        num_frames: Frames sampled uniformly per video (face crops are cut from them).
+        detect_faces: Crop the largest face per frame (else the whole frame is the face input).
+        decode_workers: Processes decoding clips ahead of the encoders; 0 decodes in the calling
+            process, between encoder batches.
+    """
+
+    num_frames: int = 4
+    detect_faces: bool = True
+    decode_workers: int = 1
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    """One row after its worker: cache keys, and media (encoder inputs or cached features) or an error.
+
+    Attributes:
+        row: The manifest row.
+        keys: Cache key per modality (empty without a cache).
+        media: Encoder inputs when decoded, features when read from the cache, None on failure or
+            when the job only checked that the cache holds the row.
+        cached: Every key of the row is in the cache.
+        error: Why the row could not be decoded or hashed.
+        warnings: What the media checks noted about a decoded row that is still used (issue dicts).
+    """
+
+    row: ManifestRow
+    keys: dict[str, str]
+    media: MediaInputs | None = None
+    cached: bool = False
+    error: str | None = None
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+
+
+def face_detected(meta: dict[str, Any]) -> bool:
+    """Whether a face detector found a face in at least one frame (per-frame records in ``meta``)."""
+    per_frame = meta.get("faces")
+    if per_frame is not None:
+        return any(frame.get("method") not in (None, "centre") for frame in per_frame)
+    return any(meta.get("face_found") or ())
+
+
+def row_content_hash(row: ManifestRow) -> str:
+    parts = [f"{field}={file_sha256(path)}" for field in ("video", "audio", "image")
+             if (path := row.media_path(field)) is not None]
+    return text_sha256("|".join(parts))
+
+
+class ClipJob:
+    """Key, read or decode one row; picklable, so it runs in any worker process.
+
+    Args:
+        extractor: The processor's feature extractor (raw media -> encoder inputs).
+        modalities: Modalities the model has encoders for.
+        options: Sampling settings.
+        cache: The feature cache, or None to decode every row.
+        encoder_ids: Encoder identity per modality (cache keys).
+        settings: Sampling and preprocessing settings (cache keys).
+        read_cached: Return cached features; False only checks that the cache holds them.
+    """
+
+    def __init__(
+        self, extractor: Any, modalities: Sequence[str], options: MediaOptions, cache: FeatureCache | None = None,
+        encoder_ids: dict[str, str] | None = None, settings: dict[str, Any] | None = None, read_cached: bool = True,
+    ) -> None:
+        self.extractor = extractor
+        self.modalities = tuple(modalities)
+        self.options = options
+        self.cache = cache
+        self.encoder_ids = encoder_ids or {}
+        self.settings = settings or {}
+        self.read_cached = read_cached
+
+    def keys(self, row: ManifestRow) -> dict[str, str]:
+        digest = row_content_hash(row)
+        return {m: FeatureCache.key(row.id, digest, self.encoder_ids[m], self.settings) for m in self.modalities}
+
+    def decode(self, row: ManifestRow) -> MediaInputs:
+        """Encoder inputs of one row.
+
+        Raises:
+            MediaError, OSError, ValueError: The media cannot be read or decoded.
+        """
+        return self.decode_with_warnings(row)[0]
+
+    def decode_with_warnings(self, row: ManifestRow) -> tuple[MediaInputs, list[dict[str, Any]]]:
+        """Encoder inputs of one row and the warnings of its media checks.
+
+        Raises:
+            MediaError, OSError, ValueError: The media cannot be read or decoded.
+        """
+        item = load_media(
+            row, num_frames=self.options.num_frames, detect_faces=self.options.detect_faces,
+            max_audio_seconds=self.extractor.audio_window_seconds, face_size=max(self.extractor.face_image_size, 64),
+        )
+        # A clip in which no frame shows a face has no face channel: the centre-crop fallback stands
+        # in for frames a detector missed, never for a face that is not there.
+        face = item.face if face_detected(item.meta) else None
+        media = self.extractor(audio=item.audio, video=item.video, face=face, modalities=self.modalities)
+        return media, list(item.meta.get("issues") or [])
+
+    def read_cached_features(self, keys: dict[str, str]) -> MediaInputs | None:
+        """The row's features from the cache; None when an entry is missing or corrupt."""
+        parts: dict[str, ModalityInput] = {}
+        for modality, key in keys.items():
+            entry = self.cache.get(key)
+            if entry is None:
+                return None
+            if entry:  # an empty entry records that the clip has no such medium
+                features = entry["features"][None]  # (1, T, D)
+                parts[modality] = ModalityInput(features=features,
+                                                feature_mask=torch.ones(features.shape[:2], dtype=torch.bool))
+        return MediaInputs(**parts)
+
+    def __call__(self, row: ManifestRow) -> ClipResult:
+        keys: dict[str, str] = {}
+        try:
+            if self.cache is not None:
+                keys = self.keys(row)
+                if all(self.cache.contains(k) for k in keys.values()):
+                    if not self.read_cached:
+                        return ClipResult(row, keys, cached=True)
+                    features = self.read_cached_features(keys)
+                    if features is not None:
+                        return ClipResult(row, keys, features, cached=True)
+            media, warnings = self.decode_with_warnings(row)
+            return ClipResult(row, keys, media, warnings=warnings)
+        except (MediaError, OSError, ValueError) as error:
+            return ClipResult(row, keys, error=str(error))
+
+
+class _Rows(Dataset):
+    def __init__(self, rows: Sequence[ManifestRow], job: ClipJob) -> None:
+        self.rows, self.job = rows, job
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> ClipResult:
+        return self.job(self.rows[index])
+
+
+def _as_list(results: list[ClipResult]) -> list[ClipResult]:
+    return results
+
+
+def worker_context() -> str | None:
+    """``fork`` on Linux: workers share the parent's memory and start in milliseconds (they touch
+    no CUDA state); elsewhere the platform's default."""
+    return "fork" if sys.platform.startswith("linux") else None
+
+
+def decode_batches(
+    rows: Sequence[ManifestRow], job: ClipJob, batch_size: int, workers: int,
+) -> Iterator[list[ClipResult]]:
+    """``job`` applied to every row, in order, in batches, by ``workers`` processes (0: this process)."""
+    if not rows:
+        return iter(())
+    num_batches = -(-len(rows) // batch_size)
+    # One worker decodes one whole batch: a single batch gains nothing from a process but its start-up.
+    workers = 0 if num_batches == 1 else min(workers, num_batches)
+    loader = DataLoader(
+        _Rows(rows, job), batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_as_list,
+        prefetch_factor=PREFETCH_BATCHES if workers else None,
+        multiprocessing_context=worker_context() if workers else None,
+        # Its own generator: starting the loader draws nothing from the global RNG, so how many
+        # clips were already cached changes nothing in the training that follows.
+        generator=torch.Generator().manual_seed(0),
+    )
+    return iter(loader)

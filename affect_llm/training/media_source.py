@@ -1,0 +1,133 @@
+"""Where a run's training media come from, and which rows can train.
+
+With ``data.feature_cache`` every row's frozen-encoder features go into the cache once (each
+process encodes its share of the missing rows, its decode workers running ahead), and the loaders
+read them lazily by key: a rank holds each row's cache keys, never its features. Without a cache
+the loaders' workers decode clips and the frozen encoders run inside each step, for corpora whose
+features would not fit on disk. A stage that trains the encoders always decodes in the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from affect_llm.data.manifest import ManifestRow
+from affect_llm.features.cache import FeatureCache
+from affect_llm.features.decode import ClipJob
+from affect_llm.features.featurize import MediaFeaturizer, MediaOptions
+from affect_llm.modeling.model import AffectForConditionalGeneration
+from affect_llm.processing.processor import AffectProcessor
+from affect_llm.training.calibration import (
+    CALIBRATION_MAX_ROWS,
+    FeatureMoments,
+    mean_and_std,
+    set_projector_statistics,
+)
+from affect_llm.training.config import DataConfig
+from affect_llm.training.loader import CachedMedia, DecodedMedia
+
+logger = logging.getLogger(__name__)
+
+
+def evenly_spaced(rows: list[ManifestRow], limit: int) -> list[ManifestRow]:
+    if len(rows) <= limit:
+        return rows
+    return [rows[i * len(rows) // limit] for i in range(limit)]
+
+
+class TrainingMedia:
+    """The feature cache (or its absence), the rows' cache keys and the rows that failed to decode.
+
+    Args:
+        data: The config's data block.
+        accelerator: For the process's share and the collectives.
+        models_dir: Where embedded references resolve (encoder fingerprints).
+    """
+
+    def __init__(self, data: DataConfig, accelerator: Accelerator, models_dir: Path | None = None) -> None:
+        self.data = data
+        self.accelerator = accelerator
+        self.models_dir = models_dir
+        self.cache = FeatureCache(data.feature_cache) if data.feature_cache else None
+        self.options = MediaOptions(data.num_frames, data.detect_faces, data.decode_workers)
+        self.keys: dict[str, dict[str, str]] = {}
+        self.failures: dict[str, str] = {}
+        self._keyed_for: str | None = None
+
+    @property
+    def on_the_fly(self) -> bool:
+        return self.cache is None
+
+    def featurizer(self, model: AffectForConditionalGeneration, processor: AffectProcessor) -> MediaFeaturizer:
+        return MediaFeaturizer(model, processor, self.cache, self.options, models_dir=self.models_dir)
+
+    def prepare(self, model: AffectForConditionalGeneration, processor: AffectProcessor,
+                rows: list[ManifestRow]) -> None:
+        """Put the features of every row not yet cached for these encoders into the cache."""
+        if self.cache is None:
+            return
+        featurizer = self.featurizer(model, processor)
+        identity = json.dumps([featurizer.encoder_ids, featurizer.settings], sort_keys=True, default=str)
+        if identity != self._keyed_for:  # other encoders (a stage trained them): other keys
+            self.keys, self._keyed_for = {}, identity
+        todo = list({r.id: r for r in rows if r.id not in self.keys and r.id not in self.failures}.values())
+        started = time.perf_counter()
+        keys = featurizer.fill(todo[self.accelerator.process_index :: self.accelerator.num_processes])
+        # Every process needs every row's keys and failures: the schedule is drawn from the usable rows.
+        for found, failed in gather_object([(keys, featurizer.failures)]):
+            self.keys.update(found)
+            self.failures.update(failed)
+        self.cache.refresh()
+        if self.accelerator.is_main_process and todo:
+            logger.info("features of %d rows in %.1fs (%d encoded here, %d failed); feature cache %s: %s", len(todo),
+                        time.perf_counter() - started, featurizer.encoded_items, len(self.failures),
+                        self.cache.root, self.cache.stats().describe())
+        for row_id, reason in featurizer.failures.items():
+            logger.warning("refusing row %s: %s", row_id, reason)
+
+    def usable(self, rows: list[ManifestRow]) -> list[ManifestRow]:
+        """Rows that can train: decoded (and, with a cache, cached) without error."""
+        if self.cache is None:
+            return [r for r in rows if r.id not in self.failures]
+        return [r for r in rows if r.id in self.keys]
+
+    def source(self, processor: AffectProcessor, modalities: tuple[str, ...],
+               live_encoders: bool) -> CachedMedia | DecodedMedia:
+        """Row -> media for the loaders: cached features, or encoder inputs decoded in the workers."""
+        if live_encoders or self.cache is None:
+            return DecodedMedia(ClipJob(processor.feature_extractor, modalities, self.options))
+        return CachedMedia(ClipJob(processor.feature_extractor, modalities, self.options, self.cache), self.keys)
+
+    def loader_workers(self, live_encoders: bool) -> int:
+        """Decoding needs the decode workers; reading cached features, the loader workers."""
+        return self.data.decode_workers if live_encoders or self.cache is None else self.data.loader_workers
+
+    def calibrate(self, model: AffectForConditionalGeneration, processor: AffectProcessor,
+                  rows: list[ManifestRow]) -> None:
+        """Standardise fresh projectors with feature statistics of (up to a few thousand) training rows."""
+        chosen = evenly_spaced(rows, CALIBRATION_MAX_ROWS)
+        mine = chosen[self.accelerator.process_index :: self.accelerator.num_processes]
+        moments = FeatureMoments()
+        if self.cache is None:
+            moments.add_all(self.featurizer(model, processor).stream(mine))
+        else:
+            job = ClipJob(processor.feature_extractor, tuple(model.config.modalities), self.options, self.cache)
+            for row in mine:
+                features = job.read_cached_features(self.keys[row.id])
+                if features is not None:
+                    moments.add(features)
+        widths = {m: projector.feature_mean.numel() for m, projector in model.projectors.items()}
+        device = self.accelerator.device
+        reduced = moments.reduced(widths, lambda t: self.accelerator.reduce(t.to(device), "sum").cpu())
+        for modality, sums in reduced.items():
+            statistics = mean_and_std(sums)
+            if statistics is not None:
+                set_projector_statistics(model.projectors[modality], *statistics)
+                logger.info("%s projector standardised on %d feature steps of %d training rows", modality,
+                            int(sums[0, 0]), len(chosen))
