@@ -41,9 +41,10 @@ def chat_assets(tmp_path_factory) -> dict[str, Path]:
     checkpoint = save_checkpoint(model, processor, folder / "ckpt")
     seconds = np.arange(16_000, dtype=np.float32) / 16_000
     soundfile.write(folder / "voice.wav", 0.3 * np.sin(2 * np.pi * 220 * seconds), 16_000)
-    cv2.imwrite(
-        str(folder / "face.png"), np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    )
+    from skimage import data
+
+    # A real face (a photo without one has no face channel: nothing is attached).
+    cv2.imwrite(str(folder / "face.png"), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
     return {"checkpoint": checkpoint, "audio": folder / "voice.wav", "image": folder / "face.png"}
 
 
