@@ -24,7 +24,7 @@ from affect_llm.features.decode import PREFETCH_BATCHES, ClipJob, worker_context
 from affect_llm.modeling.media import MediaInputs
 from affect_llm.processing.processor import IGNORE_INDEX, AffectProcessor
 from affect_llm.training.schedule import Sample
-from affect_llm.training.targets import answer_for, transcript_recognised
+from affect_llm.training.targets import answer_for
 
 
 class FeatureCacheEntryError(RuntimeError):
@@ -88,7 +88,7 @@ class StageItems(Dataset):
         row = self.rows[sample.dataset][sample.index]
         media = self.media(row)
         messages = self.processor.build_messages(sample.task, media.modalities, transcript=row.transcript,
-                                                 transcript_recognised=transcript_recognised(row))
+                                                 transcript_recognised=row.transcript_recognised)
         item = self.processor.encode_text(messages, answer_for(row, self.processor.prompt.task_keys(sample.task)))
         if not sample.counted:
             item["labels"] = [IGNORE_INDEX] * len(item["labels"])
