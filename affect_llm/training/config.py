@@ -22,9 +22,11 @@ from affect_llm.modeling.trainable import TRAINABLE_GROUPS, LoraSettings
 
 Order = Literal["shuffle", "easy_to_hard"]
 Schedule = Literal["constant", "linear", "cosine"]
+StageKind = Literal["supervised", "grpo"]
 TrainingPrecision = Literal["no", "bf16", "fp16"]
 ORDERS: tuple[str, ...] = get_args(Order)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
+STAGE_KINDS: tuple[str, ...] = get_args(StageKind)
 PRECISIONS: tuple[str, ...] = get_args(TrainingPrecision)
 
 
@@ -56,6 +58,60 @@ class DatasetConfig:
     val_split: str = "val"
 
 
+def _default_rewards() -> dict[str, float]:
+    return {"format": 1.0, "labels": 1.0, "evidence": 1.0}
+
+
+@dataclass
+class GrpoSettings:
+    """Settings of a reinforcement stage (``kind: grpo``).
+
+    Attributes:
+        group_size: Answers sampled per clip (G); advantages are normalised within each clip's group.
+        max_new_tokens: Longest sampled (and validation) answer.
+        temperature: Sampling temperature of the rollouts.
+        top_p: Nucleus sampling of the rollouts (1: off).
+        clip_epsilon: Probability ratios outside ``[1 - e, 1 + e]`` are clipped in the objective.
+        beta: Weight of the KL term to the stage's starting policy (0: none, nothing extra computed).
+        rewards: Reward name (``format``, ``labels``, ``evidence``, ``length``) -> weight; an answer's
+            reward is the weighted mean of those that apply to its row.
+        val_samples: Validation rows answered greedily to score the validation reward.
+        advantages: ``normalised`` (GRPO: each answer's reward minus its group's mean, over the
+            group's standard deviation; worse answers are pushed down) or ``positive`` (the same
+            advantages with the negative ones set to 0: only answers better than their group's
+            mean are pushed up, a filtered fine-tuning on the best answers). On the tiny model's
+            tone task the positive estimator's mean gradient was twice as aligned with the true
+            gradient of the expected reward (cosine 0.60 against 0.30 over 12 rollout sets) and
+            learned where the normalised one did not in 400 steps (training/README.md).
+    """
+
+    group_size: int = 4
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    clip_epsilon: float = 0.2
+    beta: float = 0.0
+    rewards: dict[str, float] = field(default_factory=_default_rewards)
+    val_samples: int = 32
+    advantages: str = "normalised"
+
+    def __post_init__(self) -> None:
+        from affect_llm.training.rewards import check_reward_weights  # no torch: parsing stays light
+
+        for name in ("temperature", "top_p", "clip_epsilon", "beta"):
+            setattr(self, name, _number(getattr(self, name), f"grpo.{name}"))
+        self.rewards = {k: _number(v, f"grpo.rewards.{k}") for k, v in self.rewards.items()}
+        check_reward_weights(self.rewards, "grpo.rewards")
+        if self.group_size < 2:
+            raise ValueError(f"grpo.group_size={self.group_size}: a group needs at least 2 answers to compare")
+        if self.advantages not in ("normalised", "positive"):
+            raise ValueError(f"grpo.advantages={self.advantages!r}; expected 'normalised' or 'positive'")
+        if self.max_new_tokens < 1 or self.val_samples < 0:
+            raise ValueError("grpo.max_new_tokens must be >= 1 and grpo.val_samples >= 0")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.clip_epsilon <= 0 or self.beta < 0:
+            raise ValueError("grpo: need temperature > 0, 0 < top_p <= 1, clip_epsilon > 0, beta >= 0")
+
+
 @dataclass
 class StageConfig:
     """One curriculum stage.
@@ -75,6 +131,10 @@ class StageConfig:
             (fresh model), or a checkpoint path. :meth:`TrainConfig.start_point` resolves it.
         group_lr: Learning rate per trainable group where it differs from ``lr`` (fresh projectors
             usually want a larger one than a LoRA adapter).
+        kind: ``supervised`` (answer-token cross-entropy) or ``grpo`` (reinforcement with verifiable
+            rewards, :mod:`affect_llm.training.grpo_stage`; one batch of ``train.batch_size``
+            clips per process and step, ``train.grad_accum`` not applied).
+        grpo: Settings of a ``grpo`` stage (defaults when omitted); only for that kind.
     """
 
     name: str
@@ -89,10 +149,19 @@ class StageConfig:
     order: Order = "shuffle"
     init: str = "previous"
     group_lr: dict[str, float] = field(default_factory=dict)
+    kind: StageKind = "supervised"
+    grpo: GrpoSettings | None = None
 
     def __post_init__(self) -> None:
         # YAML reads 1e-5 as a string: numbers are parsed here, once, as the stage is built.
         where = f"stage {self.name!r}"
+        if self.kind not in STAGE_KINDS:
+            raise ValueError(f"{where}: kind={self.kind!r}; expected one of {STAGE_KINDS}")
+        if self.kind == "grpo":
+            if not isinstance(self.grpo, GrpoSettings):
+                self.grpo = _build(GrpoSettings, self.grpo, f"{where}: grpo")
+        elif self.grpo is not None:
+            raise ValueError(f"{where}: grpo settings given for a {self.kind} stage; add kind: grpo")
         self.lr = _number(self.lr, f"{where}: lr")
         if self.epochs is not None:
             self.epochs = _number(self.epochs, f"{where}: epochs")

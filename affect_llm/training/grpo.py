@@ -51,13 +51,14 @@ def repeat_media(media: list[MediaInputs], times: int) -> MediaInputs:
 @torch.no_grad()
 def sample_rollouts(
     model: Any, processor: AffectProcessor, items: list[dict[str, Any]], group_size: int, max_new_tokens: int,
-    temperature: float, top_p: float = 1.0,
+    temperature: float, top_p: float = 1.0, synced_gpus: bool = False,
 ) -> Rollouts:
     """Sample ``group_size`` answers per item (its ``input_ids`` prompt and ``media``) in one batch.
 
     Args:
         items: Encoded prompts (``processor.encode_text``) with ``media``.
         group_size: ``G``.
+        synced_gpus: Keep generating until every process is done (sharded weights gather in each forward).
     """
     batch = processor.collate(items, padding_side="left")
     device = model.get_input_embeddings().weight.device
@@ -68,7 +69,9 @@ def sample_rollouts(
     completions = model.generate(
         input_ids=ids, attention_mask=mask, media=media, do_sample=True, temperature=temperature, top_p=top_p,
         top_k=None, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id, synced_gpus=synced_gpus,
+        # A sampled media placeholder would have no media to stand for in the scoring forward.
+        suppress_tokens=media_token_ids(processor),
     )  # (R, C): new tokens only
     completion_mask = completion_token_mask(completions, tokenizer.eos_token_id)
     completions = torch.where(completion_mask, completions, torch.full_like(completions, tokenizer.pad_token_id))
@@ -78,6 +81,11 @@ def sample_rollouts(
         attention_mask=torch.cat([mask, completion_mask.long()], dim=1),
         completion_mask=completion_mask, media=media, texts=texts, prompt_length=ids.shape[1],
     )
+
+
+def media_token_ids(processor: AffectProcessor) -> list[int]:
+    """Ids of the media placeholder tokens, which an answer must never contain."""
+    return sorted(set(processor.token_ids().values()))
 
 
 def completion_token_mask(completions: torch.Tensor, eos_token_id: int) -> torch.Tensor:

@@ -45,19 +45,23 @@ class RunLogger:
             self.bar = tqdm(total=total, initial=initial, desc=f"stage {name}", dynamic_ncols=True,
                             mininterval=0.1 if interactive else 30.0)
 
-    def step(self, step: int, loss: float, lr: float, tokens_per_s: float, samples_per_s: float) -> None:
+    def step(self, step: int, loss: float, lr: float, tokens_per_s: float, samples_per_s: float,
+             extra: dict[str, float] | None = None) -> None:
+        """One step's line; ``extra`` adds named figures (a reinforcement stage's rewards) to it."""
         if not self.is_main:
             return
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:.0f}", samples_s=f"{samples_per_s:.1f}",
                              refresh=False)
         record = {"stage": self.stage, "step": step, "loss": loss, "lr": lr,
-                  "tokens_per_s": tokens_per_s, "samples_per_s": samples_per_s}
+                  "tokens_per_s": tokens_per_s, "samples_per_s": samples_per_s, **(extra or {})}
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
         if step % max(1, self.settings.log_every) == 0:
             for key in ("loss", "lr", "tokens_per_s", "samples_per_s"):
                 self.scalar(f"train/{key}", record[key], step)
+            for key, value in (extra or {}).items():
+                self.scalar(f"train/{key}", value, step)
 
     def scalar(self, name: str, value: float | None, step: int) -> None:
         if not self.is_main or value is None:

@@ -384,6 +384,10 @@ class CurriculumRecipe:
         # Only fresh projectors are calibrated: a loaded one was trained on its own statistics.
         if self.config.start_point(index) == "base":
             self.calibrate_projectors(model, processor, stage)
+        if stage.kind == "grpo":
+            from affect_llm.training.grpo_stage import GrpoStage
+
+            return GrpoStage(self, index, stage, model, processor).run()
         return self.train_stage(index, stage, model, processor)
 
     def run(self) -> Path:

@@ -131,9 +131,18 @@ def load_training_state(
         accelerator.load_state(str(state_dir / "accelerate"))
     else:
         state = _dcp_state(model, optimizer)
+        saved = set(dcp.FileSystemReader(str(state_dir / "dcp")).read_metadata().state_dict_metadata)
+        absent = sorted(f"model.{key}" for key in state["model"] if f"model.{key}" not in saved)
+        if absent:
+            raise ValueError(f"{state_dir}: saved state does not match the model's trainable weights: "
+                             f"missing {absent[:5]}")
         try:
-            dcp.load(state, checkpoint_id=str(state_dir / "dcp"))
-        except (RuntimeError, ValueError) as error:  # DCP names the missing or mismatching keys
+            # Partial: a parameter that had no gradient before the save (a modality no batch had
+            # yet) has no optimizer state in it; the fresh optimizer's empty state for it is what
+            # the uninterrupted run had then.
+            dcp.load(state, checkpoint_id=str(state_dir / "dcp"),
+                     planner=dcp.DefaultLoadPlanner(allow_partial_load=True))
+        except (RuntimeError, ValueError) as error:  # DCP names the mismatching keys
             raise ValueError(f"{state_dir}: saved state does not match the model's trainable weights: {error}") from error
         result = set_state_dict(model, _raw_optimizer(optimizer), model_state_dict=state["model"],
                                 optim_state_dict=state["optimizer"], options=StateDictOptions(strict=False))

@@ -1,0 +1,323 @@
+"""A reinforcement stage of the curriculum (``kind: grpo``): sample, reward, and push the policy.
+
+Each optimizer step takes ``train.batch_size`` clips per process from the stage's seeded schedule
+(the same sampler and loaders as a supervised stage, so it resumes at its step and each rank gets
+its share), samples ``grpo.group_size`` answers per clip with batched HF generation, scores every
+answer with the stage's named rewards (:mod:`affect_llm.training.rewards`), normalises the rewards
+within each clip's group and takes one step of the clipped surrogate objective, with an optional KL
+term to the stage's starting policy (:mod:`affect_llm.training.grpo`).
+
+One policy update per batch of rollouts: the policy that sampled them is the one being trained,
+so the sampling log-probabilities are the training forward's, detached (the ratio is 1 and the
+clip acts on nothing; the objective is the policy gradient with group-normalised advantages).
+The validation reward (greedy answers on the validation split, the mean weighted reward) selects
+the best checkpoint; every reward is logged per step.
+
+Shape letters: B clips per process, G answers per clip, R = B x G rollouts, C completion tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import torch
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Dataset
+from transformers import get_scheduler
+
+from affect_llm.data.manifest import ManifestRow
+from affect_llm.features.decode import PREFETCH_BATCHES, worker_context
+from affect_llm.modeling.media import MediaInputs
+from affect_llm.modeling.trainable import llm_weight_summary, set_trainable
+from affect_llm.processing.processor import AffectProcessor
+from affect_llm.training.config import StageConfig
+from affect_llm.training.grpo import (
+    completion_logprobs,
+    group_advantages,
+    grpo_loss,
+    media_token_ids,
+    sample_rollouts,
+)
+from affect_llm.training.rewards import score_answer
+from affect_llm.training.sampler import ScheduleSampler, validation_batches
+from affect_llm.training.schedule import Sample, iter_schedule, stage_num_steps
+from affect_llm.training.state import load_training_state, save_training_state, saved_step
+from affect_llm.training.targets import answer_for
+
+if TYPE_CHECKING:
+    from affect_llm.training.recipe import CurriculumRecipe
+
+logger = logging.getLogger(__name__)
+DONE_FILE = "stage_done.json"
+
+
+class PromptItems(Dataset):
+    """Sample -> the prompt to answer (token ids), its media, and the row that scores the answers."""
+
+    def __init__(self, processor: AffectProcessor, rows: dict[str, list[ManifestRow]], media: Any) -> None:
+        self.processor, self.rows, self.media = processor, rows, media
+
+    def __getitem__(self, sample: Sample) -> dict[str, Any]:
+        row = self.rows[sample.dataset][sample.index]
+        media: MediaInputs = self.media(row)
+        messages = self.processor.build_messages(sample.task, media.modalities, transcript=row.transcript,
+                                                 transcript_recognised=row.transcript_recognised)
+        return {**self.processor.encode_text(messages), "media": media, "row": row, "task": sample.task,
+                "counted": sample.counted}
+
+    def __len__(self) -> int:
+        return sum(len(rows) for rows in self.rows.values())
+
+
+def _as_list(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return items
+
+
+def requires_labels(processor: AffectProcessor, task: str) -> bool:
+    return "labels" in processor.prompt.task_keys(task)
+
+
+def mean_rewards(scores: list[dict[str, float | None]]) -> dict[str, float]:
+    """Mean of each reward over the answers it applies to."""
+    names = {name for score in scores for name in score}
+    means = {}
+    for name in sorted(names):
+        values = [s[name] for s in scores if s.get(name) is not None]
+        if values:
+            means[name] = sum(values) / len(values)
+    return means
+
+
+class GrpoStage:
+    """Runs one ``kind: grpo`` stage for a :class:`~affect_llm.training.recipe.CurriculumRecipe`."""
+
+    def __init__(self, recipe: CurriculumRecipe, index: int, stage: StageConfig, model: Any,
+                 processor: AffectProcessor) -> None:
+        self.recipe, self.index, self.stage = recipe, index, stage
+        self.settings = stage.grpo
+        self.model, self.processor = model, processor
+        self.accelerator = recipe.accelerator
+        self.stage_dir = recipe.run_dir / "stages" / stage.name
+
+    # -- data -----------------------------------------------------------------------------------------
+    def _loader(self, rows: dict[str, list[ManifestRow]], batches: Any) -> DataLoader:
+        live = "encoders" in self.stage.trainable
+        modalities = tuple(self.accelerator.unwrap_model(self.model).config.modalities)
+        source = self.recipe.media.source(self.processor, modalities, live)
+        workers = self.recipe.media.loader_workers(live)
+        return DataLoader(
+            PromptItems(self.processor, rows, source), batch_sampler=batches, num_workers=workers,
+            collate_fn=_as_list, prefetch_factor=PREFETCH_BATCHES if workers else None,
+            multiprocessing_context=worker_context() if workers else None,
+            generator=torch.Generator().manual_seed(self.recipe.config.seed),
+        )
+
+    def _supports(self, row: ManifestRow, task: str) -> bool:
+        # A row can be rewarded when it records what the task's answer is judged against.
+        return answer_for(row, self.processor.prompt.task_keys(task)) is not None
+
+    # -- the parts of a step ----------------------------------------------------------------------------
+    def _policy(self) -> Any:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _rollouts(self, items: list[dict[str, Any]]):
+        policy = self._policy()
+        policy.eval()  # sampling without dropout: the answers are the policy's, not a perturbed one's
+        with self.accelerator.autocast():
+            rollouts = sample_rollouts(
+                policy, self.processor, items, self.settings.group_size, self.settings.max_new_tokens,
+                self.settings.temperature, self.settings.top_p, synced_gpus=self.recipe.shard,
+            )
+        self.recipe._train_mode(self.model, self.stage)
+        return rollouts
+
+    def _score(self, items: list[dict[str, Any]], texts: list[str]) -> list[dict[str, float | None]]:
+        group = self.settings.group_size
+        return [score_answer(text, items[i // group]["row"], self.settings.rewards,
+                             require_labels=requires_labels(self.processor, items[i // group]["task"]))
+                for i, text in enumerate(texts)]
+
+    def _step(self, items: list[dict[str, Any]], optimizer: Any, params: list[torch.nn.Parameter],
+              reference: dict[str, torch.Tensor] | None) -> dict[str, float]:
+        """Sample, score, and take one optimizer step; returns what the step logs."""
+        rollouts = self._rollouts(items)
+        scores = self._score(items, rollouts.texts)
+        totals = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
+        advantages = group_advantages(totals.view(len(items), self.settings.group_size)).flatten()
+        if self.settings.advantages == "positive":
+            advantages = advantages.clamp(min=0.0)
+        advantages = advantages.to(self.accelerator.device)
+        ref_logprobs = None
+        if self.settings.beta > 0 and reference is not None:
+            with torch.no_grad(), self.accelerator.autocast():
+                ref_logprobs = completion_logprobs(self._policy(), rollouts, params=reference)
+        with self.accelerator.autocast():
+            logprobs = completion_logprobs(self.model, rollouts)
+        loss, parts = grpo_loss(logprobs, logprobs.detach(), advantages, rollouts.completion_mask,
+                                clip_epsilon=self.settings.clip_epsilon, beta=self.settings.beta,
+                                ref_logprobs=ref_logprobs)
+        self.accelerator.backward(loss)
+        if self.recipe.config.train.max_grad_norm:
+            self.accelerator.clip_grad_norm_(params, self.recipe.config.train.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        local = mean_rewards(scores)
+        record = {f"reward/{name}": value for name, value in local.items()}
+        record.update({f"grpo/{k}": v for k, v in parts.items()})
+        record["grpo/completion_tokens"] = float(rollouts.completion_mask.sum(1).float().mean())
+        record["grpo/loss"] = float(loss.detach())
+        # Every process's means, averaged: each reward over the processes that scored it.
+        return self._average_over_processes(record)
+
+    def _average_over_processes(self, record: dict[str, float]) -> dict[str, float]:
+        if self.accelerator.num_processes == 1:
+            return record
+        from accelerate.utils import gather_object
+
+        merged: dict[str, list[float]] = {}
+        for part in gather_object([record]):
+            for key, value in part.items():
+                merged.setdefault(key, []).append(value)
+        return {key: sum(values) / len(values) for key, values in merged.items()}
+
+    # -- validation --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float] | None:
+        """Mean rewards of greedy answers on (up to ``grpo.val_samples``) validation rows."""
+        names = list(self.stage.datasets)
+        rows = {n: self.recipe.media.usable(self.recipe.rows[n]["val"]) for n in names}
+        tasks = sorted(self.stage.tasks, key=lambda t: -self.stage.tasks[t])
+        samples = [Sample(name, i, task) for name in names for i, row in enumerate(rows[name])
+                   if (task := next((t for t in tasks if self._supports(row, t)), None)) is not None]
+        samples = samples[: self.settings.val_samples]
+        if not samples:
+            return None
+        batches = validation_batches(samples, self.recipe.config.train.batch_size, self.recipe.rank,
+                                     self.recipe.world)
+        policy = self._policy()
+        policy.eval()
+        scores: list[dict[str, float | None]] = []
+        tokenizer = self.processor.tokenizer
+        for items in self._loader(rows, batches):
+            batch = self.processor.collate(items, padding_side="left")
+            device = self.accelerator.device
+            with self.accelerator.autocast():
+                new = policy.generate(
+                    input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                    media=MediaInputs.concat([item["media"] for item in items]).to(device), do_sample=False,
+                    max_new_tokens=self.settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id, synced_gpus=self.recipe.shard,
+                    suppress_tokens=media_token_ids(self.processor),
+                )
+            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+            scores += [score_answer(text, item["row"], self.settings.rewards,
+                                    require_labels=requires_labels(self.processor, item["task"]))
+                       for text, item in zip(texts, items, strict=True) if item["counted"]]
+        self.recipe._train_mode(self.model, self.stage)
+        sums: dict[str, list[float]] = {}
+        for score in scores:
+            for name, value in score.items():
+                if value is not None:
+                    sums.setdefault(name, [0.0, 0.0])
+                    sums[name][0] += value
+                    sums[name][1] += 1
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            merged: dict[str, list[float]] = {}
+            for part in gather_object([sums]):
+                for name, (total, count) in part.items():
+                    merged.setdefault(name, [0.0, 0.0])
+                    merged[name][0] += total
+                    merged[name][1] += count
+            sums = merged
+        return {name: total / count for name, (total, count) in sums.items() if count}
+
+    def _best_so_far(self) -> dict[str, Any]:
+        path = self.stage_dir / "best" / "affect_checkpoint.json"
+        if self.recipe.resume and path.is_file():
+            meta = json.loads(path.read_text())
+            return {"val_reward": meta.get("val_reward"), "step": meta.get("step")}
+        return {"val_reward": None, "step": None}
+
+    def _maybe_keep_best(self, best: dict[str, Any], step: int) -> dict[str, Any]:
+        """Validate; keep the checkpoint when the mean validation reward improves (or there is no split)."""
+        rewards = self.validate()
+        value = None if rewards is None else rewards.get("total")
+        for name, mean in (rewards or {}).items():
+            self.recipe.log.scalar(f"val/reward/{name}", mean, step)
+        if self.accelerator.is_main_process and rewards is not None:
+            logger.info("stage %s step %d: validation rewards %s", self.stage.name, step,
+                        ", ".join(f"{k} {v:.3f}" for k, v in rewards.items()))
+        improved = best["val_reward"] is None or (value is not None and value > best["val_reward"])
+        if value is None and best["step"] is not None and step < best["step"]:
+            improved = False
+        if improved:
+            metadata = {
+                "stage": self.stage.name, "step": step, "val_reward": value, "val_rewards": rewards,
+                "trainable": self.stage.trainable, "config": self.recipe.config.to_dict(),
+                "manifests": self.recipe.manifest_hashes(),
+            }
+            self.recipe.save_checkpoint(self.model, self.processor, self.stage_dir / "best", metadata)
+            best = {"val_reward": value, "step": step}
+        return best
+
+    # -- the stage ------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train the stage; returns its summary (rewards per step, best validation reward)."""
+        recipe, stage, settings = self.recipe, self.stage, self.recipe.config.train
+        train_rows = {name: recipe.media.usable(recipe.rows[name]["train"]) for name in stage.datasets}
+        counts = set_trainable(self.model, stage.trainable)
+        summary: dict[str, Any] = {"stage": stage.name, "kind": "grpo", "groups": counts, "rewards": [],
+                                   "llm_weights": llm_weight_summary(self.model)}
+        # The stage's starting policy, for the KL term: a copy of what trains (LoRA and projectors are small).
+        reference = None
+        if self.settings.beta > 0:
+            reference = {name: p.detach().clone() for name, p in self.model.named_parameters() if p.requires_grad}
+        self.model, optimizer, params = recipe._prepare(self.model, stage, settings)
+        global_batch = settings.batch_size * recipe.world
+        num_steps = stage_num_steps(stage, sum(len(r) for r in train_rows.values()), global_batch)
+        summary["steps"] = num_steps
+        scheduler = get_scheduler(stage.schedule, optimizer, num_warmup_steps=stage.warmup_steps,
+                                  num_training_steps=num_steps)
+        state_dir = self.stage_dir / "state"
+        start_step = 0
+        set_seed(recipe.config.seed + self.index)
+        if recipe.resume and saved_step(state_dir) is not None:
+            start_step = load_training_state(state_dir, self.accelerator, self.model, optimizer, scheduler)
+            logger.info("stage %s: resumed at step %d of %d", stage.name, start_step, num_steps)
+        schedule = partial(iter_schedule, stage, train_rows, self._supports, global_batch,
+                           recipe.config.seed * 1000 + self.index)
+        batches = iter(self._loader(train_rows, ScheduleSampler(schedule, start_step, num_steps, recipe.rank,
+                                                                recipe.world)))
+        best = self._best_so_far()
+        recipe._train_mode(self.model, stage)
+        recipe.log.start_stage(stage.name, num_steps, start_step)
+        for step in range(start_step, num_steps):
+            started = time.perf_counter()
+            record = self._step(next(batches), optimizer, params, reference)
+            scheduler.step()
+            elapsed = time.perf_counter() - started
+            done = step + 1
+            rollouts = global_batch * self.settings.group_size
+            recipe.log.step(done, record["grpo/loss"], scheduler.get_last_lr()[0],
+                            record["grpo/completion_tokens"] * rollouts / elapsed, rollouts / elapsed, extra=record)
+            summary["rewards"].append({k: round(v, 5) for k, v in record.items() if k.startswith("reward/")})
+            if settings.eval_every and done % settings.eval_every == 0 and done < num_steps:
+                best = self._maybe_keep_best(best, done)
+            if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < num_steps:
+                save_training_state(state_dir, self.accelerator, self.model, optimizer, scheduler, done)
+        recipe.log.end_stage()
+        best = self._maybe_keep_best(best, num_steps)
+        summary.update(best_val_reward=best["val_reward"], best_step=best["step"])
+        if self.accelerator.is_main_process:
+            (self.stage_dir / DONE_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+            shutil.rmtree(state_dir, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.free_memory()
+        return summary

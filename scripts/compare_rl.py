@@ -1,0 +1,155 @@
+"""What reinforcement buys over more supervision: two arms from the same supervised checkpoint.
+
+Starting from the embedded-default checkpoint (``runs/embedded/final``, written by
+``scripts/quickstart.sh``), on the same synthetic training clips:
+
+- arm ``rl``: the GRPO stage of ``training/embedded_rl.yaml``;
+- arm ``sft``: the supervised ``reason`` stage of ``training/embedded.yaml`` continued (synthetic
+  rows only, the same task mixture), for as many steps as fill the RL arm's wall time (its step
+  time read from the supervised run's own log).
+
+Each arm's final checkpoint explains the held-out synthetic clips and the real recordings, and is
+scored by the evaluation report's scorers (family F1 per cue subset, evidence per channel, absent
+channels; labels are judged by the report, not by the reward code). The table printed at the end
+puts the supervised checkpoint and both arms side by side with the targets.
+
+    python scripts/compare_rl.py                   # both arms, then the table
+    python scripts/compare_rl.py --table-only      # the table from arms already run
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SUPERVISED = Path("runs/embedded")
+OUT = Path("outputs/compare_rl")
+SETS = {  # name -> (manifest, split or None, batch size)
+    "synth": ("outputs/synth/manifest.jsonl", "test", 16),
+    "polish": ("outputs/polish/manifest.jsonl", "test", 16),
+    "pyfeat": ("outputs/pyfeat/manifest.asr.jsonl", None, 8),
+}
+
+
+def cli(*args: str) -> None:
+    print("+ affect-llm", " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "affect_llm.cli.main", *args], check=True)
+
+
+def supervised_step_seconds() -> float:
+    """Median seconds per step of the supervised run's ``reason`` stage (from its log)."""
+    rates = [r["samples_per_s"] for line in (SUPERVISED / "log.jsonl").read_text().splitlines()
+             if (r := json.loads(line)).get("stage") == "reason" and r.get("samples_per_s")]
+    if not rates:
+        raise SystemExit(f"{SUPERVISED}/log.jsonl has no reason-stage steps: run scripts/quickstart.sh first")
+    batch = yaml.safe_load(Path("training/embedded.yaml").read_text())["train"]["batch_size"]
+    return batch / statistics.median(rates)
+
+
+def sft_config(steps: int) -> Path:
+    """The supervised reason stage, continued from the same checkpoint on the RL arm's clips."""
+    raw = yaml.safe_load(Path("training/embedded.yaml").read_text())
+    reason = next(s for s in raw["stages"] if s["name"] == "reason")
+    stage = {**copy.deepcopy(reason), "name": "sft_more", "init": str(SUPERVISED / "final"),
+             "datasets": {"synth": 1.0}, "steps": steps, "warmup_steps": 0, "schedule": "constant"}
+    raw.update(run_dir="runs/embedded_sft_more", stages=[stage])
+    raw["data"]["datasets"] = {"synth": raw["data"]["datasets"]["synth"]}
+    path = OUT / "sft_more.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def explain_and_score(arm: str, checkpoint: Path) -> None:
+    for name, (manifest, split, batch) in SETS.items():
+        if not Path(manifest).is_file():
+            continue
+        results = OUT / arm / f"{name}.jsonl"
+        results.parent.mkdir(parents=True, exist_ok=True)
+        cli("explain", manifest, "--model", str(checkpoint), *(["--split", split] if split else []),
+            "--out", str(results), "--batch-size", str(batch), "--feature-cache", "outputs/feature_cache")
+        cli("eval", str(results), "--refs", manifest, "--out", str(OUT / arm / f"report_{name}"),
+            "--judge", "embedding")
+
+
+def figures(report_dir: Path, results: Path, manifest: str) -> dict[str, float]:
+    """The compared figures, from the report (labels) and the evidence scorer (explanations)."""
+    from affect_llm.evaluation.synth_evidence import score_evidence
+
+    report = json.loads((report_dir / "report.json").read_text())
+    out = {f"{cue} family F1": report["by_cue"][cue]["family_f1"] for cue in ("conflict",) if cue in report["by_cue"]}
+    out.update({f"{cue} accuracy": report["by_cue"][cue]["accuracy"] for cue in ("audio", "face", "text")
+                if cue in report["by_cue"]})
+    out["overall family F1"] = report["overall"]["family_f1"]
+    out["answers describing an absent channel"] = report["absent_channels"]["overall"]["describing_absent"]
+    refs = {json.loads(line)["id"]: json.loads(line) for line in Path(manifest).read_text().splitlines() if line.strip()}
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    evidence = score_evidence(rows, refs)
+    if "audio" in evidence["cue_channel"]:
+        out["voice clips: voice described right"] = evidence["cue_channel"]["audio"]
+    return out
+
+
+def real_figures(report_dir: Path) -> dict[str, float]:
+    report = json.loads((report_dir / "report.json").read_text())
+    return {"accuracy": report["overall"]["accuracy"], "family F1": report["overall"]["family_f1"]}
+
+
+def table() -> None:
+    columns = {"supervised": (Path("outputs/report"), Path("outputs/results"), "synth_test"),
+               "sft (continued)": (OUT / "sft", OUT / "sft", "synth"),
+               "rl (grpo)": (OUT / "rl", OUT / "rl", "synth")}
+    rows: dict[str, dict[str, float]] = {}
+    for column, (reports, results, stem) in columns.items():
+        report_dir = reports / "synth" if column == "supervised" else reports / "report_synth"
+        if not (report_dir / "report.json").is_file():
+            continue
+        for key, value in figures(report_dir, results / f"{stem}.jsonl", SETS["synth"][0]).items():
+            rows.setdefault(f"synthetic: {key}", {})[column] = value
+        for name in ("polish", "pyfeat"):
+            real_dir = reports / name if column == "supervised" else reports / f"report_{name}"
+            if (real_dir / "report.json").is_file():
+                for key, value in real_figures(real_dir).items():
+                    rows.setdefault(f"{name}: {key}", {})[column] = value
+    print("| figure | " + " | ".join(columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for key, values in rows.items():
+        print(f"| {key} | " + " | ".join(f"{values[c]:.3f}" if c in values else "-" for c in columns) + " |")
+    timing = OUT / "timing.json"
+    if timing.is_file():
+        print("\nwall time per arm (s):", json.loads(timing.read_text()))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--table-only", action="store_true", help="print the table of arms already run")
+    args = parser.parse_args()
+    if not args.table_only:
+        if not (SUPERVISED / "final").is_dir():
+            print(f"{SUPERVISED}/final is missing: run scripts/quickstart.sh first", file=sys.stderr)
+            return 2
+        OUT.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        cli("train", "training/embedded_rl.yaml", "--resume")
+        rl_seconds = time.perf_counter() - started
+        steps = max(1, round(rl_seconds / supervised_step_seconds()))
+        started = time.perf_counter()
+        cli("train", str(sft_config(steps)), "--resume")
+        timing = {"rl": round(rl_seconds), "sft": round(time.perf_counter() - started), "sft_steps": steps}
+        (OUT / "timing.json").write_text(json.dumps(timing) + "\n")
+        explain_and_score("rl", Path("runs/embedded_rl/final"))
+        explain_and_score("sft", Path("runs/embedded_sft_more/final"))
+    table()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
