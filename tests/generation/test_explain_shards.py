@@ -107,6 +107,27 @@ def test_decode_workers_give_the_answers_of_inline_decoding(small_manifest, tiny
     assert len(answers[0]) == len(read_rows(small_manifest))
 
 
+def test_clips_are_decoded_in_worker_processes(small_manifest, tiny_checkpoint, tmp_path, monkeypatch):
+    from affect_llm.features.decode import ClipJob
+    from affect_llm.generation.backend import DecodingSettings
+    from affect_llm.generation.explain import explain_manifest
+
+    pids = tmp_path / "pids.txt"
+    decode = ClipJob.__call__
+
+    def recording(self, row):
+        with pids.open("a") as handle:  # the forked workers inherit this patch
+            handle.write(f"{os.getpid()}\n")
+        return decode(self, row)
+
+    monkeypatch.setattr(ClipJob, "__call__", recording)
+    settings = ExplainSettings(batch_size=2, decode_workers=1)
+    explain_manifest(small_manifest, tmp_path / "o.jsonl", tiny_checkpoint, settings, DecodingSettings(max_new_tokens=4))
+    decoders = set(pids.read_text().split())
+    assert len(pids.read_text().split()) == len(read_rows(small_manifest))
+    assert str(os.getpid()) not in decoders
+
+
 def test_merge_row_of_another_model_is_a_one_line_usage_error(small_manifest, tmp_path):
     ids = [r["id"] for r in read_rows(small_manifest)]
     base = {"prompt": "tasks@1", "backend": "hf", "decoding": {"max_new_tokens": 8}, "task": "reason",
