@@ -235,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw-clips", type=int, default=128, help="clips of the raw-clip explain run (0: skip)")
     parser.add_argument("--raw-batch-size", type=int, default=16)
     parser.add_argument("--decode-workers", type=int, default=1, help="workers of the raw-clip explain run")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice); on a machine shared with other work, "
+                             "fewer threads than cores avoid threads waiting on each other at every layer")
     parser.add_argument(
         "--work", type=Path, default=ROOT / "outputs/bench_explain", help="synthetic clips, model"
     )
@@ -243,12 +246,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from affect_llm.loading.checkpoint import load_checkpoint
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     checkpoint = args.model or default_checkpoint(args.work)
     model, processor = load_checkpoint(checkpoint)
     model.eval()
     items = featurized_requests(model, processor, args.work, args.clips)
-    run_once(model, processor, items[:2], 2, 4)  # warm-up: first-call allocations and kernel choices
+    # Warm-up: first-call allocations and kernel choices, at the largest batch and at batch 1.
+    run_once(model, processor, items[:2], 2, 4)
+    run_once(model, processor, items[:1], 1, args.max_new_tokens)
     print(
         f"model {checkpoint}; {len(items)} clips; {args.max_new_tokens} new tokens per clip; "
         f"torch threads {torch.get_num_threads()}; median of {args.repeats}"
