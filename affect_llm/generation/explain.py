@@ -7,6 +7,8 @@ writes an output at a time (:class:`affect_llm.fileio.OutputLock`). The manifest
 refused line (bad JSON, schema, repeated id) is recorded in ``<out>.summary.json`` with its line and
 reason; a clip whose media the checks refuse (:mod:`affect_llm.data.validation`), or whose answer does
 not parse, gets a row with the reason; the run goes on. ``strict`` stops at the first refused input.
+Clips are decoded in worker processes (``ExplainSettings.decode_workers``) while the batch before
+them is generated. :mod:`affect_llm.generation.explain_merge` joins the outputs of the shards.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class ExplainSettings:
         shard: ``(index, count)``: this run takes the ids whose hash falls in its shard.
         limit: Stop after this many new rows (None: all).
         strict: Stop at the first refused manifest line or medium instead of recording it.
+        decode_workers: Processes decoding clips ahead of generation; 0 decodes in this process,
+            between generation batches.
     """
 
     task: str = "reason"
@@ -50,6 +54,13 @@ class ExplainSettings:
     shard: tuple[int, int] = (0, 1)
     limit: int | None = None
     strict: bool = False
+    decode_workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size}: must be at least 1")
+        if self.decode_workers < 0:
+            raise ValueError(f"decode_workers={self.decode_workers}: must be 0 or more")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -170,9 +181,8 @@ class BatchExplainer:
             for window in _windows(_pending(rows, already, settings), max(256, 16 * settings.batch_size)):
                 # Similar prompt lengths in one batch waste less padding.
                 window.sort(key=lambda r: (len(r.transcript or ""), r.modalities(), r.id))
-                for start in range(0, len(window), settings.batch_size):
-                    batch = window[start : start + settings.batch_size]
-                    self._write_batch(fd, batch, settings, decoding, summary)
+                for batch, features, featurize_s in self._featurized(window, settings.batch_size):
+                    self._write_batch(fd, batch, features, featurize_s, settings, decoding, summary)
                     if progress is not None:
                         progress(len(batch))
         finally:
@@ -181,10 +191,27 @@ class BatchExplainer:
             summary.write()
         return summary.totals()
 
-    def _write_batch(self, fd: int, batch: list[ManifestRow], settings: ExplainSettings,
-                     decoding: DecodingSettings, summary: RunSummary) -> None:
+    def _featurized(self, window: list[ManifestRow], batch_size: int,
+                    ) -> Iterator[tuple[list[ManifestRow], dict[str, Any], float]]:
+        """``(batch, features by id, seconds waited per row)`` for each generation batch of ``window``.
+
+        The featurizer's stream decodes in its worker processes while the batch before is generated,
+        so the wait is what decoding did not hide. Its batches need not match the generation batches.
+        """
+        stream = self.featurizer.stream(window)
+        ready: dict[str, Any] = {}
+        for start in range(0, len(window), batch_size):
+            batch = window[start : start + batch_size]
+            started = time.perf_counter()
+            while any(r.id not in ready and r.id not in self.featurizer.failures for r in batch):
+                ready.update(next(stream))
+            waited = (time.perf_counter() - started) / len(batch)
+            yield batch, {r.id: ready.pop(r.id) for r in batch if r.id in ready}, waited
+
+    def _write_batch(self, fd: int, batch: list[ManifestRow], features: dict[str, Any], featurize_s: float,
+                     settings: ExplainSettings, decoding: DecodingSettings, summary: RunSummary) -> None:
         """Explain one batch and append its rows whole; under strict, stop at a refused clip."""
-        lines = self._explain_batch(batch, settings.task, decoding)
+        lines = self._explain_batch(batch, features, featurize_s, settings.task, decoding)
         refused = [line for line in lines if line["parse_status"] == "failed" and line.get("refused")]
         if settings.strict and refused:
             # The rows answered before the refused one are kept; a rerun without it goes on from there.
@@ -195,16 +222,14 @@ class BatchExplainer:
         if settings.strict and refused:
             raise RefusedInputError(f"clip {refused[0]['id']}: {refused[0]['error']}")
 
-    def _explain_batch(self, batch: list[ManifestRow], task: str, decoding: DecodingSettings) -> list[dict]:
-        started = time.perf_counter()
-        features = self.featurizer(batch)
-        featurize_s = (time.perf_counter() - started) / max(1, len(batch))
+    def _explain_batch(self, batch: list[ManifestRow], features: dict[str, Any], featurize_s: float, task: str,
+                       decoding: DecodingSettings) -> list[dict]:
         good = [r for r in batch if r.id in features]
         lines = []
         for row in batch:
             if row.id not in features:
                 reason = self.featurizer.failures.get(row.id, "media could not be decoded")
-                line = result_row(row, None, reason, task, self.identity, {"featurize_s": featurize_s})
+                line = result_row(row, None, reason, task, self.identity, {"featurize_s": round(featurize_s, 4)})
                 lines.append({**line, "refused": True})
         started = time.perf_counter()
         try:
@@ -235,6 +260,12 @@ def _pending(rows: Iterable[ManifestRow], already: set[str], settings: ExplainSe
                 and row.id not in already:
             taken += 1
             yield row
+
+
+def pending_count(manifest: str | Path, out_path: str | Path, settings: ExplainSettings) -> int:
+    """Rows a run with ``settings`` has left to explain: its split and shard, less the ids already in
+    ``out_path``, up to the limit (a quick pass over the manifest; refused lines do not count)."""
+    return sum(1 for _ in _pending(ManifestReader(manifest), done_ids(Path(out_path)), settings))
 
 
 def _windows(rows: Iterable[ManifestRow], size: int) -> Iterator[list[ManifestRow]]:
@@ -281,9 +312,11 @@ def explain_manifest(
         active = load_backend(backend, str(checkpoint), models_dir, precision=precision, **(backend_options or {}))
         # Every backend holds the loaded model and processor (.model, .processor): its encoders compute the features.
         train_frames = (meta.get("config") or {}).get("data", {}).get("num_frames", 4)
-        options = MediaOptions(num_frames=num_frames or train_frames)
+        options = MediaOptions(num_frames=num_frames or train_frames, decode_workers=settings.decode_workers)
         cache = FeatureCache(feature_cache) if feature_cache else None
-        featurizer = MediaFeaturizer(active.model, active.processor, cache, options)
+        # One decode batch per generation batch: workers hand over exactly what the next batch needs.
+        featurizer = MediaFeaturizer(active.model, active.processor, cache, options, batch_size=settings.batch_size,
+                                     models_dir=models_dir)
         identity = {
             "model": str(checkpoint),
             "model_fingerprint": checkpoint_fingerprint(checkpoint),

@@ -44,6 +44,14 @@ DEFAULT_ENGINE_OPTIONS: dict[str, Any] = {
     "gpu_memory_utilization": 0.3,
     "max_model_len": 2048,
 }
+# On a GPU the engine takes the model's own dtype and context; the prompt embedder (embedding table,
+# encoders, projectors) shares the device, so the KV cache leaves it a fifth of the memory.
+CUDA_ENGINE_OPTIONS: dict[str, Any] = {"gpu_memory_utilization": 0.8}
+
+
+def engine_defaults(device: torch.device) -> dict[str, Any]:
+    """Engine options used unless the caller names them (``--engine-arg``), by the prompt embedder's device."""
+    return dict(CUDA_ENGINE_OPTIONS if device.type == "cuda" else DEFAULT_ENGINE_OPTIONS)
 
 
 def sampling_options(settings: DecodingSettings, eos_token_id: int | None) -> dict[str, Any]:
@@ -143,7 +151,8 @@ class VLLMBackend:
         llm_dir: The plain causal LLM folder vLLM serves (the merged weights).
         vllm_python: Interpreter to run vLLM in (default ``$AFFECT_LLM_VLLM_PYTHON``; unset: this one).
         batch_size: Requests embedded per forward pass of the encoders and projectors.
-        **options: Extra ``vllm.LLM`` arguments (``dtype``, ``gpu_memory_utilization``, ``max_model_len``, ...).
+        **options: Extra ``vllm.LLM`` arguments (``dtype``, ``gpu_memory_utilization``, ``max_model_len``,
+            ``tensor_parallel_size``, ``enforce_eager``, ...), over :func:`engine_defaults`.
     """
 
     name = "vllm"
@@ -162,7 +171,7 @@ class VLLMBackend:
         self.llm_dir = llm_dir
         self.batch_size = batch_size
         self.device = model.get_input_embeddings().weight.device
-        engine_options = {**DEFAULT_ENGINE_OPTIONS, **options}
+        engine_options = {**engine_defaults(self.device), **options}
         python = vllm_python or os.environ.get(VLLM_PYTHON_ENV)
         if python:
             self.engine: InProcessEngine | WorkerEngine = WorkerEngine(python, llm_dir, engine_options)

@@ -65,8 +65,8 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> int:
     init = json.loads(requests.readline())
     try:
         engine = InProcessEngine(init["llm"], init["options"])
-    except (ImportError, RuntimeError, ValueError, OSError) as error:
-        reply({"error": f"cannot start vLLM on {init['llm']}: {error}"})
+    except (ImportError, RuntimeError, ValueError, TypeError, OSError) as error:  # TypeError: an unknown option
+        reply({"error": f"cannot start vLLM on {init['llm']}: {type(error).__name__}: {error}"})
         return 1
     reply({"ready": True})
     for line in requests:

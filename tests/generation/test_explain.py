@@ -215,8 +215,11 @@ def _file_size_limit(limit: int):
 
 def test_a_full_disk_leaves_no_torn_row_and_a_rerun_completes(small_manifest, tiny_checkpoint, tmp_path):
     out = tmp_path / "out.jsonl"
+    # No decode worker: the file size limit also caps the shared-memory files a worker hands its
+    # tensors through, which would fail in the worker instead of at the results file.
     command = [sys.executable, "-m", "affect_llm.cli.main", "explain", str(small_manifest), "--model",
-               str(tiny_checkpoint), "--out", str(out), "--batch-size", "2", "--max-new-tokens", "8"]
+               str(tiny_checkpoint), "--out", str(out), "--batch-size", "2", "--max-new-tokens", "8",
+               "--decode-workers", "0"]
     _explain(small_manifest, out, tiny_checkpoint, batch_size=2, limit=2)
     before = out.read_bytes()
     # Room for half a row more: the next batch's write stops part-way.

@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from affect_llm.generation.backend import DecodingSettings
 from affect_llm.generation.load import load_backend
-from affect_llm.generation.vllm_backend import WorkerEngine, sampling_options
+from affect_llm.generation.vllm_backend import WorkerEngine, engine_defaults, sampling_options
 from affect_llm.generation.vllm_worker import InProcessEngine, VLLMUnavailableError
 from affect_llm.loading.checkpoint import served_llm_dir
 
@@ -57,6 +58,28 @@ def test_missing_vllm_gives_a_clear_error(monkeypatch):
 def test_missing_worker_interpreter_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no-python"):
         WorkerEngine(str(tmp_path / "no-python"), "unused", {})
+
+
+def test_engine_options_reach_the_engine_over_the_device_defaults(tiny_checkpoint, monkeypatch):
+    import affect_llm.generation.vllm_backend as vllm_backend
+
+    seen = {}
+
+    class RecordingEngine:
+        def __init__(self, llm_dir, options):
+            seen.update(llm_dir=llm_dir, options=options)
+
+    monkeypatch.setattr(vllm_backend, "InProcessEngine", RecordingEngine)
+    monkeypatch.delenv("AFFECT_LLM_VLLM_PYTHON", raising=False)
+    load_backend("vllm", str(tiny_checkpoint), max_model_len=4096, enforce_eager=True, tensor_parallel_size=1)
+    assert seen["llm_dir"] == str(tiny_checkpoint / "llm")
+    assert seen["options"] == {**engine_defaults(torch.device("cpu")), "max_model_len": 4096, "enforce_eager": True,
+                               "tensor_parallel_size": 1}
+
+
+def test_gpu_engine_defaults_leave_dtype_and_context_to_the_model():
+    assert engine_defaults(torch.device("cpu"))["dtype"] == "float32"
+    assert engine_defaults(torch.device("cuda")) == {"gpu_memory_utilization": 0.8}
 
 
 @pytest.mark.slow
