@@ -30,6 +30,9 @@ from affect_llm.hashing import file_sha256, text_sha256
 from affect_llm.modeling.media import MediaInputs, ModalityInput
 
 PREFETCH_BATCHES = 2
+# A worker that cannot hand its batch over (shared memory full or capped: "unable to resize file")
+# would otherwise leave the caller waiting for ever; no batch of clips takes this long to decode.
+DECODE_BATCH_TIMEOUT_S = 1800
 
 # OpenCV before decord, in every process that decodes: decord ships its own zlib, and once it is
 # loaded OpenCV reads no PNG ("libpng error: bad parameters to zlib"; every still image fails).
@@ -210,5 +213,22 @@ def decode_batches(
         # Its own generator: starting the loader draws nothing from the global RNG, so how many
         # clips were already cached changes nothing in the training that follows.
         generator=torch.Generator().manual_seed(0),
+        timeout=DECODE_BATCH_TIMEOUT_S if workers else 0,
     )
-    return iter(loader)
+    return _named_timeouts(iter(loader), workers)
+
+
+def _named_timeouts(batches: Iterator[list[ClipResult]], workers: int) -> Iterator[list[ClipResult]]:
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except RuntimeError as error:
+            if "timed out" not in str(error):
+                raise
+            raise RuntimeError(
+                f"no decoded batch from the {workers} decode worker(s) in {DECODE_BATCH_TIMEOUT_S} s: a worker "
+                f"cannot hand its tensors over (is /dev/shm full?); rerun with --decode-workers 0 "
+                f"(data.decode_workers: 0) to decode in this process") from error
+        yield batch
