@@ -15,6 +15,7 @@ puts the supervised checkpoint and both arms side by side with the targets.
 
     python scripts/compare_rl.py                   # both arms, then the table
     python scripts/compare_rl.py --table-only      # the table from arms already run
+    python scripts/compare_rl.py --rl-steps 20     # a shorter RL stage (the other arm follows its time)
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ def table() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table-only", action="store_true", help="print the table of arms already run")
+    parser.add_argument("--rl-steps", type=int, help="steps of the RL stage (default: training/embedded_rl.yaml's)")
     args = parser.parse_args()
     if not args.table_only:
         if not (SUPERVISED / "final").is_dir():
@@ -138,7 +140,8 @@ def main() -> int:
             return 2
         OUT.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        cli("train", "training/embedded_rl.yaml", "--resume")
+        cli("train", "training/embedded_rl.yaml", *([f"stages.0.steps={args.rl_steps}"] if args.rl_steps else []),
+            "--resume")
         rl_seconds = time.perf_counter() - started
         steps = max(1, round(rl_seconds / supervised_step_seconds()))
         started = time.perf_counter()
