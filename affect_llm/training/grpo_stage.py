@@ -31,7 +31,6 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import get_scheduler
 
 from affect_llm.data.manifest import ManifestRow
-from affect_llm.features.decode import PREFETCH_BATCHES, worker_context
 from affect_llm.modeling.media import MediaInputs
 from affect_llm.modeling.trainable import llm_weight_summary, set_trainable
 from affect_llm.processing.processor import AffectProcessor
@@ -43,9 +42,11 @@ from affect_llm.training.grpo import (
     media_token_ids,
     sample_rollouts,
 )
+from affect_llm.training.loader import batch_loader
+from affect_llm.training.recipe import DONE_FILE
 from affect_llm.training.rewards import score_answer
 from affect_llm.training.sampler import ScheduleSampler, validation_batches
-from affect_llm.training.schedule import Sample, iter_schedule, stage_num_steps
+from affect_llm.training.schedule import Sample, iter_schedule, stage_num_steps, validation_samples
 from affect_llm.training.state import load_training_state, save_training_state, saved_step
 from affect_llm.training.targets import answer_for
 
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
     from affect_llm.training.recipe import CurriculumRecipe
 
 logger = logging.getLogger(__name__)
-DONE_FILE = "stage_done.json"
 
 
 class PromptItems(Dataset):
@@ -110,12 +110,9 @@ class GrpoStage:
         modalities = tuple(self.accelerator.unwrap_model(self.model).config.modalities)
         source = self.recipe.media.source(self.processor, modalities, live)
         workers = self.recipe.media.loader_workers(live)
-        return DataLoader(
-            PromptItems(self.processor, rows, source), batch_sampler=batches, num_workers=workers,
-            collate_fn=_as_list, prefetch_factor=PREFETCH_BATCHES if workers else None,
-            multiprocessing_context=worker_context() if workers else None,
-            generator=torch.Generator().manual_seed(self.recipe.config.seed),
-        )
+        # Items stay a list: the rollouts collate prompts left-padded, and each keeps its row to score.
+        return batch_loader(PromptItems(self.processor, rows, source), batches, workers, pin_memory=False,
+                            seed=self.recipe.config.seed, collate=_as_list)
 
     def _supports(self, row: ManifestRow, task: str) -> bool:
         # A row can be rewarded when it records what the task's answer is judged against.
@@ -189,12 +186,8 @@ class GrpoStage:
     @torch.no_grad()
     def validate(self) -> dict[str, float] | None:
         """Mean rewards of greedy answers on (up to ``grpo.val_samples``) validation rows."""
-        names = list(self.stage.datasets)
-        rows = {n: self.recipe.media.usable(self.recipe.rows[n]["val"]) for n in names}
-        tasks = sorted(self.stage.tasks, key=lambda t: -self.stage.tasks[t])
-        samples = [Sample(name, i, task) for name in names for i, row in enumerate(rows[name])
-                   if (task := next((t for t in tasks if self._supports(row, t)), None)) is not None]
-        samples = samples[: self.settings.val_samples]
+        rows = {n: self.recipe.media.usable(self.recipe.rows[n]["val"]) for n in self.stage.datasets}
+        samples = validation_samples(self.stage, rows, self._supports, self.settings.val_samples)
         if not samples:
             return None
         batches = validation_batches(samples, self.recipe.config.train.batch_size, self.recipe.rank,

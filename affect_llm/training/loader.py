@@ -120,8 +120,8 @@ class Collate:
         return Batch(self.processor.collate(items))
 
 
-def batch_loader(dataset: StageItems, batches: Iterable[list[Sample]], workers: int, pin_memory: bool,
-                 seed: int = 0) -> DataLoader:
+def batch_loader(dataset: Dataset, batches: Iterable[list[Sample]], workers: int, pin_memory: bool,
+                 seed: int = 0, collate: Callable[[list[Any]], Any] | None = None) -> DataLoader:
     """A DataLoader yielding ``dataset``'s items in the given batches, in order.
 
     Args:
@@ -131,9 +131,11 @@ def batch_loader(dataset: StageItems, batches: Iterable[list[Sample]], workers: 
         pin_memory: Pin batches for asynchronous copies to a CUDA device.
         seed: Seeds the loader's own generator, so that creating it draws nothing from the global
             RNG a resumed run restores.
+        collate: Turns a batch's items into what the step takes (default: the processor's
+            padded :class:`Batch` of ``dataset.processor``).
     """
     return DataLoader(
-        dataset, batch_sampler=batches, num_workers=workers, collate_fn=Collate(dataset.processor),
+        dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate or Collate(dataset.processor),
         pin_memory=pin_memory, prefetch_factor=PREFETCH_BATCHES if workers else None,
         multiprocessing_context=worker_context() if workers else None,
         generator=torch.Generator().manual_seed(seed),

@@ -48,7 +48,7 @@ from affect_llm.training.loader import StageItems, batch_loader
 from affect_llm.training.logging import RunLogger
 from affect_llm.training.media_source import TrainingMedia
 from affect_llm.training.sampler import ScheduleSampler, validation_batches
-from affect_llm.training.schedule import Sample, iter_schedule, stage_num_steps
+from affect_llm.training.schedule import iter_schedule, stage_num_steps, validation_samples
 from affect_llm.training.sharding import fsdp_requested, full_state_dict, is_sharded, shard_model
 from affect_llm.training.state import (
     git_commit,
@@ -163,16 +163,10 @@ class CurriculumRecipe:
     @torch.no_grad()
     def validate(self, model, processor, stage: StageConfig) -> float | None:
         """Mean answer-token loss on the validation split (the model-selection metric)."""
-        names = list(stage.datasets)
-        val_rows = {n: self.media.usable(self.rows[n]["val"]) for n in names}
-        tasks = sorted(stage.tasks, key=lambda t: -stage.tasks[t])
-        samples = []
-        for name in names:
-            for index, row in enumerate(val_rows[name]):
-                task = next((t for t in tasks if answer_for(row, processor.prompt.task_keys(t)) is not None), None)
-                if task is not None:
-                    samples.append(Sample(name, index, task))
-        samples = samples[: self.config.train.val_max_samples]
+        val_rows = {n: self.media.usable(self.rows[n]["val"]) for n in stage.datasets}
+        samples = validation_samples(
+            stage, val_rows, lambda row, task: answer_for(row, processor.prompt.task_keys(task)) is not None,
+            self.config.train.val_max_samples)
         if not samples:
             return None
         model.eval()

@@ -45,6 +45,23 @@ def _row_stream(rows: list[ManifestRow], order: str, rng: np.random.Generator):
         epoch += 1
 
 
+def validation_samples(
+    stage: StageConfig,
+    rows_by_dataset: dict[str, list[ManifestRow]],
+    supports: Callable[[ManifestRow, str], bool],
+    limit: int,
+) -> list[Sample]:
+    """Up to ``limit`` validation samples: each row once, with the stage's heaviest task it can serve."""
+    tasks = sorted(stage.tasks, key=lambda t: -stage.tasks[t])
+    samples = []
+    for name in stage.datasets:
+        for index, row in enumerate(rows_by_dataset[name]):
+            task = next((t for t in tasks if supports(row, t)), None)
+            if task is not None:
+                samples.append(Sample(name, index, task))
+    return samples[:limit]
+
+
 def stage_num_steps(stage: StageConfig, num_rows: int, global_batch: int) -> int:
     if stage.steps is not None:
         return stage.steps
