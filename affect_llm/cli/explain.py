@@ -7,6 +7,7 @@ from pathlib import Path
 
 from affect_llm.cli.options import (
     add_engine_arguments,
+    add_evidence_argument,
     add_precision_arguments,
     add_strict_argument,
     engine_options_from_arguments,
@@ -39,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="processes decoding clips ahead of generation (0: decode between batches)")
     parser.add_argument("--feature-cache", default=None, help="feature cache folder shared with training")
     parser.add_argument("--models-dir", default=None)
+    add_evidence_argument(parser)
     add_precision_arguments(parser)
     add_strict_argument(parser)
     add_engine_arguments(parser)
@@ -64,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     engine_options = engine_options_from_arguments(args)
     settings = ExplainSettings(args.task, args.batch_size, args.split, shard, args.limit, args.strict,
                                args.decode_workers)
-    decoding = DecodingSettings(args.max_new_tokens, args.sample, args.temperature, seed=args.seed)
+    decoding = DecodingSettings(args.max_new_tokens, args.sample, args.temperature, seed=args.seed,
+                                null_absent_evidence=args.null_absent_evidence)
     # This shard's share, less what an earlier (interrupted or requeued) run already wrote.
     total = pending_count(args.manifest, args.out, settings)
     bars: list = []

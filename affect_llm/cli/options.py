@@ -12,6 +12,13 @@ if TYPE_CHECKING:
     from affect_llm.precision import Precision
 
 
+def add_evidence_argument(parser: argparse.ArgumentParser) -> None:
+    """``--null-absent-evidence`` (the default) / ``--no-null-absent-evidence``."""
+    parser.add_argument("--null-absent-evidence", action=argparse.BooleanOptionalAction, default=True,
+                        help="decode the evidence of a channel the clip lacks as null (default); --no-... "
+                             "keeps the model's own words, to measure how faithful the model is unaided")
+
+
 def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
     """``--dtype`` and ``--load-in-4bit``; both default to what the checkpoint records."""
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None,

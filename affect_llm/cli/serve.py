@@ -16,6 +16,7 @@ import sys
 
 from affect_llm.cli.options import (
     add_engine_arguments,
+    add_evidence_argument,
     add_precision_arguments,
     engine_options_from_arguments,
     precision_from_arguments,
@@ -45,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="recognise the words of clips sent without a transcript (embedded Whisper)")
     parser.add_argument("--models-dir", default=None)
     add_engine_arguments(parser)
+    add_evidence_argument(parser)
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     add_precision_arguments(parser)
     parser.set_defaults(func=run)
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             allowed_media_dir=Path(args.allowed_media_dir) if args.allowed_media_dir else None,
             max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, max_queue=args.max_queue,
             default_max_tokens=args.max_new_tokens, max_tokens_limit=args.max_tokens_limit, asr=args.asr,
-            models_dir=Path(args.models_dir) if args.models_dir else None,
+            null_absent_evidence=args.null_absent_evidence, models_dir=Path(args.models_dir) if args.models_dir else None,
         )
     except ValueError as error:
         print(f"affect-llm serve: {error}", file=sys.stderr)

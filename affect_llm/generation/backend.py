@@ -27,6 +27,8 @@ class DecodingSettings:
         do_sample: Sample instead of greedy decoding.
         temperature / top_p: Sampling parameters.
         seed: Seed of sampling (greedy ignores it).
+        null_absent_evidence: Write ``null`` as the evidence of a channel the request lacks
+            (:mod:`affect_llm.generation.absent_evidence`); off, the model's own answer is kept.
     """
 
     max_new_tokens: int = 160
@@ -34,6 +36,7 @@ class DecodingSettings:
     temperature: float = 0.7
     top_p: float = 0.9
     seed: int = 0
+    null_absent_evidence: bool = True
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -41,10 +44,11 @@ class DecodingSettings:
 
 @dataclass
 class GenerationRequest:
-    """One chat and the media of its clip."""
+    """One chat, the media of its clip, and the evidence channels (``audio``, ``video``, ``text``) it lacks."""
 
     messages: list[dict[str, str]]
     media: MediaInputs = field(default_factory=MediaInputs)
+    absent: tuple[str, ...] = ()
 
 
 class GenerationBackend(Protocol):

@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 import torch
 from transformers import DynamicCache
 
+from affect_llm.generation.absent_evidence import AbsentEvidenceGuard
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.processing.processor import AffectProcessor, batch_to_device
@@ -86,16 +87,25 @@ class BatchStats:
 
 
 class _Sampler:
-    """Next-token choice of one row: argmax, or a draw from its own seeded generator."""
+    """Next-token choice of one row: argmax, or a draw from its own seeded generator; the evidence
+    of a channel the request lacks is written ``null`` (``HFBackend`` does the same)."""
 
-    def __init__(self, settings: DecodingSettings) -> None:
+    def __init__(self, settings: DecodingSettings, guard: AbsentEvidenceGuard | None = None) -> None:
         self.settings = settings
+        self.guard = guard if settings.null_absent_evidence else None
+        self.generated: list[int] = []
         self.generator: torch.Generator | None = None
         if settings.do_sample:
             self.generator = torch.Generator().manual_seed(settings.seed)
 
     def __call__(self, logits: torch.Tensor) -> int:
         """``(V,)`` logits -> token id."""
+        forced = self.guard.forced(self.generated) if self.guard is not None else None
+        token = self._choose(logits) if forced is None else forced
+        self.generated.append(token)
+        return token
+
+    def _choose(self, logits: torch.Tensor) -> int:
         if self.generator is None:
             return int(logits.argmax())
         probs = torch.softmax(logits.float() / max(self.settings.temperature, 1e-5), dim=-1)  # (V,)
@@ -171,7 +181,7 @@ def stream_batch(
     live = [i for i, item in enumerate(items) if not _ended_early(item, stats, i)]
     if not live:
         return stats
-    samplers = {i: _Sampler(items[i].settings) for i in live}
+    samplers = {i: _Sampler(items[i].settings, _guard(processor, items[i].request)) for i in live}
     produced = dict.fromkeys(live, 0)
     cache = DynamicCache()
     cached = {_cache_argument(model.language_model): cache, "use_cache": True, "logits_to_keep": 1}
@@ -206,6 +216,10 @@ def stream_batch(
         out = model.language_model(input_ids=step_ids, attention_mask=mask, position_ids=positions, **cached)
         stats.steps += 1
         stats.row_steps += len(live)
+
+
+def _guard(processor: AffectProcessor, request: GenerationRequest) -> AbsentEvidenceGuard | None:
+    return AbsentEvidenceGuard(processor.tokenizer, request.absent) if request.absent else None
 
 
 def _cache_argument(language_model: torch.nn.Module) -> str:

@@ -29,6 +29,7 @@ from affect_llm.fileio import OutputLock, append_whole, cut_torn_tail
 from affect_llm.generation.backend import DecodingSettings, GenerationBackend, GenerationRequest
 from affect_llm.generation.explain_summary import RunSummary
 from affect_llm.labels.parse import parse_answer
+from affect_llm.processing.processor import absent_channels
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +160,8 @@ class BatchExplainer:
             media = features[row.id]
             messages = self.processor.build_messages(task, media.modalities, transcript=row.transcript,
                                                      transcript_recognised=row.transcript_recognised)
-            requests.append(GenerationRequest(messages, media))
+            absent = absent_channels(media.modalities, bool(row.transcript))
+            requests.append(GenerationRequest(messages, media, absent))
         return requests
 
     def run(

@@ -7,8 +7,9 @@ from threading import Thread
 from typing import Any
 
 import torch
-from transformers import TextIteratorStreamer
+from transformers import LogitsProcessorList, TextIteratorStreamer
 
+from affect_llm.generation.absent_evidence import AbsentEvidenceLogitsProcessor, guards_for
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.processing.processor import AffectProcessor, batch_to_device
@@ -33,10 +34,13 @@ class HFBackend:
         items = [{**self.processor.encode_text(r.messages), "media": r.media} for r in requests]
         return batch_to_device(self.processor.collate(items, padding_side="left"), self.device)
 
-    def _generate_kwargs(self, settings: DecodingSettings) -> dict[str, Any]:
+    def _generate_kwargs(self, requests: list[GenerationRequest], settings: DecodingSettings) -> dict[str, Any]:
         tokenizer = self.processor.tokenizer
-        kwargs = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
-                  "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+        kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
+                                  "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+        if settings.null_absent_evidence and any(r.absent for r in requests):
+            guards = guards_for(tokenizer, [r.absent for r in requests])
+            kwargs["logits_processor"] = LogitsProcessorList([AbsentEvidenceLogitsProcessor(guards)])
         if settings.do_sample:
             torch.manual_seed(settings.seed)
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
@@ -48,13 +52,13 @@ class HFBackend:
     def generate(self, requests: list[GenerationRequest], settings: DecodingSettings) -> list[str]:
         if not requests:
             return []
-        output = self.model.generate(**self._batch(requests), **self._generate_kwargs(settings))
+        output = self.model.generate(**self._batch(requests), **self._generate_kwargs(requests, settings))
         return self.processor.tokenizer.batch_decode(output, skip_special_tokens=True)
 
     def stream(self, request: GenerationRequest, settings: DecodingSettings) -> Iterator[str]:
         """Yield text pieces as they are generated (one request; the chat uses this)."""
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=False, skip_special_tokens=True)
-        kwargs = {**self._batch([request]), **self._generate_kwargs(settings), "streamer": streamer}
+        kwargs = {**self._batch([request]), **self._generate_kwargs([request], settings), "streamer": streamer}
         thread = Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
         thread.start()
         yield from streamer

@@ -17,6 +17,7 @@ from affect_llm.features.featurize import MediaFeaturizer, MediaOptions
 from affect_llm.generation.backend import DecodingSettings, GenerationBackend, GenerationRequest
 from affect_llm.labels.parse import parse_answer
 from affect_llm.modeling.media import MediaInputs
+from affect_llm.processing.processor import absent_channels
 
 
 class AffectPipeline:
@@ -82,7 +83,7 @@ class AffectPipeline:
             messages = self._first_turn(question, task)
         else:
             messages = [*self.messages, {"role": "user", "content": question or ""}]
-        return GenerationRequest(messages, self.media)
+        return GenerationRequest(messages, self.media, absent_channels(self.media.modalities, bool(self.transcript)))
 
     def ask(self, question: str | None = None, task: str = "reason") -> str:
         """One turn: the model's text reply (kept in the history)."""

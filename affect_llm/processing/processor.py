@@ -43,6 +43,16 @@ def prompt_record(prompt: PromptFile) -> dict[str, str]:
     return {"name": prompt.name, "version": prompt.version, "sha256": prompt.sha256, "text": prompt.text}
 
 
+def channels_present(modalities: Sequence[str], has_words: bool) -> dict[str, bool]:
+    """Whether the clip has each evidence channel (``audio``: a voice, ``video``: a face, ``text``: words)."""
+    return {"audio": "audio" in modalities, "video": bool({"video", "face"} & set(modalities)), "text": has_words}
+
+
+def absent_channels(modalities: Sequence[str], has_words: bool) -> tuple[str, ...]:
+    """The evidence channels the clip does not have."""
+    return tuple(channel for channel, on in channels_present(modalities, has_words).items() if not on)
+
+
 class AffectProcessor(ProcessorMixin):
     """Turns (messages, media, answer) into model inputs; one instance for every entry point.
 
@@ -157,8 +167,7 @@ class AffectProcessor(ProcessorMixin):
     def channels_line(self, modalities: Sequence[str], has_words: bool) -> str:
         """The prompt's statement of which channels (voice, face, words) the clip has and lacks."""
         spec = self.prompt["channels"]
-        present = {"audio": "audio" in modalities, "video": bool({"video", "face"} & set(modalities)),
-                   "text": has_words}
+        present = channels_present(modalities, has_words)
         names = spec["names"]
         have = ", ".join(names[c] for c, on in present.items() if on)
         missing = ", ".join(names[c] for c, on in present.items() if not on)

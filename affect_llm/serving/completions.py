@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from affect_llm.generation.backend import DecodingSettings, GenerationBackend, GenerationRequest
 from affect_llm.modeling.media import MediaInputs
+from affect_llm.processing.processor import absent_channels
 from affect_llm.serving.conversation import (
     Conversation,
     build_prompt,
@@ -57,9 +58,10 @@ def decoding_settings(chat: ChatCompletionRequest, options: ServeOptions) -> Dec
     if chat.ignore_eos and options.backend != "hf":
         raise bad_request(f"not supported with the {options.backend} backend", "ignore_eos")
     if not chat.temperature:
-        return DecodingSettings(max_new_tokens=budget)
+        return DecodingSettings(max_new_tokens=budget, null_absent_evidence=options.null_absent_evidence)
     return DecodingSettings(max_new_tokens=budget, do_sample=True, temperature=chat.temperature,
-                            top_p=chat.top_p or 1.0, seed=chat.seed or 0)
+                            top_p=chat.top_p or 1.0, seed=chat.seed or 0,
+                            null_absent_evidence=options.null_absent_evidence)
 
 
 async def _disconnected(request: Request) -> None:
@@ -120,7 +122,9 @@ class ChatService:
             prompt_tokens=len(self.processor.encode_text(messages)["input_ids"]), streaming=self.options.streaming,
         )
         channel = TokenChannel(asyncio.get_running_loop(), self.processor.tokenizer)
-        return Job(GenerationRequest(messages, media), settings, channel, stop_at_eos=not chat.ignore_eos), meta
+        # A task answer's evidence for a channel the request lacks is written null (absent_evidence).
+        absent = absent_channels(media.modalities, bool(words)) if task else ()
+        return Job(GenerationRequest(messages, media, absent), settings, channel, stop_at_eos=not chat.ignore_eos), meta
 
     @staticmethod
     def _words(chat: ChatCompletionRequest, clip: Clip | None) -> str | None:

@@ -38,6 +38,7 @@ class ServeOptions:
         default_max_tokens: Token budget of a request that names none.
         max_tokens_limit: Largest budget a request may ask for.
         asr: Recognise the words of clips sent without a transcript.
+        null_absent_evidence: Decode the evidence of a channel the clip lacks as ``null``.
         media_cache_clips: Decoded clips kept in memory (by content hash).
         models_dir: Where embedded models were prepared.
     """
@@ -51,6 +52,7 @@ class ServeOptions:
     max_request_mb: float = 64.0
     max_media_mb: float = 32.0
     allowed_media_dir: Path | None = None
+    null_absent_evidence: bool = True
     max_batch: int = 32
     batch_window_ms: float = 30.0
     max_queue: int = 128

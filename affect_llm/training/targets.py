@@ -15,8 +15,6 @@ from affect_llm.data.manifest import ManifestRow
 EVIDENCE_KEYS = ("audio", "video", "text")
 
 
-
-
 def evidence_of(row: ManifestRow) -> dict[str, Any] | None:
     evidence = row.extra.get("evidence") if isinstance(row.extra, dict) else None
     if not isinstance(evidence, dict):
@@ -25,27 +23,27 @@ def evidence_of(row: ManifestRow) -> dict[str, Any] | None:
 
 
 def answer_for(row: ManifestRow, keys: Sequence[str]) -> str | None:
-    """The target answer of ``row`` holding ``keys``, or None when the row lacks one of them.
+    """The target answer of ``row`` holding ``keys`` in their order, or None when the row lacks one.
 
     ``evidence`` is optional beside labels (most corpora record none), required when it is the
-    only key asked for.
+    only key asked for. The order is the prompt's (v5 reasons first: evidence, explanation, labels).
     """
     answer: dict[str, Any] = {}
-    if "labels" in keys:
-        if not row.labels:
-            return None
-        answer["labels"] = list(row.labels)
-    if "explanation" in keys:
-        if not row.explanation:
-            return None
-        answer["explanation"] = row.explanation
-    if "evidence" in keys:
-        evidence = evidence_of(row)
-        if evidence is not None:
-            answer["evidence"] = evidence
-        elif len(keys) == 1:
+    for key in keys:
+        value = _target_value(row, key)
+        if value is not None:
+            answer[key] = value
+        elif key != "evidence" or len(keys) == 1:
             return None
     if not answer:
         return None
     # Fixed key order and separators: the model learns one canonical layout.
     return json.dumps(answer, ensure_ascii=False)
+
+
+def _target_value(row: ManifestRow, key: str) -> Any:
+    if key == "labels":
+        return list(row.labels) if row.labels else None
+    if key == "explanation":
+        return row.explanation or None
+    return evidence_of(row)

@@ -17,8 +17,9 @@ import httpx
 
 URL_PREFIX = "affect-llm serve: "
 # The one answer the tests' checkpoint was trained to give (see conftest.answering_checkpoint).
-ANSWER = {"labels": ["happy"], "explanation": "The voice is high-pitched and fast and the face smiles.",
-          "evidence": {"audio": "high-pitched fast voice", "video": "the face smiles", "text": None}}
+# In the order of prompt v5's reason task: evidence, explanation, labels.
+ANSWER = {"evidence": {"audio": "high-pitched fast voice", "video": "the face smiles", "text": None},
+          "explanation": "The voice is high-pitched and fast; the face smiles.", "labels": ["happy"]}
 ANSWER_TEXT = json.dumps(ANSWER)
 
 
@@ -27,11 +28,17 @@ class ServerProcess:
 
     ``with ServerProcess(ckpt, "--no-asr") as server: server.url`` waits for the URL line and for
     ``/health`` to answer; leaving the block terminates the child (by its own pid).
+
+    The tests' checkpoint gives one fixed answer whatever the clip, a face description included, so
+    servers start with ``--no-null-absent-evidence`` unless ``null_absent_evidence``: the tests of
+    the machinery compare that answer exactly.
     """
 
-    def __init__(self, checkpoint: Path, *args: str, startup_s: float = 180.0, threads: int = 1) -> None:
+    def __init__(self, checkpoint: Path, *args: str, startup_s: float = 180.0, threads: int = 1,
+                 null_absent_evidence: bool = False) -> None:
+        guard = () if null_absent_evidence else ("--no-null-absent-evidence",)
         self.command = [sys.executable, "-m", "affect_llm.cli.main", "serve", "--model", str(checkpoint),
-                        "--port", "0", "--log-level", "warning", *args]
+                        "--port", "0", "--log-level", "warning", *guard, *args]
         self.startup_s = startup_s
         self.threads = threads  # torch threads of the server (tests keep to one core: others share the machine)
         self.url = ""

@@ -1,0 +1,96 @@
+"""Decoding that writes ``null`` as the evidence of a channel the clip does not have.
+
+A clip without a voice, a face or words must not get a description of one: the prompt says which
+channels are missing, and training teaches the model to answer ``null`` for them, but a small model
+still falls back on its most frequent description ("The face is neutral."). The clip's channels
+are known facts, not something to predict, so decoding enforces them: once the answer reaches the
+key of a missing channel inside ``"evidence": {...}``, the next tokens are forced to spell ``": null``.
+Everything else (labels, explanation, evidence of present channels) is the model's own choice, and
+the explanation is written after the evidence (prompt v5), conditioned on those nulls.
+
+The guard reads the decoded text of the tokens generated so far, so it holds whatever way the
+tokenizer splits ``": null"``; it is stateless between steps and costs one decode of the answer
+per step (answers are a few hundred tokens).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor
+
+# What follows an evidence key whose channel is missing, in the canonical layout (json.dumps).
+NULL_VALUE = '": null'
+# An evidence key being written: `"evidence": {`, earlier keys and a comma (no nested braces), then
+# the key's name, with whatever part of its `": null` value is already there.
+_KEY_AT_END = re.compile(r'"evidence"\s*:\s*\{(?:[^{}]*,)?\s*"(?P<key>audio|video|text)(?P<tail>"?\s*:?\s*n?u?l?)$')
+_LOOSE_TAIL = re.compile(r'"\s*:\s*(?P<partial>n(?:u(?:l)?)?)?')
+
+
+class AbsentEvidenceGuard:
+    """The token that must come next in one answer, or None when the model chooses freely.
+
+    Args:
+        tokenizer: The LLM's tokenizer.
+        absent: Evidence keys (``audio``, ``video``, ``text``) the clip does not have.
+    """
+
+    def __init__(self, tokenizer: Any, absent: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.absent = frozenset(absent)
+
+    def forced(self, generated: Sequence[int]) -> int | None:
+        """The next token id of the answer whose generated ids are ``generated``, if it is forced."""
+        if not self.absent or not generated:
+            return None
+        text = self.tokenizer.decode(list(generated), skip_special_tokens=True)
+        match = _KEY_AT_END.search(text)
+        if match is None or match["key"] not in self.absent:
+            return None
+        rest = remaining_null(match["tail"])
+        if not rest:
+            return None
+        return self.tokenizer(rest, add_special_tokens=False)["input_ids"][0]
+
+
+class AbsentEvidenceLogitsProcessor(LogitsProcessor):
+    """``generate``'s hook for :class:`AbsentEvidenceGuard`: one guard per batch row (None: free).
+
+    The ids ``generate`` hands over may include the prompt; its length at the first call is
+    remembered, so each guard sees only the answer.
+    """
+
+    def __init__(self, guards: Sequence[AbsentEvidenceGuard | None]) -> None:
+        self.guards = list(guards)
+        self.prompt_length: int | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.prompt_length is None:
+            self.prompt_length = input_ids.shape[1]
+        for row, guard in enumerate(self.guards):
+            if guard is None:
+                continue
+            token = guard.forced(input_ids[row, self.prompt_length:].tolist())
+            if token is not None:
+                forced = torch.full_like(scores[row], float("-inf"))
+                forced[token] = 0.0
+                scores[row] = forced
+        return scores
+
+
+def remaining_null(tail: str) -> str:
+    """What is left to write of a missing channel's ``": null`` after ``tail`` (already written)."""
+    if NULL_VALUE.startswith(tail):
+        return NULL_VALUE[len(tail):]
+    loose = _LOOSE_TAIL.fullmatch(tail)  # extra spaces around the colon: keep them, finish the null
+    if loose is None:
+        return ""
+    return "null"[len(loose["partial"] or ""):]
+
+
+def guards_for(tokenizer: Any, absent_per_request: Sequence[Sequence[str]]) -> list[AbsentEvidenceGuard | None]:
+    """One guard per request that lacks a channel, None for the others."""
+    return [AbsentEvidenceGuard(tokenizer, absent) if absent else None for absent in absent_per_request]

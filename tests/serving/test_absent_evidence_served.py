@@ -1,0 +1,27 @@
+"""A served task answer writes null as the evidence of a channel the request does not carry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from openai import OpenAI
+from servinghelpers import ANSWER, ANSWER_TEXT, ServerProcess, audio_part, image_part
+
+MODEL = "affect-tiny"
+
+
+def test_a_missing_face_is_null_in_the_served_answer(answering_checkpoint: Path, clip_dir: Path) -> None:
+    with ServerProcess(answering_checkpoint, "--no-asr", "--served-model-name", MODEL,
+                       null_absent_evidence=True) as server:
+        client = OpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=120)
+        # Voice and face, no words: the fixed answer has null words already, so it is left whole.
+        both = client.chat.completions.create(model=MODEL, max_tokens=120, messages=[
+            {"role": "user", "content": [audio_part(clip_dir / "clip.wav"), image_part(clip_dir / "clip.png")]}])
+        assert both.choices[0].message.content == ANSWER_TEXT
+        # Voice only: the checkpoint would describe a face ("the face smiles"); the face is null.
+        voice = client.chat.completions.create(model=MODEL, max_tokens=120, messages=[
+            {"role": "user", "content": [audio_part(clip_dir / "clip.wav")]}])
+        content = voice.choices[0].message.content
+        audio = json.dumps(ANSWER["evidence"]["audio"])
+        assert content.startswith('{"evidence": {"audio": ' + audio + ', "video": null'), content
