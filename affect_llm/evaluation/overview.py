@@ -92,6 +92,16 @@ def channel_table(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def guard_note(results: list[dict[str, Any]]) -> list[str]:
+    """Say whether decoding wrote the evidence of missing channels (then only the explanation is the model's)."""
+    guarded = sum(bool((row.get("decoding") or {}).get("null_absent_evidence")) for row in results)
+    if not guarded:
+        return ["The answers were decoded unaided: evidence and explanation are the model's own.", ""]
+    return [f"{guarded} of {len(results)} answers were decoded with `--null-absent-evidence` (the default): the "
+            "evidence of a missing channel is written null by decoding, so the evidence column counts only what "
+            "that rule lets through; the explanation is the model's own.", ""]
+
+
 def absent_section(evaluated: EvaluatedSet) -> list[str]:
     """The absent-channel tables of one set, or nothing when every clip has every channel."""
     refs = {str(row["id"]): row for row in read_jsonl(evaluated.refs)}
@@ -215,6 +225,7 @@ def write_overview(
             "Read from the raw output (evidence and explanation): an answer that describes a missing voice, face",
             "or words invents it. The target is 0 in every subset.",
             "",
+            *guard_note(read_jsonl(held_out.results)),
             *absent,
         ]
     lines += [
