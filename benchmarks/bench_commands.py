@@ -14,7 +14,7 @@ Figures printed (targets in brackets):
 - evidence accuracy: how often the answer describes the channel that carries the cue
 - ``tests``: ``bash scripts/test.sh`` in a second new clone             [<= 15 min]
 
-    python benchmarks/bench_commands.py                     # all three (the quickstart alone: 38 min on 2 cores)
+    python benchmarks/bench_commands.py                     # all three (the quickstart alone: 41 min on 2 cores)
     python benchmarks/bench_commands.py --skip-tests
     python benchmarks/bench_commands.py --keep /tmp/bench   # keep the clones to inspect
 """
