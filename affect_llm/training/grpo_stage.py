@@ -18,17 +18,12 @@ Shape letters: B clips per process, G answers per clip, R = B x G rollouts, C co
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
-from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
-from transformers import get_scheduler
 
 from affect_llm.data.manifest import ManifestRow
 from affect_llm.modeling.media import MediaInputs
@@ -43,17 +38,18 @@ from affect_llm.training.grpo import (
     sample_rollouts,
 )
 from affect_llm.training.loader import batch_loader
-from affect_llm.training.recipe import DONE_FILE
 from affect_llm.training.rewards import score_answer
 from affect_llm.training.sampler import ScheduleSampler, validation_batches
 from affect_llm.training.schedule import Sample, iter_schedule, stage_num_steps, validation_samples
-from affect_llm.training.state import load_training_state, save_training_state, saved_step
+from affect_llm.training.stage_loop import BestRule, StepResult, Validation, finish_stage, run_stage_steps
 from affect_llm.training.targets import answer_for
 
 if TYPE_CHECKING:
     from affect_llm.training.recipe import CurriculumRecipe
 
 logger = logging.getLogger(__name__)
+# A reinforcement stage keeps the checkpoint of the highest mean validation reward.
+VAL_REWARD = BestRule("val_reward", higher_is_better=True)
 
 
 class PromptItems(Dataset):
@@ -231,34 +227,14 @@ class GrpoStage:
             sums = merged
         return {name: total / count for name, (total, count) in sums.items() if count}
 
-    def _best_so_far(self) -> dict[str, Any]:
-        path = self.stage_dir / "best" / "affect_checkpoint.json"
-        if self.recipe.resume and path.is_file():
-            meta = json.loads(path.read_text())
-            return {"val_reward": meta.get("val_reward"), "step": meta.get("step")}
-        return {"val_reward": None, "step": None}
-
-    def _maybe_keep_best(self, best: dict[str, Any], step: int) -> dict[str, Any]:
-        """Validate; keep the checkpoint when the mean validation reward improves (or there is no split)."""
+    def _validation(self) -> Validation:
         rewards = self.validate()
-        value = None if rewards is None else rewards.get("total")
-        for name, mean in (rewards or {}).items():
-            self.recipe.log.scalar(f"val/reward/{name}", mean, step)
         if self.accelerator.is_main_process and rewards is not None:
-            logger.info("stage %s step %d: validation rewards %s", self.stage.name, step,
+            logger.info("stage %s: validation rewards %s", self.stage.name,
                         ", ".join(f"{k} {v:.3f}" for k, v in rewards.items()))
-        improved = best["val_reward"] is None or (value is not None and value > best["val_reward"])
-        if value is None and best["step"] is not None and step < best["step"]:
-            improved = False
-        if improved:
-            metadata = {
-                "stage": self.stage.name, "step": step, "val_reward": value, "val_rewards": rewards,
-                "trainable": self.stage.trainable, "config": self.recipe.config.to_dict(),
-                "manifests": self.recipe.manifest_hashes(),
-            }
-            self.recipe.save_checkpoint(self.model, self.processor, self.stage_dir / "best", metadata)
-            best = {"val_reward": value, "step": step}
-        return best
+        return Validation(None if rewards is None else rewards.get("total"),
+                          scalars={f"val/reward/{name}": mean for name, mean in (rewards or {}).items()},
+                          metadata={"val_rewards": rewards})
 
     # -- the stage ------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -276,41 +252,22 @@ class GrpoStage:
         global_batch = settings.batch_size * recipe.world
         num_steps = stage_num_steps(stage, sum(len(r) for r in train_rows.values()), global_batch)
         summary["steps"] = num_steps
-        scheduler = get_scheduler(stage.schedule, optimizer, num_warmup_steps=stage.warmup_steps,
-                                  num_training_steps=num_steps)
-        state_dir = self.stage_dir / "state"
-        start_step = 0
-        set_seed(recipe.config.seed + self.index)
-        if recipe.resume and saved_step(state_dir) is not None:
-            start_step = load_training_state(state_dir, self.accelerator, self.model, optimizer, scheduler)
-            logger.info("stage %s: resumed at step %d of %d", stage.name, start_step, num_steps)
+        scheduler, start_step = recipe.schedule_and_resume(self.index, stage, self.model, optimizer, num_steps)
         schedule = partial(iter_schedule, stage, train_rows, self._supports, global_batch,
                            recipe.config.seed * 1000 + self.index)
         batches = iter(self._loader(train_rows, ScheduleSampler(schedule, start_step, num_steps, recipe.rank,
                                                                 recipe.world)))
-        best = self._best_so_far()
         recipe._train_mode(self.model, stage)
         recipe.log.start_stage(stage.name, num_steps, start_step)
-        for step in range(start_step, num_steps):
-            started = time.perf_counter()
+        rollouts = global_batch * self.settings.group_size
+
+        def one_step() -> StepResult:
             record = self._step(next(batches), optimizer, params, reference)
-            scheduler.step()
-            elapsed = time.perf_counter() - started
-            done = step + 1
-            rollouts = global_batch * self.settings.group_size
-            recipe.log.step(done, record["grpo/loss"], scheduler.get_last_lr()[0],
-                            record["grpo/completion_tokens"] * rollouts / elapsed, rollouts / elapsed, extra=record)
             summary["rewards"].append({k: round(v, 5) for k, v in record.items() if k.startswith("reward/")})
-            if settings.eval_every and done % settings.eval_every == 0 and done < num_steps:
-                best = self._maybe_keep_best(best, done)
-            if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < num_steps:
-                save_training_state(state_dir, self.accelerator, self.model, optimizer, scheduler, done)
-        recipe.log.end_stage()
-        best = self._maybe_keep_best(best, num_steps)
+            return StepResult(record["grpo/loss"], record["grpo/completion_tokens"] * rollouts, rollouts, extra=record)
+
+        best = run_stage_steps(recipe, stage, self.stage_dir, self.model, self.processor, (optimizer, scheduler),
+                               range(start_step, num_steps), one_step, self._validation, VAL_REWARD)
         summary.update(best_val_reward=best["val_reward"], best_step=best["step"])
-        if self.accelerator.is_main_process:
-            (self.stage_dir / DONE_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
-            shutil.rmtree(state_dir, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.free_memory()
+        finish_stage(recipe, self.stage_dir, summary)
         return summary

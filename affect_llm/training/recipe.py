@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -50,18 +49,26 @@ from affect_llm.training.media_source import TrainingMedia
 from affect_llm.training.sampler import ScheduleSampler, validation_batches
 from affect_llm.training.schedule import iter_schedule, stage_num_steps, validation_samples
 from affect_llm.training.sharding import fsdp_requested, full_state_dict, is_sharded, shard_model
+from affect_llm.training.stage_loop import (
+    DONE_FILE,
+    BestRule,
+    StepResult,
+    Validation,
+    finish_stage,
+    run_stage_steps,
+)
 from affect_llm.training.state import (
     git_commit,
     library_versions,
     load_training_state,
-    save_training_state,
     saved_step,
 )
 from affect_llm.training.step import answer_loss, build_optimizer
 from affect_llm.training.targets import answer_for
 
 logger = logging.getLogger(__name__)
-DONE_FILE = "stage_done.json"
+# The supervised stages keep the checkpoint of the lowest validation answer-token loss.
+VAL_LOSS = BestRule("val_loss", higher_is_better=False)
 
 
 class CurriculumRecipe:
@@ -205,6 +212,20 @@ class CurriculumRecipe:
             model, optimizer = self.accelerator.prepare(model, optimizer)
         return model, optimizer, params
 
+    def schedule_and_resume(self, index: int, stage: StageConfig, model, optimizer, num_steps: int) -> tuple[Any, int]:
+        """The stage's learning-rate schedule and the step it starts at (a resumed stage: its saved step)."""
+        scheduler = get_scheduler(stage.schedule, optimizer, num_warmup_steps=stage.warmup_steps,
+                                  num_training_steps=num_steps)
+        # The steps' RNG (dropout, sampling) starts from the seed, whatever featurization and calibration
+        # drew; a resumed stage then restores the RNG its state saved.
+        set_seed(self.config.seed + index)
+        state_dir = self.run_dir / "stages" / stage.name / "state"
+        if not (self.resume and saved_step(state_dir) is not None):
+            return scheduler, 0
+        start_step = load_training_state(state_dir, self.accelerator, model, optimizer, scheduler)
+        logger.info("stage %s: resumed at step %d of %d", stage.name, start_step, num_steps)
+        return scheduler, start_step
+
     def train_stage(self, index: int, stage: StageConfig, model, processor) -> dict[str, Any]:
         """Run one stage; returns its summary (best validation loss, steps, timings)."""
         settings = self.config.train
@@ -218,47 +239,29 @@ class CurriculumRecipe:
         global_batch = settings.batch_size * self.world
         num_steps = stage_num_steps(stage, sum(len(r) for r in train_rows.values()), global_batch * settings.grad_accum)
         summary["steps"] = num_steps
-        scheduler = get_scheduler(stage.schedule, optimizer, num_warmup_steps=stage.warmup_steps,
-                                  num_training_steps=num_steps)
-        state_dir = stage_dir / "state"
-        start_step = 0
-        # The steps' RNG (dropout) starts from the seed, whatever featurization and calibration drew;
-        # a resumed stage then restores the RNG its state saved.
-        set_seed(self.config.seed + index)
-        if self.resume and saved_step(state_dir) is not None:
-            start_step = load_training_state(state_dir, self.accelerator, model, optimizer, scheduler)
-            logger.info("stage %s: resumed at step %d of %d", stage.name, start_step, num_steps)
+        scheduler, start_step = self.schedule_and_resume(index, stage, model, optimizer, num_steps)
         schedule = partial(iter_schedule, stage, train_rows,
                            lambda row, task: answer_for(row, processor.prompt.task_keys(task)) is not None,
                            global_batch, self.config.seed * 1000 + index)
         sampler = ScheduleSampler(schedule, start_step * settings.grad_accum, num_steps * settings.grad_accum,
                                   self.rank, self.world)
         batches = iter(self._loader(processor, model, train_rows, sampler, "encoders" in stage.trainable))
-        best = self._best_so_far(stage_dir)
         self._train_mode(model, stage)
         self.log.start_stage(stage.name, num_steps, start_step)
-        for step in range(start_step, num_steps):
-            started = time.perf_counter()
+
+        def one_step() -> StepResult:
             loss, tokens = self._optimizer_step(model, optimizer, params, batches)
-            scheduler.step()
-            elapsed = time.perf_counter() - started
-            self.log.step(step + 1, loss, scheduler.get_last_lr()[0], tokens * self.world / elapsed,
-                          global_batch * settings.grad_accum / elapsed)
             summary["losses"].append(loss)
-            done = step + 1
-            if settings.eval_every and done % settings.eval_every == 0 and done < num_steps:
-                best = self._maybe_keep_best(model, processor, stage, stage_dir, best, done)
-            if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < num_steps:
-                save_training_state(state_dir, self.accelerator, model, optimizer, scheduler, done)
-        self.log.end_stage()
-        best = self._maybe_keep_best(model, processor, stage, stage_dir, best, num_steps)
+            return StepResult(loss, tokens * self.world, global_batch * settings.grad_accum)
+
+        def validate() -> Validation:
+            loss = self.validate(model, processor, stage)
+            return Validation(loss, scalars={"val/loss": loss})
+
+        best = run_stage_steps(self, stage, stage_dir, model, processor, (optimizer, scheduler),
+                               range(start_step, num_steps), one_step, validate, VAL_LOSS)
         summary.update(best_val_loss=best["val_loss"], best_step=best["step"])
-        if self.accelerator.is_main_process:
-            (stage_dir / DONE_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
-            shutil.rmtree(state_dir, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        # Release the prepared model and optimizer: the accelerator would keep them alive into the next stage.
-        self.accelerator.free_memory()
+        finish_stage(self, stage_dir, summary)
         return summary
 
     def _optimizer_step(self, model, optimizer, params, batches) -> tuple[float, int]:
@@ -288,29 +291,6 @@ class CurriculumRecipe:
         if "encoders" not in stage.trainable:
             for encoder in self.accelerator.unwrap_model(model).encoders.values():
                 encoder.eval()
-
-    def _best_so_far(self, stage_dir: Path) -> dict[str, Any]:
-        path = stage_dir / "best" / "affect_checkpoint.json"
-        if self.resume and path.is_file():
-            meta = json.loads(path.read_text())
-            return {"val_loss": meta.get("val_loss"), "step": meta.get("step")}
-        return {"val_loss": None, "step": None}
-
-    def _maybe_keep_best(self, model, processor, stage, stage_dir: Path, best: dict, step: int) -> dict:
-        """Validate; keep the checkpoint when it improves the validation loss (or when there is no split)."""
-        val_loss = self.validate(model, processor, stage)
-        self.log.scalar("val/loss", val_loss, step)
-        improved = best["val_loss"] is None or (val_loss is not None and val_loss < best["val_loss"])
-        if val_loss is None and best["step"] is not None and step < best["step"]:
-            improved = False
-        if improved:
-            metadata = {
-                "stage": stage.name, "step": step, "val_loss": val_loss, "trainable": stage.trainable,
-                "config": self.config.to_dict(), "manifests": self.manifest_hashes(),
-            }
-            self.save_checkpoint(model, processor, stage_dir / "best", metadata)
-            best = {"val_loss": val_loss, "step": step}
-        return best
 
     # -- whole run ----------------------------------------------------------------------------------
     def manifest_hashes(self) -> dict[str, str]:

@@ -1,0 +1,32 @@
+"""Best-checkpoint selection shared by every stage kind: lower loss, higher reward."""
+
+from __future__ import annotations
+
+import json
+
+from affect_llm.loading.checkpoint import META_FILE
+from affect_llm.training.stage_loop import BestRule
+
+LOSS = BestRule("val_loss")
+REWARD = BestRule("val_reward", higher_is_better=True)
+
+
+def test_a_loss_keeps_the_lowest_and_a_reward_the_highest() -> None:
+    assert LOSS.improves({"val_loss": None, "step": None}, 2.0, 10)
+    assert LOSS.improves({"val_loss": 2.0, "step": 10}, 1.5, 20)
+    assert not LOSS.improves({"val_loss": 1.5, "step": 20}, 1.7, 30)
+    assert REWARD.improves({"val_reward": 0.4, "step": 10}, 0.6, 20)
+    assert not REWARD.improves({"val_reward": 0.6, "step": 20}, 0.5, 30)
+    assert not REWARD.improves({"val_reward": 0.6, "step": 20}, None, 30)
+
+
+def test_without_a_validation_figure_the_latest_step_is_kept_never_an_earlier_one() -> None:
+    assert LOSS.improves({"val_loss": None, "step": 10}, None, 20)
+    assert not LOSS.improves({"val_loss": None, "step": 20}, None, 10)
+
+
+def test_a_resumed_stage_starts_from_the_checkpoint_it_kept(tmp_path) -> None:
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / META_FILE).write_text(json.dumps({"val_reward": 0.7, "step": 30}))
+    assert REWARD.start(tmp_path, resume=True) == {"val_reward": 0.7, "step": 30}
+    assert REWARD.start(tmp_path, resume=False) == {"val_reward": None, "step": None}
