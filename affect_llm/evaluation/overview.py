@@ -205,7 +205,8 @@ def write_overview(
         "",
     ]
     refs = {row["id"]: row for row in read_jsonl(held_out.refs)}
-    evidence = score_evidence(read_jsonl(held_out.results), refs)
+    results = read_jsonl(held_out.results)
+    evidence = score_evidence(results, refs)
     (page_dir / "evidence.json").write_text(json.dumps(evidence, indent=2, sort_keys=True) + "\n")
     if evidence["count"]:
         lines += [
@@ -225,7 +226,7 @@ def write_overview(
             "Read from the raw output (evidence and explanation): an answer that describes a missing voice, face",
             "or words invents it. The target is 0 in every subset.",
             "",
-            *guard_note(read_jsonl(held_out.results)),
+            *guard_note(results),
             *absent,
         ]
     lines += [

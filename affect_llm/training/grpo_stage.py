@@ -42,7 +42,7 @@ from affect_llm.training.rewards import score_answer
 from affect_llm.training.sampler import ScheduleSampler, validation_batches
 from affect_llm.training.schedule import Sample, iter_schedule, stage_num_steps, validation_samples
 from affect_llm.training.stage_loop import BestRule, StepResult, Validation, finish_stage, run_stage_steps
-from affect_llm.training.targets import answer_for
+from affect_llm.training.targets import answerable
 
 if TYPE_CHECKING:
     from affect_llm.training.recipe import CurriculumRecipe
@@ -99,6 +99,8 @@ class GrpoStage:
         self.model, self.processor = model, processor
         self.accelerator = recipe.accelerator
         self.stage_dir = recipe.run_dir / "stages" / stage.name
+        # A row can be rewarded when it records what the task's answer is judged against.
+        self._supports = answerable(processor.prompt)
 
     # -- data -----------------------------------------------------------------------------------------
     def _loader(self, rows: dict[str, list[ManifestRow]], batches: Any) -> DataLoader:
@@ -109,10 +111,6 @@ class GrpoStage:
         # Items stay a list: the rollouts collate prompts left-padded, and each keeps its row to score.
         return batch_loader(PromptItems(self.processor, rows, source), batches, workers, pin_memory=False,
                             seed=self.recipe.config.seed, collate=_as_list)
-
-    def _supports(self, row: ManifestRow, task: str) -> bool:
-        # A row can be rewarded when it records what the task's answer is judged against.
-        return answer_for(row, self.processor.prompt.task_keys(task)) is not None
 
     # -- the parts of a step ----------------------------------------------------------------------------
     def _policy(self) -> Any:
@@ -257,8 +255,6 @@ class GrpoStage:
                            recipe.config.seed * 1000 + self.index)
         batches = iter(self._loader(train_rows, ScheduleSampler(schedule, start_step, num_steps, recipe.rank,
                                                                 recipe.world)))
-        recipe._train_mode(self.model, stage)
-        recipe.log.start_stage(stage.name, num_steps, start_step)
         rollouts = global_batch * self.settings.group_size
 
         def one_step() -> StepResult:

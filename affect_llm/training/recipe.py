@@ -64,7 +64,7 @@ from affect_llm.training.state import (
     saved_step,
 )
 from affect_llm.training.step import answer_loss, build_optimizer
-from affect_llm.training.targets import answer_for
+from affect_llm.training.targets import answerable
 
 logger = logging.getLogger(__name__)
 # The supervised stages keep the checkpoint of the lowest validation answer-token loss.
@@ -172,8 +172,7 @@ class CurriculumRecipe:
         """Mean answer-token loss on the validation split (the model-selection metric)."""
         val_rows = {n: self.media.usable(self.rows[n]["val"]) for n in stage.datasets}
         samples = validation_samples(
-            stage, val_rows, lambda row, task: answer_for(row, processor.prompt.task_keys(task)) is not None,
-            self.config.train.val_max_samples)
+            stage, val_rows, answerable(processor.prompt), self.config.train.val_max_samples)
         if not samples:
             return None
         model.eval()
@@ -240,14 +239,11 @@ class CurriculumRecipe:
         num_steps = stage_num_steps(stage, sum(len(r) for r in train_rows.values()), global_batch * settings.grad_accum)
         summary["steps"] = num_steps
         scheduler, start_step = self.schedule_and_resume(index, stage, model, optimizer, num_steps)
-        schedule = partial(iter_schedule, stage, train_rows,
-                           lambda row, task: answer_for(row, processor.prompt.task_keys(task)) is not None,
-                           global_batch, self.config.seed * 1000 + index)
+        schedule = partial(iter_schedule, stage, train_rows, answerable(processor.prompt), global_batch,
+                           self.config.seed * 1000 + index)
         sampler = ScheduleSampler(schedule, start_step * settings.grad_accum, num_steps * settings.grad_accum,
                                   self.rank, self.world)
         batches = iter(self._loader(processor, model, train_rows, sampler, "encoders" in stage.trainable))
-        self._train_mode(model, stage)
-        self.log.start_stage(stage.name, num_steps, start_step)
 
         def one_step() -> StepResult:
             loss, tokens = self._optimizer_step(model, optimizer, params, batches)

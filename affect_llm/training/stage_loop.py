@@ -93,6 +93,8 @@ def run_stage_steps(
     settings = recipe.config.train
     num_steps = steps.stop
     best = rule.start(stage_dir, recipe.resume)
+    recipe._train_mode(model, stage)
+    recipe.log.start_stage(stage.name, num_steps, steps.start)
     for step in steps:
         started = time.perf_counter()
         result = one_step()

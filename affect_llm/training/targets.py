@@ -7,10 +7,13 @@ A task of the prompt file lists the answer keys it asks for (``PromptFile.task_k
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from affect_llm.data.manifest import ManifestRow
+
+if TYPE_CHECKING:
+    from affect_llm.prompts import PromptFile
 
 EVIDENCE_KEYS = ("audio", "video", "text")
 
@@ -39,6 +42,12 @@ def answer_for(row: ManifestRow, keys: Sequence[str]) -> str | None:
         return None
     # Fixed key order and separators: the model learns one canonical layout.
     return json.dumps(answer, ensure_ascii=False)
+
+
+def answerable(prompt: PromptFile) -> Callable[[ManifestRow, str], bool]:
+    """``(row, task) -> bool``: whether ``row`` records the answer ``task`` of ``prompt`` asks for
+    (the rows a stage can train, validate or reward on)."""
+    return lambda row, task: answer_for(row, prompt.task_keys(task)) is not None
 
 
 def _target_value(row: ManifestRow, key: str) -> Any:
