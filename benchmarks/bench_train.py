@@ -19,6 +19,10 @@ divided by the measured float32 ``torch.matmul`` rate; FLOPs come two ways:
 
     python benchmarks/bench_train.py --model tiny --batch-size 8 --steps 10
     python benchmarks/bench_train.py --model embedded --batch-size 4 --steps 6 --audio-window 8
+    python benchmarks/bench_train.py --model embedded --batch-size 8 --steps 6 --compile
+
+``--compile`` compiles each LLM decoder layer as ``train.compile: true`` does; the compile happens in
+the warm-up steps, which are not timed.
 """
 
 from __future__ import annotations
@@ -219,6 +223,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per mode")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="compile each LLM decoder layer (train.compile)")
     parser.add_argument("--rows", type=int, default=16, help="synthetic rows the batches cycle through")
     parser.add_argument("--num-frames", type=int, default=2)
     parser.add_argument("--audio-window", type=float, default=4.0, help="seconds; synthetic clips are short")
@@ -228,24 +233,32 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.manual_seed(0)
+    from affect_llm.modeling.trainable import compile_llm_layers
+
     model, processor = build(args.model, args.audio_window, args.models_dir)
     cached, live = make_items(model, processor, args.rows, args.num_frames)
     peak = matmul_flops_per_s()
     print(
         f"model={args.model} batch={args.batch_size} steps={args.steps} threads={torch.get_num_threads()} "
+        f"compiled layers={args.compile} "
         f"matmul={peak / 1e9:.1f} GFLOP/s (float32, 1024^3)"
     )
-    rows = []
-    for name, items in (("cached", cached), ("live", live)):
-        stats = time_mode(model, processor, items, args.batch_size, args.steps, args.warmup)
+    modes = {"cached": cached, "live": live}
+    flops = {}
+    for name, items in modes.items():  # counted before any compile: compiled kernels bypass the counter
         batch = processor.collate(items[: args.batch_size])
         estimate, upper = analytic_flops(model, batch, live=name == "live")
-        flops = {
+        flops[name] = {
             "counted": counted_flops(model, processor, items, args.batch_size),
             "estimate": estimate,
             "6NT": upper,
         }
-        rows.append(report(name, stats, args.batch_size, flops, peak))
+    if args.compile:
+        compile_llm_layers(model)
+    rows = []
+    for name, items in modes.items():
+        stats = time_mode(model, processor, items, args.batch_size, args.steps, args.warmup)
+        rows.append(report(name, stats, args.batch_size, flops[name], peak))
     columns = list(rows[0])
     print("  ".join(f"{c:>12}" for c in columns))
     for row in rows:

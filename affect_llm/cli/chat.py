@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from affect_llm.cli.options import (
+    add_compile_argument,
     add_evidence_argument,
     add_precision_arguments,
     precision_from_arguments,
@@ -29,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--models-dir", default=None)
     add_evidence_argument(parser)
+    add_compile_argument(parser)
     add_precision_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -64,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
     require_checkpoint(args.model)
     pipe = AffectPipeline(args.model, DecodingSettings(max_new_tokens=args.max_new_tokens,
-                                                            null_absent_evidence=args.null_absent_evidence),
+                                                            null_absent_evidence=args.null_absent_evidence,
+                                                            compile=args.compile),
                           Path(args.models_dir) if args.models_dir else None,
                           precision=precision_from_arguments(args, args.model))
     clip = {k: getattr(args, k) for k in ("video", "audio", "image", "transcript") if getattr(args, k)}

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from affect_llm.cli.options import (
+    add_compile_argument,
     add_engine_arguments,
     add_evidence_argument,
     add_precision_arguments,
@@ -41,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--feature-cache", default=None, help="feature cache folder shared with training")
     parser.add_argument("--models-dir", default=None)
     add_evidence_argument(parser)
+    add_compile_argument(parser)
     add_precision_arguments(parser)
     add_strict_argument(parser)
     add_engine_arguments(parser)
@@ -56,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.compile and args.backend != "hf":
+        raise UsageError(f"--compile is for --backend hf (--backend {args.backend} compiles in its engine)")
     if args.decode_workers < 0:
         raise UsageError(f"--decode-workers {args.decode_workers}: must be 0 or more")
     try:
@@ -67,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ExplainSettings(args.task, args.batch_size, args.split, shard, args.limit, args.strict,
                                args.decode_workers)
     decoding = DecodingSettings(args.max_new_tokens, args.sample, args.temperature, seed=args.seed,
-                                null_absent_evidence=args.null_absent_evidence)
+                                null_absent_evidence=args.null_absent_evidence, compile=args.compile)
     # This shard's share, less what an earlier (interrupted or requeued) run already wrote.
     total = pending_count(args.manifest, args.out, settings)
     bars: list = []

@@ -19,6 +19,13 @@ def add_evidence_argument(parser: argparse.ArgumentParser) -> None:
                              "keeps the model's own words, to measure how faithful the model is unaided")
 
 
+def add_compile_argument(parser: argparse.ArgumentParser) -> None:
+    """``--compile``: static KV cache and a compiled decoding step (hf backend)."""
+    parser.add_argument("--compile", action="store_true",
+                        help="static KV cache and a compiled decoding step (torch.compile): same greedy "
+                             "answers, faster per token after a one-time compile of about a minute on a CPU")
+
+
 def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
     """``--dtype`` and ``--load-in-4bit``; both default to what the checkpoint records."""
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None,

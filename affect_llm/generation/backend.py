@@ -29,6 +29,10 @@ class DecodingSettings:
         seed: Seed of sampling (greedy ignores it).
         null_absent_evidence: Write ``null`` as the evidence of a channel the request lacks
             (:mod:`affect_llm.generation.absent_evidence`); off, the model's own answer is kept.
+        compile: Decode with a static KV cache and a compiled decoding step (``torch.compile``;
+            on CPU with the weights frozen into the graph). Greedy answers are unchanged; the
+            first batch pays a compile of about a minute on a CPU, and a new prompt length or batch
+            size one more. Worth it for batch jobs; the hf backend only.
     """
 
     max_new_tokens: int = 160
@@ -37,6 +41,7 @@ class DecodingSettings:
     top_p: float = 0.9
     seed: int = 0
     null_absent_evidence: bool = True
+    compile: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -38,6 +38,20 @@ def is_peft_wrapped(model: AffectForConditionalGeneration) -> bool:
     return hasattr(model.language_model, "peft_config")
 
 
+def merge_lora_for_inference(model: AffectForConditionalGeneration) -> bool:
+    """Fold the LoRA adapter into the LLM's weights, in memory, for generation; True when it did.
+
+    Generation then runs the base linear layers only: attached, each of them adds two rank-r
+    matmuls per token, a large share of a small model's decoding step. A 4-bit LLM keeps its
+    adapter attached, since folding it into NF4 weights would round the update away.
+    """
+    llm = model.language_model
+    if not is_peft_wrapped(model) or getattr(llm, "is_loaded_in_4bit", False) or getattr(llm, "is_loaded_in_8bit", False):
+        return False
+    model.language_model = llm.merge_and_unload()
+    return True
+
+
 def apply_lora(model: AffectForConditionalGeneration, settings: LoraSettings) -> None:
     """Wrap the LLM in a peft LoRA model (4-bit LLMs are prepared for k-bit training first)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -100,6 +114,20 @@ def enable_gradient_checkpointing(model: AffectForConditionalGeneration) -> None
     else:  # peft wrapper: forwards the older name to the base model
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.language_model.config.use_cache = False
+
+
+def compile_llm_layers(model: AffectForConditionalGeneration) -> int:
+    """Compile each decoder layer of the LLM in place (dynamic shapes); returns how many.
+
+    Layer by layer rather than the whole model: one small graph, compiled once and reused by every
+    layer, where a whole-model graph takes minutes to compile for the same step time. Parameter
+    names are unchanged, so checkpoints and optimizer state are those of the uncompiled model.
+    """
+    layers = model.language_model.get_decoder().layers
+    for layer in layers:
+        if getattr(layer, "_compiled_call_impl", None) is None:
+            layer.compile(dynamic=True)
+    return len(layers)
 
 
 def llm_weight_summary(model: AffectForConditionalGeneration) -> dict[str, object]:

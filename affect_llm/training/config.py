@@ -83,6 +83,10 @@ class GrpoSettings:
             tone task the positive estimator's mean gradient was twice as aligned with the true
             gradient of the expected reward (cosine 0.60 against 0.30 over 12 rollout sets) and
             learned where the normalised one did not in 400 steps (training/README.md).
+        micro_batch: Rollouts per scoring forward and backward (0: all of the step's at once).
+            The scoring pass holds every layer's activations for its rows, so this bounds the
+            stage's memory; the gradient is the same (each part is averaged over the whole step's
+            completion tokens).
     """
 
     group_size: int = 4
@@ -94,6 +98,7 @@ class GrpoSettings:
     rewards: dict[str, float] = field(default_factory=_default_rewards)
     val_samples: int = 32
     advantages: str = "normalised"
+    micro_batch: int = 0
 
     def __post_init__(self) -> None:
         from affect_llm.training.rewards import check_reward_weights  # no torch: parsing stays light
@@ -106,6 +111,8 @@ class GrpoSettings:
             raise ValueError(f"grpo.group_size={self.group_size}: a group needs at least 2 answers to compare")
         if self.advantages not in ("normalised", "positive"):
             raise ValueError(f"grpo.advantages={self.advantages!r}; expected 'normalised' or 'positive'")
+        if self.micro_batch < 0:
+            raise ValueError(f"grpo.micro_batch={self.micro_batch}: rollouts per scoring pass, >= 0 (0: all at once)")
         if self.max_new_tokens < 1 or self.val_samples < 0:
             raise ValueError("grpo.max_new_tokens must be >= 1 and grpo.val_samples >= 0")
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.clip_epsilon <= 0 or self.beta < 0:
@@ -235,6 +242,10 @@ class TrainSettings:
         grad_accum: Micro-batches per optimizer step.
         precision: ``no``, ``bf16`` or ``fp16`` (accelerate mixed precision).
         gradient_checkpointing: Checkpoint LLM layers.
+        compile: Compile each LLM decoder layer (``torch.compile``, dynamic shapes) in supervised
+            stages: the elementwise work between the matmuls (norms, rotary, activations, residuals)
+            fuses into a few kernels. The first steps pay the compile (about 30 s on a CPU for
+            the embedded LLM); worth it for runs of more than a few minutes.
         weight_decay: AdamW weight decay.
         max_grad_norm: Gradient clipping.
         log_every: Steps between log lines and TensorBoard points.
@@ -249,6 +260,7 @@ class TrainSettings:
     grad_accum: int = 1
     precision: TrainingPrecision = "no"
     gradient_checkpointing: bool = False
+    compile: bool = False
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     log_every: int = 10

@@ -34,6 +34,7 @@ from affect_llm.loading.checkpoint import load_checkpoint, save_checkpoint
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.trainable import (
     apply_lora,
+    compile_llm_layers,
     enable_gradient_checkpointing,
     group_parameters,
     llm_weight_summary,
@@ -234,6 +235,8 @@ class CurriculumRecipe:
         summary = {"stage": stage.name, "groups": counts, "losses": [], "llm_weights": llm_weight_summary(model)}
         if settings.gradient_checkpointing:
             enable_gradient_checkpointing(model)
+        if settings.compile:
+            summary["compiled_layers"] = compile_llm_layers(model)
         model, optimizer, params = self._prepare(model, stage, settings)
         global_batch = settings.batch_size * self.world
         num_steps = stage_num_steps(stage, sum(len(r) for r in train_rows.values()), global_batch * settings.grad_accum)

@@ -1,0 +1,67 @@
+"""Faster decoding that keeps the answers: the adapter folded into the weights, and compiled decoding."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from genhelpers import read_rows
+
+from affect_llm.generation.backend import DecodingSettings, GenerationRequest
+from affect_llm.generation.hf_backend import HFBackend
+from affect_llm.loading.build import build_model
+from affect_llm.loading.spec import ModelSpec
+from affect_llm.modeling.trainable import LoraSettings, apply_lora, is_peft_wrapped
+
+SPEC = ModelSpec(llm="tiny:llm", audio_encoder="tiny:whisper", face_encoder="tiny:fer", audio_window_seconds=4.0,
+                 num_audio_tokens=4, num_face_tokens=2)
+
+
+def test_folding_the_adapter_in_keeps_the_greedy_answers() -> None:
+    model, processor = build_model(SPEC, seed=0)
+    apply_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # a trained-looking adapter: peft starts B at zero, which would change nothing
+        for name, param in model.language_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.2 * torch.randn(param.shape, generator=generator))
+    rng = np.random.default_rng(0)
+    requests = []
+    for i in range(3):
+        media = processor.prepare_media(audio=(0.1 * rng.standard_normal(8_000 * (i + 1))).astype(np.float32))
+        requests.append(GenerationRequest(processor.build_messages("reason", media.modalities, question="q" * (i + 1)),
+                                          media))
+    settings = DecodingSettings(max_new_tokens=12)
+    attached = HFBackend(model, processor, merge_lora=False).generate(requests, settings)
+    assert is_peft_wrapped(model)
+    merged = HFBackend(model, processor).generate(requests, settings)
+    assert not is_peft_wrapped(model)
+    assert not any("lora" in name for name, _ in model.language_model.named_modules())
+    assert merged == attached
+
+
+def _explain(manifest: Path, checkpoint: Path, out: Path, *extra: str) -> list[dict]:
+    command = [sys.executable, "-m", "affect_llm.cli.main", "explain", str(manifest), "--model", str(checkpoint),
+               "--out", str(out), "--batch-size", "3", "--max-new-tokens", "10", *extra]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return sorted(read_rows(out), key=lambda row: row["id"])
+
+
+def test_compiled_decoding_gives_the_same_answers_through_the_cli(small_manifest, tiny_checkpoint, tmp_path) -> None:
+    """Six clips in batches of three: one compile, then the compiled step reused for the second batch."""
+    eager = _explain(small_manifest, tiny_checkpoint, tmp_path / "eager.jsonl")
+    compiled = _explain(small_manifest, tiny_checkpoint, tmp_path / "compiled.jsonl", "--compile")
+    assert [row["raw"] for row in compiled] == [row["raw"] for row in eager]
+    assert [row["error"] for row in compiled] == [row["error"] for row in eager]  # the same parse outcome
+
+
+def test_compile_is_refused_for_the_vllm_backend(small_manifest, tiny_checkpoint, tmp_path) -> None:
+    command = [sys.executable, "-m", "affect_llm.cli.main", "explain", str(small_manifest), "--model",
+               str(tiny_checkpoint), "--out", str(tmp_path / "out.jsonl"), "--backend", "vllm", "--compile"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "--compile is for --backend hf" in done.stderr
