@@ -13,6 +13,7 @@ Shape letters: B clips, G answers per clip, R = B x G rollouts, P prompt tokens,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ class Rollouts:
         media: Each prompt's media repeated ``G`` times, in row order.
         texts: The ``R`` decoded answers.
         prompt_length: ``P``.
+        row_media: Each row's own media (``R`` entries), to batch a slice of the rows.
     """
 
     input_ids: torch.Tensor
@@ -41,6 +43,20 @@ class Rollouts:
     media: MediaInputs
     texts: list[str]
     prompt_length: int
+    row_media: tuple[MediaInputs, ...] = ()
+
+    def rows(self, start: int, stop: int) -> Rollouts:
+        """Rows ``start:stop`` (the same prompt width ``P``), their media batched on the rows' device."""
+        if start == 0 and stop >= len(self.texts):
+            return self
+        device = self.input_ids.device
+        return Rollouts(
+            input_ids=self.input_ids[start:stop], attention_mask=self.attention_mask[start:stop],
+            completion_mask=self.completion_mask[start:stop],
+            # Per row, not a slice of ``media``: a row without a channel has no entry in that batch.
+            media=MediaInputs.concat(self.row_media[start:stop]).to(device), texts=self.texts[start:stop],
+            prompt_length=self.prompt_length, row_media=self.row_media[start:stop],
+        )
 
 
 def repeat_media(media: list[MediaInputs], times: int) -> MediaInputs:
@@ -80,6 +96,7 @@ def sample_rollouts(
         input_ids=torch.cat([ids, completions], dim=1),
         attention_mask=torch.cat([mask, completion_mask.long()], dim=1),
         completion_mask=completion_mask, media=media, texts=texts, prompt_length=ids.shape[1],
+        row_media=tuple(item["media"] for item in items for _ in range(group_size)),
     )
 
 
@@ -133,6 +150,7 @@ def grpo_loss(
     clip_epsilon: float = 0.2,
     beta: float = 0.0,
     ref_logprobs: torch.Tensor | None = None,
+    num_tokens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The clipped surrogate objective with an optional KL term, averaged over completion tokens.
 
@@ -145,6 +163,8 @@ def grpo_loss(
             moves them further out.
         beta: Weight of the KL term (0: none).
         ref_logprobs: ``(R, C)`` under the stage's starting policy; needed when ``beta > 0``.
+        num_tokens: Completion tokens the average is over (default: ``mask``'s); the whole step's
+            count when these rows are one micro-batch of it, so the parts' losses add up to the step's.
 
     Returns:
         The loss and its parts (``policy``, ``kl``, ``clipped``: the share of tokens clipped).
@@ -162,7 +182,7 @@ def grpo_loss(
         kl = torch.exp(delta) - delta - 1  # an unbiased, non-negative estimate of KL(policy || start)
         per_token = per_token + beta * kl
     weight = mask.float()
-    denominator = weight.sum().clamp(min=1.0)
+    denominator = (weight.sum() if num_tokens is None else num_tokens.float()).clamp(min=1.0)
     loss = (per_token * weight).sum() / denominator
     stats = {
         "policy": float(((-torch.minimum(unclipped, clipped)) * weight).sum() / denominator),
@@ -170,3 +190,39 @@ def grpo_loss(
         "clipped": float(((unclipped != clipped).float() * weight).sum() / denominator),
     }
     return loss, stats
+
+
+def policy_loss_backward(
+    model: Any, rollouts: Rollouts, advantages: torch.Tensor, micro_batch: int,
+    backward: Callable[[torch.Tensor, bool], None],
+    ref_logprobs_of: Callable[[Rollouts], torch.Tensor] | None = None, clip_epsilon: float = 0.2, beta: float = 0.0,
+) -> tuple[float, dict[str, float]]:
+    """The step's GRPO loss over all rollouts, scored and back-propagated ``micro_batch`` rows at a time.
+
+    Activation memory of the scoring forward grows with the rows in it; micro-batches bound it
+    while the gradient stays the one-pass gradient: each part's loss is averaged over the whole
+    step's completion tokens, so the parts add up to the step's loss.
+
+    Args:
+        micro_batch: Rows per forward and backward (0: all rows at once).
+        backward: Called with each part's loss and whether it is the last part (a distributed
+            wrapper synchronises gradients on the last one only).
+        ref_logprobs_of: The stage's starting policy's log-probabilities of a part (needed when ``beta > 0``).
+
+    Returns:
+        The step's loss and its parts (``policy``, ``kl``, ``clipped``), as :func:`grpo_loss` returns them.
+    """
+    total_rows = rollouts.input_ids.shape[0]
+    size = micro_batch or total_rows
+    num_tokens = rollouts.completion_mask.sum()
+    loss_sum, stats_sum = 0.0, {"policy": 0.0, "kl": 0.0, "clipped": 0.0}
+    for start in range(0, total_rows, size):
+        part = rollouts.rows(start, start + size)
+        ref_logprobs = ref_logprobs_of(part) if ref_logprobs_of is not None and beta > 0 else None
+        logprobs = completion_logprobs(model, part)
+        loss, stats = grpo_loss(logprobs, logprobs.detach(), advantages[start:start + size], part.completion_mask,
+                                clip_epsilon=clip_epsilon, beta=beta, ref_logprobs=ref_logprobs, num_tokens=num_tokens)
+        backward(loss, start + size >= total_rows)
+        loss_sum += float(loss.detach())
+        stats_sum = {key: stats_sum[key] + value for key, value in stats.items()}
+    return loss_sum, stats_sum

@@ -19,6 +19,7 @@ Shape letters: B clips per process, G answers per clip, R = B x G rollouts, C co
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -31,10 +32,11 @@ from affect_llm.modeling.trainable import llm_weight_summary, set_trainable
 from affect_llm.processing.processor import AffectProcessor
 from affect_llm.training.config import StageConfig
 from affect_llm.training.grpo import (
+    Rollouts,
     completion_logprobs,
     group_advantages,
-    grpo_loss,
     media_token_ids,
+    policy_loss_backward,
     sample_rollouts,
 )
 from affect_llm.training.loader import batch_loader
@@ -143,16 +145,22 @@ class GrpoStage:
         if self.settings.advantages == "positive":
             advantages = advantages.clamp(min=0.0)
         advantages = advantages.to(self.accelerator.device)
-        ref_logprobs = None
-        if self.settings.beta > 0 and reference is not None:
+
+        def reference_logprobs(part: Rollouts) -> torch.Tensor:
             with torch.no_grad(), self.accelerator.autocast():
-                ref_logprobs = completion_logprobs(self._policy(), rollouts, params=reference)
+                return completion_logprobs(self._policy(), part, params=reference)
+
+        def backward(loss: torch.Tensor, last: bool) -> None:
+            # Gradients are synchronised across processes once, with the step's last part.
+            with nullcontext() if last else self.accelerator.no_sync(self.model):
+                self.accelerator.backward(loss)
+
         with self.accelerator.autocast():
-            logprobs = completion_logprobs(self.model, rollouts)
-        loss, parts = grpo_loss(logprobs, logprobs.detach(), advantages, rollouts.completion_mask,
-                                clip_epsilon=self.settings.clip_epsilon, beta=self.settings.beta,
-                                ref_logprobs=ref_logprobs)
-        self.accelerator.backward(loss)
+            loss, parts = policy_loss_backward(
+                self.model, rollouts, advantages, self.settings.micro_batch, backward,
+                reference_logprobs if reference is not None else None,
+                clip_epsilon=self.settings.clip_epsilon, beta=self.settings.beta,
+            )
         if self.recipe.config.train.max_grad_norm:
             self.accelerator.clip_grad_norm_(params, self.recipe.config.train.max_grad_norm)
         optimizer.step()
@@ -161,7 +169,7 @@ class GrpoStage:
         record = {f"reward/{name}": value for name, value in local.items()}
         record.update({f"grpo/{k}": v for k, v in parts.items()})
         record["grpo/completion_tokens"] = float(rollouts.completion_mask.sum(1).float().mean())
-        record["grpo/loss"] = float(loss.detach())
+        record["grpo/loss"] = loss
         # Every process's means, averaged: each reward over the processes that scored it.
         return self._average_over_processes(record)
 

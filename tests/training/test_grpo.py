@@ -11,6 +11,7 @@ from affect_llm.training.grpo import (
     completion_token_mask,
     group_advantages,
     grpo_loss,
+    policy_loss_backward,
     sample_rollouts,
 )
 
@@ -91,3 +92,35 @@ def test_a_functional_call_scores_with_other_parameters(tiny_model, raw_media):
         other = completion_logprobs(model, rollouts, {name: param.detach() + torch.from_numpy(
             np.full(param.shape, 0.5, np.float32))})
     assert torch.allclose(base, same) and not torch.allclose(base, other)
+
+
+def test_micro_batches_give_the_one_pass_loss_and_gradient(tiny_model, raw_media):
+    """Rows in parts of two, one clip without audio among them: the same loss and gradient as one pass."""
+    model, processor = tiny_model
+    items = []
+    for modalities in (("audio", "face"), ("face",), ("audio", "face")):
+        media = processor.prepare_media(**{m: raw_media[m] for m in modalities})
+        items.append({**processor.encode_text(processor.build_messages("perceive", modalities)), "media": media})
+    torch.manual_seed(2)
+    rollouts = sample_rollouts(model, processor, items, group_size=3, max_new_tokens=5, temperature=1.0)
+    advantages = torch.linspace(-1.0, 1.0, 9)
+    params = [p for p in model.parameters() if p.requires_grad]
+    results = {}
+    for micro_batch in (0, 2):
+        model.zero_grad(set_to_none=True)
+        lasts = []
+
+        def backward(loss: torch.Tensor, last: bool, lasts: list = lasts) -> None:
+            loss.backward()
+            lasts.append(last)
+
+        loss, stats = policy_loss_backward(model, rollouts, advantages, micro_batch, backward)
+        grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+        results[micro_batch] = (loss, stats, grads, lasts)
+    (loss, stats, grads, lasts), (part_loss, part_stats, part_grads, part_lasts) = results[0], results[2]
+    assert lasts == [True] and part_lasts == [False] * 4 + [True]  # 9 rows: 2 + 2 + 2 + 2 + 1
+    assert part_loss == pytest.approx(loss, abs=1e-6)
+    assert part_stats == pytest.approx(stats, abs=1e-6)
+    assert any(g.abs().sum() > 0 for g in grads)
+    for one, parts in zip(grads, part_grads, strict=True):
+        assert torch.allclose(one, parts, atol=1e-6, rtol=1e-4)
