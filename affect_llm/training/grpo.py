@@ -14,6 +14,7 @@ Shape letters: B clips, G answers per clip, R = B x G rollouts, P prompt tokens,
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,6 +197,7 @@ def policy_loss_backward(
     model: Any, rollouts: Rollouts, advantages: torch.Tensor, micro_batch: int,
     backward: Callable[[torch.Tensor, bool], None],
     ref_logprobs_of: Callable[[Rollouts], torch.Tensor] | None = None, clip_epsilon: float = 0.2, beta: float = 0.0,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
 ) -> tuple[float, dict[str, float]]:
     """The step's GRPO loss over all rollouts, scored and back-propagated ``micro_batch`` rows at a time.
 
@@ -208,6 +210,7 @@ def policy_loss_backward(
         backward: Called with each part's loss and whether it is the last part (a distributed
             wrapper synchronises gradients on the last one only).
         ref_logprobs_of: The stage's starting policy's log-probabilities of a part (needed when ``beta > 0``).
+        autocast: Context of each forward (mixed precision); the backward runs outside it.
 
     Returns:
         The step's loss and its parts (``policy``, ``kl``, ``clipped``), as :func:`grpo_loss` returns them.
@@ -219,9 +222,11 @@ def policy_loss_backward(
     for start in range(0, total_rows, size):
         part = rollouts.rows(start, start + size)
         ref_logprobs = ref_logprobs_of(part) if ref_logprobs_of is not None and beta > 0 else None
-        logprobs = completion_logprobs(model, part)
-        loss, stats = grpo_loss(logprobs, logprobs.detach(), advantages[start:start + size], part.completion_mask,
-                                clip_epsilon=clip_epsilon, beta=beta, ref_logprobs=ref_logprobs, num_tokens=num_tokens)
+        with autocast():
+            logprobs = completion_logprobs(model, part)
+            loss, stats = grpo_loss(logprobs, logprobs.detach(), advantages[start:start + size], part.completion_mask,
+                                    clip_epsilon=clip_epsilon, beta=beta, ref_logprobs=ref_logprobs,
+                                    num_tokens=num_tokens)
         backward(loss, start + size >= total_rows)
         loss_sum += float(loss.detach())
         stats_sum = {key: stats_sum[key] + value for key, value in stats.items()}

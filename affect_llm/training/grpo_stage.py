@@ -155,12 +155,11 @@ class GrpoStage:
             with nullcontext() if last else self.accelerator.no_sync(self.model):
                 self.accelerator.backward(loss)
 
-        with self.accelerator.autocast():
-            loss, parts = policy_loss_backward(
-                self.model, rollouts, advantages, self.settings.micro_batch, backward,
-                reference_logprobs if reference is not None else None,
-                clip_epsilon=self.settings.clip_epsilon, beta=self.settings.beta,
-            )
+        loss, parts = policy_loss_backward(
+            self.model, rollouts, advantages, self.settings.micro_batch, backward,
+            reference_logprobs if reference is not None else None,
+            clip_epsilon=self.settings.clip_epsilon, beta=self.settings.beta, autocast=self.accelerator.autocast,
+        )
         if self.recipe.config.train.max_grad_norm:
             self.accelerator.clip_grad_norm_(params, self.recipe.config.train.max_grad_norm)
         optimizer.step()
