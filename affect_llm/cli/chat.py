@@ -12,6 +12,7 @@ from affect_llm.cli.options import (
     add_compile_argument,
     add_evidence_argument,
     add_precision_arguments,
+    check_compile_argument,
     precision_from_arguments,
     require_checkpoint,
 )
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from affect_llm.generation.pipeline import AffectPipeline
 
     require_checkpoint(args.model)
+    check_compile_argument(args, args.model)
     pipe = AffectPipeline(args.model, DecodingSettings(max_new_tokens=args.max_new_tokens,
                                                             null_absent_evidence=args.null_absent_evidence,
                                                             compile=args.compile),

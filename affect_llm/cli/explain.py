@@ -11,6 +11,7 @@ from affect_llm.cli.options import (
     add_evidence_argument,
     add_precision_arguments,
     add_strict_argument,
+    check_compile_argument,
     engine_options_from_arguments,
     precision_from_arguments,
     require_checkpoint,
@@ -58,8 +59,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
-    if args.compile and args.backend != "hf":
-        raise UsageError(f"--compile is for --backend hf (--backend {args.backend} compiles in its engine)")
     if args.decode_workers < 0:
         raise UsageError(f"--decode-workers {args.decode_workers}: must be 0 or more")
     try:
@@ -67,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from error
     require_checkpoint(args.model)
+    check_compile_argument(args, args.model)
     engine_options = engine_options_from_arguments(args)
     settings = ExplainSettings(args.task, args.batch_size, args.split, shard, args.limit, args.strict,
                                args.decode_workers)

@@ -26,6 +26,26 @@ def add_compile_argument(parser: argparse.ArgumentParser) -> None:
                              "answers, faster per token after a one-time compile of about a minute on a CPU")
 
 
+def check_compile_argument(args: argparse.Namespace, checkpoint: str | Path) -> None:
+    """Refuse ``--compile`` where transformers would skip the compile (a 4-bit LLM) or another engine decodes.
+
+    Raises:
+        UsageError: Naming the flag and what to do instead.
+    """
+    if not args.compile:
+        return
+    from affect_llm.cli.errors import UsageError
+    from affect_llm.loading.checkpoint import recorded_precision
+
+    backend = getattr(args, "backend", "hf")
+    if backend != "hf":
+        raise UsageError(f"--compile is for --backend hf (--backend {backend} compiles in its engine)")
+    precision = precision_from_arguments(args, checkpoint) or recorded_precision(checkpoint)
+    if precision.is_4bit:
+        raise UsageError(f"--compile: {checkpoint} holds its LLM in 4-bit, which transformers does not compile "
+                         "(bitsandbytes); drop --compile, or add --no-load-in-4bit to decode unquantized")
+
+
 def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
     """``--dtype`` and ``--load-in-4bit``; both default to what the checkpoint records."""
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None,

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from genhelpers import read_rows
 
@@ -59,9 +60,15 @@ def test_compiled_decoding_gives_the_same_answers_through_the_cli(small_manifest
     assert [row["error"] for row in compiled] == [row["error"] for row in eager]  # the same parse outcome
 
 
-def test_compile_is_refused_for_the_vllm_backend(small_manifest, tiny_checkpoint, tmp_path) -> None:
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--backend", "vllm"], "--compile is for --backend hf"),
+    # transformers skips compiling a bitsandbytes 4-bit LLM (a warning in the log): refused up front instead.
+    (["--load-in-4bit"], "holds its LLM in 4-bit, which transformers does not compile"),
+])
+def test_compile_is_refused_where_it_would_not_apply(small_manifest, tiny_checkpoint, tmp_path, extra, message) -> None:
     command = [sys.executable, "-m", "affect_llm.cli.main", "explain", str(small_manifest), "--model",
-               str(tiny_checkpoint), "--out", str(tmp_path / "out.jsonl"), "--backend", "vllm", "--compile"]
+               str(tiny_checkpoint), "--out", str(tmp_path / "out.jsonl"), "--compile", *extra]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2, done.stderr
-    assert "--compile is for --backend hf" in done.stderr
+    assert message in done.stderr
+    assert not (tmp_path / "out.jsonl").exists()
