@@ -185,11 +185,12 @@ def grpo_loss(
     weight = mask.float()
     denominator = (weight.sum() if num_tokens is None else num_tokens.float()).clamp(min=1.0)
     loss = (per_token * weight).sum() / denominator
-    stats = {
-        "policy": float(((-torch.minimum(unclipped, clipped)) * weight).sum() / denominator),
-        "kl": float((kl * weight).sum() / denominator),
-        "clipped": float(((unclipped != clipped).float() * weight).sum() / denominator),
-    }
+    with torch.no_grad():  # logged numbers, outside the graph
+        stats = {
+            "policy": float(((-torch.minimum(unclipped, clipped)) * weight).sum() / denominator),
+            "kl": float((kl * weight).sum() / denominator),
+            "clipped": float(((unclipped != clipped).float() * weight).sum() / denominator),
+        }
     return loss, stats
 
 
