@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         rates[str(batch_size)] = report_row(str(batch_size), len(items), args.max_new_tokens, seconds, rates.get("1"))
     variants = {"1s": ("1 st", "static cache", {"cache_implementation": "static"})} if args.static_cache else {}
     if args.compile:
-        compiled = {"cache_implementation": "static", "compile_config": compiled_decoding(torch.device("cpu"))}
+        compiled = compiled_decoding(next(model.parameters()).device)  # as ``explain --compile`` decodes
         variants["1c"] = ("1 cc", "static cache, compiled decoding", compiled)
         # The compile, and the recompile with dynamic shapes at the second prompt length, happen here.
         lengths = {}

@@ -16,8 +16,8 @@ from affect_llm.modeling.trainable import merge_lora_for_inference
 from affect_llm.processing.processor import AffectProcessor, batch_to_device
 
 
-def compiled_decoding(device: torch.device) -> CompileConfig:
-    """How ``generate`` compiles its decoding step (with a static KV cache) on ``device``.
+def compiled_decoding(device: torch.device) -> dict[str, Any]:
+    """The ``generate`` arguments of compiled decoding on ``device``: a static KV cache and how to compile.
 
     On CUDA, transformers' default (CUDA graphs). On a CPU, inductor with the weights frozen into
     the graph as constants, which lets it pre-pack them for its matmuls; transformers compiles on a
@@ -25,10 +25,11 @@ def compiled_decoding(device: torch.device) -> CompileConfig:
     first change (another prompt length or batch size), so a batch job compiles about twice.
     """
     if device.type == "cuda":
-        return CompileConfig()
-    config = CompileConfig(mode=None, options={"freezing": True})
-    config._compile_all_devices = True  # transformers' switch for compiling off-GPU
-    return config
+        config = CompileConfig()
+    else:
+        config = CompileConfig(mode=None, options={"freezing": True})
+        config._compile_all_devices = True  # transformers' switch for compiling off-GPU
+    return {"cache_implementation": "static", "compile_config": config}
 
 
 class HFBackend:
@@ -65,7 +66,7 @@ class HFBackend:
             guards = guards_for(tokenizer, [r.absent for r in requests])
             kwargs["logits_processor"] = LogitsProcessorList([AbsentEvidenceLogitsProcessor(guards)])
         if settings.compile:
-            kwargs.update(cache_implementation="static", compile_config=compiled_decoding(self.device))
+            kwargs.update(compiled_decoding(self.device))
         if settings.do_sample:
             torch.manual_seed(settings.seed)
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p)

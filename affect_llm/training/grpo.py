@@ -44,7 +44,7 @@ class Rollouts:
     media: MediaInputs
     texts: list[str]
     prompt_length: int
-    row_media: tuple[MediaInputs, ...] = ()
+    row_media: tuple[MediaInputs, ...]
 
     def rows(self, start: int, stop: int) -> Rollouts:
         """Rows ``start:stop`` (the same prompt width ``P``), their media batched on the rows' device."""
