@@ -7,8 +7,9 @@ whose client went away must stop costing compute. :func:`stream_batch` is that l
 the batch (the prompt prefix every request shares computed once, the rest left-padded after it,
 media tokens merged by ``model.embed_inputs`` as ``generate`` merges them), then one decoding step
 per token for the rows still running; a row that ends (end of turn, its budget, or its sink reports
-it cancelled) is removed from the batch and from the KV cache (``DynamicCache.batch_select_indices``),
-so later steps compute only the live rows.
+it cancelled) is removed from the batch and from the KV cache (``batch_select_indices``), so later
+steps compute only the live rows. The cache is a :class:`~affect_llm.generation.kv_cache.GrowingCache`:
+each step writes into room reserved ahead instead of copying the whole cache.
 
 Under greedy decoding the tokens are those of :class:`~affect_llm.generation.hf_backend.HFBackend`
 (the same positions, mask and cache; tested). Sampling is seeded per request with its own
@@ -24,10 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import torch
-from transformers import DynamicCache
 
 from affect_llm.generation.absent_evidence import AbsentEvidenceGuard
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
+from affect_llm.generation.kv_cache import GrowingCache
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.processing.processor import AffectProcessor, batch_to_device
 
@@ -50,6 +51,23 @@ class TokenSink(Protocol):
     def end(self, reason: FinishReason) -> None:
         """The request is done: ``stop`` (end of turn), ``length`` (budget) or ``cancelled``."""
         ...
+
+
+class TokenCollector:
+    """A sink that keeps one answer's tokens, read once the batch is done (whole answers, no streaming)."""
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.reason: FinishReason | None = None
+
+    def put(self, token_id: int) -> None:
+        self.tokens.append(token_id)
+
+    def cancelled(self) -> bool:
+        return False
+
+    def end(self, reason: FinishReason) -> None:
+        self.reason = reason
 
 
 @dataclass
@@ -131,7 +149,7 @@ def shared_prefix_length(prompts: list[list[int]], stop_ids: set[int]) -> int:
 
 
 def _prefill(model: AffectForConditionalGeneration, processor: AffectProcessor, items: list[BatchItem],
-             cache: DynamicCache, cached: dict[str, Any]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+             cache: GrowingCache, cached: dict[str, Any]) -> tuple[Any, torch.Tensor, torch.Tensor]:
     """Run the prompts through the LLM, filling the cache; returns ``(output, mask (B, L), positions (B, 1))``.
 
     The prefix all prompts share (the system prompt and chat header) is computed once and its keys
@@ -183,7 +201,7 @@ def stream_batch(
         return stats
     samplers = {i: _Sampler(items[i].settings, _guard(processor, items[i].request)) for i in live}
     produced = dict.fromkeys(live, 0)
-    cache = DynamicCache()
+    cache = GrowingCache()
     cached = {_cache_argument(model.language_model): cache, "use_cache": True, "logits_to_keep": 1}
     out, mask, positions = _prefill(model, processor, [items[i] for i in live], cache, cached)  # (B, L), (B, 1)
     while True:

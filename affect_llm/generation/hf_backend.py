@@ -1,4 +1,12 @@
-"""Generation with the composite model's own ``generate`` (transformers): batched, left-padded."""
+"""Generation with the model in this process: batched, left-padded.
+
+A batch decodes through :func:`~affect_llm.generation.batch_stream.stream_batch`: the prompt prefix
+every clip shares (system prompt, chat header) is computed once, a row that reaches its end of turn
+leaves the batch, and the KV cache grows in place. Greedy answers are those of ``model.generate``
+(tested); sampling draws from each request's own seeded generator, so a clip's sampled answer does
+not depend on which clips share its batch. Compiled decoding (``DecodingSettings.compile``) goes
+through ``model.generate`` with a static cache, which keeps every row to the end of the batch.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ from transformers import CompileConfig, LogitsProcessorList, TextIteratorStreame
 
 from affect_llm.generation.absent_evidence import AbsentEvidenceLogitsProcessor, guards_for
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
+from affect_llm.generation.batch_stream import BatchItem, TokenCollector, stream_batch
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.trainable import merge_lora_for_inference
 from affect_llm.processing.processor import AffectProcessor, batch_to_device
@@ -33,7 +42,7 @@ def compiled_decoding(device: torch.device) -> dict[str, Any]:
 
 
 class HFBackend:
-    """Batched ``generate`` of the composite model with left padding.
+    """Batched generation of the composite model in this process.
 
     Args:
         model: The loaded model (LoRA attached or merged), on the device it generates on.
@@ -78,8 +87,13 @@ class HFBackend:
     def generate(self, requests: list[GenerationRequest], settings: DecodingSettings) -> list[str]:
         if not requests:
             return []
-        output = self.model.generate(**self._batch(requests), **self._generate_kwargs(requests, settings))
-        return self.processor.tokenizer.batch_decode(output, skip_special_tokens=True)
+        if settings.compile:
+            output = self.model.generate(**self._batch(requests), **self._generate_kwargs(requests, settings))
+            return self.processor.tokenizer.batch_decode(output, skip_special_tokens=True)
+        sinks = [TokenCollector() for _ in requests]
+        stream_batch(self.model, self.processor,
+                     [BatchItem(request, settings, sink) for request, sink in zip(requests, sinks, strict=True)])
+        return [self.processor.tokenizer.decode(sink.tokens, skip_special_tokens=True) for sink in sinks]
 
     def stream(self, request: GenerationRequest, settings: DecodingSettings) -> Iterator[str]:
         """Yield text pieces as they are generated (one request; the chat uses this)."""

@@ -13,6 +13,7 @@ from affect_llm.generation.batch_stream import (
     stream_batch,
 )
 from affect_llm.generation.hf_backend import HFBackend
+from affect_llm.generation.kv_cache import GrowingLayer
 from affect_llm.loading.build import build_model
 from affect_llm.loading.spec import ModelSpec
 
@@ -58,13 +59,36 @@ def run(parts, settings: list[DecodingSettings], sinks: list[Sink], indices: lis
     return stream_batch(model, processor, [BatchItem(r, s, k) for r, s, k in zip(chosen, settings, sinks, strict=True)])
 
 
+def generate_reference(model, processor, requests, max_new_tokens: int) -> list[str]:
+    """Greedy answers of transformers' own ``generate`` (left-padded batch, dynamic cache)."""
+    items = [{**processor.encode_text(r.messages), "media": r.media} for r in requests]
+    tokenizer = processor.tokenizer
+    output = model.generate(**processor.collate(items, padding_side="left"), max_new_tokens=max_new_tokens,
+                            do_sample=False, temperature=None, top_p=None, top_k=None,
+                            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return tokenizer.batch_decode(output, skip_special_tokens=True)
+
+
 def test_greedy_tokens_are_those_of_generate(parts) -> None:
     model, processor, requests = parts
     settings = DecodingSettings(max_new_tokens=12)
-    expected = HFBackend(model, processor).generate(requests, settings)
+    expected = generate_reference(model, processor, requests, 12)
     sinks = [Sink() for _ in requests]
     run(parts, [settings] * 4, sinks)
     assert [processor.tokenizer.decode(s.tokens, skip_special_tokens=True) for s in sinks] == expected
+    assert HFBackend(model, processor).generate(requests, settings) == expected  # the backend's batches
+
+
+def test_greedy_tokens_survive_the_cache_growing_mid_answer(parts, monkeypatch) -> None:
+    """Room for two positions past the prompt: the cache reallocates several times while decoding."""
+    model, processor, requests = parts
+    monkeypatch.setattr(GrowingLayer, "reserve", 2)
+    expected = generate_reference(model, processor, requests, 12)
+    sinks = [Sink() for _ in requests]
+    run(parts, [DecodingSettings(max_new_tokens=n) for n in (3, 12, 7, 12)], sinks)  # rows leave as well
+    decoded = [processor.tokenizer.decode(s.tokens, skip_special_tokens=True) for s in sinks]
+    assert decoded[1] == expected[1] and decoded[3] == expected[3]
+    assert all(expected[i].startswith(decoded[i]) for i in (0, 2))
 
 
 def test_the_shared_prompt_prefix_stops_before_the_media(parts) -> None:
