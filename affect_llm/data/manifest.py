@@ -15,6 +15,11 @@ Keys outside this table are refused (put them under ``extra``).
 | ``source`` | str or null | null | dataset the row comes from |
 | ``extra`` | object | ``{}`` | anything else (speaker, dialogue id, ...) |
 
+One key of ``extra`` is read by the framework: ``extra.channels``, the evidence channels the clip
+really carries (``audio`` a voice, ``video`` a face, ``text`` words). A medium the list leaves out
+is not given to the model (a sound track of room noise is not a voice), and evaluation counts an
+answer that describes it.
+
 :class:`ManifestReader` streams a file: it yields the good rows and records each refused line (invalid
 UTF-8 or JSON, schema violation, a repeated id: the first row of an id is kept) as an
 :class:`~affect_llm.data.issues.Issue` with its line, so one bad line in 100,000 costs that line.
@@ -75,6 +80,25 @@ class ManifestError(ValueError):
         return Issue(self.code, self.field, self.reason, SEVERITY[self.code], None, self.line, self.row_id)
 
 
+# Evidence channels a row may record in ``extra.channels``: what the clip really carries (a voice,
+# a face, words), which can be less than its media files hold (a sound track of room noise).
+CHANNEL_KEYS: tuple[str, ...] = ("audio", "video", "text")
+
+
+def recorded_channels(extra: Any, row_id: Any) -> tuple[str, ...] | None:
+    """The channels ``extra.channels`` lists, in :data:`CHANNEL_KEYS` order; None when it lists none.
+
+    Raises:
+        ValueError: If ``extra.channels`` is not a list of names among :data:`CHANNEL_KEYS` (names the row).
+    """
+    listed = extra.get("channels") if isinstance(extra, dict) else None
+    if listed is None:
+        return None
+    if not isinstance(listed, list) or any(c not in CHANNEL_KEYS for c in listed):
+        raise ValueError(f"row {row_id!r}: field 'extra.channels' must list names among {CHANNEL_KEYS}, got {listed!r}")
+    return tuple(c for c in CHANNEL_KEYS if c in listed)
+
+
 @dataclass
 class ManifestRow:
     """One sample of a manifest. See the module docstring for the meaning of each field."""
@@ -119,6 +143,15 @@ class ManifestRow:
         if not path.is_absolute() and self.manifest_path is not None:
             path = Path(self.manifest_path).parent / path
         return path
+
+    @property
+    def channels(self) -> tuple[str, ...] | None:
+        """Channels the dataset records the clip as carrying (``extra.channels``); None when unrecorded.
+
+        Raises:
+            ValueError: If ``extra.channels`` is malformed (names the row and the field).
+        """
+        return recorded_channels(self.extra, self.id)
 
     @property
     def transcript_recognised(self) -> bool:

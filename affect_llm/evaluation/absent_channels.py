@@ -28,7 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-CHANNEL_KEYS: tuple[str, ...] = ("audio", "video", "text")
+from affect_llm.data.manifest import CHANNEL_KEYS, recorded_channels
+
 # Evidence keys a model may use instead of the schema's, mapped onto the schema's.
 KEY_ALIASES: dict[str, str] = {
     "audio": "audio", "voice": "audio", "speech": "audio", "acoustic": "audio", "prosody": "audio",
@@ -115,14 +116,9 @@ def channels_of(ref: dict[str, Any]) -> tuple[str, ...]:
     Raises:
         ValueError: If ``extra.channels`` is not a list of known channel names (names the row id).
     """
-    extra = ref.get("extra") if isinstance(ref.get("extra"), dict) else {}
-    listed = extra.get("channels")
+    listed = recorded_channels(ref.get("extra"), ref.get("id"))
     if listed is not None:
-        if not isinstance(listed, list) or any(c not in CHANNEL_KEYS for c in listed):
-            raise ValueError(
-                f"row {ref.get('id')!r}: field 'extra.channels' must list names among {CHANNEL_KEYS}, got {listed!r}"
-            )
-        return tuple(c for c in CHANNEL_KEYS if c in listed)
+        return listed
     has = {
         "audio": bool(ref.get("audio") or ref.get("video")),
         "video": bool(ref.get("video") or ref.get("image")),

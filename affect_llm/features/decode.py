@@ -88,8 +88,11 @@ def face_detected(meta: dict[str, Any]) -> bool:
 
 
 def row_content_hash(row: ManifestRow) -> str:
+    """Hash of the row's media files, and of the channels it records (they decide what is encoded)."""
     parts = [f"{field}={file_sha256(path)}" for field in ("video", "audio", "image")
              if (path := row.media_path(field)) is not None]
+    if row.channels is not None:
+        parts.append("channels=" + ",".join(row.channels))
     return text_sha256("|".join(parts))
 
 
@@ -143,7 +146,14 @@ class ClipJob:
         # A clip in which no frame shows a face has no face channel: the centre-crop fallback stands
         # in for frames a detector missed, never for a face that is not there.
         face = item.face if face_detected(item.meta) else None
-        media = self.extractor(audio=item.audio, video=item.video, face=face, modalities=self.modalities)
+        audio, video = item.audio, item.video
+        channels = row.channels
+        if channels is not None:
+            # The dataset says what the clip carries: a sound track without a voice is not given to
+            # the model as one (it would describe a voice), nor frames without a face as a face.
+            audio = audio if "audio" in channels else None
+            video, face = (video, face) if "video" in channels else (None, None)
+        media = self.extractor(audio=audio, video=video, face=face, modalities=self.modalities)
         return media, list(item.meta.get("issues") or [])
 
     def read_cached_features(self, keys: dict[str, str]) -> MediaInputs | None:
