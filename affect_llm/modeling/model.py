@@ -19,6 +19,7 @@ from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTr
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from affect_llm.configuration import MODALITIES, AffectConfig
+from affect_llm.modeling.answer_loss import answer_token_loss
 from affect_llm.modeling.encoders import build_encoder, encode_audio, encode_frames, encoder_output_dim
 from affect_llm.modeling.media import MediaInputs, ModalityInput
 from affect_llm.modeling.pretrained import (
@@ -181,11 +182,22 @@ class AffectForConditionalGeneration(AffectPreTrainedModel, GenerationMixin):
         labels: torch.Tensor | None = None,
         media: MediaInputs | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        sum_answer_loss: bool = False,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        """Causal-LM forward; ``media`` fills the placeholders of ``input_ids`` (other kwargs go to the LLM)."""
+        """Causal-LM forward; ``media`` fills the placeholders of ``input_ids`` (other kwargs go to the LLM).
+
+        ``sum_answer_loss`` (training): return only ``loss``, the summed cross-entropy of the tokens
+        ``labels`` marks, computed without a whole batch's logits (:mod:`affect_llm.modeling.answer_loss`).
+        It runs inside this forward so that DDP and FSDP wrappers see one call.
+        """
         if inputs_embeds is None:
             inputs_embeds = self.embed_inputs(input_ids, media)
+        if sum_answer_loss:
+            if labels is None:
+                raise ValueError("sum_answer_loss needs labels")
+            return CausalLMOutputWithPast(
+                loss=answer_token_loss(self.language_model, inputs_embeds, attention_mask, labels, **kwargs))
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()

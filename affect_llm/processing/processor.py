@@ -23,13 +23,13 @@ import torch
 from transformers import AutoProcessor, PreTrainedTokenizerBase, ProcessorMixin
 
 from affect_llm.configuration import MODALITIES, AffectConfig
+from affect_llm.modeling.answer_loss import IGNORE_INDEX
 from affect_llm.modeling.media import MediaInputs
 from affect_llm.processing.feature_extraction import AffectFeatureExtractor
 from affect_llm.prompts import PromptFile, load_prompt, prompt_from_text
 
 PLACEHOLDERS = {m: f"<{m}>" for m in MODALITIES}
 MEDIA_TOKENS = {m: f"<|{m}|>" for m in MODALITIES}
-IGNORE_INDEX = -100
 
 # A plain ChatML template for tokenizers that ship none (tiny test tokenizers).
 CHATML_TEMPLATE = (
