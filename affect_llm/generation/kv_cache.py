@@ -43,8 +43,7 @@ class GrowingLayer(DynamicLayer):
         self.key_buffer[:, :, self.length:end].copy_(key_states)
         self.value_buffer[:, :, self.length:end].copy_(value_states)
         self.length = end
-        self.keys = self.key_buffer[:, :, :end]
-        self.values = self.value_buffer[:, :, :end]
+        self._use_buffers(self.key_buffer, self.value_buffer)
         return self.keys, self.values
 
     def _reallocate(self, key_states: torch.Tensor, value_states: torch.Tensor, needed: int) -> None:
@@ -73,24 +72,24 @@ class GrowingLayer(DynamicLayer):
         if tokens_to_remove == 0 or not self.is_initialized:
             return
         self.length = max(0, self.length + tokens_to_remove)
-        self.keys = self.key_buffer[:, :, :self.length]
-        self.values = self.value_buffer[:, :, :self.length]
+        self._use_buffers(self.key_buffer, self.value_buffer)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.get_seq_length() > 0:
-            self._set_rows(self.key_buffer.repeat_interleave(repeats, dim=0),
-                           self.value_buffer.repeat_interleave(repeats, dim=0))
+            self._use_buffers(self.key_buffer.repeat_interleave(repeats, dim=0),
+                              self.value_buffer.repeat_interleave(repeats, dim=0))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.get_seq_length() > 0:
-            self._set_rows(self.key_buffer[indices], self.value_buffer[indices])
+            self._use_buffers(self.key_buffer[indices], self.value_buffer[indices])
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         if self.get_seq_length() > 0:
             beam_idx = beam_idx.to(self.key_buffer.device)
-            self._set_rows(self.key_buffer.index_select(0, beam_idx), self.value_buffer.index_select(0, beam_idx))
+            self._use_buffers(self.key_buffer.index_select(0, beam_idx), self.value_buffer.index_select(0, beam_idx))
 
-    def _set_rows(self, key_buffer: torch.Tensor, value_buffer: torch.Tensor) -> None:
+    def _use_buffers(self, key_buffer: torch.Tensor, value_buffer: torch.Tensor) -> None:
+        """Hold these buffers; ``keys`` and ``values`` (what attention reads) are views of their filled part."""
         self.key_buffer, self.value_buffer = key_buffer, value_buffer
         self.keys = key_buffer[:, :, :self.length]
         self.values = value_buffer[:, :, :self.length]
