@@ -1,8 +1,9 @@
 """Check that the vLLM backend answers exactly like HF ``generate`` (greedy) on the same prompts.
 
-Builds (or takes) a checkpoint, featurizes a few synthetic clips, generates greedily with
-``HFBackend`` (one clip at a time) and with ``VLLMBackend``, prints both answers per clip and exits
-non-zero when any differ. Run it from the main environment; vLLM runs in ``.venv-vllm`` (made by
+Builds (or takes) a checkpoint, featurizes a few synthetic clips (and one clip of each
+missing-channel subset, whose absent evidence both backends hold to ``null``), generates greedily
+with ``HFBackend`` (one clip at a time) and with ``VLLMBackend``, prints both answers per clip and
+exits non-zero when any differ. Run it from the main environment; vLLM runs in ``.venv-vllm`` (made by
 ``bash scripts/setup_vllm.sh``) unless it imports here.
 
     python scripts/check_vllm.py                              # small random LLM, seconds of decoding
@@ -75,19 +76,28 @@ def build_checkpoint(out: Path, embedded: bool) -> Path:
 
 
 def synthetic_requests(model, processor, folder: Path, count: int):
+    """``count`` synthetic clips with every channel, then one clip of each missing-channel subset.
+
+    A clip that lacks a channel is decoded with its evidence held to ``null`` (HF per step, vLLM by
+    continuing a departed answer), so those clips check that the two guards agree.
+    """
     from affect_llm.data.manifest import load_manifest
     from affect_llm.data.synth import generate_synthetic_set
     from affect_llm.features.featurize import MediaFeaturizer
     from affect_llm.generation.backend import GenerationRequest
+    from affect_llm.processing.processor import absent_channels
 
-    manifest = generate_synthetic_set(folder, seed=0, num_train=count, num_val=0, num_test_per_cue=0)
-    rows = load_manifest(manifest)[:count]
+    manifest = generate_synthetic_set(
+        folder, seed=0, num_train=count, num_val=0, num_test_per_cue=0, num_test_per_missing=1
+    )
+    rows = load_manifest(manifest)
+    rows = [r for r in rows if r.split == "train"][:count] + [r for r in rows if r.split != "train"]
     features = MediaFeaturizer(model, processor)(rows)
     requests = []
     for row in rows:
         media = features[row.id]
         messages = processor.build_messages("reason", media.modalities, transcript=row.transcript)
-        requests.append(GenerationRequest(messages, media))
+        requests.append(GenerationRequest(messages, media, absent_channels(media.modalities, bool(row.transcript))))
     return requests
 
 

@@ -10,7 +10,10 @@ the explanation is written after the evidence (prompt v5), conditioned on those 
 
 The guard reads the decoded text of the tokens generated so far, so it holds whatever way the
 tokenizer splits ``": null"``; it is stateless between steps and costs one decode of the answer
-per step (answers are a few hundred tokens).
+per step (answers are a few hundred tokens). Engines that take no per-step hook (vLLM) apply it
+after the fact: :func:`first_departure` finds where a free answer left the guard, and the answer is
+continued from there with the forced token in place, which under greedy decoding gives the answer
+the hook would have given.
 """
 
 from __future__ import annotations
@@ -89,6 +92,20 @@ def remaining_null(tail: str) -> str:
     if loose is None:
         return ""
     return "null"[len(loose["partial"] or ""):]
+
+
+def first_departure(guard: AbsentEvidenceGuard, generated: Sequence[int]) -> tuple[int, int] | None:
+    """Where an answer decoded without ``guard`` first departs from it: (position, forced token), or None.
+
+    Tokens before that position are the ones the guard leaves free, so they stand; the answer goes on
+    from the forced token. An answer that ends (or is cut by the token cap) right at a forced point
+    has nothing to replace.
+    """
+    for position in range(1, len(generated)):
+        forced = guard.forced(generated[:position])
+        if forced is not None and generated[position] != forced:
+            return position, forced
+    return None
 
 
 def guards_for(tokenizer: Any, absent_per_request: Sequence[Sequence[str]]) -> list[AbsentEvidenceGuard | None]:

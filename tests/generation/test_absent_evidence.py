@@ -118,3 +118,73 @@ def test_the_batch_stream_sampler_applies_the_same_guard(tokenizer) -> None:
                                              ('": nu', "ll"), ('"  :  n', "ull"), ('": null', ""), ('": "', "")])
 def test_what_is_left_of_null(tail: str, rest: str) -> None:
     assert remaining_null(tail) == rest
+
+
+def test_the_vllm_backend_holds_the_same_guard_by_continuing_departed_answers(tiny_checkpoint, monkeypatch) -> None:
+    """vLLM takes no per-step hook; the backend cuts an answer where it left the guard and continues it.
+
+    vLLM is not installed in CI (``scripts/check_vllm.py`` runs the real engine), so a scripted
+    engine stands in for it: it recognises each request by its prompt embeddings, reads the answer
+    prefix the backend appended back from the embedding table, and follows the scripted answers
+    greedily. The backend, its prompt embeddings and the guards are the real ones; the reference is
+    the per-step hook HF decoding uses, on the same scripted preferences.
+    """
+    import affect_llm.generation.vllm_backend as vllm_backend
+    from affect_llm.generation.backend import GenerationRequest
+    from affect_llm.generation.load import load_backend
+
+    everything = {"evidence": {"audio": "loud", "video": "frowning", "text": "angry words"}, "labels": ["angry"]}
+    scripts = [
+        [json.dumps(INVENTED), json.dumps(FAITHFUL)],
+        [json.dumps(everything), json.dumps({"evidence": {"audio": None, "video": "frowning", "text": "angry words"},
+                                             "labels": ["angry"]}),
+         json.dumps({"evidence": {"audio": None, "video": "frowning", "text": None}, "labels": ["angry"]})],
+        [json.dumps(INVENTED), json.dumps(FAITHFUL)],
+    ]
+    absent = [("audio",), ("audio", "text"), ()]
+    state: dict = {"calls": 0}
+
+    class ScriptedEngine:
+        def __init__(self, llm_dir, options) -> None:
+            self.prompts: list[torch.Tensor] | None = None
+
+        def generate(self, embeds, sampling):
+            state["calls"] += 1
+            tokenizer, table = state["tokenizer"], state["table"]
+            if self.prompts is None:
+                self.prompts = [e.clone() for e in embeds]
+            per_prompt = sampling if isinstance(sampling, list) else [sampling] * len(embeds)
+            out = []
+            for embed, options in zip(embeds, per_prompt, strict=True):
+                index = next(i for i, p in enumerate(self.prompts) if torch.equal(embed[: len(p)], p))
+                appended = embed[len(self.prompts[index]):]
+                ids = (appended[:, None] == table[None]).all(-1).float().argmax(-1).tolist()
+                new: list[int] = []
+                while len(new) < options["max_tokens"]:
+                    token = int(scripted_scores(tokenizer, scripts[index], ids + new).argmax())
+                    new.append(token)
+                    if token == tokenizer.eos_token_id:
+                        break
+                out.append(new)
+            return out
+
+    monkeypatch.setattr(vllm_backend, "InProcessEngine", ScriptedEngine)
+    monkeypatch.delenv("AFFECT_LLM_VLLM_PYTHON", raising=False)
+    backend = load_backend("vllm", str(tiny_checkpoint))
+    tokenizer = backend.processor.tokenizer
+    state.update(tokenizer=tokenizer, table=backend.model.get_input_embeddings().weight.detach().float())
+    # Words that differ per request, so that the engine can tell the three prompts apart.
+    requests = [GenerationRequest(backend.processor.build_messages("reason", [], transcript=f"clip {i}"), absent=a)
+                for i, a in enumerate(absent)]
+
+    texts = backend.generate(requests, DecodingSettings(max_new_tokens=200))
+    assert state["calls"] > 1  # the first two answers departed and were continued
+    for text, script, channels in zip(texts, scripts, absent, strict=True):
+        guard = AbsentEvidenceGuard(tokenizer, channels) if channels else None
+        assert text == decode_greedy(tokenizer, AbsentEvidenceLogitsProcessor([guard]), [1, 2, 3], script)
+    assert json.loads(texts[0]) == FAITHFUL and json.loads(texts[2]) == INVENTED
+    assert json.loads(texts[1])["evidence"] == {"audio": None, "video": "frowning", "text": None}
+
+    state["calls"] = 0
+    free = backend.generate(requests, DecodingSettings(max_new_tokens=200, null_absent_evidence=False))
+    assert state["calls"] == 1 and json.loads(free[0]) == INVENTED
