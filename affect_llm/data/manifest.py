@@ -154,6 +154,16 @@ class ManifestRow:
         return recorded_channels(self.extra, self.id)
 
     @property
+    def words(self) -> str | None:
+        """The transcript the prompt gives: None when ``extra.channels`` records the clip without words.
+
+        The recorded channels are what the evaluation holds an answer to, so a transcript the row
+        keeps for reference (``channels`` without ``text``) is not shown to the model either.
+        """
+        channels = self.channels
+        return None if channels is not None and "text" not in channels else self.transcript
+
+    @property
     def transcript_recognised(self) -> bool:
         """Whether the words come from speech recognition (``extra.transcript_source: asr:...``)."""
         source = self.extra.get("transcript_source") if isinstance(self.extra, dict) else None

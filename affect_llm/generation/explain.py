@@ -158,9 +158,9 @@ class BatchExplainer:
         requests = []
         for row in rows:
             media = features[row.id]
-            messages = self.processor.build_messages(task, media.modalities, transcript=row.transcript,
+            messages = self.processor.build_messages(task, media.modalities, transcript=row.words,
                                                      transcript_recognised=row.transcript_recognised)
-            absent = absent_channels(media.modalities, bool(row.transcript))
+            absent = absent_channels(media.modalities, bool(row.words))
             requests.append(GenerationRequest(messages, media, absent))
         return requests
 

@@ -63,7 +63,7 @@ class PromptItems(Dataset):
     def __getitem__(self, sample: Sample) -> dict[str, Any]:
         row = self.rows[sample.dataset][sample.index]
         media: MediaInputs = self.media(row)
-        messages = self.processor.build_messages(sample.task, media.modalities, transcript=row.transcript,
+        messages = self.processor.build_messages(sample.task, media.modalities, transcript=row.words,
                                                  transcript_recognised=row.transcript_recognised)
         return {**self.processor.encode_text(messages), "media": media, "row": row, "task": sample.task,
                 "counted": sample.counted}

@@ -87,7 +87,7 @@ class StageItems(Dataset):
     def __getitem__(self, sample: Sample) -> dict[str, Any]:
         row = self.rows[sample.dataset][sample.index]
         media = self.media(row)
-        messages = self.processor.build_messages(sample.task, media.modalities, transcript=row.transcript,
+        messages = self.processor.build_messages(sample.task, media.modalities, transcript=row.words,
                                                  transcript_recognised=row.transcript_recognised)
         item = self.processor.encode_text(messages, answer_for(row, self.processor.prompt.task_keys(sample.task)))
         if not sample.counted:

@@ -62,3 +62,19 @@ def test_a_malformed_channel_list_fails_that_row_naming_the_field(full_row, feat
     done = featurize([full_row, with_channels(full_row, "bad", ["voice"])])
     assert list(done.features) == [full_row.id]
     assert "'bad'" in done.failures["bad"] and "extra.channels" in done.failures["bad"]
+
+
+def test_words_the_row_does_not_record_are_not_given_to_the_model(full_row, featurize) -> None:
+    """A transcript kept for reference beside ``channels`` without ``text``: the prompt has no words and
+    the evidence of ``text`` is held to null, as the evaluation holds the answer to the recorded channels."""
+    from affect_llm.generation.explain import BatchExplainer
+
+    voice_only = with_channels(full_row, "voice-only", ["audio"])
+    assert full_row.transcript and voice_only.transcript == full_row.transcript
+    assert full_row.words == full_row.transcript and voice_only.words is None
+    done = featurize([full_row, voice_only])
+    explainer = BatchExplainer(backend=None, featurizer=done, processor=done.processor, identity={})
+    full, voice = explainer._requests([full_row, voice_only], done.features, "reason")
+    prompt = lambda request: " ".join(m["content"] for m in request.messages)  # noqa: E731
+    assert full_row.transcript in prompt(full) and full.absent == ()
+    assert full_row.transcript not in prompt(voice) and voice.absent == ("video", "text")
