@@ -94,14 +94,17 @@ def remaining_null(tail: str) -> str:
     return "null"[len(loose["partial"] or ""):]
 
 
-def first_departure(guard: AbsentEvidenceGuard, generated: Sequence[int]) -> tuple[int, int] | None:
+def first_departure(
+    guard: AbsentEvidenceGuard, generated: Sequence[int], start: int = 1
+) -> tuple[int, int] | None:
     """Where an answer decoded without ``guard`` first departs from it: (position, forced token), or None.
 
     Tokens before that position are the ones the guard leaves free, so they stand; the answer goes on
     from the forced token. An answer that ends (or is cut by the token cap) right at a forced point
-    has nothing to replace.
+    has nothing to replace. Positions before ``start`` are taken as already checked (each check
+    decodes the answer so far, so a continued answer is not checked again from its beginning).
     """
-    for position in range(1, len(generated)):
+    for position in range(max(start, 1), len(generated)):
         forced = guard.forced(generated[:position])
         if forced is not None and generated[position] != forced:
             return position, forced

@@ -224,14 +224,16 @@ class VLLMBackend:
         result is the answer a per-step guard gives (``scripts/check_vllm.py`` compares it with HF's).
         """
         answers = [list(a) for a in answers]
+        checked = [1] * len(answers)  # per answer: positions before this one follow its guard
         cap = sampling["max_tokens"]
         while True:
             redo: list[tuple[int, list[int]]] = []
             for index, guard in enumerate(guards):
-                departure = first_departure(guard, answers[index]) if guard is not None else None
+                departure = first_departure(guard, answers[index], checked[index]) if guard is not None else None
                 if departure is not None:
                     position, forced = departure
                     prefix = answers[index][:position] + [forced]
+                    checked[index] = len(prefix)
                     if len(prefix) >= cap:
                         answers[index] = prefix  # the token cap is reached with the forced token
                     else:
