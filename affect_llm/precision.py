@@ -10,7 +10,9 @@ One rule says which setting wins:
    master weights are what makes bf16 / fp16 training stable. At inference they cast their
    outputs to the LLM's dtype at the merge.
 4. The training ``precision`` (``no`` / ``bf16`` / ``fp16``) is accelerate's autocast: it sets the
-   dtype of the forward computation, never the stored weights.
+   dtype of the forward computation, never the stored weights. ``auto`` is bf16 where the hardware
+   multiplies bf16 natively (a CUDA GPU that supports it; a CPU with AVX512-BF16 or AMX) and
+   ``no`` elsewhere, where bf16 matmuls are emulated and slower than float32.
 
 A checkpoint records its precision (``config.json``, key ``precision``) and every later load
 (the next curriculum stage, ``explain``, ``chat``, the pipeline, the server) follows it unless the
@@ -20,6 +22,7 @@ caller overrides it (``--dtype``, ``--load-in-4bit``).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -38,6 +41,30 @@ def torch_dtype(name: str) -> torch.dtype:
     if name not in DTYPE_NAMES:
         raise ValueError(f"dtype {name!r}: expected one of {DTYPE_NAMES}")
     return getattr(torch, name)
+
+
+def native_bf16() -> bool:
+    """Whether this machine's training device multiplies bf16 natively (faster than float32).
+
+    On a CPU the flags decide: without AVX512-BF16 or AMX, oneDNN emulates bf16 and an autocast
+    step runs slower than in float32 (2.7x on an AVX-512 CPU without them).
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: no cheap way to know, and emulated bf16 is the costly mistake
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_training_precision(requested: str) -> str:
+    """``auto`` -> ``bf16`` where :func:`native_bf16`, else ``no``; other values unchanged."""
+    if requested != "auto":
+        return requested
+    return "bf16" if native_bf16() else "no"
 
 
 @dataclass(frozen=True)

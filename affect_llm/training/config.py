@@ -19,11 +19,12 @@ import yaml
 
 from affect_llm.loading.spec import ModelSpec
 from affect_llm.modeling.trainable import TRAINABLE_GROUPS, LoraSettings
+from affect_llm.precision import resolve_training_precision
 
 Order = Literal["shuffle", "easy_to_hard"]
 Schedule = Literal["constant", "linear", "cosine"]
 StageKind = Literal["supervised", "grpo"]
-TrainingPrecision = Literal["no", "bf16", "fp16"]
+TrainingPrecision = Literal["no", "bf16", "fp16", "auto"]
 ORDERS: tuple[str, ...] = get_args(Order)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 STAGE_KINDS: tuple[str, ...] = get_args(StageKind)
@@ -142,6 +143,9 @@ class StageConfig:
             rewards, :mod:`affect_llm.training.grpo_stage`; one batch of ``train.batch_size``
             clips per process and step, ``train.grad_accum`` not applied).
         grpo: Settings of a ``grpo`` stage (defaults when omitted); only for that kind.
+        gradient_checkpointing: This stage's ``train.gradient_checkpointing`` (None: that setting).
+            A stage of short answers runs fastest without it; one of long answers needs it to fit.
+        compile: This stage's ``train.compile`` (None: that setting).
     """
 
     name: str
@@ -158,6 +162,8 @@ class StageConfig:
     group_lr: dict[str, float] = field(default_factory=dict)
     kind: StageKind = "supervised"
     grpo: GrpoSettings | None = None
+    gradient_checkpointing: bool | None = None
+    compile: bool | None = None
 
     def __post_init__(self) -> None:
         # YAML reads 1e-5 as a string: numbers are parsed here, once, as the stage is built.
@@ -240,10 +246,13 @@ class TrainSettings:
     Attributes:
         batch_size: Samples per process per micro-batch.
         grad_accum: Micro-batches per optimizer step.
-        precision: ``no``, ``bf16`` or ``fp16`` (accelerate mixed precision).
-        gradient_checkpointing: Checkpoint LLM layers.
+        precision: ``no``, ``bf16`` or ``fp16`` (accelerate mixed precision), or ``auto``: bf16 where
+            the machine loading the config multiplies bf16 natively, else ``no``
+            (:func:`affect_llm.precision.resolve_training_precision`; resolved here, so the run
+            records and fingerprints what it used).
+        gradient_checkpointing: Checkpoint LLM layers (a stage may override it).
         compile: Compile each LLM decoder layer (``torch.compile``, dynamic shapes) in supervised
-            stages: the elementwise work between the matmuls (norms, rotary, activations, residuals)
+            stages (a stage may override it): the elementwise work between the matmuls (norms, rotary, activations, residuals)
             fuses into a few kernels. The first steps pay the compile (about 30 s on a CPU for
             the embedded LLM); worth it for runs of more than a few minutes.
         weight_decay: AdamW weight decay.
@@ -275,6 +284,7 @@ class TrainSettings:
         self.max_grad_norm = _number(self.max_grad_norm, "train.max_grad_norm")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision={self.precision!r}; expected one of {PRECISIONS}")
+        self.precision = resolve_training_precision(self.precision)
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("train.batch_size and train.grad_accum must be >= 1")
 

@@ -15,13 +15,23 @@ from pathlib import Path
 from typing import Any
 
 from affect_llm.loading.checkpoint import checkpoint_fingerprint
-from affect_llm.training.config import TrainConfig
+from affect_llm.training.config import StageConfig, TrainConfig
 
 INPUTS_FILE = "stage_inputs.json"
 # Loop settings that change the weights or which checkpoint is kept as best. The batch enters as the
 # global batch (per-process batch x processes x accumulation): 1 process at B and 2 at B/2 see the
 # same samples, so either may resume or reuse the other's stage.
 RESULT_SETTINGS = ("precision", "weight_decay", "max_grad_norm", "eval_every", "val_max_samples")
+
+
+# Stage fields that change speed and memory, not what is learned (as train.gradient_checkpointing
+# and train.compile, which RESULT_SETTINGS leaves out): a stage reused or resumed with another value
+# is the same stage.
+LOOP_ONLY_STAGE_FIELDS = ("gradient_checkpointing", "compile")
+
+
+def _result_fields(stage: StageConfig) -> dict[str, Any]:
+    return {key: value for key, value in asdict(stage).items() if key not in LOOP_ONLY_STAGE_FIELDS}
 
 
 class StaleStageError(ValueError):
@@ -53,7 +63,7 @@ def stage_inputs(config: TrainConfig, index: int, manifest_hashes: dict[str, str
         "manifests": manifest_hashes,
         "train": {key: settings[key] for key in RESULT_SETTINGS},
         "global_batch": config.train.batch_size * config.train.grad_accum * world_size,
-        "stages": [asdict(stage) for stage in config.stages[: index + 1]],
+        "stages": [_result_fields(stage) for stage in config.stages[: index + 1]],
         "init_checkpoints": starts,
     }
 

@@ -1,4 +1,8 @@
-"""``train.compile``: a run with compiled LLM layers, through the CLI, follows the uncompiled run's losses."""
+"""``train.compile``: a run with compiled LLM layers, through the CLI, follows the uncompiled run's losses.
+
+The compiled run also recomputes activations (``gradient_checkpointing``) and its first stage turns both
+off for itself, as ``training/embedded.yaml`` does: per-stage settings change neither the losses.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,10 @@ from affect_llm.training.stage_loop import DONE_FILE
 
 
 def _train(folder: Path, manifest: Path, cache: Path, compile_layers: bool) -> Path:
-    raw = tiny_config(manifest, folder / "run", cache, stages=2, compile=compile_layers)
+    raw = tiny_config(manifest, folder / "run", cache, stages=2, compile=compile_layers,
+                      gradient_checkpointing=compile_layers)
+    if compile_layers:  # the first stage overrides both run settings; the second follows them
+        raw["stages"][0].update(compile=False, gradient_checkpointing=False)
     config = write_config(folder / "config.yaml", raw)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run([sys.executable, "-m", "affect_llm.cli.main", "train", str(config)], cwd=folder, env=env,
@@ -37,5 +44,7 @@ def test_compiled_layers_train_as_the_uncompiled_model(synth_manifest: Path, fea
         assert got == pytest.approx(expected, rel=1e-4)
     summaries = {stage: json.loads((compiled / "stages" / stage / DONE_FILE).read_text())
                  for stage in ("align", "reason")}
-    assert all(summary["compiled_layers"] == 2 for summary in summaries.values())  # the tiny LLM's two layers
+    assert "compiled_layers" not in summaries["align"] and not summaries["align"]["gradient_checkpointing"]
+    assert summaries["reason"]["compiled_layers"] == 2  # the tiny LLM's two layers
+    assert summaries["reason"]["gradient_checkpointing"]
     assert (compiled / "final").is_dir()

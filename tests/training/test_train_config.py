@@ -12,6 +12,7 @@ import yaml
 from trainhelpers import tiny_config, write_config
 
 from affect_llm.cli.main import main
+from affect_llm.precision import native_bf16, resolve_training_precision
 from affect_llm.training.config import apply_overrides, load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -143,6 +144,24 @@ def test_override_without_equals_is_refused() -> None:
 def test_override_is_validated(tmp_path: Path, no_model_builds: None) -> None:
     with pytest.raises(ValueError, match="precision"):
         _load(tmp_path, _raw(tmp_path), ["train.precision=fp8"])
+
+
+def test_auto_precision_is_bf16_only_where_the_machine_multiplies_bf16_natively(
+    tmp_path: Path, no_model_builds: None
+) -> None:
+    config = _load(tmp_path, _raw(tmp_path), ["train.precision=auto"])
+    # This machine's answer, read from its own CPU flags / CUDA, not assumed.
+    assert config.train.precision == ("bf16" if native_bf16() else "no")
+    assert resolve_training_precision("no") == "no" and resolve_training_precision("bf16") == "bf16"
+
+
+def test_a_stage_may_set_its_own_checkpointing_and_compile(tmp_path: Path, no_model_builds: None) -> None:
+    raw = _raw(tmp_path)
+    raw["train"].update(gradient_checkpointing=True)
+    raw["stages"][0].update(gradient_checkpointing=False, compile=True)
+    config = _load(tmp_path, raw)
+    assert (config.stages[0].gradient_checkpointing, config.stages[0].compile) == (False, True)
+    assert (config.stages[1].gradient_checkpointing, config.stages[1].compile) == (None, None)  # the run's
 
 
 @pytest.mark.parametrize("config", SHIPPED)
