@@ -52,7 +52,8 @@ def native_bf16() -> bool:
     import torch
 
     if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+        # Without the flag torch also says yes where bf16 is emulated (V100, T4).
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:  # not Linux: no cheap way to know, and emulated bf16 is the costly mistake

@@ -175,6 +175,12 @@ class StageConfig:
                 self.grpo = _build(GrpoSettings, self.grpo, f"{where}: grpo")
         elif self.grpo is not None:
             raise ValueError(f"{where}: grpo settings given for a {self.kind} stage; add kind: grpo")
+        for key in ("gradient_checkpointing", "compile"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{where}: {key}={value!r}; expected true or false")
+            if value is not None and self.kind == "grpo":
+                raise ValueError(f"{where}: {key} is a supervised stage's setting; a grpo stage does not use it")
         self.lr = _number(self.lr, f"{where}: lr")
         if self.epochs is not None:
             self.epochs = _number(self.epochs, f"{where}: epochs")

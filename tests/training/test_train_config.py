@@ -162,6 +162,9 @@ def test_a_stage_may_set_its_own_checkpointing_and_compile(tmp_path: Path, no_mo
     config = _load(tmp_path, raw)
     assert (config.stages[0].gradient_checkpointing, config.stages[0].compile) == (False, True)
     assert (config.stages[1].gradient_checkpointing, config.stages[1].compile) == (None, None)  # the run's
+    raw["stages"][1].update(compile="auto")
+    with pytest.raises(ValueError, match=r"stage 'reason': compile='auto'; expected true or false"):
+        _load(tmp_path, raw)
 
 
 @pytest.mark.parametrize("config", SHIPPED)
