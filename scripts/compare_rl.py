@@ -63,6 +63,8 @@ def sft_config(steps: int) -> Path:
     stage = {**copy.deepcopy(reason), "name": "sft_more", "init": str(SUPERVISED / "final"),
              "datasets": {"synth": 1.0}, "steps": steps, "warmup_steps": 0, "schedule": "constant"}
     raw.update(run_dir="runs/embedded_sft_more", stages=[stage])
+    # Both arms compute in the same precision: the RL stage's (training/embedded_rl.yaml).
+    raw["train"]["precision"] = yaml.safe_load(Path("training/embedded_rl.yaml").read_text())["train"]["precision"]
     raw["data"]["datasets"] = {"synth": raw["data"]["datasets"]["synth"]}
     path = OUT / "sft_more.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
