@@ -116,18 +116,6 @@ def enable_gradient_checkpointing(model: AffectForConditionalGeneration) -> None
     model.language_model.config.use_cache = False
 
 
-def set_gradient_checkpointing(model: AffectForConditionalGeneration, enabled: bool) -> None:
-    """Checkpoint the LLM's layers or stop doing so (stages of one run may differ)."""
-    if enabled:
-        enable_gradient_checkpointing(model)
-        return
-    llm = model.language_model
-    if hasattr(llm, "activation_checkpointing_disable"):
-        llm.activation_checkpointing_disable()
-    else:  # peft wrapper, as above
-        llm.gradient_checkpointing_disable()
-
-
 def compile_llm_layers(model: AffectForConditionalGeneration) -> int:
     """Compile each decoder layer of the LLM in place (dynamic shapes); returns how many.
 
@@ -140,12 +128,6 @@ def compile_llm_layers(model: AffectForConditionalGeneration) -> int:
         if getattr(layer, "_compiled_call_impl", None) is None:
             layer.compile(dynamic=True)
     return len(layers)
-
-
-def uncompile_llm_layers(model: AffectForConditionalGeneration) -> None:
-    """Undo :func:`compile_llm_layers` (a later stage that does not compile runs eagerly)."""
-    for layer in model.language_model.get_decoder().layers:
-        layer._compiled_call_impl = None
 
 
 def llm_weight_summary(model: AffectForConditionalGeneration) -> dict[str, object]:

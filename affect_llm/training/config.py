@@ -258,9 +258,10 @@ class TrainSettings:
             records and fingerprints what it used).
         gradient_checkpointing: Checkpoint LLM layers (a stage may override it).
         compile: Compile each LLM decoder layer (``torch.compile``, dynamic shapes) in supervised
-            stages (a stage may override it): the elementwise work between the matmuls (norms, rotary, activations, residuals)
-            fuses into a few kernels. The first steps pay the compile (about 30 s on a CPU for
-            the embedded LLM); worth it for runs of more than a few minutes.
+            stages (a stage may override it): the elementwise work between the matmuls (norms,
+            rotary, activations, residuals) fuses into a few kernels. The first steps pay the
+            compile (about 30 s on a CPU for the embedded LLM); worth it for runs of more than a
+            few minutes.
         weight_decay: AdamW weight decay.
         max_grad_norm: Gradient clipping.
         log_every: Steps between log lines and TensorBoard points.

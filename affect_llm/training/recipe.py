@@ -35,11 +35,10 @@ from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.trainable import (
     apply_lora,
     compile_llm_layers,
+    enable_gradient_checkpointing,
     group_parameters,
     llm_weight_summary,
-    set_gradient_checkpointing,
     set_trainable,
-    uncompile_llm_layers,
 )
 from affect_llm.processing.processor import AffectProcessor, batch_to_device
 from affect_llm.training.config import StageConfig, TrainConfig
@@ -241,12 +240,12 @@ class CurriculumRecipe:
         train_rows = {name: self.media.usable(self.rows[name]["train"]) for name in stage.datasets}
         counts = set_trainable(model, stage.trainable)
         summary = {"stage": stage.name, "groups": counts, "losses": [], "llm_weights": llm_weight_summary(model)}
+        # Each stage's model is loaded afresh (setup_model): nothing an earlier stage turned on carries over.
         summary["gradient_checkpointing"] = _stage_or_run(stage.gradient_checkpointing, settings.gradient_checkpointing)
-        set_gradient_checkpointing(model, summary["gradient_checkpointing"])
+        if summary["gradient_checkpointing"]:
+            enable_gradient_checkpointing(model)
         if _stage_or_run(stage.compile, settings.compile):
             summary["compiled_layers"] = compile_llm_layers(model)
-        else:
-            uncompile_llm_layers(model)
         model, optimizer, params = self._prepare(model, stage, settings)
         global_batch = settings.batch_size * self.world
         num_steps = stage_num_steps(stage, sum(len(r) for r in train_rows.values()), global_batch * settings.grad_accum)
