@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     check_compile_argument(args, args.model)
     pipe = AffectPipeline(args.model, DecodingSettings(max_new_tokens=args.max_new_tokens,
                                                             null_absent_evidence=args.null_absent_evidence,
+                                                            guard_absent_explanation=args.guard_absent_explanation,
                                                             compile=args.compile),
                           Path(args.models_dir) if args.models_dir else None,
                           precision=precision_from_arguments(args, args.model))

@@ -13,6 +13,7 @@ from affect_llm.cli.options import (
     add_strict_argument,
     check_compile_argument,
     engine_options_from_arguments,
+    explanation_guard_for,
     precision_from_arguments,
     require_checkpoint,
 )
@@ -71,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     settings = ExplainSettings(args.task, args.batch_size, args.split, shard, args.limit, args.strict,
                                args.decode_workers)
     decoding = DecodingSettings(args.max_new_tokens, args.sample, args.temperature, seed=args.seed,
-                                null_absent_evidence=args.null_absent_evidence, compile=args.compile)
+                                null_absent_evidence=args.null_absent_evidence,
+                                guard_absent_explanation=explanation_guard_for(args), compile=args.compile)
     # This shard's share, less what an earlier (interrupted or requeued) run already wrote.
     total = pending_count(args.manifest, args.out, settings)
     bars: list = []

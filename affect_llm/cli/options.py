@@ -13,10 +13,31 @@ if TYPE_CHECKING:
 
 
 def add_evidence_argument(parser: argparse.ArgumentParser) -> None:
-    """``--null-absent-evidence`` (the default) / ``--no-null-absent-evidence``."""
+    """``--null-absent-evidence`` and ``--guard-absent-explanation`` (both the default) and their ``--no-...``."""
     parser.add_argument("--null-absent-evidence", action=argparse.BooleanOptionalAction, default=True,
                         help="decode the evidence of a channel the clip lacks as null (default); --no-... "
                              "keeps the model's own words, to measure how faithful the model is unaided")
+    parser.add_argument("--guard-absent-explanation", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep the explanation from describing a channel the clip lacks: its describing "
+                             "words are forbidden there except right after a negation (default; hf backend "
+                             "only); --no-... keeps the model's own words")
+
+
+def explanation_guard_for(args: argparse.Namespace) -> bool:
+    """Whether decoding holds the explanation rule: asked for, and an engine with a per-step hook (hf).
+
+    vLLM's engine takes no per-step hook, so with ``--backend vllm`` the rule is off (and the answers
+    record it off); a note on stderr says so when it was asked for.
+    """
+    import sys
+
+    if not args.guard_absent_explanation:
+        return False
+    if getattr(args, "backend", "hf") != "hf":
+        print("note: --backend vllm holds the evidence rule only; the explanation rule (--guard-absent-explanation) "
+              "needs the hf backend's per-step hook", file=sys.stderr)
+        return False
+    return True
 
 
 def add_compile_argument(parser: argparse.ArgumentParser) -> None:

@@ -19,6 +19,7 @@ from affect_llm.cli.options import (
     add_evidence_argument,
     add_precision_arguments,
     engine_options_from_arguments,
+    explanation_guard_for,
     precision_from_arguments,
 )
 
@@ -69,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
             allowed_media_dir=Path(args.allowed_media_dir) if args.allowed_media_dir else None,
             max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, max_queue=args.max_queue,
             default_max_tokens=args.max_new_tokens, max_tokens_limit=args.max_tokens_limit, asr=args.asr,
-            null_absent_evidence=args.null_absent_evidence, models_dir=Path(args.models_dir) if args.models_dir else None,
+            null_absent_evidence=args.null_absent_evidence,
+            guard_absent_explanation=explanation_guard_for(args), models_dir=Path(args.models_dir) if args.models_dir else None,
         )
     except ValueError as error:
         print(f"affect-llm serve: {error}", file=sys.stderr)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from affect_llm.data.manifest import CHANNEL_KEYS, recorded_channels
+from affect_llm.labels.channel_words import DESCRIBING_WORDS, NEGATIONS, describing_pattern
 
 # Evidence keys a model may use instead of the schema's, mapped onto the schema's.
 KEY_ALIASES: dict[str, str] = {
@@ -36,22 +37,7 @@ KEY_ALIASES: dict[str, str] = {
     "video": "video", "face": "video", "visual": "video", "image": "video", "facial": "video",
     "text": "text", "transcript": "text", "words": "text", "language": "text", "lexical": "text",
 }  # fmt: skip
-# Words that describe each channel's content. Channel names that are also used to state absence
-# ("audio", "video", "transcript") are left out: naming a channel is not describing it; so are
-# words of everyday figurative use ("sounds like", "looks like", "an expression of").
-_DESCRIBING: dict[str, str] = {
-    "audio": r"voices?|vocal(?:ly)?|tone|tones|pitch(?:ed|es)?|intonation|prosody|loud(?:ly|er|ness)?|"
-    r"quiet(?:ly)?|softly|shout(?:s|ing|ed)?|yell(?:s|ing|ed)?|whisper(?:s|ing|ed)?|speak(?:s|ing|er)?|"
-    r"spoke|speech|tremb(?:le|les|ling)|shaky|sigh(?:s|ing|ed)?|laugh(?:s|ing|ter)?|accent",
-    "video": r"face|faces|facial|smil(?:e|es|ed|ing)|frown(?:s|ing|ed)?|brows?|eyebrows?|eyes?|mouth|"
-    r"lips?|gaze|grin(?:s|ning)?|jaw|forehead|nose|cheeks?|glar(?:e|es|ing)|scowl(?:s|ing)?|tears|"
-    r"posture|gestures?",
-    "text": r"words?|says|said|saying|sentences?|utterances?|phrases?|phrasing|wording|statements?|"
-    r"subtitles?|lyrics|quotes?|quoted",
-}
-_DESCRIBING_RE = {
-    channel: re.compile(rf"\b(?:{words})\b", re.IGNORECASE) for channel, words in _DESCRIBING.items()
-}
+_DESCRIBING_RE = {channel: describing_pattern(channel) for channel in DESCRIBING_WORDS}
 _CHANNEL_NOUN = (
     r"audio|voices?|sound|speech|speaker|face|faces|video|image|picture|frames?|visuals?|camera|"
     r"transcripts?|words?|text|subtitles?|speaking|spoken words"
@@ -59,7 +45,7 @@ _CHANNEL_NOUN = (
 # A clause that says a channel is missing: "no face is visible", "there is no audio", "the audio is
 # absent", "without a transcript", "the clip is silent".
 _ABSENCE_RE = re.compile(
-    rf"\b(?:no|without|lacks?|lacking|neither|nor)\s+(?:\w+\s+){{0,2}}(?:{_CHANNEL_NOUN})\b"
+    rf"\b(?:{NEGATIONS})\s+(?:\w+\s+){{0,2}}(?:{_CHANNEL_NOUN})\b"
     rf"|\b(?:{_CHANNEL_NOUN})\b[^.;,]{{0,40}}\b(?:missing|absent|unavailable|none|not\s+"
     r"(?:present|available|visible|audible|provided|given|shown|heard|seen|included|detected|found|there))\b"
     r"|\b(?:silent|silence|cannot\s+be\s+(?:heard|seen)|can't\s+be\s+(?:heard|seen)|not\s+applicable|n/a)\b",

@@ -94,12 +94,24 @@ def channel_table(section: dict[str, Any]) -> list[str]:
 
 def guard_note(results: list[dict[str, Any]]) -> list[str]:
     """Say whether decoding wrote the evidence of missing channels (then only the explanation is the model's)."""
-    guarded = sum(bool((row.get("decoding") or {}).get("null_absent_evidence")) for row in results)
-    if not guarded:
+    decodings = [row.get("decoding") or {} for row in results]
+    nulled = sum(bool(d.get("null_absent_evidence")) for d in decodings)
+    guarded = sum(bool(d.get("guard_absent_explanation")) for d in decodings)
+    if not nulled and not guarded:
         return ["The answers were decoded unaided: evidence and explanation are the model's own.", ""]
-    return [f"{guarded} of {len(results)} answers were decoded with `--null-absent-evidence` (the default): the "
-            "evidence of a missing channel is written null by decoding, so the evidence column counts only what "
-            "that rule lets through; the explanation is the model's own.", ""]
+    lines = []
+    if nulled:
+        lines.append(f"{nulled} of {len(results)} answers were decoded with `--null-absent-evidence` (the default): "
+                     "the evidence of a missing channel is written null by decoding, so the evidence column counts "
+                     "only what that rule lets through.")
+    if guarded:
+        lines.append(f"{guarded} of {len(results)} answers were decoded with `--guard-absent-explanation` (the "
+                     "default): words describing a missing channel were forbidden in the explanation except after a "
+                     "negation, so the explanation column counts what that rule lets through (words spelled in "
+                     "several tokens, other words).")
+    else:
+        lines.append("The explanations are the model's own.")
+    return [" ".join(lines), ""]
 
 
 def absent_section(evaluated: EvaluatedSet) -> list[str]:

@@ -14,6 +14,10 @@ per step (answers are a few hundred tokens). Engines that take no per-step hook 
 after the fact: :func:`first_departure` finds where a free answer left the guard, and the answer is
 continued from there with the forced token in place, which under greedy decoding gives the answer
 the hook would have given.
+
+The same guard carries the explanation's rule (:mod:`affect_llm.generation.absent_explanation`):
+the tokens of words that describe a missing channel are forbidden while the explanation is being
+written. That rule needs the per-step hook, so the HF backends hold it and the vLLM backend does not.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
+from affect_llm.generation.absent_explanation import ExplanationGuard
+
 # What follows an evidence key whose channel is missing, in the canonical layout (json.dumps).
 NULL_VALUE = '": null'
 # An evidence key being written: `"evidence": {`, earlier keys and a comma (no nested braces), then
@@ -33,24 +39,41 @@ _KEY_AT_END = re.compile(r'"evidence"\s*:\s*\{(?:[^{}]*,)?\s*"(?P<key>audio|vide
 _LOOSE_TAIL = re.compile(r'"\s*:\s*(?P<partial>n(?:u(?:l)?)?)?')
 
 
-class AbsentEvidenceGuard:
-    """The token that must come next in one answer, or None when the model chooses freely.
+class AbsentChannelGuard:
+    """What one answer may write next about the channels its clip lacks.
+
+    Two rules, each on or off: the evidence of a missing channel is ``null`` (:meth:`forced`), and
+    the explanation does not describe a missing channel (:meth:`banned`,
+    :mod:`affect_llm.generation.absent_explanation`).
 
     Args:
         tokenizer: The LLM's tokenizer.
         absent: Evidence keys (``audio``, ``video``, ``text``) the clip does not have.
+        null_evidence: Force ``null`` as a missing channel's evidence.
+        explanation: Forbid words describing a missing channel in the explanation.
     """
 
-    def __init__(self, tokenizer: Any, absent: Sequence[str]) -> None:
+    def __init__(
+        self, tokenizer: Any, absent: Sequence[str], null_evidence: bool = True, explanation: bool = False
+    ) -> None:
         self.tokenizer = tokenizer
         self.absent = frozenset(absent)
+        self.null_evidence = null_evidence
+        self.explanation = ExplanationGuard(tokenizer, tuple(self.absent)) if explanation else None
+        self._decoded: tuple[tuple[int, ...], str] = ((), "")
+
+    def text(self, generated: Sequence[int]) -> str:
+        """The decoded answer so far (kept for the step: both rules read the same text)."""
+        key = tuple(generated)
+        if key != self._decoded[0]:
+            self._decoded = (key, self.tokenizer.decode(list(key), skip_special_tokens=True))
+        return self._decoded[1]
 
     def forced(self, generated: Sequence[int]) -> int | None:
         """The next token id of the answer whose generated ids are ``generated``, if it is forced."""
-        if not self.absent or not generated:
+        if not self.null_evidence or not self.absent or not generated:
             return None
-        text = self.tokenizer.decode(list(generated), skip_special_tokens=True)
-        match = _KEY_AT_END.search(text)
+        match = _KEY_AT_END.search(self.text(generated))
         if match is None or match["key"] not in self.absent:
             return None
         rest = remaining_null(match["tail"])
@@ -58,15 +81,21 @@ class AbsentEvidenceGuard:
             return None
         return self.tokenizer(rest, add_special_tokens=False)["input_ids"][0]
 
+    def banned(self, generated: Sequence[int]) -> list[int]:
+        """Token ids the next position may not take (empty: no rule applies here)."""
+        if self.explanation is None or not generated:
+            return []
+        return self.explanation.banned(self.text(generated))
 
-class AbsentEvidenceLogitsProcessor(LogitsProcessor):
-    """``generate``'s hook for :class:`AbsentEvidenceGuard`: one guard per batch row (None: free).
+
+class AbsentChannelLogitsProcessor(LogitsProcessor):
+    """``generate``'s hook for :class:`AbsentChannelGuard`: one guard per batch row (None: free).
 
     The ids ``generate`` hands over may include the prompt; its length at the first call is
     remembered, so each guard sees only the answer.
     """
 
-    def __init__(self, guards: Sequence[AbsentEvidenceGuard | None]) -> None:
+    def __init__(self, guards: Sequence[AbsentChannelGuard | None]) -> None:
         self.guards = list(guards)
         self.prompt_length: int | None = None
 
@@ -76,11 +105,14 @@ class AbsentEvidenceLogitsProcessor(LogitsProcessor):
         for row, guard in enumerate(self.guards):
             if guard is None:
                 continue
-            token = guard.forced(input_ids[row, self.prompt_length:].tolist())
+            generated = input_ids[row, self.prompt_length:].tolist()
+            token = guard.forced(generated)
             if token is not None:
                 forced = torch.full_like(scores[row], float("-inf"))
                 forced[token] = 0.0
                 scores[row] = forced
+            elif banned := guard.banned(generated):
+                scores[row, banned] = float("-inf")
         return scores
 
 
@@ -95,7 +127,7 @@ def remaining_null(tail: str) -> str:
 
 
 def first_departure(
-    guard: AbsentEvidenceGuard, generated: Sequence[int], start: int = 1
+    guard: AbsentChannelGuard, generated: Sequence[int], start: int = 1
 ) -> tuple[int, int] | None:
     """Where an answer decoded without ``guard`` first departs from it: (position, forced token), or None.
 
@@ -111,6 +143,11 @@ def first_departure(
     return None
 
 
-def guards_for(tokenizer: Any, absent_per_request: Sequence[Sequence[str]]) -> list[AbsentEvidenceGuard | None]:
-    """One guard per request that lacks a channel, None for the others."""
-    return [AbsentEvidenceGuard(tokenizer, absent) if absent else None for absent in absent_per_request]
+def guards_for(
+    tokenizer: Any, absent_per_request: Sequence[Sequence[str]], null_evidence: bool = True, explanation: bool = False
+) -> list[AbsentChannelGuard | None]:
+    """One guard per request that lacks a channel, None for the others (and for all when both rules are off)."""
+    if not (null_evidence or explanation):
+        return [None] * len(absent_per_request)
+    return [AbsentChannelGuard(tokenizer, absent, null_evidence, explanation) if absent else None
+            for absent in absent_per_request]

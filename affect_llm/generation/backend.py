@@ -29,6 +29,10 @@ class DecodingSettings:
         seed: Seed of sampling (greedy ignores it).
         null_absent_evidence: Write ``null`` as the evidence of a channel the request lacks
             (:mod:`affect_llm.generation.absent_evidence`); off, the model's own answer is kept.
+        guard_absent_explanation: Keep the explanation from describing a channel the request lacks:
+            its describing words are forbidden there, except right after a negation ("no face")
+            (:mod:`affect_llm.generation.absent_explanation`; HF backends only, vLLM takes no
+            per-step hook); off, the model's own words are kept.
         compile: Decode with a static KV cache and a compiled decoding step (``torch.compile``;
             on CPU with the weights frozen into the graph). Greedy answers are unchanged; the
             first batch pays a compile of about a minute on a CPU, and a new prompt length or batch
@@ -41,6 +45,7 @@ class DecodingSettings:
     top_p: float = 0.9
     seed: int = 0
     null_absent_evidence: bool = True
+    guard_absent_explanation: bool = True
     compile: bool = False
 
     def as_dict(self) -> dict:

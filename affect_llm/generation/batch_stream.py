@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from affect_llm.generation.absent_evidence import AbsentEvidenceGuard
+from affect_llm.generation.absent_evidence import AbsentChannelGuard, guards_for
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
 from affect_llm.generation.kv_cache import GrowingCache
 from affect_llm.modeling.model import AffectForConditionalGeneration
@@ -105,12 +105,12 @@ class BatchStats:
 
 
 class _Sampler:
-    """Next-token choice of one row: argmax, or a draw from its own seeded generator; the evidence
-    of a channel the request lacks is written ``null`` (``HFBackend`` does the same)."""
+    """Next-token choice of one row: argmax, or a draw from its own seeded generator, held to the
+    request's channel guard (``HFBackend`` holds the same one)."""
 
-    def __init__(self, settings: DecodingSettings, guard: AbsentEvidenceGuard | None = None) -> None:
+    def __init__(self, settings: DecodingSettings, guard: AbsentChannelGuard | None = None) -> None:
         self.settings = settings
-        self.guard = guard if settings.null_absent_evidence else None
+        self.guard = guard
         self.generated: list[int] = []
         self.generator: torch.Generator | None = None
         if settings.do_sample:
@@ -119,6 +119,9 @@ class _Sampler:
     def __call__(self, logits: torch.Tensor) -> int:
         """``(V,)`` logits -> token id."""
         forced = self.guard.forced(self.generated) if self.guard is not None else None
+        if forced is None and self.guard is not None and (banned := self.guard.banned(self.generated)):
+            logits = logits.clone()
+            logits[banned] = float("-inf")
         token = self._choose(logits) if forced is None else forced
         self.generated.append(token)
         return token
@@ -199,7 +202,7 @@ def stream_batch(
     live = [i for i, item in enumerate(items) if not _ended_early(item, stats, i)]
     if not live:
         return stats
-    samplers = {i: _Sampler(items[i].settings, _guard(processor, items[i].request)) for i in live}
+    samplers = {i: _Sampler(items[i].settings, _guard(processor, items[i])) for i in live}
     produced = dict.fromkeys(live, 0)
     cache = GrowingCache()
     cached = {_cache_argument(model.language_model): cache, "use_cache": True, "logits_to_keep": 1}
@@ -236,8 +239,11 @@ def stream_batch(
         stats.row_steps += len(live)
 
 
-def _guard(processor: AffectProcessor, request: GenerationRequest) -> AbsentEvidenceGuard | None:
-    return AbsentEvidenceGuard(processor.tokenizer, request.absent) if request.absent else None
+def _guard(processor: AffectProcessor, item: BatchItem) -> AbsentChannelGuard | None:
+    """The guard of one request's channels under its own settings (None: nothing to hold)."""
+    settings = item.settings
+    return guards_for(processor.tokenizer, [item.request.absent], settings.null_absent_evidence,
+                      settings.guard_absent_explanation)[0]
 
 
 def _cache_argument(language_model: torch.nn.Module) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import CompileConfig, LogitsProcessorList, TextIteratorStreamer
 
-from affect_llm.generation.absent_evidence import AbsentEvidenceLogitsProcessor, guards_for
+from affect_llm.generation.absent_evidence import AbsentChannelLogitsProcessor, guards_for
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
 from affect_llm.generation.batch_stream import BatchItem, TokenCollector, stream_batch
 from affect_llm.modeling.model import AffectForConditionalGeneration
@@ -71,9 +71,11 @@ class HFBackend:
         tokenizer = self.processor.tokenizer
         kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
                                   "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
-        if settings.null_absent_evidence and any(r.absent for r in requests):
-            guards = guards_for(tokenizer, [r.absent for r in requests])
-            kwargs["logits_processor"] = LogitsProcessorList([AbsentEvidenceLogitsProcessor(guards)])
+        guarded = settings.null_absent_evidence or settings.guard_absent_explanation
+        if guarded and any(r.absent for r in requests):
+            guards = guards_for(tokenizer, [r.absent for r in requests], settings.null_absent_evidence,
+                                settings.guard_absent_explanation)
+            kwargs["logits_processor"] = LogitsProcessorList([AbsentChannelLogitsProcessor(guards)])
         if settings.compile:
             kwargs.update(compiled_decoding(self.device))
         if settings.do_sample:

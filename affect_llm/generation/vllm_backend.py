@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from affect_llm.generation.absent_evidence import AbsentEvidenceGuard, first_departure, guards_for
+from affect_llm.generation.absent_evidence import AbsentChannelGuard, first_departure, guards_for
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
 from affect_llm.generation.vllm_worker import VLLM_PYTHON_ENV, InProcessEngine
 from affect_llm.modeling.model import AffectForConditionalGeneration
@@ -202,7 +202,8 @@ class VLLMBackend:
         sampling = sampling_options(settings, tokenizer.eos_token_id)
         answers = self.engine.generate(embeds, sampling)
         if settings.null_absent_evidence:
-            guards = guards_for(tokenizer, [r.absent for r in requests])
+            # The explanation's rule needs a per-step hook, which vLLM's engine does not take.
+            guards = guards_for(tokenizer, [r.absent for r in requests], null_evidence=True, explanation=False)
             answers = self._hold_to_guards(embeds, answers, guards, sampling)
         return tokenizer.batch_decode(answers, skip_special_tokens=True)
 
@@ -211,7 +212,7 @@ class VLLMBackend:
         self,
         embeds: list[torch.Tensor],
         answers: list[list[int]],
-        guards: list[AbsentEvidenceGuard | None],
+        guards: list[AbsentChannelGuard | None],
         sampling: dict[str, Any],
     ) -> list[list[int]]:
         """Answers that follow each request's absent-evidence guard (None: free), decoded again where not.

@@ -57,11 +57,13 @@ def decoding_settings(chat: ChatCompletionRequest, options: ServeOptions) -> Dec
         raise bad_request(f"{budget} is over this server's limit of {options.max_tokens_limit} tokens", field)
     if chat.ignore_eos and options.backend != "hf":
         raise bad_request(f"not supported with the {options.backend} backend", "ignore_eos")
+    guard = options.guard_absent_explanation and options.backend == "hf"  # the rule needs a per-step hook
     if not chat.temperature:
-        return DecodingSettings(max_new_tokens=budget, null_absent_evidence=options.null_absent_evidence)
+        return DecodingSettings(max_new_tokens=budget, null_absent_evidence=options.null_absent_evidence,
+                                guard_absent_explanation=guard)
     return DecodingSettings(max_new_tokens=budget, do_sample=True, temperature=chat.temperature,
                             top_p=chat.top_p or 1.0, seed=chat.seed or 0,
-                            null_absent_evidence=options.null_absent_evidence)
+                            null_absent_evidence=options.null_absent_evidence, guard_absent_explanation=guard)
 
 
 async def _disconnected(request: Request) -> None:

@@ -39,6 +39,8 @@ class ServeOptions:
         max_tokens_limit: Largest budget a request may ask for.
         asr: Recognise the words of clips sent without a transcript.
         null_absent_evidence: Decode the evidence of a channel the clip lacks as ``null``.
+        guard_absent_explanation: Keep the explanation from describing a channel the clip lacks
+            (the hf backend; vLLM takes no per-step hook).
         media_cache_clips: Decoded clips kept in memory (by content hash).
         models_dir: Where embedded models were prepared.
     """
@@ -53,6 +55,7 @@ class ServeOptions:
     max_media_mb: float = 32.0
     allowed_media_dir: Path | None = None
     null_absent_evidence: bool = True
+    guard_absent_explanation: bool = True
     max_batch: int = 32
     batch_window_ms: float = 30.0
     max_queue: int = 128

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from affect_llm.generation.absent_evidence import (
-    AbsentEvidenceGuard,
-    AbsentEvidenceLogitsProcessor,
+    AbsentChannelGuard,
+    AbsentChannelLogitsProcessor,
     remaining_null,
 )
 from affect_llm.generation.backend import DecodingSettings
@@ -50,7 +50,7 @@ def scripted_scores(tokenizer, answers: list[str], generated: list[int]) -> torc
     return scores
 
 
-def decode_greedy(tokenizer, processor: AbsentEvidenceLogitsProcessor, prompt: list[int], answers: list[str]) -> str:
+def decode_greedy(tokenizer, processor: AbsentChannelLogitsProcessor, prompt: list[int], answers: list[str]) -> str:
     ids = list(prompt)
     for _ in range(200):
         generated = ids[len(prompt):]
@@ -66,20 +66,20 @@ def decode_greedy(tokenizer, processor: AbsentEvidenceLogitsProcessor, prompt: l
 def test_a_missing_voice_is_decoded_null_and_the_answer_goes_on(tokenizer) -> None:
     answers = [json.dumps(INVENTED), json.dumps(FAITHFUL)]
     prompt = tokenizer("a prompt of some tokens", add_special_tokens=False)["input_ids"]
-    guard = AbsentEvidenceGuard(tokenizer, absent=("audio",))
-    text = decode_greedy(tokenizer, AbsentEvidenceLogitsProcessor([guard]), prompt, answers)
+    guard = AbsentChannelGuard(tokenizer, absent=("audio",))
+    text = decode_greedy(tokenizer, AbsentChannelLogitsProcessor([guard]), prompt, answers)
     assert json.loads(text) == FAITHFUL
 
 
 def test_present_channels_are_left_to_the_model(tokenizer) -> None:
     answers = [json.dumps(INVENTED), json.dumps(FAITHFUL)]
     prompt = tokenizer("a prompt", add_special_tokens=False)["input_ids"]
-    for guard in (None, AbsentEvidenceGuard(tokenizer, absent=())):
-        text = decode_greedy(tokenizer, AbsentEvidenceLogitsProcessor([guard]), prompt, answers)
+    for guard in (None, AbsentChannelGuard(tokenizer, absent=())):
+        text = decode_greedy(tokenizer, AbsentChannelLogitsProcessor([guard]), prompt, answers)
         assert json.loads(text) == INVENTED
     # A guard for a channel the answer describes only after `"evidence"` closes changes nothing.
     later = {"labels": ["angry"], "audio": "loud"}
-    text = decode_greedy(tokenizer, AbsentEvidenceLogitsProcessor([AbsentEvidenceGuard(tokenizer, ("audio",))]),
+    text = decode_greedy(tokenizer, AbsentChannelLogitsProcessor([AbsentChannelGuard(tokenizer, ("audio",))]),
                          prompt, [json.dumps(later)])
     assert json.loads(text) == later
 
@@ -94,20 +94,21 @@ def test_every_missing_channel_of_a_clip_is_null(tokenizer) -> None:
                json.dumps(only_video), json.dumps(nothing)]
     absent = absent_channels(["face"], has_words=False)
     assert absent == ("audio", "text")
-    text = decode_greedy(tokenizer, AbsentEvidenceLogitsProcessor([AbsentEvidenceGuard(tokenizer, absent)]),
+    text = decode_greedy(tokenizer, AbsentChannelLogitsProcessor([AbsentChannelGuard(tokenizer, absent)]),
                          [1, 2, 3], answers)
     assert json.loads(text) == only_video
 
 
 def test_the_batch_stream_sampler_applies_the_same_guard(tokenizer) -> None:
     answers = [json.dumps(INVENTED), json.dumps(FAITHFUL)]
-    sampler = _Sampler(DecodingSettings(), AbsentEvidenceGuard(tokenizer, ("audio",)))
+    sampler = _Sampler(DecodingSettings(), AbsentChannelGuard(tokenizer, ("audio",)))
     for _ in range(200):
         token = sampler(scripted_scores(tokenizer, answers, sampler.generated))
         if token == tokenizer.eos_token_id:
             break
     assert json.loads(tokenizer.decode(sampler.generated[:-1], skip_special_tokens=True)) == FAITHFUL
-    free = _Sampler(DecodingSettings(null_absent_evidence=False), AbsentEvidenceGuard(tokenizer, ("audio",)))
+    free = _Sampler(DecodingSettings(null_absent_evidence=False),
+                    AbsentChannelGuard(tokenizer, ("audio",), null_evidence=False))
     for _ in range(200):
         if free(scripted_scores(tokenizer, answers, free.generated)) == tokenizer.eos_token_id:
             break
@@ -180,8 +181,8 @@ def test_the_vllm_backend_holds_the_same_guard_by_continuing_departed_answers(ti
     texts = backend.generate(requests, DecodingSettings(max_new_tokens=200))
     assert state["calls"] > 1  # the first two answers departed and were continued
     for text, script, channels in zip(texts, scripts, absent, strict=True):
-        guard = AbsentEvidenceGuard(tokenizer, channels) if channels else None
-        assert text == decode_greedy(tokenizer, AbsentEvidenceLogitsProcessor([guard]), [1, 2, 3], script)
+        guard = AbsentChannelGuard(tokenizer, channels) if channels else None
+        assert text == decode_greedy(tokenizer, AbsentChannelLogitsProcessor([guard]), [1, 2, 3], script)
     assert json.loads(texts[0]) == FAITHFUL and json.loads(texts[2]) == INVENTED
     assert json.loads(texts[1])["evidence"] == {"audio": None, "video": "frowning", "text": None}
 
