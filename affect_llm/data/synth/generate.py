@@ -118,6 +118,7 @@ def generate_synthetic_set(
     num_test_per_cue: int = 40,
     workers: int | None = None,
     num_test_per_missing: int | None = None,
+    train_conflict_share: float = 0.0,
 ) -> Path:
     """Write the synthetic set under ``out_dir`` and return the manifest path.
 
@@ -133,12 +134,15 @@ def generate_synthetic_set(
         workers: Worker processes; ``os.cpu_count()`` when None.
         num_test_per_missing: Test samples per missing-channel subset in ``MISSING_TEST_SUBSETS``;
             ``num_test_per_cue`` when None.
+        train_conflict_share: Share of training and validation samples whose channels disagree
+            (labels: every emotion shown); the other subsets shrink in proportion. The test set is
+            the same whatever the share.
 
     Returns:
         Path to ``out_dir/manifest.jsonl``.
 
     Raises:
-        ValueError: If a size is negative or ``workers`` < 1.
+        ValueError: If a size is negative, ``train_conflict_share`` is outside [0, 1) or ``workers`` < 1.
         RuntimeError: If espeak-ng, sox or ffmpeg fails for a sample.
     """
     per_missing = num_test_per_cue if num_test_per_missing is None else num_test_per_missing
@@ -150,6 +154,8 @@ def generate_synthetic_set(
     ):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
+    if not 0.0 <= train_conflict_share < 1.0:
+        raise ValueError(f"train_conflict_share must be in [0, 1), got {train_conflict_share}")
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -164,6 +170,8 @@ def generate_synthetic_set(
         "num_test_per_cue": num_test_per_cue,
         "num_test_per_missing": per_missing,
     }
+    if train_conflict_share:
+        stamp["train_conflict_share"] = train_conflict_share  # absent at 0: earlier sets stay valid
     if manifest.is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
         return manifest
     media = out_dir / "media"
@@ -172,7 +180,7 @@ def generate_synthetic_set(
         shutil.rmtree(media)
     media.mkdir(parents=True, exist_ok=True)
     manifest.unlink(missing_ok=True)
-    specs = plan_samples(seed, num_train, num_val, num_test_per_cue, per_missing)
+    specs = plan_samples(seed, num_train, num_val, num_test_per_cue, per_missing, train_conflict_share)
     jobs = [(spec, out_dir) for spec in specs]
     if workers == 1 or len(specs) <= 1:
         rows = [_render_job(job) for job in jobs]
@@ -188,7 +196,12 @@ def generate_synthetic_set(
 
 
 def plan_samples(
-    seed: int, num_train: int, num_val: int, num_test_per_cue: int, num_test_per_missing: int | None = None
+    seed: int,
+    num_train: int,
+    num_val: int,
+    num_test_per_cue: int,
+    num_test_per_missing: int | None = None,
+    train_conflict_share: float = 0.0,
 ) -> list[SampleSpec]:
     """Decide every sample (cues, sentence, prosody, face, media) from ``seed`` alone.
 
@@ -201,6 +214,7 @@ def plan_samples(
         num_val: Validation samples.
         num_test_per_cue: Test samples per cue subset.
         num_test_per_missing: Test samples per missing-channel subset (``num_test_per_cue`` when None).
+        train_conflict_share: Share of training and validation samples with disagreeing channels.
 
     Returns:
         Specs in manifest order: train, val, test (subset by subset).
@@ -209,15 +223,17 @@ def plan_samples(
     rng = np.random.default_rng([seed, 0])
     groups: list[tuple[str, str]] = []
     for split, total in (("train", num_train), ("val", num_val)):
-        cues = [cue for cue, count in _mix_counts(total) for _ in range(count)]
+        cues = [cue for cue, count in _mix_counts(total, train_conflict_share) for _ in range(count)]
         groups += [(split, cues[i]) for i in rng.permutation(len(cues))]
     groups += [("test", cue) for cue in CUE_TEST_SUBSETS for _ in range(num_test_per_cue)]
     groups += [("test", cue) for cue in MISSING_TEST_SUBSETS for _ in range(per_missing)]
     # Balanced emotions within every (split, cue) subset, in shuffled order. Offsets of the
-    # version-1 subsets are drawn first, so adding subsets leaves their emotions where they were.
+    # version-1 subsets are drawn first, then the missing-channel ones, then training conflicts, so
+    # adding subsets leaves the emotions of the others where they were.
     emotion_of: list[str] = []
     seen: dict[tuple[str, str], int] = {}
-    keys = sorted(set(groups), key=lambda key: (key[1] in MISSING_LAYOUTS, key))
+    keys = sorted(set(groups), key=lambda key: (key[0] != "test" and key[1] == "conflict", key[1] in MISSING_LAYOUTS,
+                                                key))
     offsets = {key: int(rng.integers(len(EMOTIONS))) for key in keys}
     for key in groups:
         emotion_of.append(EMOTIONS[(seen.get(key, 0) + offsets[key]) % len(EMOTIONS)])
@@ -249,14 +265,18 @@ def _plan_one(sample_id: str, split: str, cue: str, emotion: str, rng: np.random
     return SampleSpec(sample_id, split, cue, cues, transcript, spoken, prosody, face_style, media, seconds)
 
 
-def _mix_counts(total: int) -> list[tuple[str, int]]:
-    """Split ``total`` over ``TRAIN_CUE_MIX`` by largest remainder, so counts sum exactly."""
-    raw = [(cue, total * share) for cue, share in TRAIN_CUE_MIX]
+def _mix_counts(total: int, conflict_share: float = 0.0) -> list[tuple[str, int]]:
+    """Split ``total`` over ``TRAIN_CUE_MIX`` (shrunk to make room for ``conflict_share`` of
+    conflicting clips) by largest remainder, so counts sum exactly."""
+    mix = [(cue, share * (1.0 - conflict_share)) for cue, share in TRAIN_CUE_MIX]
+    if conflict_share:
+        mix.append(("conflict", conflict_share))
+    raw = [(cue, total * share) for cue, share in mix]
     counts = {cue: int(math.floor(value)) for cue, value in raw}
     by_remainder = sorted(raw, key=lambda item: (-(item[1] - math.floor(item[1])), item[0]))
     for cue, _ in by_remainder[: total - sum(counts.values())]:
         counts[cue] += 1
-    return [(cue, counts[cue]) for cue, _ in TRAIN_CUE_MIX]
+    return [(cue, counts[cue]) for cue, _ in mix]
 
 
 def _channel_levels(cue: str, emotion: str, rng: np.random.Generator) -> dict[str, str | None]:
