@@ -30,13 +30,13 @@ class ServerProcess:
     ``/health`` to answer; leaving the block terminates the child (by its own pid).
 
     The tests' checkpoint gives one fixed answer whatever the clip, a face description included, so
-    servers start with ``--no-null-absent-evidence`` unless ``null_absent_evidence``: the tests of
-    the machinery compare that answer exactly.
+    servers start with ``--no-null-absent-evidence --no-guard-absent-explanation`` unless
+    ``null_absent_evidence`` (both rules on): the tests of the machinery compare that answer exactly.
     """
 
     def __init__(self, checkpoint: Path, *args: str, startup_s: float = 180.0, threads: int = 1,
                  null_absent_evidence: bool = False) -> None:
-        guard = () if null_absent_evidence else ("--no-null-absent-evidence",)
+        guard = () if null_absent_evidence else ("--no-null-absent-evidence", "--no-guard-absent-explanation")
         self.command = [sys.executable, "-m", "affect_llm.cli.main", "serve", "--model", str(checkpoint),
                         "--port", "0", "--log-level", "warning", *guard, *args]
         self.startup_s = startup_s
