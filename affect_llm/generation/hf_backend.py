@@ -71,10 +71,9 @@ class HFBackend:
         tokenizer = self.processor.tokenizer
         kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
                                   "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
-        guarded = settings.null_absent_evidence or settings.guard_absent_explanation
-        if guarded and any(r.absent for r in requests):
-            guards = guards_for(tokenizer, [r.absent for r in requests], settings.null_absent_evidence,
-                                settings.guard_absent_explanation)
+        guards = guards_for(tokenizer, [r.absent for r in requests], settings.null_absent_evidence,
+                            settings.guard_absent_explanation)
+        if any(guards):  # guards_for leaves None where a request lacks nothing or both rules are off
             kwargs["logits_processor"] = LogitsProcessorList([AbsentChannelLogitsProcessor(guards)])
         if settings.compile:
             kwargs.update(compiled_decoding(self.device))
