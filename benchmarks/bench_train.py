@@ -29,7 +29,6 @@ the warm-up steps, which are not timed.
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import tempfile
 import time
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from affect_llm.memory import peak_resident_mib, reset_peak_resident
 
 SPECS = {
     "tiny": {
@@ -63,25 +64,6 @@ class StepStats:
     peak_rss_mb: float
     llm_tokens: int
     matmul_flops_s: float  # the machine's matmul rate measured right after this step
-
-
-def peak_rss_reset() -> bool:
-    """Reset the process's RSS high-water mark (Linux); False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory since the last reset (VmHWM), or since start (ru_maxrss) without /proc."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def matmul_flops_per_s(size: int = 1024, seconds: float = 1.0) -> float:
@@ -157,12 +139,12 @@ def time_mode(
     for step in range(warmup + steps):
         chosen = [items[(step * batch_size + i) % len(items)] for i in range(batch_size)]
         batch = processor.collate(chosen)
-        peak_rss_reset()
+        reset_peak_resident()
         started = time.perf_counter()
         train_step(model, optimizer, batch)
         seconds = time.perf_counter() - started
         if step >= warmup:
-            peak_mb = peak_rss_mb()
+            peak_mb = peak_resident_mib()
             # The speed of shared cores drifts: each step gets the rate measured next to it.
             stats.append(StepStats(seconds, peak_mb, int(batch["attention_mask"].sum()),
                                    matmul_flops_per_s(seconds=0.3)))

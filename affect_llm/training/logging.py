@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from affect_llm.memory import peak_resident_mib
+
 logger = logging.getLogger("affect_llm.training")
 
 
@@ -53,8 +55,10 @@ class RunLogger:
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:.0f}", samples_s=f"{samples_per_s:.1f}",
                              refresh=False)
+        # The process's peak so far: the step where it rises is the one that set the run's peak.
         record = {"stage": self.stage, "step": step, "loss": loss, "lr": lr,
-                  "tokens_per_s": tokens_per_s, "samples_per_s": samples_per_s, **(extra or {})}
+                  "tokens_per_s": tokens_per_s, "samples_per_s": samples_per_s,
+                  "peak_resident_mib": round(peak_resident_mib()), **(extra or {})}
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
         if step % max(1, self.settings.log_every) == 0:

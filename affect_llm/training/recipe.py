@@ -31,6 +31,7 @@ from affect_llm.fileio import OutputLock
 from affect_llm.hashing import file_sha256
 from affect_llm.loading.build import build_model
 from affect_llm.loading.checkpoint import load_checkpoint, save_checkpoint
+from affect_llm.memory import release_free_memory
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.trainable import (
     apply_lora,
@@ -366,6 +367,8 @@ class CurriculumRecipe:
         # Only fresh projectors are calibrated: a loaded one was trained on its own statistics.
         if self.config.start_point(index) == "base":
             self.calibrate_projectors(model, processor, stage)
+        # Featurization's freed buffers would otherwise stay resident beneath the steps' peak.
+        release_free_memory()
         if stage.kind == "grpo":
             from affect_llm.training.grpo_stage import GrpoStage
 

@@ -10,6 +10,7 @@ stage's ``DONE_FILE`` and drop its state.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from affect_llm.loading.checkpoint import META_FILE
+from affect_llm.memory import peak_resident_mib, release_free_memory
 from affect_llm.training.state import save_training_state
 
 if TYPE_CHECKING:
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 DONE_FILE = "stage_done.json"
 
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -128,9 +131,13 @@ def keep_if_best(recipe: CurriculumRecipe, stage: Any, stage_dir: Path, model: A
 
 def finish_stage(recipe: CurriculumRecipe, stage_dir: Path, summary: dict[str, Any]) -> None:
     """Mark the stage done (its summary in ``DONE_FILE``), drop its training state, free its memory."""
+    summary["peak_resident_mib"] = round(peak_resident_mib())
+    logger.info("stage %s done: peak resident memory of this process so far %.2f GiB", summary["stage"],
+                summary["peak_resident_mib"] / 1024)
     if recipe.accelerator.is_main_process:
         (stage_dir / DONE_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
         shutil.rmtree(stage_dir / "state", ignore_errors=True)
     recipe.accelerator.wait_for_everyone()
     # Release the prepared model and optimizer: the accelerator would keep them alive into the next stage.
     recipe.accelerator.free_memory()
+    release_free_memory()

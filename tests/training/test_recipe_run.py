@@ -56,6 +56,15 @@ def test_log_has_every_step_of_every_stage(finished_run: Path) -> None:
     assert all(loss > 0 for loss in read_losses(finished_run).values())
 
 
+def test_every_step_and_stage_records_the_peak_memory_so_far(finished_run: Path) -> None:
+    records = [json.loads(line) for line in (finished_run / "log.jsonl").read_text().splitlines()]
+    peaks = [r["peak_resident_mib"] for r in records if "peak_resident_mib" in r]
+    assert len(peaks) == 6 and peaks[0] > 50  # the process holds torch and a model: tens of MiB at least
+    assert peaks == sorted(peaks)  # a high-water mark never falls within the process
+    done = json.loads((finished_run / "stages" / "reason" / "stage_done.json").read_text())
+    assert done["peak_resident_mib"] >= peaks[-1]
+
+
 def test_tensorboard_events_are_written(finished_run: Path) -> None:
     events = list((finished_run / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
