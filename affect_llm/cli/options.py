@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from affect_llm.generation.absent_explanation import backend_holds_explanation_rule
 from affect_llm.precision import DTYPE_NAMES
 
 if TYPE_CHECKING:
@@ -33,9 +34,10 @@ def explanation_guard_for(args: argparse.Namespace) -> bool:
 
     if not args.guard_absent_explanation:
         return False
-    if getattr(args, "backend", "hf") != "hf":
-        print("note: --backend vllm holds the evidence rule only; the explanation rule (--guard-absent-explanation) "
-              "needs the hf backend's per-step hook", file=sys.stderr)
+    backend = getattr(args, "backend", "hf")
+    if not backend_holds_explanation_rule(backend):
+        print(f"note: --backend {backend} holds the evidence rule only; the explanation rule "
+              "(--guard-absent-explanation) needs the hf backend's per-step hook", file=sys.stderr)
         return False
     return True
 

@@ -34,6 +34,16 @@ _CLAUSE_END = re.compile(r"[.;:!?\n]|\\n|,|\bbut\b|\bwhile\b|\bwhereas\b|\bhowev
 _AFTER_NEGATION = re.compile(rf"\b(?:{NEGATIONS})(?:\s+\w+){{0,2}}\s*$", re.IGNORECASE)
 
 
+# Backends whose decoding takes a per-step hook, which this guard needs; vLLM's engine takes none and
+# holds the evidence rule only. The CLI and the server both ask here.
+EXPLANATION_RULE_BACKENDS = frozenset({"hf"})
+
+
+def backend_holds_explanation_rule(backend: str) -> bool:
+    """Whether the ``backend`` can hold the explanation rule while it decodes."""
+    return backend in EXPLANATION_RULE_BACKENDS
+
+
 class ExplanationGuard:
     """Tokens an answer's explanation may not take next, for a clip that lacks ``absent`` channels.
 

@@ -19,6 +19,7 @@ from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from affect_llm.generation.absent_explanation import backend_holds_explanation_rule
 from affect_llm.generation.backend import DecodingSettings, GenerationBackend, GenerationRequest
 from affect_llm.modeling.media import MediaInputs
 from affect_llm.processing.processor import absent_channels
@@ -57,7 +58,7 @@ def decoding_settings(chat: ChatCompletionRequest, options: ServeOptions) -> Dec
         raise bad_request(f"{budget} is over this server's limit of {options.max_tokens_limit} tokens", field)
     if chat.ignore_eos and options.backend != "hf":
         raise bad_request(f"not supported with the {options.backend} backend", "ignore_eos")
-    guard = options.guard_absent_explanation and options.backend == "hf"  # the rule needs a per-step hook
+    guard = options.guard_absent_explanation and backend_holds_explanation_rule(options.backend)
     if not chat.temperature:
         return DecodingSettings(max_new_tokens=budget, null_absent_evidence=options.null_absent_evidence,
                                 guard_absent_explanation=guard)

@@ -25,3 +25,18 @@ def test_a_missing_face_is_null_in_the_served_answer(answering_checkpoint: Path,
         content = voice.choices[0].message.content
         audio = json.dumps(ANSWER["evidence"]["audio"])
         assert content.startswith('{"evidence": {"audio": ' + audio + ', "video": null'), content
+
+
+def test_each_backend_decodes_with_the_rules_it_can_hold() -> None:
+    from affect_llm.serving.completions import decoding_settings
+    from affect_llm.serving.options import ServeOptions
+    from affect_llm.serving.schema import ChatCompletionRequest
+
+    chat = ChatCompletionRequest(model=MODEL, messages=[{"role": "user", "content": "How does this clip feel?"}])
+    hf = decoding_settings(chat, ServeOptions(checkpoint="ckpt", backend="hf"))
+    assert hf.null_absent_evidence and hf.guard_absent_explanation
+    # A ServeOptions built in Python, not through the CLI: vLLM's engine still holds the evidence rule only.
+    vllm = decoding_settings(chat, ServeOptions(checkpoint="ckpt", backend="vllm"))
+    assert vllm.null_absent_evidence and not vllm.guard_absent_explanation
+    unaided = decoding_settings(chat, ServeOptions(checkpoint="ckpt", backend="hf", guard_absent_explanation=False))
+    assert not unaided.guard_absent_explanation
