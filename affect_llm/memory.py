@@ -12,7 +12,9 @@ import ctypes.util
 import gc
 import resource
 import sys
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 _STATUS = Path("/proc/self/status")
 
@@ -41,20 +43,31 @@ def reset_peak_resident() -> bool:
     return True
 
 
-def release_free_memory() -> bool:
-    """Collect garbage and hand the allocator's free heap pages back to the system (glibc only).
+def trim_heap() -> bool:
+    """Hand the allocator's free heap pages back to the system (glibc ``malloc_trim``).
 
-    glibc keeps memory a process freed for its next allocations. Between phases that allocate in
-    different sizes (featurization, then a stage's steps; one stage, then the next) the kept pages
-    are seldom reused and the process's resident memory adds the two phases' peaks. Returns False
-    where the C library has no ``malloc_trim``.
+    glibc keeps memory a process freed for its next allocations. When the sizes change from one
+    allocation round to the next (training batches of other lengths; featurization, then a stage's
+    steps) the kept pages are seldom reused whole and the resident memory creeps up: in 100 align
+    steps of the embedded default, from 3.1 to 3.9 GiB. Trimming releases the free pages inside
+    the heap too. Returns False where the C library has no ``malloc_trim``.
     """
-    gc.collect()
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
+    trim = _malloc_trim()
     if trim is None:
         return False
     trim(0)
     return True
+
+
+def release_free_memory() -> bool:
+    """Collect garbage, then :func:`trim_heap`: between phases of a run."""
+    gc.collect()
+    return trim_heap()
+
+
+@lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    return getattr(ctypes.CDLL(name), "malloc_trim", None)
