@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "affect_llm"
 # Lowest first. A module belongs to the longest prefix listed; the package root is the public
 # facade (it registers the auto classes) and may import anything.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("affect_llm.paths", "affect_llm.fileio", "affect_llm.hashing", "affect_llm.prompts", "affect_llm.references"),
+    ("affect_llm.paths", "affect_llm.fileio", "affect_llm.hashing", "affect_llm.memory", "affect_llm.prompts",
+     "affect_llm.references"),
     ("affect_llm.labels", "affect_llm.data"),
     ("affect_llm.precision", "affect_llm.configuration"),
     ("affect_llm.modeling",),
