@@ -114,6 +114,10 @@ class MediaFeaturizer:
                 folder = reference_folder(references.get(m), self.models_dir)
                 fingerprint = encoder_fingerprint(self.model.encoders[m], folder)
                 self._encoder_ids[m] = f"{m}:{references.get(m) or 'random'}:{fingerprint[:16]}"
+            layers = self.model.config.audio_feature_layers
+            if layers and "audio" in self._encoder_ids:
+                # The same weights give other features when other layers are concatenated.
+                self._encoder_ids["audio"] += ":layers=" + ",".join(map(str, layers))
         return self._encoder_ids
 
     def job(self, read_cached: bool = True) -> ClipJob:

@@ -107,3 +107,17 @@ def test_encoder_fingerprint_reads_files_not_every_tensor(tmp_path: Path) -> Non
         encoder.weight.add_(0.01)  # trained weights differ from their files: another identity
     assert encoder_fingerprint(encoder, tmp_path) != first
     assert encoder_fingerprint(encoder, None) != encoder_fingerprint(torch.nn.Linear(2000, 2000), None)
+
+
+def test_concatenated_audio_layers_are_part_of_the_cache_key(rows, tmp_path) -> None:
+    # Same weights, other layers concatenated: other features, so the cache must not serve the first ones.
+    model, processor = build_model(ModelSpec(audio_encoder="tiny:whisper", audio_window_seconds=4.0,
+                                             num_audio_tokens=2))
+    cache = FeatureCache(tmp_path)
+    row = next(r for r in rows if r.extra.get("cue") == "all")
+    options = MediaOptions(num_frames=2)
+    last_layer = MediaFeaturizer(model, processor, cache, options)([row])[row.id].get("audio").features
+    model.config.audio_feature_layers = [1, 2]
+    concatenated = MediaFeaturizer(model, processor, cache, options)([row])[row.id].get("audio").features
+    assert concatenated.shape[-1] == 2 * last_layer.shape[-1]
+    assert torch.equal(concatenated[..., last_layer.shape[-1]:], last_layer)
