@@ -132,7 +132,8 @@ def build_polish_set(out_dir: Path, cache_dir: Path | None = None) -> Path:
     """
     out_dir = Path(out_dir)
     manifest, stamp_path = out_dir / "manifest.jsonl", out_dir / STAMP_NAME
-    stamp = {"source": REQUIREMENT, "sha256": SDIST_SHA256, "clips": NUM_CLIPS}
+    # "explanations": a set built before rows carried the acted-emotion explanation is built again.
+    stamp = {"source": REQUIREMENT, "sha256": SDIST_SHA256, "clips": NUM_CLIPS, "explanations": "acted emotion"}
     if manifest.is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
         return manifest
     sdist = download_sdist(cache_dir)

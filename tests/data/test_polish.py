@@ -92,3 +92,24 @@ def test_real_set_is_not_rebuilt(polish_set: Path) -> None:
     assert polish_set.stat().st_mtime_ns == before
     summary = json.loads(polish_set.with_name("manifest.jsonl.summary.json").read_text())
     assert summary["labels"] == {"angry": 150, "fearful": 150, "neutral": 150}
+
+
+def test_rows_explain_the_acted_voice_and_serve_every_task(tmp_path: Path) -> None:
+    from affect_llm.evaluation.absent_channels import check_answer
+    from affect_llm.prompts import load_prompt
+    from affect_llm.training.targets import answer_for, answerable
+
+    root = _tree(tmp_path, ["m2.a_nie_1.wav", "m2.s_tak_2.wav", "m2.n_stop_3.wav"])
+    rows = {row.labels[0]: row for row in build_dataset("polish", root).rows}
+    assert rows["angry"].explanation == ("The voice sounds angry, which suggests anger. "
+                                         "No face is visible and there is no transcript.")
+    assert rows["neutral"].explanation.startswith("The voice sounds neutral. No face")
+    assert rows["fearful"].extra["evidence"] == {"audio": "The voice sounds fearful.", "video": None, "text": None}
+    prompt = load_prompt("tasks")
+    supports = answerable(prompt)
+    for row in rows.values():
+        assert all(supports(row, task) for task in ("perceive", "evidence", "reason")), row.id
+        # The reference itself, read as an answer by the evaluation, describes the voice and nothing absent.
+        raw = answer_for(row, prompt.task_keys("reason"))
+        check = check_answer({"id": row.id, "raw": raw}, row.to_dict())
+        assert check.present == ("audio",) and list(check.described) == ["audio"] and not check.describes_absent

@@ -8,6 +8,11 @@ e.g. ``m1.a_nie_2.wav`` (a anger, s fear, n neutral), and ships a speaker-indepe
 
 Rows are audio only and have no transcript: the words are Polish, and recognising them is left to
 speech recognition (``extra.channels`` is ``["audio"]`` until then).
+
+The set records the acted emotion and nothing about how the voice sounds, so each row's explanation
+and evidence say only that: the voice carries the acted emotion, and the clip has no face and no
+transcript (``extra.explanation_source`` says so). With these, the clips train every task, not only
+the label task, and a model learns to explain a real voice without a face or words to lean on.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 
 from affect_llm.data.adapters.common import BuildResult, read_csv_rows, require_columns, require_dir
 from affect_llm.data.manifest import ManifestRow
+from affect_llm.data.synth.text import absent_phrase
 
 LICENCE = "CC BY; Mięsikowska & Świsulski (2020), Gdańsk University of Technology, doi:10.34808/h46c-hb44"
 EMOTIONS = {"a": "angry", "s": "fearful", "n": "neutral"}
@@ -25,6 +31,12 @@ CSV_EMOTIONS = {"anger": "angry", "fear": "fearful", "neutral": "neutral"}
 SPEAKER_SPLITS = {"m1": "test", "m2": "train", "m3": "train", "m4": "val", "m5": "train"}
 CSV_SPLITS = {"polish_train.csv": "train", "polish_dev.csv": "val", "polish_test.csv": "test"}
 WORDS = {"nie": "no", "oddaj": "give back", "podaj": "pass", "stop": "stop", "tak": "yes", "trzymaj": "hold"}
+VOICE_EVIDENCE = {
+    "angry": "The voice sounds angry.",
+    "fearful": "The voice sounds fearful.",
+    "neutral": "The voice sounds neutral.",
+}
+EMOTION_NOUNS = {"angry": "anger", "fearful": "fear"}
 NAME_RE = re.compile(r"^(m[1-5])\.([asn])_([a-z]+)_([1-5])$")
 
 
@@ -51,6 +63,7 @@ def build(root: Path) -> BuildResult:
                 id=f"polish/{path.stem}",
                 audio=str(path),
                 labels=[EMOTIONS[code]],
+                explanation=acted_explanation(EMOTIONS[code]),
                 split=SPEAKER_SPLITS[speaker],
                 source="polish",
                 extra={
@@ -60,6 +73,8 @@ def build(root: Path) -> BuildResult:
                     "repetition": int(repetition),
                     "language": "pl",
                     "channels": ["audio"],
+                    "evidence": {"audio": VOICE_EVIDENCE[EMOTIONS[code]], "video": None, "text": None},
+                    "explanation_source": "acted emotion of the recording",
                     "licence": LICENCE,
                 },
             )
@@ -68,6 +83,18 @@ def build(root: Path) -> BuildResult:
         raise FileNotFoundError(f"polish: no file named like m1.a_nie_2.wav under {root}")
     _check_split_files(root, {row.id.split("/", 1)[1]: row for row in result.rows})
     return result
+
+
+def acted_explanation(emotion: str) -> str:
+    """What the set lets an explanation say: the voice's acted emotion, and the channels the clip lacks.
+
+    ``"The voice sounds angry, which suggests anger. No face is visible and there is no transcript."``
+    """
+    voice = VOICE_EVIDENCE[emotion][:-1]
+    if emotion in EMOTION_NOUNS:
+        voice += f", which suggests {EMOTION_NOUNS[emotion]}"
+    absent = " and ".join(absent_phrase(channel) for channel in ("face", "text"))
+    return f"{voice}. {absent[0].upper()}{absent[1:]}."
 
 
 def _check_split_files(root: Path, rows: dict[str, ManifestRow]) -> None:
