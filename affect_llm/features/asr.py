@@ -220,7 +220,8 @@ def fill_missing_transcripts(
 
     A filled row gets ``extra.transcript_source`` (``asr:whisper-base``) and
     ``extra.transcript_language``, and ``text`` joins its ``extra.channels`` when the row lists them.
-    Rows whose ``extra.transcript_source`` is ``"none"`` have no words by design (the synthetic
+    An explanation an adapter derived from the row's channels (``extra.explanation_source``, as the
+    Polish set's) is dropped with its evidence, since it said there were no words. Rows whose ``extra.transcript_source`` is ``"none"`` have no words by design (the synthetic
     clips without a text channel say syllables) and are left alone.
 
     Args:
@@ -275,6 +276,12 @@ def _fill_chunk(
         channels = row.extra.get("channels")
         if isinstance(channels, list) and "text" not in channels:
             row.extra["channels"] = [c for c in ("audio", "video", "text") if c in channels or c == "text"]
+        if row.extra.get("explanation_source"):
+            # An explanation an adapter derived from the channels the row had says there are no words:
+            # with words it would be false, so it goes (the labels stay) and the row says why.
+            row.explanation = None
+            row.extra.pop("evidence", None)
+            row.extra["explanation_dropped"] = "written before the transcript was recognised"
         summary.filled += 1
 
 

@@ -92,7 +92,9 @@ def test_fill_marks_recognised_words_and_leaves_the_rest(recognizer, espeak_wav,
     manifest = tmp_path / "in" / "manifest.jsonl"
     manifest.parent.mkdir()
     rows = [
-        {"id": "speech", "audio": str(espeak_wav), "extra": {"channels": ["audio"], "language": "en"}},
+        {"id": "speech", "audio": str(espeak_wav), "explanation": "The voice sounds neutral. There is no transcript.",
+         "extra": {"channels": ["audio"], "language": "en", "explanation_source": "acted emotion of the recording",
+                   "evidence": {"audio": "The voice sounds neutral.", "video": None, "text": None}}},
         {"id": "annotated", "audio": str(espeak_wav), "transcript": "Given words."},
         {"id": "silent", "audio": "../silent.wav"},
         {"id": "words", "transcript": "Only text."},
@@ -110,6 +112,8 @@ def test_fill_marks_recognised_words_and_leaves_the_rest(recognizer, espeak_wav,
     assert _words(speech.transcript).startswith("hello my name is john")
     assert speech.extra["transcript_source"] == "asr:whisper-base"
     assert speech.extra["transcript_language"] == "en" and speech.extra["channels"] == ["audio", "text"]
+    # The derived explanation said there were no words: it goes, and the row says why.
+    assert speech.explanation is None and "evidence" not in speech.extra and speech.extra["explanation_dropped"]
     assert filled["annotated"].transcript == "Given words." and "transcript_source" not in filled["annotated"].extra
     assert filled["silent"].transcript is None and filled["silent"].media_path("audio").resolve() == silent.resolve()
     assert filled["syllables"].transcript is None
