@@ -1,7 +1,7 @@
 """Dataset scale: training memory flat in the number of clips, reading the cache as fast as memory.
 
 Builds feature caches of 2,000 and 20,000 synthetic clips (random features of the embedded
-encoders' shapes: Whisper-base's first 4 layers, 200 steps x 512 for a 4 s window; FER mini-Xception,
+encoders' shapes: Whisper-base layers 4 and 6 side by side, 200 steps x 1024 for a 4 s window; FER mini-Xception,
 4 frames x 135; float16 as the featurizer stores them), then trains the embedded model
 (SmolLM2-135M frozen, projectors + LoRA, as ``training/embedded.yaml``'s stages do) for a fixed
 number of steps in a fresh process per configuration:
@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-AUDIO_SHAPE = (200, 512)  # Whisper-base, 4 s window, first 4 layers
+AUDIO_SHAPE = (200, 1024)  # Whisper-base, 4 s window, layers 4 and 6 concatenated (training/embedded.yaml)
 FACE_SHAPE = (4, 135)  # FER mini-Xception, 4 frames
 LABELS = ("happy", "sad", "angry", "neutral", "surprised", "fearful")
 ENCODER_IDS = {"audio": "audio:whisper-base:bench", "face": "face:fer-mini-xception:bench"}
@@ -84,7 +84,7 @@ def child(args: argparse.Namespace) -> None:
     from affect_llm.training.step import answer_loss, build_optimizer
 
     spec = ModelSpec(llm="smollm2-135m-instruct", audio_encoder="whisper-base", face_encoder="fer-mini-xception",
-                     audio_window_seconds=4.0, audio_encoder_layers=4, audio_projector="mlp", face_projector="mlp",
+                     audio_window_seconds=4.0, audio_feature_layers=[4, 6], audio_projector="mlp", face_projector="mlp",
                      num_audio_tokens=8, num_face_tokens=4)
     model, processor = build_model(spec, seed=0)
     apply_lora(model, LoraSettings(r=16, alpha=32, dropout=0.0))
