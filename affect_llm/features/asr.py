@@ -221,8 +221,9 @@ def fill_missing_transcripts(
     A filled row gets ``extra.transcript_source`` (``asr:whisper-base``) and
     ``extra.transcript_language``, and ``text`` joins its ``extra.channels`` when the row lists them.
     An explanation an adapter derived from the row's channels (``extra.explanation_source``, as the
-    Polish set's) is dropped with its evidence, since it said there were no words. Rows whose ``extra.transcript_source`` is ``"none"`` have no words by design (the synthetic
-    clips without a text channel say syllables) and are left alone.
+    Polish set's) is dropped with its evidence, since it said there were no words. Rows whose
+    ``extra.transcript_source`` is ``"none"`` have no words by design (the synthetic clips without
+    a text channel say syllables) and are left alone.
 
     Args:
         rows: Manifest rows (relative media resolve against their manifest).

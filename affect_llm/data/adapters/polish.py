@@ -22,7 +22,7 @@ from pathlib import Path
 
 from affect_llm.data.adapters.common import BuildResult, read_csv_rows, require_columns, require_dir
 from affect_llm.data.manifest import ManifestRow
-from affect_llm.data.synth.text import absent_phrase
+from affect_llm.data.synth.text import absent_sentence
 
 LICENCE = "CC BY; Mięsikowska & Świsulski (2020), Gdańsk University of Technology, doi:10.34808/h46c-hb44"
 EMOTIONS = {"a": "angry", "s": "fearful", "n": "neutral"}
@@ -31,11 +31,8 @@ CSV_EMOTIONS = {"anger": "angry", "fear": "fearful", "neutral": "neutral"}
 SPEAKER_SPLITS = {"m1": "test", "m2": "train", "m3": "train", "m4": "val", "m5": "train"}
 CSV_SPLITS = {"polish_train.csv": "train", "polish_dev.csv": "val", "polish_test.csv": "test"}
 WORDS = {"nie": "no", "oddaj": "give back", "podaj": "pass", "stop": "stop", "tak": "yes", "trzymaj": "hold"}
-VOICE_EVIDENCE = {
-    "angry": "The voice sounds angry.",
-    "fearful": "The voice sounds fearful.",
-    "neutral": "The voice sounds neutral.",
-}
+VOICE_PHRASES = {"angry": "The voice sounds angry", "fearful": "The voice sounds fearful",
+                 "neutral": "The voice sounds neutral"}
 EMOTION_NOUNS = {"angry": "anger", "fearful": "fear"}
 NAME_RE = re.compile(r"^(m[1-5])\.([asn])_([a-z]+)_([1-5])$")
 
@@ -73,7 +70,7 @@ def build(root: Path) -> BuildResult:
                     "repetition": int(repetition),
                     "language": "pl",
                     "channels": ["audio"],
-                    "evidence": {"audio": VOICE_EVIDENCE[EMOTIONS[code]], "video": None, "text": None},
+                    "evidence": {"audio": VOICE_PHRASES[EMOTIONS[code]] + ".", "video": None, "text": None},
                     "explanation_source": "acted emotion of the recording",
                     "licence": LICENCE,
                 },
@@ -90,11 +87,10 @@ def acted_explanation(emotion: str) -> str:
 
     ``"The voice sounds angry, which suggests anger. No face is visible and there is no transcript."``
     """
-    voice = VOICE_EVIDENCE[emotion][:-1]
+    voice = VOICE_PHRASES[emotion]
     if emotion in EMOTION_NOUNS:
         voice += f", which suggests {EMOTION_NOUNS[emotion]}"
-    absent = " and ".join(absent_phrase(channel) for channel in ("face", "text"))
-    return f"{voice}. {absent[0].upper()}{absent[1:]}."
+    return f"{voice}. {absent_sentence(('face', 'text'))}"
 
 
 def _check_split_files(root: Path, rows: dict[str, ManifestRow]) -> None:

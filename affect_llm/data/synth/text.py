@@ -7,6 +7,7 @@ whatever the seed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 Emotion = Literal["happy", "sad", "angry", "surprised"]
@@ -239,6 +240,14 @@ def absent_phrase(channel: str) -> str:
     return ABSENT_PHRASES[channel]
 
 
+def absent_sentence(channels: Sequence[str]) -> str:
+    """The sentence a reference ends with for its missing channels, e.g. ``"No face is visible and
+    there is no transcript."``; empty when none is missing."""
+    if not channels:
+        return ""
+    return _capitalize(" and ".join(absent_phrase(c) for c in channels)) + "."
+
+
 def present_channels(cues: dict[str, str | None]) -> list[str]:
     """Channels (``audio``, ``face``, ``text``) that the clip has: those whose level is not None."""
     return [channel for channel in CHANNELS if cues.get(channel) is not None]
@@ -284,9 +293,9 @@ def explanation_for(cues: dict[str, str | None]) -> str:
         phrase = channel_phrase(channel, level)
         clauses.append(phrase if level == NEUTRAL else f"{phrase}, which suggests {EMOTION_NOUNS[level]}")
     text = _join_clauses(clauses, [cues[c] != NEUTRAL for c in present])
-    absent = [absent_phrase(c) for c in CHANNELS if c not in present]
+    absent = absent_sentence([c for c in CHANNELS if c not in present])
     if absent:
-        text += (" " if text else "") + _capitalize(" and ".join(absent)) + "."
+        text += (" " if text else "") + absent
     labels = labels_for(cues)
     if len(labels) > 1:
         shown = " and ".join(EMOTION_NOUNS[e] for e in labels)
