@@ -6,7 +6,7 @@ Starting from the embedded-default checkpoint (``runs/embedded/final``, written 
 - arm ``rl``: the GRPO stage of ``training/embedded_rl.yaml``;
 - arm ``sft``: the supervised ``reason`` stage of ``training/embedded.yaml`` continued (synthetic
   rows only, the same task mixture), for as many steps as fill the RL arm's wall time (its step
-  time read from the supervised run's own log).
+  time measured over a few steps of its own, in the RL stage's precision).
 
 Each arm's final checkpoint explains the held-out synthetic clips and the real recordings, and is
 scored by the evaluation report's scorers (family F1 per cue subset, evidence per channel, absent
@@ -34,6 +34,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 SUPERVISED = Path("runs/embedded")
 OUT = Path("outputs/compare_rl")
+CALIBRATION_STEPS = 4  # steps of the scratch run that measures the supervised arm's step time
 SETS = {  # name -> (manifest, split or None, batch size)
     "synth": ("outputs/synth/manifest.jsonl", "test", 16),
     "polish": ("outputs/polish/manifest.jsonl", "test", 16),
@@ -46,27 +47,57 @@ def cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "affect_llm.cli.main", *args], check=True)
 
 
-def supervised_step_seconds() -> float:
-    """Median seconds per step of the supervised run's ``reason`` stage (from its log)."""
-    rates = [r["samples_per_s"] for line in (SUPERVISED / "log.jsonl").read_text().splitlines()
-             if (r := json.loads(line)).get("stage") == "reason" and r.get("samples_per_s")]
+def median_step_seconds(run_dir: Path, stage: str, skip: int = 0) -> float:
+    """Median seconds per step of ``stage`` in ``run_dir``'s log, after its first ``skip`` steps."""
+    rates = [r["samples_per_s"] for line in (run_dir / "log.jsonl").read_text().splitlines()
+             if (r := json.loads(line)).get("stage") == stage and r.get("samples_per_s")][skip:]
     if not rates:
-        raise SystemExit(f"{SUPERVISED}/log.jsonl has no reason-stage steps: run scripts/quickstart.sh first")
+        raise SystemExit(f"{run_dir}/log.jsonl has no {stage} steps")
     batch = yaml.safe_load(Path("training/embedded.yaml").read_text())["train"]["batch_size"]
     return batch / statistics.median(rates)
 
 
-def sft_config(steps: int) -> Path:
+def sft_step_seconds() -> float:
+    """Seconds per step of the continued supervised stage as the arm runs it (its precision, compiled).
+
+    The quickstart's own log is no measure: it trained in its own precision (bf16 autocast where the
+    CPU has it), while the arm runs in the RL stage's; a float32 step took 15.4 s against 10.8 s.
+    A few steps in a scratch run measure it; the first, which compiles, is left out.
+    """
+    calibration = Path("runs/embedded_sft_calibrate")
+    if not (calibration / "log.jsonl").is_file():
+        cli("train", str(sft_config(CALIBRATION_STEPS, calibration)), "train.checkpoint_every=0")
+    return median_step_seconds(calibration, "sft_more", skip=1)
+
+
+def rl_arm(steps: int | None) -> float:
+    """Train the RL arm (or find it trained) and return its wall time in seconds.
+
+    The time is stored beside the arm's outputs when it trains, so a rerun that finds the stage done
+    (``--resume`` reuses it in seconds) still gives the other arm the RL arm's time.
+    """
+    timing = OUT / "rl_seconds.json"
+    trained_before = Path("runs/embedded_rl/stages/rl/stage_done.json").is_file()
+    started = time.perf_counter()
+    cli("train", "training/embedded_rl.yaml", *([f"stages.0.steps={steps}"] if steps else []), "--resume")
+    seconds = time.perf_counter() - started
+    if trained_before and timing.is_file():
+        return float(json.loads(timing.read_text())["rl"])
+    timing.write_text(json.dumps({"rl": round(seconds)}) + "\n")
+    return seconds
+
+
+def sft_config(steps: int, run_dir: Path = Path("runs/embedded_sft_more")) -> Path:
     """The supervised reason stage, continued from the same checkpoint on the RL arm's clips."""
     raw = yaml.safe_load(Path("training/embedded.yaml").read_text())
     reason = next(s for s in raw["stages"] if s["name"] == "reason")
     stage = {**copy.deepcopy(reason), "name": "sft_more", "init": str(SUPERVISED / "final"),
              "datasets": {"synth": 1.0}, "steps": steps, "warmup_steps": 0, "schedule": "constant"}
-    raw.update(run_dir="runs/embedded_sft_more", stages=[stage])
+    raw.update(run_dir=str(run_dir), stages=[stage])
     # Both arms compute in the same precision: the RL stage's (training/embedded_rl.yaml).
     raw["train"]["precision"] = yaml.safe_load(Path("training/embedded_rl.yaml").read_text())["train"]["precision"]
     raw["data"]["datasets"] = {"synth": raw["data"]["datasets"]["synth"]}
-    path = OUT / "sft_more.yaml"
+    path = OUT / f"{run_dir.name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
@@ -141,11 +172,8 @@ def main() -> int:
             print(f"{SUPERVISED}/final is missing: run scripts/quickstart.sh first", file=sys.stderr)
             return 2
         OUT.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        cli("train", "training/embedded_rl.yaml", *([f"stages.0.steps={args.rl_steps}"] if args.rl_steps else []),
-            "--resume")
-        rl_seconds = time.perf_counter() - started
-        steps = max(1, round(rl_seconds / supervised_step_seconds()))
+        rl_seconds = rl_arm(args.rl_steps)
+        steps = max(1, round(rl_seconds / sft_step_seconds()))
         started = time.perf_counter()
         cli("train", str(sft_config(steps)), "--resume")
         timing = {"rl": round(rl_seconds), "sft": round(time.perf_counter() - started), "sft_steps": steps}
