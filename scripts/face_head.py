@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import sys
 from pathlib import Path
 
@@ -27,14 +26,17 @@ import torch
 
 from affect_llm.configuration import FER_LABELS
 from affect_llm.data.faces import FaceCropper
+from affect_llm.data.manifest import load_manifest
 from affect_llm.labels.taxonomy import normalize_labels
 from affect_llm.modeling.face_cnn import FerMiniXceptionModel
 from affect_llm.paths import models_dir
 from affect_llm.processing.feature_extraction import prepare_faces
 
 
-def read_rows(manifest: Path) -> list[dict]:
-    return [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+def base_word(label: str) -> str:
+    """The taxonomy's base word for an emotion label (the label itself when the taxonomy lacks it)."""
+    known = normalize_labels([label])[0]
+    return known[0] if known else label
 
 
 def head_answers(model: FerMiniXceptionModel, cropper: FaceCropper, images: list[Path]) -> list[tuple[str, str]]:
@@ -50,8 +52,7 @@ def head_answers(model: FerMiniXceptionModel, cropper: FaceCropper, images: list
     pixels = prepare_faces(np.stack(crops), model.config.image_size, model.config.num_channels)
     with torch.no_grad():
         best = model.logits(pixels).argmax(-1).tolist()
-    words = [normalize_labels([FER_LABELS[i]])[0] for i in best]
-    return [(w[0] if w else FER_LABELS[i], m) for w, i, m in zip(words, best, methods, strict=True)]
+    return [(base_word(FER_LABELS[i]), method) for i, method in zip(best, methods, strict=True)]
 
 
 def main() -> int:
@@ -69,24 +70,23 @@ def main() -> int:
     model = FerMiniXceptionModel.from_pretrained(args.model).eval()
     cropper = FaceCropper()
 
-    real = [r for r in read_rows(args.real) if r.get("image") and r.get("labels")]
-    answers = head_answers(model, cropper, [args.real.parent / r["image"] for r in real])
+    real = [row for row in load_manifest(args.real) if row.image and row.labels]
+    answers = head_answers(model, cropper, [row.media_path("image") for row in real])
     right = 0
     print("labelled real photos (file: label -> expression head, face found by)")
     for row, (said, method) in zip(real, answers, strict=True):
-        right += said in normalize_labels(row["labels"])[0]
-        print(f"  {row['image']}: {row['labels'][0]} -> {said} ({method})")
+        right += said in {base_word(label) for label in row.labels}
+        print(f"  {row.image}: {row.labels[0]} -> {said} ({method})")
     print(f"  {right} of {len(real)} right")
 
     # Drawn faces of the synthetic training split whose face channel is present, by drawn emotion.
-    drawn = [r for r in read_rows(args.drawn) if r["split"] == "train" and r.get("image")
-             and "video" in r["extra"].get("channels", []) and isinstance(r["extra"].get("cues"), dict)]
+    drawn = [row for row in load_manifest(args.drawn) if row.split == "train" and row.image
+             and "video" in (row.channels or ()) and isinstance(row.extra.get("cues"), dict)]
     drawn = drawn[: args.drawn_clips]
-    answers = head_answers(model, cropper, [args.drawn.parent / r["image"] for r in drawn])
+    answers = head_answers(model, cropper, [row.media_path("image") for row in drawn])
     tally: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for row, (said, _) in zip(drawn, answers, strict=True):
-        level = normalize_labels([row["extra"]["cues"]["face"]])[0]
-        tally[level[0] if level else row["extra"]["cues"]["face"]][said] += 1
+        tally[base_word(row.extra["cues"]["face"])][said] += 1
     print(f"drawn training faces ({len(drawn)}): drawn emotion -> what the expression head reads")
     for level, counts in sorted(tally.items()):
         agree = counts[level] / sum(counts.values())
