@@ -21,6 +21,10 @@ Modality = Literal["audio", "video", "face"]
 MODALITIES: tuple[str, ...] = get_args(Modality)
 ProjectorKind = Literal["linear", "mlp", "attention"]
 PROJECTOR_KINDS: tuple[str, ...] = get_args(ProjectorKind)
+# What the face projector reads of the face encoder's output: its pooled output (for the FER
+# encoder, last-block features and expression logits side by side) or the expression logits alone.
+FaceFeatures = Literal["pooled", "expression_logits"]
+FACE_FEATURE_KINDS: tuple[str, ...] = get_args(FaceFeatures)
 
 FER_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
@@ -98,6 +102,10 @@ class AffectConfig(PreTrainedConfig):
         audio_feature_layers: Concatenate the audio encoder's hidden states after these layers
             (e.g. ``[3, 6]``: prosody from a middle layer, voice quality from the top); the encoder
             keeps ``max(audio_feature_layers)`` layers. None: its last layer only.
+        face_features: What the face projector reads: ``pooled`` (the encoder's pooled output) or
+            ``expression_logits`` (only the logits of an encoder trained to classify expressions,
+            such as the FER mini-Xception: they keep their meaning from drawn faces to real photos,
+            where the block features do not).
         component_paths: Where each pretrained part was loaded from (keys ``llm``, ``audio``,
             ``video``, ``face``); None for a part built from its config with random weights.
         precision: How the weights are held (:class:`affect_llm.precision.Precision` as a dict);
@@ -128,6 +136,7 @@ class AffectConfig(PreTrainedConfig):
     audio_window_seconds: float = 30.0
     audio_encoder_layers: int | None = None
     audio_feature_layers: list[int] | None = None
+    face_features: FaceFeatures = "pooled"
     component_paths: dict[str, Any] | None = None
     precision: dict[str, Any] | None = None
     tie_word_embeddings: bool = False
@@ -147,6 +156,13 @@ class AffectConfig(PreTrainedConfig):
             if self.audio_encoder_layers is not None and max(layers) > self.audio_encoder_layers:
                 raise ValueError(f"audio_feature_layers={layers} reach beyond audio_encoder_layers="
                                  f"{self.audio_encoder_layers}")
+        if self.face_features not in FACE_FEATURE_KINDS:
+            raise ValueError(f"face_features={self.face_features!r}: expected one of {FACE_FEATURE_KINDS}")
+        face_type = getattr(self.face_config, "model_type", None)
+        if self.face_features == "expression_logits" and face_type not in (None, "fer_mini_xception"):
+            # Every config carries num_labels; only an expression classifier's logits mean expressions.
+            raise ValueError(f"face_features='expression_logits' needs a face encoder that classifies expressions "
+                             f"(fer_mini_xception), not {face_type!r}")
         if self.component_paths is None:
             self.component_paths = {}
         if self.text_config is not None and getattr(self.text_config, "tie_word_embeddings", False):

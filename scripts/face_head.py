@@ -8,9 +8,13 @@ the projector learned a mapping from the drawn training faces that does not carr
 
     python scripts/face_head.py                          # after scripts/quickstart.sh
     python scripts/face_head.py --drawn-clips 100        # fewer drawn faces
+    python scripts/face_head.py --probe                  # and what a probe on drawn faces carries over
 
 It prints each labelled real photo with the head's answer, then, per drawn emotion, how the head
-reads the synthetic set's training faces.
+reads the synthetic set's training faces. ``--probe`` fits a logistic regression on the drawn faces'
+encoder outputs (standardised) for each part the face projector can read (``model.face_features``):
+the last block's features and the expression logits; it prints its cross-validated accuracy on the
+drawn faces and its answers on the labelled real photos.
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ def base_word(label: str) -> str:
     return known[0] if known else label
 
 
-def head_answers(model: FerMiniXceptionModel, cropper: FaceCropper, images: list[Path]) -> list[tuple[str, str]]:
-    """(expression as the taxonomy's base word, how the face was found) for each image file."""
+def face_pixels(model: FerMiniXceptionModel, cropper: FaceCropper, images: list[Path]) -> tuple[torch.Tensor, list[str]]:
+    """The encoder's input for each image file, cropped as featurization crops, and how each face was found."""
     crops, methods = [], []
     for path in images:
         frame = cv2.imread(str(path))
@@ -49,10 +53,44 @@ def head_answers(model: FerMiniXceptionModel, cropper: FaceCropper, images: list
         crop, meta = cropper.crop_with_meta(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
         crops.append(crop)
         methods.append(meta.method)
-    pixels = prepare_faces(np.stack(crops), model.config.image_size, model.config.num_channels)
+    return prepare_faces(np.stack(crops), model.config.image_size, model.config.num_channels), methods
+
+
+def head_answers(model: FerMiniXceptionModel, cropper: FaceCropper, images: list[Path]) -> list[tuple[str, str]]:
+    """(expression as the taxonomy's base word, how the face was found) for each image file."""
+    pixels, methods = face_pixels(model, cropper, images)
     with torch.no_grad():
         best = model.logits(pixels).argmax(-1).tolist()
     return [(base_word(FER_LABELS[i]), method) for i, method in zip(best, methods, strict=True)]
+
+
+def encoder_outputs(model: FerMiniXceptionModel, cropper: FaceCropper, images: list[Path]) -> np.ndarray:
+    """The encoder's pooled output ``(N, D)`` for each image: last-block features, then the logits."""
+    pixels, _ = face_pixels(model, cropper, images)
+    with torch.no_grad():
+        return model(pixels, return_dict=True).pooler_output.numpy()
+
+
+def probe(model: FerMiniXceptionModel, cropper: FaceCropper, drawn: list, real: list) -> None:
+    """Fit on drawn faces, per part of the encoder's output; print drawn accuracy and real answers."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    drawn_x = encoder_outputs(model, cropper, [row.media_path("image") for row in drawn])
+    drawn_y = [base_word(row.extra["cues"]["face"]) for row in drawn]
+    real_x = encoder_outputs(model, cropper, [row.media_path("image") for row in real])
+    num_labels = model.config.num_labels
+    parts = {"block features": slice(0, -num_labels), "expression logits": slice(-num_labels, None)}
+    print("probe fitted on the drawn faces (logistic regression on standardised encoder outputs)")
+    for name, columns in parts.items():
+        classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        held_out = cross_val_score(classifier, drawn_x[:, columns], drawn_y, cv=4).mean()
+        said = classifier.fit(drawn_x[:, columns], drawn_y).predict(real_x[:, columns])
+        right = sum(word in {base_word(label) for label in row.labels} for row, word in zip(real, said, strict=True))
+        answers = ", ".join(f"{row.labels[0]} -> {word}" for row, word in zip(real, said, strict=True))
+        print(f"  {name}: drawn held out {held_out:.2f}; real photos {right} of {len(real)} ({answers})")
 
 
 def main() -> int:
@@ -61,6 +99,7 @@ def main() -> int:
     parser.add_argument("--real", type=Path, default=Path("outputs/pyfeat/manifest.jsonl"))
     parser.add_argument("--drawn", type=Path, default=Path("outputs/synth/manifest.jsonl"))
     parser.add_argument("--drawn-clips", type=int, default=300, help="synthetic training faces to read")
+    parser.add_argument("--probe", action="store_true", help="also fit a probe on the drawn faces (above)")
     args = parser.parse_args()
     for path in (args.model, args.real, args.drawn):
         if not path.exists():
@@ -91,6 +130,8 @@ def main() -> int:
     for level, counts in sorted(tally.items()):
         agree = counts[level] / sum(counts.values())
         print(f"  {level}: {dict(counts.most_common())} (agrees {agree:.2f})")
+    if args.probe:
+        probe(model, cropper, drawn, real)
     return 0
 
 

@@ -118,6 +118,8 @@ class MediaFeaturizer:
             if layers and "audio" in self._encoder_ids:
                 # The same weights give other features when other layers are concatenated.
                 self._encoder_ids["audio"] += ":layers=" + ",".join(map(str, layers))
+            if self.model.config.face_features != "pooled" and "face" in self._encoder_ids:
+                self._encoder_ids["face"] += ":features=" + self.model.config.face_features
         return self._encoder_ids
 
     def job(self, read_cached: bool = True) -> ClipJob:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from affect_llm.configuration import PROJECTOR_KINDS, ProjectorKind
+from affect_llm.configuration import FACE_FEATURE_KINDS, PROJECTOR_KINDS, FaceFeatures, ProjectorKind
 from affect_llm.precision import Precision
 
 
@@ -29,6 +29,8 @@ class ModelSpec:
         audio_encoder_layers: Keep the audio encoder's first N layers (prosody lives in the middle ones).
         audio_feature_layers: Concatenate the audio encoder's states after these layers (a learned mix
             of prosody and voice quality); None: the last kept layer only.
+        face_features: What the face projector reads: ``pooled`` or ``expression_logits`` (see
+            :class:`affect_llm.configuration.AffectConfig`).
         quantization: ``none`` or ``4bit`` (QLoRA: the LLM in NF4 through bitsandbytes).
         dtype: Weight dtype of the LLM: ``float32``, ``bfloat16`` or ``float16``.
         encoder_dtype: Weight dtype of the encoders (None: ``dtype``). See :mod:`affect_llm.precision`.
@@ -47,6 +49,7 @@ class ModelSpec:
     audio_window_seconds: float = 30.0
     audio_encoder_layers: int | None = None
     audio_feature_layers: list[int] | None = None
+    face_features: FaceFeatures = "pooled"
     quantization: str = "none"
     dtype: str = "float32"
     encoder_dtype: str | None = None
@@ -58,6 +61,8 @@ class ModelSpec:
                 raise ValueError(f"model.{modality}_projector={kind!r}: expected one of {PROJECTOR_KINDS}")
             if getattr(self, f"num_{modality}_tokens") < 1:
                 raise ValueError(f"model.num_{modality}_tokens must be >= 1")
+        if self.face_features not in FACE_FEATURE_KINDS:
+            raise ValueError(f"model.face_features={self.face_features!r}: expected one of {FACE_FEATURE_KINDS}")
         if self.llm is None or not str(self.llm):
             raise ValueError("model.llm: a reference to the LLM is required")
         try:

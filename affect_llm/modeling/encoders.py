@@ -131,12 +131,24 @@ def encode_audio(
     return hidden, mask
 
 
-def encode_frames(encoder: nn.Module, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode ``(N, K, C, H, W)`` frames or crops into one pooled vector each: ``(N, K, D)``."""
+def encode_frames(
+    encoder: nn.Module, values: torch.Tensor, expression_logits: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode ``(N, K, C, H, W)`` frames or crops into one vector each: ``(N, K, D)``.
+
+    Args:
+        expression_logits: Yield the encoder's expression logits (``D = num_labels``) instead of
+            its pooled output; the encoder must return ``logits`` (the FER mini-Xception does).
+    """
     n_items, n_frames = values.shape[:2]
     flat = values.flatten(0, 1)  # (N*K, C, H, W)
     output = encoder(pixel_values=flat)
-    pooled = getattr(output, "pooler_output", None)
+    if expression_logits:
+        pooled = getattr(output, "logits", None)
+        if pooled is None:
+            raise ValueError(f"{type(encoder).__name__} returns no expression logits")
+    else:
+        pooled = getattr(output, "pooler_output", None)
     if pooled is None:
         pooled = output.last_hidden_state.mean(dim=1)
     features = pooled.reshape(n_items, n_frames, -1)  # (N, K, D)

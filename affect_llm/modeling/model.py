@@ -106,11 +106,17 @@ class AffectForConditionalGeneration(AffectPreTrainedModel, GenerationMixin):
                 num_layers=config.audio_layers_kept() if modality == "audio" else None,
             )
             feature_layers = len(config.audio_feature_layers or [0]) if modality == "audio" else 1
+            expression_logits = modality == "face" and config.face_features == "expression_logits"
+            if expression_logits:
+                feature_dim = encoder_config.num_labels
+            else:
+                feature_dim = encoder_output_dim(encoder_config, feature_layers)
             self.projectors[modality] = MediaProjector(
                 getattr(config, f"{modality}_projector"),
-                encoder_output_dim(encoder_config, feature_layers),
+                feature_dim,
                 llm_dim,
                 config.num_tokens(modality),
+                normalize_items=not expression_logits,
             )
         self.post_init()
 
@@ -135,7 +141,8 @@ class AffectForConditionalGeneration(AffectPreTrainedModel, GenerationMixin):
         values = values.to(dtype=next(encoder.parameters()).dtype)
         if modality == "audio":
             return encode_audio(encoder, values, attention_mask, self.config.audio_feature_layers)
-        return encode_frames(encoder, values)
+        logits = modality == "face" and self.config.face_features == "expression_logits"
+        return encode_frames(encoder, values, expression_logits=logits)
 
     def project_media_features(self, modality: str, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(N, T, D_enc)`` features -> ``(N, num_tokens, D_llm)`` LLM tokens."""
