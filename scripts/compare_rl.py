@@ -1,11 +1,12 @@
 """What reinforcement buys over more supervision: two arms from the same supervised checkpoint.
 
 Starting from the embedded-default checkpoint (``runs/embedded/final``, written by
-``scripts/quickstart.sh``), on the same synthetic training clips:
+``scripts/quickstart.sh``), on the same training clips (the RL stage's datasets: the synthetic set
+and the Polish voices, mixed as in the supervised reason stage):
 
 - arm ``rl``: the GRPO stage of ``training/embedded_rl.yaml``;
 - arm ``sft``: the supervised ``reason`` stage of ``training/embedded.yaml`` continued (synthetic
-  rows only, the same task mixture), for as many steps as fill the RL arm's wall time (its step
+  RL stage's datasets, the reason stage's task mixture), for as many steps as fill the RL arm's wall time (its step
   time measured over a few steps of its own, in the RL stage's precision).
 
 Each arm's final checkpoint explains the held-out synthetic clips and the real recordings, and is
@@ -90,13 +91,14 @@ def rl_arm(steps: int | None) -> float:
 def sft_config(steps: int, run_dir: Path = Path("runs/embedded_sft_more")) -> Path:
     """The supervised reason stage, continued from the same checkpoint on the RL arm's clips."""
     raw = yaml.safe_load(Path("training/embedded.yaml").read_text())
+    rl = yaml.safe_load(Path("training/embedded_rl.yaml").read_text())
     reason = next(s for s in raw["stages"] if s["name"] == "reason")
     stage = {**copy.deepcopy(reason), "name": "sft_more", "init": str(SUPERVISED / "final"),
-             "datasets": {"synth": 1.0}, "steps": steps, "warmup_steps": 0, "schedule": "constant"}
+             "datasets": rl["stages"][0]["datasets"], "steps": steps, "warmup_steps": 0, "schedule": "constant"}
     raw.update(run_dir=str(run_dir), stages=[stage])
-    # Both arms compute in the same precision: the RL stage's (training/embedded_rl.yaml).
-    raw["train"]["precision"] = yaml.safe_load(Path("training/embedded_rl.yaml").read_text())["train"]["precision"]
-    raw["data"]["datasets"] = {"synth": raw["data"]["datasets"]["synth"]}
+    # Both arms compute in the same precision and read the same sets: the RL stage's.
+    raw["train"]["precision"] = rl["train"]["precision"]
+    raw["data"]["datasets"] = rl["data"]["datasets"]
     path = OUT / f"{run_dir.name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
