@@ -185,6 +185,10 @@ class AffectConfig(PreTrainedConfig):
             raise ValueError(f"{modality}_token_id is not set: build the model through AffectProcessor.add_tokens")
         return token_id
 
+    def reads_expression_logits(self, modality: str) -> bool:
+        """Whether ``modality``'s projector reads its encoder's expression logits (``face_features``)."""
+        return modality == "face" and self.face_features == "expression_logits"
+
     def audio_layers_kept(self) -> int | None:
         """How many audio-encoder layers run: enough for the deepest feature layer, or the explicit cut."""
         if self.audio_feature_layers:

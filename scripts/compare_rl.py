@@ -5,9 +5,9 @@ Starting from the embedded-default checkpoint (``runs/embedded/final``, written 
 and the Polish voices, mixed as in the supervised reason stage):
 
 - arm ``rl``: the GRPO stage of ``training/embedded_rl.yaml``;
-- arm ``sft``: the supervised ``reason`` stage of ``training/embedded.yaml`` continued (synthetic
-  RL stage's datasets, the reason stage's task mixture), for as many steps as fill the RL arm's wall time (its step
-  time measured over a few steps of its own, in the RL stage's precision).
+- arm ``sft``: the supervised ``reason`` stage of ``training/embedded.yaml`` continued (the RL
+  stage's datasets, the reason stage's task mixture), for as many steps as fill the RL arm's wall
+  time (its step time measured over a few steps of its own, in the RL stage's precision).
 
 Each arm's final checkpoint explains the held-out synthetic clips and the real recordings, and is
 scored by the evaluation report's scorers (family F1 per cue subset, evidence per channel, absent

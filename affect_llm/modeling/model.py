@@ -106,7 +106,7 @@ class AffectForConditionalGeneration(AffectPreTrainedModel, GenerationMixin):
                 num_layers=config.audio_layers_kept() if modality == "audio" else None,
             )
             feature_layers = len(config.audio_feature_layers or [0]) if modality == "audio" else 1
-            expression_logits = modality == "face" and config.face_features == "expression_logits"
+            expression_logits = config.reads_expression_logits(modality)
             if expression_logits:
                 feature_dim = encoder_config.num_labels
             else:
@@ -141,8 +141,7 @@ class AffectForConditionalGeneration(AffectPreTrainedModel, GenerationMixin):
         values = values.to(dtype=next(encoder.parameters()).dtype)
         if modality == "audio":
             return encode_audio(encoder, values, attention_mask, self.config.audio_feature_layers)
-        logits = modality == "face" and self.config.face_features == "expression_logits"
-        return encode_frames(encoder, values, expression_logits=logits)
+        return encode_frames(encoder, values, expression_logits=self.config.reads_expression_logits(modality))
 
     def project_media_features(self, modality: str, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(N, T, D_enc)`` features -> ``(N, num_tokens, D_llm)`` LLM tokens."""

@@ -41,8 +41,8 @@ class MediaProjector(nn.Module):
         Args:
             normalize_items: Layer-normalise each standardised feature vector. Off for a few class
                 logits: normalising 7 numbers across themselves discards how strongly each class is
-                read (a probe on standardised FER logits, drawn faces to real photos: 0.90 held out
-                and 3 of 3 photos without it, 0.84 and 2 of 3 with it).
+                read (an MLP probe on standardised FER logits of drawn faces, three seeds: 0.90-0.91
+                held out and 3 of 3 real photos without it, 0.83-0.84 and 1 or 2 of 3 with it).
         """
         super().__init__()
         self.kind = kind
