@@ -84,6 +84,12 @@ class GrpoSettings:
             tone task the positive estimator's mean gradient was twice as aligned with the true
             gradient of the expected reward (cosine 0.60 against 0.30 over 12 rollout sets) and
             learned where the normalised one did not in 400 steps (training/README.md).
+        reference_in_group: Add each clip's reference answer (the supervised target) to its group as
+            one more member, rewarded like the sampled answers (off-policy guidance, as in LUFFY,
+            Yan et al. 2025): when it beats them its tokens are pushed up, so answers the policy never
+            samples (several emotions for channels that disagree) are still learned; when the policy
+            answers as well, its advantage is near 0 and it changes nothing. Requires rows that record
+            the task's answer, as every row a stage trains on does.
         micro_batch: Rollouts per scoring forward and backward (0: all of the step's at once).
             The scoring pass holds every layer's activations for its rows, so this bounds the
             stage's memory; the gradient is the same (each part is averaged over the whole step's
@@ -99,6 +105,7 @@ class GrpoSettings:
     rewards: dict[str, float] = field(default_factory=_default_rewards)
     val_samples: int = 32
     advantages: str = "normalised"
+    reference_in_group: bool = False
     micro_batch: int = 0
 
     def __post_init__(self) -> None:
@@ -112,6 +119,8 @@ class GrpoSettings:
             raise ValueError(f"grpo.group_size={self.group_size}: a group needs at least 2 answers to compare")
         if self.advantages not in ("normalised", "positive"):
             raise ValueError(f"grpo.advantages={self.advantages!r}; expected 'normalised' or 'positive'")
+        if not isinstance(self.reference_in_group, bool):
+            raise ValueError(f"grpo.reference_in_group={self.reference_in_group!r}; expected true or false")
         if self.micro_batch < 0:
             raise ValueError(f"grpo.micro_batch={self.micro_batch}: rollouts per scoring pass, >= 0 (0: all at once)")
         if self.max_new_tokens < 1 or self.val_samples < 0:

@@ -13,7 +13,7 @@ Shape letters: B clips, G answers per clip, R = B x G rollouts, P prompt tokens,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +98,66 @@ def sample_rollouts(
         attention_mask=torch.cat([mask, completion_mask.long()], dim=1),
         completion_mask=completion_mask, media=media, texts=texts, prompt_length=ids.shape[1],
         row_media=tuple(item["media"] for item in items for _ in range(group_size)),
+    )
+
+
+def with_reference_answers(
+    rollouts: Rollouts, references: Sequence[Sequence[int]], reference_texts: Sequence[str], group_size: int,
+    pad_token_id: int, eos_token_id: int,
+) -> Rollouts:
+    """Each prompt's group of ``group_size`` sampled answers with the prompt's reference answer added last.
+
+    The reference (the answer a supervised stage trains on, token ids ending with the end of turn)
+    joins the group as one more member: it is rewarded like the sampled answers, and when it beats
+    them its advantage is positive and its tokens are pushed up, so a clip whose right answer the
+    policy never samples (several emotions for channels that disagree) still teaches it. Row order
+    stays prompt-major: ``group_size`` sampled rows, then the reference (``B x (G + 1)`` rows).
+
+    Args:
+        references: One token-id list per prompt (``B``), the answer after the prompt.
+        reference_texts: The references' text, scored by the rewards as a sampled answer's would be.
+    """
+    prompts = len(references)
+    if rollouts.input_ids.shape[0] != prompts * group_size or len(reference_texts) != prompts:
+        raise ValueError(f"{rollouts.input_ids.shape[0]} rollouts do not hold {group_size} answers for "
+                         f"each of {prompts} references")
+    start = rollouts.prompt_length
+    sampled = rollouts.input_ids[:, start:]
+    width = max(sampled.shape[1], *(len(ids) for ids in references))
+    grow = width - sampled.shape[1]
+    # The sampled rows' masks are kept, not recomputed: a padding token may be the end-of-turn token.
+    sampled = torch.nn.functional.pad(sampled, (0, grow), value=pad_token_id)
+    sampled_mask = torch.nn.functional.pad(rollouts.completion_mask, (0, grow), value=False)
+    answers = torch.full((prompts, width), pad_token_id, dtype=sampled.dtype, device=sampled.device)
+    for row, ids in enumerate(references):
+        answers[row, : len(ids)] = torch.as_tensor(list(ids), dtype=sampled.dtype)
+    answer_mask = completion_token_mask(answers, eos_token_id)
+    for row, ids in enumerate(references):
+        answer_mask[row, len(ids):] = False
+    answers = torch.where(answer_mask, answers, torch.full_like(answers, pad_token_id))
+
+    def grouped(rows: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        """``(B * G, ...)`` and ``(B, ...)`` -> ``(B * (G + 1), ...)``, each extra row after its group."""
+        together = torch.cat([rows.view(prompts, group_size, *rows.shape[1:]), extra.unsqueeze(1)], dim=1)
+        return together.flatten(0, 1)
+
+    first_of_group = slice(None, None, group_size)
+    prompt_ids = rollouts.input_ids[first_of_group, :start]
+    prompt_mask = rollouts.attention_mask[first_of_group, :start]
+    completions = grouped(sampled, answers)
+    completion_mask = grouped(sampled_mask, answer_mask)
+    prompt_rows = grouped(rollouts.input_ids[:, :start], prompt_ids)
+    prompt_mask_rows = grouped(rollouts.attention_mask[:, :start], prompt_mask)
+    texts = [text for b in range(prompts)
+             for text in (*rollouts.texts[b * group_size:(b + 1) * group_size], reference_texts[b])]
+    row_media = tuple(media for b in range(prompts)
+                      for media in (*rollouts.row_media[b * group_size:(b + 1) * group_size],
+                                    rollouts.row_media[b * group_size]))
+    return Rollouts(
+        input_ids=torch.cat([prompt_rows, completions], dim=1),
+        attention_mask=torch.cat([prompt_mask_rows, completion_mask.to(prompt_mask_rows.dtype)], dim=1),
+        completion_mask=completion_mask, media=MediaInputs.concat(row_media).to(sampled.device), texts=texts,
+        prompt_length=start, row_media=row_media,
     )
 
 

@@ -10,6 +10,8 @@ term to the stage's starting policy (:mod:`affect_llm.training.grpo`).
 One policy update per batch of rollouts: the policy that sampled them is the one being trained,
 so the sampling log-probabilities are the training forward's, detached (the ratio is 1 and the
 clip acts on nothing; the objective is the policy gradient with group-normalised advantages).
+With ``grpo.reference_in_group`` each clip's reference answer joins its group as one more member
+(scored, not sampled; the logged rewards stay the sampled answers').
 The validation reward (greedy answers on the validation split, the mean weighted reward) selects
 the best checkpoint; every reward is logged per step.
 
@@ -38,13 +40,14 @@ from affect_llm.training.grpo import (
     media_token_ids,
     policy_loss_backward,
     sample_rollouts,
+    with_reference_answers,
 )
 from affect_llm.training.loader import batch_loader
 from affect_llm.training.rewards import score_answer
 from affect_llm.training.sampler import ScheduleSampler, validation_batches
 from affect_llm.training.schedule import Sample, iter_schedule, stage_num_steps, validation_samples
 from affect_llm.training.stage_loop import BestRule, StepResult, Validation, finish_stage, run_stage_steps
-from affect_llm.training.targets import answerable
+from affect_llm.training.targets import answer_for, answerable
 
 if TYPE_CHECKING:
     from affect_llm.training.recipe import CurriculumRecipe
@@ -57,16 +60,26 @@ VAL_REWARD = BestRule("val_reward", higher_is_better=True)
 class PromptItems(Dataset):
     """Sample -> the prompt to answer (token ids), its media, and the row that scores the answers."""
 
-    def __init__(self, processor: AffectProcessor, rows: dict[str, list[ManifestRow]], media: Any) -> None:
+    def __init__(self, processor: AffectProcessor, rows: dict[str, list[ManifestRow]], media: Any,
+                 with_reference: bool = False) -> None:
         self.processor, self.rows, self.media = processor, rows, media
+        self.with_reference = with_reference
 
     def __getitem__(self, sample: Sample) -> dict[str, Any]:
         row = self.rows[sample.dataset][sample.index]
         media: MediaInputs = self.media(row)
         messages = self.processor.build_messages(sample.task, media.modalities, transcript=row.words,
                                                  transcript_recognised=row.transcript_recognised)
-        return {**self.processor.encode_text(messages), "media": media, "row": row, "task": sample.task,
+        item = {**self.processor.encode_text(messages), "media": media, "row": row, "task": sample.task,
                 "counted": sample.counted}
+        if self.with_reference:
+            # The supervised target, tokenised as a supervised stage trains it (end of turn included).
+            answer = answer_for(row, self.processor.prompt.task_keys(sample.task))
+            if answer is None:
+                raise ValueError(f"row {row.id!r} has no reference answer for task {sample.task!r}")
+            full = self.processor.encode_text(messages, answer=answer)["input_ids"]
+            item.update(reference_ids=full[len(item["input_ids"]):], reference_text=answer)
+        return item
 
     def __len__(self) -> int:
         return sum(len(rows) for rows in self.rows.values())
@@ -111,7 +124,8 @@ class GrpoStage:
         source = self.recipe.media.source(self.processor, modalities, live)
         workers = self.recipe.media.loader_workers(live)
         # Items stay a list: the rollouts collate prompts left-padded, and each keeps its row to score.
-        return batch_loader(PromptItems(self.processor, rows, source), batches, workers, pin_memory=False,
+        items = PromptItems(self.processor, rows, source, with_reference=self.settings.reference_in_group)
+        return batch_loader(items, batches, workers, pin_memory=False,
                             seed=self.recipe.config.seed, collate=_as_list)
 
     # -- the parts of a step ----------------------------------------------------------------------------
@@ -129,8 +143,7 @@ class GrpoStage:
         self.recipe._train_mode(self.model, self.stage)
         return rollouts
 
-    def _score(self, items: list[dict[str, Any]], texts: list[str]) -> list[dict[str, float | None]]:
-        group = self.settings.group_size
+    def _score(self, items: list[dict[str, Any]], texts: list[str], group: int) -> list[dict[str, float | None]]:
         return [score_answer(text, items[i // group]["row"], self.settings.rewards,
                              require_labels=requires_labels(self.processor, items[i // group]["task"]))
                 for i, text in enumerate(texts)]
@@ -139,9 +152,17 @@ class GrpoStage:
               reference: dict[str, torch.Tensor] | None) -> dict[str, float]:
         """Sample, score, and take one optimizer step; returns what the step logs."""
         rollouts = self._rollouts(items)
-        scores = self._score(items, rollouts.texts)
+        sampled = self.settings.group_size
+        group = sampled
+        if self.settings.reference_in_group:
+            tokenizer = self.processor.tokenizer
+            rollouts = with_reference_answers(
+                rollouts, [item["reference_ids"] for item in items], [item["reference_text"] for item in items],
+                sampled, tokenizer.pad_token_id, tokenizer.eos_token_id)
+            group = sampled + 1
+        scores = self._score(items, rollouts.texts, group)
         totals = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
-        advantages = group_advantages(totals.view(len(items), self.settings.group_size)).flatten()
+        advantages = group_advantages(totals.view(len(items), group)).flatten()
         if self.settings.advantages == "positive":
             advantages = advantages.clamp(min=0.0)
         advantages = advantages.to(self.accelerator.device)
@@ -164,10 +185,16 @@ class GrpoStage:
             self.accelerator.clip_grad_norm_(params, self.recipe.config.train.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        local = mean_rewards(scores)
+        # The logged rewards and lengths are the policy's own answers', never the references'.
+        is_sampled = torch.arange(len(scores)) % group < sampled
+        local = mean_rewards([score for score, own in zip(scores, is_sampled.tolist(), strict=True) if own])
         record = {f"reward/{name}": value for name, value in local.items()}
         record.update({f"grpo/{k}": v for k, v in parts.items()})
-        record["grpo/completion_tokens"] = float(rollouts.completion_mask.sum(1).float().mean())
+        record["grpo/completion_tokens"] = float(rollouts.completion_mask[is_sampled].sum(1).float().mean())
+        if group > sampled:
+            # How far the references lead their groups: near 0 once the policy answers as well as they do.
+            record["grpo/reference_reward"] = float(totals[~is_sampled].mean())
+            record["grpo/reference_advantage"] = float(advantages[~is_sampled.to(advantages.device)].mean())
         record["grpo/loss"] = loss
         # Every process's means, averaged: each reward over the processes that scored it.
         return self._average_over_processes(record)
@@ -262,6 +289,7 @@ class GrpoStage:
                            recipe.config.seed * 1000 + self.index)
         batches = iter(self._loader(train_rows, ScheduleSampler(schedule, start_step, num_steps, recipe.rank,
                                                                 recipe.world)))
+        # Throughput counts the sampled answers (a reference in the group is scored, not generated).
         rollouts = global_batch * self.settings.group_size
 
         def one_step() -> StepResult:

@@ -1,4 +1,5 @@
-"""GRPO pieces: group advantages, the completion mask, log-probabilities that match sampling, the loss."""
+"""GRPO pieces: group advantages, the completion mask, log-probabilities that match sampling, the loss,
+and a reference answer added to each group."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from affect_llm.training.grpo import (
     grpo_loss,
     policy_loss_backward,
     sample_rollouts,
+    with_reference_answers,
 )
 
 
@@ -124,3 +126,57 @@ def test_micro_batches_give_the_one_pass_loss_and_gradient(tiny_model, raw_media
     assert any(g.abs().sum() > 0 for g in grads)
     for one, parts in zip(grads, part_grads, strict=True):
         assert torch.allclose(one, parts, atol=1e-6, rtol=1e-4)
+
+
+def test_a_reference_answer_joins_each_group_and_is_scored_as_the_model_reads_it(tiny_model, raw_media):
+    """Two prompts, two sampled answers each: a reference longer than every sample and one shorter
+    follow their groups, and their log-probabilities are those of the reference read alone."""
+    model, processor = tiny_model
+    model.eval()
+    tokenizer = processor.tokenizer
+    items, references, texts = [], [], []
+    for modalities, answer in ((("audio", "face"), '{"labels": ["happy"], "explanation": "' + "a smile " * 12 + '"}'),
+                               (("face",), '{"labels": ["sad"]}')):
+        media = processor.prepare_media(**{m: raw_media[m] for m in modalities})
+        messages = processor.build_messages("perceive", modalities)
+        prompt = processor.encode_text(messages)
+        full = processor.encode_text(messages, answer=answer)["input_ids"]
+        items.append({**prompt, "media": media})
+        references.append(full[len(prompt["input_ids"]):])
+        texts.append(answer)
+    torch.manual_seed(3)
+    sampled = sample_rollouts(model, processor, items, group_size=2, max_new_tokens=4, temperature=1.0)
+    grouped = with_reference_answers(sampled, references, texts, 2, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    assert grouped.input_ids.shape[0] == 6 and len(grouped.row_media) == 6
+    assert grouped.texts == [*sampled.texts[:2], texts[0], *sampled.texts[2:], texts[1]]
+    width = grouped.input_ids.shape[1] - grouped.prompt_length
+    assert width == max(len(r) for r in references) > sampled.completion_mask.shape[1]
+    # The sampled rows are unchanged (their masks kept, the completions padded on the right).
+    for new, old in ((0, 0), (1, 1), (3, 2), (4, 3)):
+        n = sampled.completion_mask.shape[1]
+        assert torch.equal(grouped.completion_mask[new, :n], sampled.completion_mask[old])
+        assert not grouped.completion_mask[new, n:].any()
+        assert torch.equal(grouped.input_ids[new, : grouped.prompt_length + n], sampled.input_ids[old])
+    for row, reference in ((2, references[0]), (5, references[1])):
+        through_end = reference.index(tokenizer.eos_token_id) + 1  # the answer and its end of turn
+        assert int(grouped.completion_mask[row].sum()) == through_end
+        assert grouped.input_ids[row, grouped.prompt_length:][:through_end].tolist() == reference[:through_end]
+    with torch.no_grad():
+        scored = completion_logprobs(model, grouped)
+        for row, item, reference in ((2, items[0], references[0]), (5, items[1], references[1])):
+            ids = torch.tensor([item["input_ids"] + reference])
+            logits = model(input_ids=ids, media=item["media"]).logits[0].float()
+            n = int(grouped.completion_mask[row].sum())
+            start = len(item["input_ids"])
+            own = torch.log_softmax(logits[start - 1 : start - 1 + n], -1).gather(
+                -1, ids[0, start : start + n, None]).squeeze(-1)
+            assert torch.allclose(scored[row, :n], own, atol=1e-4), row
+
+
+def test_references_must_match_the_groups(tiny_model, raw_media):
+    model, processor = tiny_model
+    media = processor.prepare_media(face=raw_media["face"])
+    items = [{**processor.encode_text(processor.build_messages("perceive", ["face"])), "media": media}]
+    sampled = sample_rollouts(model, processor, items, group_size=2, max_new_tokens=2, temperature=1.0)
+    with pytest.raises(ValueError, match="do not hold 3 answers"):
+        with_reference_answers(sampled, [[1]], ["x"], 3, 0, 1)
