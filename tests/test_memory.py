@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from affect_llm.memory import peak_resident_mib, release_free_memory
+from affect_llm.memory import (
+    ONEDNN_PRIMITIVE_CACHE_CAPACITY,
+    bound_onednn_primitive_cache,
+    peak_resident_mib,
+    release_free_memory,
+)
 
 
 def _resident_mib() -> float:
@@ -37,3 +44,20 @@ def test_freed_small_buffers_are_handed_back() -> None:
     assert release_free_memory()
     assert _resident_mib() < before - 100
     assert len(pins) == 4096
+
+
+def test_the_cli_bounds_onednn_primitives_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    bound_onednn_primitive_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(ONEDNN_PRIMITIVE_CACHE_CAPACITY)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
+    bound_onednn_primitive_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"
+    # The console script sets it before a command runs, so its worker processes inherit it.
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    code = ("import os, subprocess, sys\nfrom affect_llm.cli.main import main\n"
+            "assert main(['models', 'list']) == 0\n"
+            "print(subprocess.run([sys.executable, '-c', 'import os; print(os.environ[\"ONEDNN_PRIMITIVE_CACHE_CAPACITY\"])'],"
+            " capture_output=True, text=True, check=True).stdout)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == str(ONEDNN_PRIMITIVE_CACHE_CAPACITY)

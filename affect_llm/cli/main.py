@@ -22,6 +22,7 @@ from typing import NoReturn
 
 from affect_llm.cli.console import Console
 from affect_llm.cli.errors import EXIT_USAGE, UsageError, classify, one_line
+from affect_llm.memory import bound_onednn_primitive_cache
 
 SUBCOMMAND_MODULES = (
     "models",
@@ -96,6 +97,7 @@ def _fail(prog: str, error: BaseException, console: Console | None, debug: bool)
 
 
 def main(argv: list[str] | None = None) -> int:
+    bound_onednn_primitive_cache()  # before any command computes anything
     try:
         args = build_parser().parse_args(argv)
     except UsageError as error:
