@@ -131,9 +131,9 @@ def with_reference_answers(
     answers = torch.full((prompts, width), pad_token_id, dtype=sampled.dtype, device=sampled.device)
     for row, ids in enumerate(references):
         answers[row, : len(ids)] = torch.as_tensor(list(ids), dtype=sampled.dtype)
-    answer_mask = completion_token_mask(answers, eos_token_id)
-    for row, ids in enumerate(references):
-        answer_mask[row, len(ids):] = False
+    lengths = torch.tensor([len(ids) for ids in references], device=sampled.device)
+    within = torch.arange(width, device=sampled.device) < lengths[:, None]  # not the padding after it
+    answer_mask = completion_token_mask(answers, eos_token_id) & within
     answers = torch.where(answer_mask, answers, torch.full_like(answers, pad_token_id))
 
     def grouped(rows: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
@@ -148,17 +148,20 @@ def with_reference_answers(
     completion_mask = grouped(sampled_mask, answer_mask)
     prompt_rows = grouped(rollouts.input_ids[:, :start], prompt_ids)
     prompt_mask_rows = grouped(rollouts.attention_mask[:, :start], prompt_mask)
-    texts = [text for b in range(prompts)
-             for text in (*rollouts.texts[b * group_size:(b + 1) * group_size], reference_texts[b])]
-    row_media = tuple(media for b in range(prompts)
-                      for media in (*rollouts.row_media[b * group_size:(b + 1) * group_size],
-                                    rollouts.row_media[b * group_size]))
+    texts = _after_each_group(rollouts.texts, reference_texts, group_size)
+    # A reference answers the same clip as its group: the group's media.
+    row_media = tuple(_after_each_group(rollouts.row_media, rollouts.row_media[first_of_group], group_size))
     return Rollouts(
         input_ids=torch.cat([prompt_rows, completions], dim=1),
         attention_mask=torch.cat([prompt_mask_rows, completion_mask.to(prompt_mask_rows.dtype)], dim=1),
         completion_mask=completion_mask, media=MediaInputs.concat(row_media).to(sampled.device), texts=texts,
         prompt_length=start, row_media=row_media,
     )
+
+
+def _after_each_group(rows: Sequence[Any], extra: Sequence[Any], group_size: int) -> list[Any]:
+    """Rows in groups of ``group_size``, with ``extra[b]`` after group ``b`` (the list form of ``grouped``)."""
+    return [row for b, last in enumerate(extra) for row in (*rows[b * group_size:(b + 1) * group_size], last)]
 
 
 def media_token_ids(processor: AffectProcessor) -> list[int]:

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from affect_llm.data.manifest import ManifestRow
+from affect_llm.modeling.answer_loss import IGNORE_INDEX
 from affect_llm.modeling.media import MediaInputs
 from affect_llm.modeling.trainable import llm_weight_summary, set_trainable
 from affect_llm.processing.processor import AffectProcessor
@@ -70,16 +71,18 @@ class PromptItems(Dataset):
         media: MediaInputs = self.media(row)
         messages = self.processor.build_messages(sample.task, media.modalities, transcript=row.words,
                                                  transcript_recognised=row.transcript_recognised)
-        item = {**self.processor.encode_text(messages), "media": media, "row": row, "task": sample.task,
-                "counted": sample.counted}
-        if self.with_reference:
-            # The supervised target, tokenised as a supervised stage trains it (end of turn included).
-            answer = answer_for(row, self.processor.prompt.task_keys(sample.task))
-            if answer is None:
-                raise ValueError(f"row {row.id!r} has no reference answer for task {sample.task!r}")
-            full = self.processor.encode_text(messages, answer=answer)["input_ids"]
-            item.update(reference_ids=full[len(item["input_ids"]):], reference_text=answer)
-        return item
+        item = {"media": media, "row": row, "task": sample.task, "counted": sample.counted}
+        if not self.with_reference:
+            return {**self.processor.encode_text(messages), **item}
+        # The supervised target, tokenised as a supervised stage trains it (end of turn included):
+        # one encoding gives the prompt (the tokens without labels) and the answer after it.
+        answer = answer_for(row, self.processor.prompt.task_keys(sample.task))
+        if answer is None:
+            raise ValueError(f"row {row.id!r} has no reference answer for task {sample.task!r}")
+        encoded = self.processor.encode_text(messages, answer=answer)
+        prompt_length = encoded["labels"].count(IGNORE_INDEX)
+        return {"input_ids": encoded["input_ids"][:prompt_length], **item,
+                "reference_ids": encoded["input_ids"][prompt_length:], "reference_text": answer}
 
     def __len__(self) -> int:
         return sum(len(rows) for rows in self.rows.values())
