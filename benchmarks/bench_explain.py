@@ -20,6 +20,9 @@ does (``--keep-adapter``: generate with it attached). The ``sb`` rows decode as 
 batches do (``stream_batch``: the shared prompt prefix computed once per batch, a KV cache that
 grows in place), at batch 1 and at the largest batch, without stopping at the end of turn so the
 work stays equal; their tokens are checked against ``generate``'s up to the first end of turn.
+The largest ``sb`` batch's time is split into its prompts' forward (up to the first tokens) and its
+decoding steps, whose weight matmuls (2 FLOPs per weight and row) are set against the machine's
+float32 matmul rate, measured after the runs: how far from compute-bound a batched step is.
 
 Raw clips (``--raw-clips N``, 0 to skip). ``explain``'s own pipeline on N synthetic clips at
 ``--raw-batch-size``: decoding alone (every clip through the decode job in this process), then one
@@ -296,7 +299,7 @@ def raw_explain(checkpoint: Path, work: Path, clips: int, batch_size: int, new_t
 
 def timed(args, model, processor, items, batch_size: int, what: str, extra: dict | None = None,
           outputs: list | None = None, bandwidths: list | None = None, requests: list | None = None,
-          decoding: list | None = None) -> float:
+          decoding: list | None = None, prompt_seconds: list | None = None) -> float:
     """Median seconds of ``args.repeats`` runs (the first one's tokens go to ``outputs``).
 
     ``bandwidths`` collects the read bandwidth measured right after each run: the speed of shared
@@ -304,10 +307,11 @@ def timed(args, model, processor, items, batch_size: int, what: str, extra: dict
     decode as the hf backend's batches do (``stream_batch``) instead of through ``generate``.
     ``decoding`` (batch 1) collects each run's decoding steps per second: the tokens after each
     clip's first over the time after its prompt's forward, which reads the weights once per token
-    as the bound assumes (the prompt's forward is compute-bound and is left out).
+    as the bound assumes (the prompt's forward is compute-bound and is left out). ``prompt_seconds``
+    collects each run's seconds up to the first token of each batch, summed.
     """
     times = []
-    prefills: list | None = [] if decoding is not None else None
+    prefills: list | None = prompt_seconds if prompt_seconds is not None else [] if decoding is not None else None
     for repeat in range(args.repeats):
         kept = outputs if repeat == 0 else None
         if requests is not None:
@@ -408,12 +412,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"      {what}: tokens equal to the dynamic cache's: {tokens == dynamic}")
     largest = str(max(batch_sizes))
     eos = processor.tokenizer.eos_token_id
+    batch_prompts: list[float] = []  # the largest batch's seconds to its first tokens, per run
     for size in sorted({"1", largest}, key=int):
         tokens, key = [], size + "b"
         if size == "1":
             bandwidths[key], decodes[key] = [], []
         seconds = timed(args, model, processor, items, int(size), f"batch {size} as the hf backend batches",
-                        outputs=tokens, bandwidths=bandwidths.get(key), requests=requests, decoding=decodes.get(key))
+                        outputs=tokens, bandwidths=bandwidths.get(key), requests=requests, decoding=decodes.get(key),
+                        prompt_seconds=batch_prompts if size == largest != "1" else None)
+        if size == largest != "1":
+            batch_seconds = seconds
         rates[key] = report_row(size + " sb", len(items), args.max_new_tokens, seconds, rates["1"])
         print(f"      stream_batch: tokens equal to the loop's up to the end of turn: "
               f"{same_until_end_of_turn(tokens, dynamic, eos)}")
@@ -442,6 +450,20 @@ def main(argv: list[str] | None = None) -> int:
           f"{100 * max(decode_shares.values()):.0f}%; target >= 60%)")
     best_batch = max(rates[largest], rates.get(largest + "s", 0.0), rates[largest + "b"])
     print(f"batch {largest} / one-clip loop: {best_batch / rates['1']:.2f}x (target >= 15x at batch 32)")
+    if batch_prompts:
+        # Where the batch's time goes: its prompts' forward (up to the first tokens) and its decoding
+        # steps, each step's weight matmuls against the machine's float32 matmul rate.
+        from bench_train import matmul_flops_per_s
+
+        prompts = statistics.median(batch_prompts)
+        batches = -(-len(items) // int(largest))
+        step = (batch_seconds - prompts) / (batches * (args.max_new_tokens - 1))
+        step_flops = 2 * weights / next(model.language_model.parameters()).element_size() * int(largest)
+        rate = matmul_flops_per_s()
+        print(f"batch {largest} as the hf backend batches: prompts' forward {prompts:.2f} s "
+              f"(with decoding free, {len(items) / rates['1'] / prompts:.1f}x the loop); decoding steps "
+              f"{1e3 * step:.0f} ms each, {step_flops / 1e9:.1f} GFLOP of weight matmuls, {step_flops / step / 1e9:.0f} "
+              f"GFLOP/s against a float32 matmul rate of {rate / 1e9:.0f} GFLOP/s (1024^3, measured now)")
     if args.raw_clips:
         del model, items
         raw_explain(checkpoint, args.work, args.raw_clips, args.raw_batch_size, args.max_new_tokens,

@@ -28,15 +28,18 @@ from affect_llm.processing.processor import AffectProcessor, batch_to_device
 def compiled_decoding(device: torch.device) -> dict[str, Any]:
     """The ``generate`` arguments of compiled decoding on ``device``: a static KV cache and how to compile.
 
-    On CUDA, transformers' default (CUDA graphs). On a CPU, inductor with the weights frozen into
-    the graph as constants, which lets it pre-pack them for its matmuls; transformers compiles on a
-    CPU only when asked to explicitly. Shapes are static at first and become dynamic after the
+    On CUDA, transformers' default (CUDA graphs). On a CPU, plain inductor; transformers compiles on
+    a CPU only when asked to explicitly. Shapes are static at first and become dynamic after the
     first change (another prompt length or batch size), so a batch job compiles about twice.
+    Inductor's ``freezing`` (weights as constants, pre-packed for MKL) is left off: passed as a
+    compile option it was not applied (the graph still took the weights as inputs), and set in
+    inductor's config it froze the static KV cache with the weights, so the graph compiled for
+    one clip failed on the next clip's cache (torch 2.13).
     """
     if device.type == "cuda":
         config = CompileConfig()
     else:
-        config = CompileConfig(mode=None, options={"freezing": True})
+        config = CompileConfig(mode=None)
         config._compile_all_devices = True  # transformers' switch for compiling off-GPU
     return {"cache_implementation": "static", "compile_config": config}
 
