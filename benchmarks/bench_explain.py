@@ -22,7 +22,9 @@ grows in place), at batch 1 and at the largest batch, without stopping at the en
 work stays equal; their tokens are checked against ``generate``'s up to the first end of turn.
 The largest ``sb`` batch's time is split into its prompts' forward (up to the first tokens) and its
 decoding steps, whose weight matmuls (2 FLOPs per weight and row) are set against the machine's
-float32 matmul rate, measured after the runs: how far from compute-bound a batched step is.
+float32 matmul rate, measured after the runs: how far from compute-bound a batched step is. The
+batch's compute bound is printed too, the counterpart of the batch-1 bound: the weight-matmul FLOPs
+no batching avoids over that rate, and the speedup over the loop the batch would reach at it.
 
 Raw clips (``--raw-clips N``, 0 to skip). ``explain``'s own pipeline on N synthetic clips at
 ``--raw-batch-size``: decoding alone (every clip through the decode job in this process), then one
@@ -127,6 +129,30 @@ def weight_bytes_per_token(model) -> int:
     if table.data_ptr() != head.data_ptr():
         total -= table.numel() * table.element_size()
     return total
+
+
+def batched_matmul_flops(model, processor, items: list[dict], batch_size: int, new_tokens: int) -> float:
+    """FLOPs of the LLM's weight matmuls that decoding ``items`` as the hf backend batches cannot avoid.
+
+    Every real prompt token goes through the layers once (a batch's shared prefix once, padding not
+    counted), each prompt gets one row of logits, and every new token after the first goes through
+    the layers and the output matrix: 2 FLOPs per weight and token. Attention and element-wise work
+    are left out, so this count at the machine's matmul rate is a lower bound on the batch's time.
+    """
+    from affect_llm.generation.batch_stream import shared_prefix_length
+
+    lm = model.language_model
+    lm = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    head = lm.get_output_embeddings().weight.numel()
+    body = weight_bytes_per_token(model) // next(lm.parameters()).element_size() - head
+    stop_ids = set(processor.token_ids().values())
+    prompt_tokens = 0
+    for start in range(0, len(items), batch_size):
+        prompts = [item["input_ids"] for item in items[start : start + batch_size]]
+        shared = shared_prefix_length(prompts, stop_ids)
+        prompt_tokens += shared + sum(len(ids) - shared for ids in prompts)
+    decoded = len(items) * (new_tokens - 1)
+    return 2.0 * (body * prompt_tokens + head * len(items) + (body + head) * decoded)
 
 
 class FirstTokenClock:
@@ -464,6 +490,12 @@ def main(argv: list[str] | None = None) -> int:
               f"(with decoding free, {len(items) / rates['1'] / prompts:.1f}x the loop); decoding steps "
               f"{1e3 * step:.0f} ms each, {step_flops / 1e9:.1f} GFLOP of weight matmuls, {step_flops / step / 1e9:.0f} "
               f"GFLOP/s against a float32 matmul rate of {rate / 1e9:.0f} GFLOP/s (1024^3, measured now)")
+        # The batch-size counterpart of the batch-1 bound: compute instead of memory.
+        flops = batched_matmul_flops(model, processor, items, int(largest), args.max_new_tokens)
+        least = flops / rate
+        print(f"batch {largest} compute bound: {flops / 1e12:.2f} TFLOP of weight matmuls in all, at least "
+              f"{least:.2f} s at that rate against {batch_seconds:.2f} s measured ({100 * least / batch_seconds:.0f}%); "
+              f"at the bound, batch {largest} would run {len(items) / rates['1'] / least:.1f}x the loop")
     if args.raw_clips:
         del model, items
         raw_explain(checkpoint, args.work, args.raw_clips, args.raw_batch_size, args.max_new_tokens,
