@@ -46,7 +46,7 @@ def add_compile_argument(parser: argparse.ArgumentParser) -> None:
     """``--compile``: static KV cache and a compiled decoding step (hf backend)."""
     parser.add_argument("--compile", action="store_true",
                         help="static KV cache and a compiled decoding step (torch.compile): same greedy "
-                             "answers, faster per token after a one-time compile of about a minute on a CPU")
+                             "answers, faster per token after a one-time compile of a few minutes on a CPU")
 
 
 def check_compile_argument(args: argparse.Namespace, checkpoint: str | Path) -> None:
