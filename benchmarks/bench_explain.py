@@ -131,6 +131,15 @@ def weight_bytes_per_token(model) -> int:
     return total
 
 
+def weight_counts_per_token(model) -> tuple[int, int]:
+    """Weights one token multiplies by, as (layers, output matrix): the bytes of
+    :func:`weight_bytes_per_token` in weights, the output matrix apart."""
+    lm = model.language_model
+    lm = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    head = lm.get_output_embeddings().weight.numel()
+    return weight_bytes_per_token(model) // next(lm.parameters()).element_size() - head, head
+
+
 def batched_matmul_flops(model, processor, items: list[dict], batch_size: int, new_tokens: int) -> float:
     """FLOPs of the LLM's weight matmuls that decoding ``items`` as the hf backend batches cannot avoid.
 
@@ -141,10 +150,7 @@ def batched_matmul_flops(model, processor, items: list[dict], batch_size: int, n
     """
     from affect_llm.generation.batch_stream import shared_prefix_length
 
-    lm = model.language_model
-    lm = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    head = lm.get_output_embeddings().weight.numel()
-    body = weight_bytes_per_token(model) // next(lm.parameters()).element_size() - head
+    body, head = weight_counts_per_token(model)
     stop_ids = set(processor.token_ids().values())
     prompt_tokens = 0
     for start in range(0, len(items), batch_size):
@@ -446,8 +452,6 @@ def main(argv: list[str] | None = None) -> int:
         seconds = timed(args, model, processor, items, int(size), f"batch {size} as the hf backend batches",
                         outputs=tokens, bandwidths=bandwidths.get(key), requests=requests, decoding=decodes.get(key),
                         prompt_seconds=batch_prompts if size == largest != "1" else None)
-        if size == largest != "1":
-            batch_seconds = seconds
         rates[key] = report_row(size + " sb", len(items), args.max_new_tokens, seconds, rates["1"])
         print(f"      stream_batch: tokens equal to the loop's up to the end of turn: "
               f"{same_until_end_of_turn(tokens, dynamic, eos)}")
@@ -481,10 +485,10 @@ def main(argv: list[str] | None = None) -> int:
         # steps, each step's weight matmuls against the machine's float32 matmul rate.
         from bench_train import matmul_flops_per_s
 
-        prompts = statistics.median(batch_prompts)
+        prompts, batch_seconds = statistics.median(batch_prompts), len(items) / rates[largest + "b"]
         batches = -(-len(items) // int(largest))
         step = (batch_seconds - prompts) / (batches * (args.max_new_tokens - 1))
-        step_flops = 2 * weights / next(model.language_model.parameters()).element_size() * int(largest)
+        step_flops = 2 * sum(weight_counts_per_token(model)) * int(largest)
         rate = matmul_flops_per_s()
         print(f"batch {largest} as the hf backend batches: prompts' forward {prompts:.2f} s "
               f"(with decoding free, {len(items) / rates['1'] / prompts:.1f}x the loop); decoding steps "
