@@ -35,10 +35,12 @@ from affect_llm.memory import release_free_memory
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.trainable import (
     apply_lora,
+    compile_counts,
     compile_llm_layers,
     enable_gradient_checkpointing,
     group_parameters,
     llm_weight_summary,
+    set_adapter_dropout,
     set_trainable,
 )
 from affect_llm.processing.processor import AffectProcessor, batch_to_device
@@ -270,6 +272,8 @@ class CurriculumRecipe:
         best = run_stage_steps(self, stage, stage_dir, model, processor, (optimizer, scheduler),
                                range(start_step, num_steps), one_step, validate, VAL_LOSS)
         summary.update(best_val_loss=best["val_loss"], best_step=best["step"])
+        if "compiled_layers" in summary:
+            summary["compiled"] = compile_counts()
         finish_stage(self, stage_dir, summary)
         return summary
 
@@ -295,11 +299,14 @@ class CurriculumRecipe:
 
     def _train_mode(self, model, stage: StageConfig) -> None:
         """Train mode, but for frozen encoders: when they run in the step (no cache) they must compute
-        what they would have cached, with batch-norm statistics and dropout in eval mode."""
+        what they would have cached, with batch-norm statistics and dropout in eval mode. A frozen
+        LoRA adapter's dropout is off too (:func:`set_adapter_dropout`)."""
         model.train()
+        unwrapped = self.accelerator.unwrap_model(model)
         if "encoders" not in stage.trainable:
-            for encoder in self.accelerator.unwrap_model(model).encoders.values():
+            for encoder in unwrapped.encoders.values():
                 encoder.eval()
+        set_adapter_dropout(unwrapped, "lora" in stage.trainable)
 
     # -- whole run ----------------------------------------------------------------------------------
     def manifest_hashes(self) -> dict[str, str]:

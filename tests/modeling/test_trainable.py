@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from affect_llm.modeling.trainable import (
     LoraSettings,
     apply_lora,
+    compile_counts,
+    compile_llm_layers,
     enable_gradient_checkpointing,
+    set_adapter_dropout,
     set_trainable,
 )
 
@@ -34,3 +38,54 @@ def test_gradient_checkpointing_trains_with_frozen_encoders(tiny_model, raw_medi
     model(**batch).loss.backward()
     assert model.projectors["audio"].queries.grad is not None
     assert any(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
+
+
+def _perceive_batch(processor, raw_media):
+    return processor([processor.build_messages("perceive", ["audio"])], [processor.prepare_media(audio=raw_media["audio"])],
+                     answers=['{"labels": ["happy"]}'])
+
+
+def test_adapter_dropout_off_leaves_a_frozen_adapter_deterministic(tiny_model, raw_media):
+    model, processor = tiny_model
+    apply_lora(model, LoraSettings(r=2, dropout=0.5))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # a trained adapter: its output, and so its dropout, reaches the logits
+            torch.nn.init.normal_(param, std=1.0)
+    model.train()
+    batch = _perceive_batch(processor, raw_media)
+    with torch.no_grad():
+        assert not torch.equal(model(**batch).logits, model(**batch).logits)
+        set_adapter_dropout(model, False)
+        assert torch.equal(model(**batch).logits, model(**batch).logits)
+    assert model.projectors.training  # only the adapter's dropout left train mode
+    set_adapter_dropout(model, True)
+    assert all(m.training for n, m in model.named_modules() if n.endswith("lora_dropout"))
+
+
+@pytest.mark.slow
+def test_compiled_layers_under_checkpointing_give_the_eager_gradients(tiny_model, raw_media):
+    """The compiled layer runs inside the checkpoint: no graph break, the same gradients."""
+    model, processor = tiny_model
+    apply_lora(model, LoraSettings(r=2, dropout=0.0))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # gradients reach lora_A too
+            torch.nn.init.normal_(param, std=0.1)
+    set_trainable(model, ["projectors", "lora"])
+    enable_gradient_checkpointing(model)
+    model.train()
+    batch = _perceive_batch(processor, raw_media)
+
+    def gradients() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        model(**batch).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    eager = gradients()
+    before = compile_counts()
+    assert compile_llm_layers(model) == len(model.language_model.get_decoder().layers)
+    compiled = gradients()
+    after = compile_counts()
+    assert after["graph_breaks"] == before["graph_breaks"] and after["graphs"] > before["graphs"]
+    assert compiled.keys() == eager.keys() and any("lora_A" in n for n in compiled)
+    for name, grad in eager.items():
+        torch.testing.assert_close(compiled[name], grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -46,5 +46,7 @@ def test_compiled_layers_train_as_the_uncompiled_model(synth_manifest: Path, fea
                  for stage in ("align", "reason")}
     assert "compiled_layers" not in summaries["align"] and not summaries["align"]["gradient_checkpointing"]
     assert summaries["reason"]["compiled_layers"] == 2  # the tiny LLM's two layers
+    # Compiled for real: a graph break would have run the layers eagerly, with the same losses.
+    assert summaries["reason"]["compiled"]["graphs"] >= 1 and summaries["reason"]["compiled"]["graph_breaks"] == 0
     assert summaries["reason"]["gradient_checkpointing"]
     assert (compiled / "final").is_dir()
