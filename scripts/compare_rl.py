@@ -2,7 +2,7 @@
 
 Starting from the embedded-default checkpoint (``runs/embedded/final``, written by
 ``scripts/quickstart.sh``), on the same training clips (the RL stage's datasets: the synthetic set
-and the Polish voices, mixed as in the supervised reason stage):
+and the Polish voices, mixed as ``embedded_rl.yaml`` sets, 3 : 1):
 
 - arm ``rl``: the GRPO stage of ``training/embedded_rl.yaml``;
 - arm ``sft``: the supervised ``reason`` stage of ``training/embedded.yaml`` continued (the RL
