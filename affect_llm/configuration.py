@@ -106,6 +106,8 @@ class AffectConfig(PreTrainedConfig):
             ``expression_logits`` (only the logits of an encoder trained to classify expressions,
             such as the FER mini-Xception: they keep their meaning from drawn faces to real photos,
             where the block features do not).
+        audio_speaker_normalisation: Standardise audio features by each speaker's own statistics
+            where the data names speakers (see :mod:`affect_llm.features.speakers`).
         component_paths: Where each pretrained part was loaded from (keys ``llm``, ``audio``,
             ``video``, ``face``); None for a part built from its config with random weights.
         precision: How the weights are held (:class:`affect_llm.precision.Precision` as a dict);
@@ -137,6 +139,7 @@ class AffectConfig(PreTrainedConfig):
     audio_encoder_layers: int | None = None
     audio_feature_layers: list[int] | None = None
     face_features: FaceFeatures = "pooled"
+    audio_speaker_normalisation: bool = False
     component_paths: dict[str, Any] | None = None
     precision: dict[str, Any] | None = None
     tie_word_embeddings: bool = False

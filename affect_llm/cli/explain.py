@@ -107,6 +107,8 @@ def print_summary(out: str, counts: dict[str, int]) -> None:
           f"{counts['skipped']} already done, {counts['refused']} clips refused, "
           f"{counts['failed'] - counts['refused']} failed in generation, "
           f"{counts['refused_lines']} manifest lines refused")
+    if counts.get("speaker_standardised"):
+        print(f"  {counts['speaker_standardised']} clips' audio read against their speaker's own statistics")
     if not (counts["refused"] or counts["refused_lines"]):
         return
     summary_path = Path(out + ".summary.json")

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from affect_llm.data.issues import RefusedInputError
 from affect_llm.data.manifest import ManifestError, ManifestReader, ManifestRow
@@ -30,6 +30,9 @@ from affect_llm.generation.backend import DecodingSettings, GenerationBackend, G
 from affect_llm.generation.explain_summary import RunSummary
 from affect_llm.labels.parse import parse_answer
 from affect_llm.processing.processor import absent_channels
+
+if TYPE_CHECKING:
+    from affect_llm.features.speakers import SpeakerStandardiser
 
 logger = logging.getLogger(__name__)
 
@@ -146,18 +149,23 @@ class BatchExplainer:
         featurize: Callable mapping rows to ``{id: features}``, recording failures in ``.failures``.
         processor: Builds the prompts.
         identity: Model and prompt provenance written into every row.
+        standardiser: Maps audio features onto each speaker's statistics (``model.audio_speaker_normalisation``).
     """
 
-    def __init__(self, backend: GenerationBackend, featurizer: Any, processor: Any, identity: dict[str, Any]) -> None:
+    def __init__(self, backend: GenerationBackend, featurizer: Any, processor: Any, identity: dict[str, Any],
+                 standardiser: SpeakerStandardiser | None = None) -> None:
         self.backend = backend
         self.featurizer = featurizer
         self.processor = processor
         self.identity = identity
+        self.standardiser = standardiser
 
     def _requests(self, rows: list[ManifestRow], features: dict, task: str) -> list[GenerationRequest]:
         requests = []
         for row in rows:
             media = features[row.id]
+            if self.standardiser is not None:
+                media = self.standardiser(row, media)
             messages = self.processor.build_messages(task, media.modalities, transcript=row.words,
                                                      transcript_recognised=row.transcript_recognised)
             absent = absent_channels(media.modalities, bool(row.words))
@@ -243,10 +251,13 @@ class BatchExplainer:
         generate_s = (time.perf_counter() - started) / max(1, len(good))
         timings = {"featurize_s": round(featurize_s, 4), "generate_s": round(generate_s, 4)}
         for i, row in enumerate(good):
+            identity = self.identity
+            if self.standardiser is not None:  # whether this clip's audio was read against its speaker's own
+                identity = {**identity, "audio_standardised_per_speaker": self.standardiser.applies_to(row, features[row.id])}
             if texts is None:
-                lines.append(result_row(row, None, failure, task, self.identity, timings))
+                lines.append(result_row(row, None, failure, task, identity, timings))
             else:
-                lines.append(result_row(row, texts[i], None, task, self.identity, timings,
+                lines.append(result_row(row, texts[i], None, task, identity, timings,
                                         require_labels="labels" in self.processor.prompt.task_keys(task),
                                         warnings=self.featurizer.warnings.get(row.id)))
         return lines
@@ -302,6 +313,7 @@ def explain_manifest(
     """
     from affect_llm.features.cache import FeatureCache
     from affect_llm.features.featurize import MediaFeaturizer, MediaOptions
+    from affect_llm.features.speakers import manifest_standardiser
     from affect_llm.generation.load import load_backend
     from affect_llm.loading.checkpoint import checkpoint_fingerprint, read_metadata
 
@@ -327,7 +339,16 @@ def explain_manifest(
             "backend": active.name,
             "decoding": decoding.as_dict(),
         }
-        explainer = BatchExplainer(active, featurizer, active.processor, identity)
+        standardiser = None
+        if active.model.config.audio_speaker_normalisation:
+            # A separate featurizer: the pass's failures are found again, and recorded, by the run's own.
+            reading = MediaFeaturizer(active.model, active.processor, cache, options, batch_size=settings.batch_size,
+                                      models_dir=models_dir)
+            standardiser = manifest_standardiser(
+                ManifestReader(manifest), reading.stream, active.model.projectors["audio"],
+                lambda row: settings.split is None or row.split == settings.split)
+            logger.info("%s", standardiser.describe())
+        explainer = BatchExplainer(active, featurizer, active.processor, identity, standardiser)
         try:
             return explainer.run(reader, Path(out_path), settings, decoding, progress, RunSummary(Path(out_path), reader))
         except ManifestError as error:  # only under strict: the reader records bad lines otherwise

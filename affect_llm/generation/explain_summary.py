@@ -31,7 +31,8 @@ class RunSummary:
         self.out_path = out_path
         self.path = out_path.with_name(out_path.name + ".summary.json")
         self.reader = reader
-        self.counts = {"written": 0, "skipped": 0, "failed": 0, "refused": 0, "unparseable": 0, "warned": 0}
+        self.counts = {"written": 0, "skipped": 0, "failed": 0, "refused": 0, "unparseable": 0, "warned": 0,
+                       "speaker_standardised": 0}
         self.refused_clips: list[dict[str, Any]] = []
 
     def count_rows(self, lines: list[dict[str, Any]]) -> None:
@@ -41,6 +42,7 @@ class RunSummary:
             self.counts["failed"] += line["parse_status"] == "failed"
             self.counts["unparseable"] += line["parse_status"] == "unparseable"
             self.counts["warned"] += bool(line.get("warnings"))
+            self.counts["speaker_standardised"] += bool(line.get("audio_standardised_per_speaker"))
             if line.get("refused"):
                 self.counts["refused"] += 1
                 self.refused_clips.append({"id": line["id"], "error": line["error"]})

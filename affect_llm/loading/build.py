@@ -60,6 +60,7 @@ def build_config(spec: ModelSpec, vocab_size: int, models_dir: Path | None = Non
         audio_encoder_layers=spec.audio_encoder_layers,
         audio_feature_layers=spec.audio_feature_layers,
         face_features=spec.face_features,
+        audio_speaker_normalisation=spec.audio_speaker_normalisation,
         component_paths=component_paths,
         precision=spec.precision().to_dict(),
     )

@@ -31,6 +31,8 @@ class ModelSpec:
             of prosody and voice quality); None: the last kept layer only.
         face_features: What the face projector reads: ``pooled`` or ``expression_logits`` (see
             :class:`affect_llm.configuration.AffectConfig`).
+        audio_speaker_normalisation: Standardise audio features by each speaker's own statistics
+            where a manifest names speakers (:mod:`affect_llm.features.speakers`); needs a feature cache.
         quantization: ``none`` or ``4bit`` (QLoRA: the LLM in NF4 through bitsandbytes).
         dtype: Weight dtype of the LLM: ``float32``, ``bfloat16`` or ``float16``.
         encoder_dtype: Weight dtype of the encoders (None: ``dtype``). See :mod:`affect_llm.precision`.
@@ -50,6 +52,7 @@ class ModelSpec:
     audio_encoder_layers: int | None = None
     audio_feature_layers: list[int] | None = None
     face_features: FaceFeatures = "pooled"
+    audio_speaker_normalisation: bool = False
     quantization: str = "none"
     dtype: str = "float32"
     encoder_dtype: str | None = None
@@ -63,6 +66,8 @@ class ModelSpec:
                 raise ValueError(f"model.num_{modality}_tokens must be >= 1")
         if self.face_features not in FACE_FEATURE_KINDS:
             raise ValueError(f"model.face_features={self.face_features!r}: expected one of {FACE_FEATURE_KINDS}")
+        if self.audio_speaker_normalisation and self.audio_encoder is None:
+            raise ValueError("model.audio_speaker_normalisation needs an audio encoder (model.audio_encoder is empty)")
         if self.llm is None or not str(self.llm):
             raise ValueError("model.llm: a reference to the LLM is required")
         try:

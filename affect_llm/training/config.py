@@ -360,6 +360,12 @@ class TrainConfig:
             stage.validate(set(self.data.datasets), task_names)
             if "lora" in stage.trainable and self.lora is None:
                 raise ValueError(f"stage {stage.name!r} trains 'lora' but the config has no lora: block")
+            if self.model.audio_speaker_normalisation and "encoders" in stage.trainable:
+                raise ValueError(f"stage {stage.name!r} trains the encoders, but model.audio_speaker_normalisation "
+                                 "standardises cached features: train the encoders without it")
+        if self.model.audio_speaker_normalisation and not self.data.feature_cache:
+            raise ValueError("model.audio_speaker_normalisation reads each speaker's statistics from cached features: "
+                             "set data.feature_cache")
 
     def start_point(self, index: int) -> str:
         """Where stage ``index`` starts: ``base``, ``previous`` or a checkpoint path.

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from affect_llm.data.manifest import ManifestRow
 from affect_llm.data.media import MediaError
 from affect_llm.features.decode import PREFETCH_BATCHES, ClipJob, worker_context
+from affect_llm.features.speakers import SpeakerStandardiser
 from affect_llm.modeling.media import MediaInputs
 from affect_llm.processing.processor import IGNORE_INDEX, AffectProcessor
 from affect_llm.training.schedule import Sample
@@ -37,10 +38,12 @@ class CachedMedia:
     Args:
         job: Reads entries (:meth:`~affect_llm.features.decode.ClipJob.read_cached_features`).
         keys: Row id -> cache key per modality, from featurization.
+        standardiser: Maps audio features onto each speaker's statistics (``model.audio_speaker_normalisation``).
     """
 
-    def __init__(self, job: ClipJob, keys: dict[str, dict[str, str]]) -> None:
-        self.job, self.keys = job, keys
+    def __init__(self, job: ClipJob, keys: dict[str, dict[str, str]],
+                 standardiser: SpeakerStandardiser | None = None) -> None:
+        self.job, self.keys, self.standardiser = job, keys, standardiser
 
     def __call__(self, row: ManifestRow) -> MediaInputs:
         media = self.job.read_cached_features(self.keys[row.id])
@@ -49,7 +52,7 @@ class CachedMedia:
             raise FeatureCacheEntryError(
                 f"row {row.id!r}: its features in {self.job.cache.root} are missing or failed their checksum; "
                 f"the entry is now marked bad; rerun with --resume to encode the clip again and continue")
-        return media
+        return media if self.standardiser is None else self.standardiser(row, media)
 
 
 class DecodedMedia:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
@@ -21,6 +23,14 @@ from affect_llm.data.manifest import ManifestRow
 from affect_llm.features.cache import FeatureCache
 from affect_llm.features.decode import ClipJob
 from affect_llm.features.featurize import MediaFeaturizer, MediaOptions
+from affect_llm.features.speakers import (
+    MIN_SPEAKER_CLIPS,
+    SpeakerStandardiser,
+    speaker_rows,
+    speaker_statistics,
+    standardiser_for,
+)
+from affect_llm.modeling.media import MediaInputs
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.processing.processor import AffectProcessor
 from affect_llm.training.calibration import (
@@ -59,6 +69,9 @@ class TrainingMedia:
         self.keys: dict[str, dict[str, str]] = {}
         self.failures: dict[str, str] = {}
         self._keyed_for: str | None = None
+        # Per-speaker audio statistics (model.audio_speaker_normalisation), read once per run.
+        self.speaker_statistics: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.standardiser: SpeakerStandardiser | None = None
 
     @property
     def on_the_fly(self) -> bool:
@@ -101,12 +114,52 @@ class TrainingMedia:
                live_encoders: bool) -> CachedMedia | DecodedMedia:
         """Row -> media for the loaders: cached features, or encoder inputs decoded in the workers."""
         if live_encoders or self.cache is None:
+            if self.standardiser is not None:
+                raise ValueError("model.audio_speaker_normalisation standardises cached features: this stage decodes "
+                                 "clips instead (no data.feature_cache, or it trains the encoders)")
             return DecodedMedia(ClipJob(processor.feature_extractor, modalities, self.options))
-        return CachedMedia(ClipJob(processor.feature_extractor, modalities, self.options, self.cache), self.keys)
+        return CachedMedia(ClipJob(processor.feature_extractor, modalities, self.options, self.cache), self.keys,
+                           self.standardiser)
 
     def loader_workers(self, live_encoders: bool) -> int:
         """Decoding needs the decode workers; reading cached features, the loader workers."""
         return self.data.decode_workers if live_encoders or self.cache is None else self.data.loader_workers
+
+    def standardise_speakers(self, model: AffectForConditionalGeneration, processor: AffectProcessor,
+                             rows: list[ManifestRow]) -> None:
+        """Set :attr:`standardiser` when the model standardises audio per speaker (nothing otherwise).
+
+        The statistics come from the cached features of every named speaker's clips (each process
+        reads its share; one all-reduce adds them up); the target is the audio projector's own
+        standardisation, so they are read once and mapped onto each stage's projector.
+        """
+        if not model.config.audio_speaker_normalisation:
+            self.standardiser = None
+            return
+        if self.cache is None:
+            raise ValueError("model.audio_speaker_normalisation reads each speaker's statistics from cached "
+                             "features: set data.feature_cache")
+        projector = model.projectors["audio"]
+        if self.speaker_statistics is None:
+            groups = speaker_rows(r for r in rows if r.id in self.keys)
+            job = ClipJob(processor.feature_extractor, ("audio",), self.options, self.cache)
+
+            def features(chosen: list[ManifestRow]) -> Iterator[dict[str, MediaInputs]]:
+                for row in chosen[self.accelerator.process_index :: self.accelerator.num_processes]:
+                    key = self.keys[row.id].get("audio")
+                    media = job.read_cached_features({"audio": key}) if key else None
+                    if media is not None:
+                        yield {row.id: media}
+
+            device = self.accelerator.device
+            self.speaker_statistics = speaker_statistics(
+                groups, features, projector.feature_mean.numel(),
+                lambda t: self.accelerator.reduce(t.to(device), "sum").cpu())
+            if self.accelerator.is_main_process:
+                logger.info("audio standardised per speaker: %d speakers with >= %d clips (%s)",
+                            len(self.speaker_statistics), MIN_SPEAKER_CLIPS,
+                            ", ".join(s.rsplit("#", 1)[-1] for s in sorted(self.speaker_statistics)) or "none")
+        self.standardiser = standardiser_for(projector, self.speaker_statistics)
 
     def calibrate(self, model: AffectForConditionalGeneration, processor: AffectProcessor,
                   rows: list[ManifestRow]) -> None:

@@ -143,10 +143,13 @@ class CurriculumRecipe:
         # Every stage loads with the run's precision: a QLoRA curriculum keeps its LLM in 4-bit throughout.
         return load_checkpoint(source, self.models_dir, trainable_lora=True, precision=self.config.model.precision())
 
+    def all_rows(self) -> list[ManifestRow]:
+        """Every loaded row of every dataset and split."""
+        return [r for splits in self.rows.values() for split in splits.values() for r in split]
+
     def featurize(self, model: AffectForConditionalGeneration, processor: AffectProcessor) -> None:
         """Encoder features of every row into the feature cache (nothing without one: the steps encode)."""
-        rows = [r for splits in self.rows.values() for split in splits.values() for r in split]
-        self.media.prepare(model, processor, rows)
+        self.media.prepare(model, processor, self.all_rows())
         if self.strict and self.failures:
             row_id, reason = next(iter(self.failures.items()))
             raise RefusedInputError(f"row {row_id}: {reason}")
@@ -374,6 +377,7 @@ class CurriculumRecipe:
         # Only fresh projectors are calibrated: a loaded one was trained on its own statistics.
         if self.config.start_point(index) == "base":
             self.calibrate_projectors(model, processor, stage)
+        self.media.standardise_speakers(model, processor, self.all_rows())
         # Featurization's freed buffers would otherwise stay resident beneath the steps' peak.
         release_free_memory()
         if stage.kind == "grpo":
