@@ -184,6 +184,11 @@ def real_section(evaluated: EvaluatedSet, page_dir: Path) -> list[str]:
         f"Accuracy {_fmt(overall.get('accuracy', 0.0))} on {report.get('coverage', {}).get('scored', '?')} clips.", "",
         *scores_section(report), "",
     ]  # fmt: skip
+    results = read_jsonl(evaluated.results)
+    standardised = sum(bool(r.get("audio_standardised_per_speaker")) for r in results)
+    if standardised:
+        lines += [f"Audio read against each speaker's own statistics (`model.audio_speaker_normalisation`) in "
+                  f"{standardised} of {len(results)} clips.", ""]
     absent = absent_section(evaluated)
     if absent:
         lines += ["What the answers say about each channel:", "", *absent]

@@ -114,3 +114,18 @@ def test_overview_lists_absent_channel_answers_and_real_sets(evaluated: Evaluate
     assert "## Real recordings" in text and "### photos" in text
     assert "| pyfeat | 1 | 1 | 1.000 | 0 | 1 | 0 |" in text
     assert "| audio | 0 | 0 | 1 | 1 |" in text
+
+
+def test_real_set_says_how_many_clips_were_read_per_speaker(evaluated: EvaluatedSet, tmp_path: Path) -> None:
+    clip = {"id": "", "audio": "a.wav", "labels": ["angry"], "source": "polish", "extra": {"speaker": "m1"}}
+    raw = json.dumps({"labels": ["angry"], "explanation": "The voice is loud.", "evidence": {}})
+    real_dir = tmp_path / "speech"
+    real_dir.mkdir()
+    (real_dir / "refs.jsonl").write_text("".join(json.dumps({**clip, "id": i}) + "\n" for i in "abc"))
+    (real_dir / "results.jsonl").write_text("".join(
+        json.dumps({"id": i, "raw": raw, "labels": ["angry"], "audio_standardised_per_speaker": i != "c"}) + "\n"
+        for i in "abc"))
+    (real_dir / "report.json").write_text(json.dumps({"overall": {"accuracy": 1.0}, "coverage": {"scored": 3}}))
+    real = EvaluatedSet("speech", real_dir / "results.jsonl", real_dir / "refs.jsonl", real_dir)
+    text = write_overview(tmp_path / "report" / "index.md", evaluated, [real]).read_text()
+    assert "own statistics (`model.audio_speaker_normalisation`) in 2 of 3 clips." in text
