@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -162,3 +163,21 @@ def manifest_standardiser(
     groups = {s: members for s, members in speaker_rows(rows).items() if s in needed}
     statistics = speaker_statistics(groups, featurize, projector.feature_mean.numel()) if groups else {}
     return standardiser_for(projector, statistics)
+
+
+def save_statistics(statistics: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path) -> None:
+    """Write the statistics (safetensors, keys ``<speaker>::mean`` and ``<speaker>::std``) for inspection."""
+    from safetensors.torch import save_file
+
+    tensors = {f"{speaker}::{name}": value.contiguous() for speaker, pair in statistics.items()
+               for name, value in zip(("mean", "std"), pair, strict=True)}
+    save_file(tensors, str(path))
+
+
+def load_statistics(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """What :func:`save_statistics` wrote."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    speakers = sorted({key.rsplit("::", 1)[0] for key in tensors})
+    return {speaker: (tensors[f"{speaker}::mean"], tensors[f"{speaker}::std"]) for speaker in speakers}

@@ -27,6 +27,7 @@ from transformers import get_scheduler
 
 from affect_llm.data.issues import RefusedInputError
 from affect_llm.data.manifest import ManifestRow
+from affect_llm.features.speakers import save_statistics
 from affect_llm.fileio import OutputLock
 from affect_llm.hashing import file_sha256
 from affect_llm.loading.build import build_model
@@ -71,6 +72,9 @@ from affect_llm.training.step import answer_loss, build_optimizer
 from affect_llm.training.targets import answerable
 
 logger = logging.getLogger(__name__)
+
+# Each named speaker's audio statistics (model.audio_speaker_normalisation), as training read them.
+SPEAKER_STATISTICS_FILE = "speaker_statistics.safetensors"
 
 
 def _stage_or_run(stage_value: bool | None, run_value: bool) -> bool:
@@ -378,6 +382,8 @@ class CurriculumRecipe:
         if self.config.start_point(index) == "base":
             self.calibrate_projectors(model, processor, stage)
         self.media.standardise_speakers(model, processor, self.all_rows())
+        if self.media.speaker_statistics and self.accelerator.is_main_process:
+            save_statistics(self.media.speaker_statistics, self.run_dir / SPEAKER_STATISTICS_FILE)
         # Featurization's freed buffers would otherwise stay resident beneath the steps' peak.
         release_free_memory()
         if stage.kind == "grpo":

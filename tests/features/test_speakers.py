@@ -10,7 +10,9 @@ import torch
 from affect_llm.data.manifest import ManifestRow
 from affect_llm.features.speakers import (
     MIN_SPEAKER_CLIPS,
+    load_statistics,
     manifest_standardiser,
+    save_statistics,
     speaker_of,
     speaker_rows,
     speaker_statistics,
@@ -154,3 +156,13 @@ def test_explain_without_enough_clips_standardises_nothing(clips: int) -> None:
     media = {r.id: _features(i, 0.0, 1.0) for i, r in enumerate(rows)}
     standardiser = manifest_standardiser(rows, _featurize(media), _projector())
     assert standardiser.statistics == {}
+
+
+def test_saved_statistics_load_back(tmp_path: Path) -> None:
+    rows, media = _speaker_set()
+    statistics = speaker_statistics(speaker_rows(rows), _featurize(media), WIDTH)
+    save_statistics(statistics, tmp_path / "s.safetensors")
+    loaded = load_statistics(tmp_path / "s.safetensors")
+    assert sorted(loaded) == sorted(statistics)
+    for speaker, (mean, std) in statistics.items():
+        assert torch.equal(loaded[speaker][0], mean) and torch.equal(loaded[speaker][1], std)

@@ -14,30 +14,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainhelpers import tiny_config, write_config
+from trainhelpers import tiny_config, with_speakers, write_config
 
 from affect_llm.data.manifest import ManifestRow
-from affect_llm.features.speakers import SpeakerStandardiser, speaker_of
+from affect_llm.features.speakers import SpeakerStandardiser, load_statistics, speaker_of
 from affect_llm.loading.checkpoint import load_checkpoint
 from affect_llm.modeling.media import MediaInputs, ModalityInput
 from affect_llm.training.config import TrainConfig
 from affect_llm.training.loader import CachedMedia
+from affect_llm.training.recipe import SPEAKER_STATISTICS_FILE
 
 TASKS = {"evidence", "perceive", "reason"}
-
-
-def _with_speakers(manifest: Path, out: Path) -> Path:
-    """The manifest with speakers a and b alternating (media paths made absolute) and one row unnamed."""
-    lines = []
-    for index, line in enumerate(manifest.read_text().splitlines()):
-        record = json.loads(line)
-        for field in ("video", "audio", "image"):
-            if record.get(field):
-                record[field] = str(manifest.parent / record[field])
-        record.setdefault("extra", {})["speaker"] = "ab"[index % 2] if index else None
-        lines.append(json.dumps(record))
-    out.write_text("\n".join(lines) + "\n")
-    return out
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -48,7 +35,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def standardised_run(synth_manifest: Path, feature_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("speakers")
-    manifest = _with_speakers(synth_manifest, folder / "manifest.jsonl")
+    manifest = with_speakers(synth_manifest, folder / "manifest.jsonl")
     raw = tiny_config(manifest, folder / "run", feature_cache, stages=1)
     raw["model"]["audio_speaker_normalisation"] = True
     write_config(folder / "config.yaml", raw)
@@ -61,6 +48,8 @@ def standardised_run(synth_manifest: Path, feature_cache: Path, tmp_path_factory
 def test_training_reads_each_named_speakers_statistics(standardised_run: Path) -> None:
     log = (standardised_run / "train.log").read_text()
     assert "audio standardised per speaker: 2 speakers with >= 8 clips (a, b)" in log
+    saved = load_statistics(standardised_run / "run" / SPEAKER_STATISTICS_FILE)
+    assert sorted(s.rsplit("#", 1)[1] for s in saved) == ["a", "b"]
 
 
 def test_the_checkpoint_records_the_setting(standardised_run: Path) -> None:

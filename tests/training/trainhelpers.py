@@ -61,6 +61,20 @@ def write_config(path: Path, raw: dict[str, Any]) -> Path:
     return path
 
 
+def with_speakers(manifest: Path, out: Path) -> Path:
+    """The manifest with speakers a and b alternating (media paths made absolute) and the first row unnamed."""
+    lines = []
+    for index, line in enumerate(manifest.read_text().splitlines()):
+        record = json.loads(line)
+        for field in ("video", "audio", "image"):
+            if record.get(field):
+                record[field] = str(manifest.parent / record[field])
+        record.setdefault("extra", {})["speaker"] = "ab"[index % 2] if index else None
+        lines.append(json.dumps(record))
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
 def read_losses(run_dir: Path, stage: str | None = None) -> dict[int, float]:
     """Step -> loss from ``log.jsonl`` (the last record of a step wins, as after a resume)."""
     losses = {}
