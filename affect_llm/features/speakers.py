@@ -47,7 +47,8 @@ def speaker_of(row: ManifestRow) -> str | None:
 def speaker_rows(rows: Iterable[ManifestRow], min_clips: int = MIN_SPEAKER_CLIPS) -> dict[str, list[ManifestRow]]:
     """Speaker -> the rows its statistics are read from (evenly spaced, at most :data:`MAX_SPEAKER_CLIPS`).
 
-    Only rows with audio count, and only speakers with at least ``min_clips`` of them.
+    Only rows with an audio or video file count (a video without a sound track adds nothing to
+    the sums), and only speakers with at least ``min_clips`` of them.
     """
     groups: dict[str, list[ManifestRow]] = {}
     for row in rows:
@@ -87,7 +88,7 @@ class SpeakerStandardiser:
         mean, std = self.statistics[speaker_of(row)]
         values = part.features.float()  # (N, T, D)
         device = values.device
-        scale = (self.target_std.to(device) / std.to(device)).float()
+        scale = self.target_std.to(device) / std.to(device)  # both float32
         mapped = (values - mean.to(device)) * scale + self.target_mean.to(device)
         audio = ModalityInput(features=mapped.to(part.features.dtype), feature_mask=part.feature_mask)
         return dataclasses.replace(media, audio=audio)

@@ -5,7 +5,7 @@ dimension over the training clips (:meth:`affect_llm.modeling.projectors.MediaPr
 Concatenating every clip's features to compute them does not fit a large corpus, so each process
 sums counts, sums and sums of squares (float64) over its share of the rows and one all-reduce
 adds the processes' sums: every process then sets the same statistics, exactly those of the
-concatenation, with nothing per clip held in memory.
+concatenation, with nothing per clip held in memory (:mod:`affect_llm.features.moments`).
 
 Shape letters: T steps, D encoder width.
 """
@@ -13,10 +13,6 @@ Shape letters: T steps, D encoder width.
 from __future__ import annotations
 
 import torch
-
-from affect_llm.features.moments import FeatureMoments, mean_and_std
-
-__all__ = ["CALIBRATION_MAX_ROWS", "FeatureMoments", "mean_and_std", "set_projector_statistics"]
 
 # At most this many training rows are read: the statistics of a few thousand clips are as good as
 # those of a million, and without a cache each one is decoded and encoded.

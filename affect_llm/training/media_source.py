@@ -23,6 +23,7 @@ from affect_llm.data.manifest import ManifestRow
 from affect_llm.features.cache import FeatureCache
 from affect_llm.features.decode import ClipJob
 from affect_llm.features.featurize import MediaFeaturizer, MediaOptions
+from affect_llm.features.moments import FeatureMoments, mean_and_std
 from affect_llm.features.speakers import (
     MIN_SPEAKER_CLIPS,
     SpeakerStandardiser,
@@ -33,12 +34,7 @@ from affect_llm.features.speakers import (
 from affect_llm.modeling.media import MediaInputs
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.processing.processor import AffectProcessor
-from affect_llm.training.calibration import (
-    CALIBRATION_MAX_ROWS,
-    FeatureMoments,
-    mean_and_std,
-    set_projector_statistics,
-)
+from affect_llm.training.calibration import CALIBRATION_MAX_ROWS, set_projector_statistics
 from affect_llm.training.config import DataConfig
 from affect_llm.training.loader import CachedMedia, DecodedMedia
 
