@@ -4,9 +4,9 @@ A training batch of B answers in L positions would hold B x L x V logits, and as
 their log-probabilities and their gradient: with SmolLM2's 49,152-word vocabulary, batch 8 and 200
 positions, about 315 MB each. Here the output projection runs only on the positions that predict an
 answer token (each row its own, not the union over the batch), in chunks of :data:`CHUNK_TOKENS`,
-and each chunk's logits are recomputed in the backward pass instead of kept
+and every chunk's logits but the last are recomputed in the backward pass instead of kept
 (``torch.utils.checkpoint``): one chunk's logits are alive at a time, for the price of running the
-output projection a second time on answer positions.
+output projection a second time on the answer positions of the earlier chunks.
 
 Shape letters: B batch, L positions, N answer tokens, D LLM width, V vocabulary.
 """
@@ -64,5 +64,13 @@ def answer_token_loss(
     total = states.sum().float() * 0.0  # keeps the graph when a batch has no answer token
     for start in range(0, targets.numel(), CHUNK_TOKENS):
         stop = start + CHUNK_TOKENS
-        total = total + checkpoint(_chunk_loss, head, states[start:stop], targets[start:stop], use_reentrant=False)
+        if stop >= targets.numel():
+            # The last chunk's backward runs first, right after the forward: its log-probabilities
+            # are alive at the same moment whether kept or recomputed, so keeping them costs no peak
+            # memory and saves a second output projection and log-softmax (a batch of short answers
+            # is a single chunk).
+            total = total + _chunk_loss(head, states[start:stop], targets[start:stop])
+        else:
+            total = total + checkpoint(_chunk_loss, head, states[start:stop], targets[start:stop],
+                                       use_reentrant=False)
     return total

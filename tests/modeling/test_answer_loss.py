@@ -78,3 +78,18 @@ def test_a_batch_without_answer_tokens_has_zero_loss_and_a_graph(lora_model) -> 
     loss = answer_token_loss(lora_model.language_model, embeds, mask, torch.full_like(labels, IGNORE_INDEX))
     loss.backward()
     assert loss.item() == 0.0 and embeds.grad is not None
+
+
+def test_only_the_chunks_before_the_last_are_recomputed(lora_model, monkeypatch) -> None:
+    monkeypatch.setattr(answer_loss, "CHUNK_TOKENS", 3)
+    embeds, mask, labels = batch(lora_model, torch.Generator().manual_seed(0))
+    answer_tokens = int((labels[:, 1:] != IGNORE_INDEX).sum())  # 8 + 3 + 5 = 16: six chunks
+    chunks = -(-answer_tokens // 3)
+    head = lora_model.language_model.get_base_model().get_output_embeddings()
+    seen: list[int] = []
+    head.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+    loss = answer_token_loss(lora_model.language_model, embeds, mask, labels, use_cache=False)
+    assert len(seen) == chunks and sum(seen) == answer_tokens
+    loss.backward()
+    # The backward recomputes every chunk but the last, whose log-probabilities were kept.
+    assert len(seen) == 2 * chunks - 1 and sum(seen[chunks:]) == answer_tokens - seen[chunks - 1]
