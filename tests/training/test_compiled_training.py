@@ -1,7 +1,8 @@
 """``train.compile``: a run with compiled LLM layers, through the CLI, follows the uncompiled run's losses.
 
 The compiled run also recomputes activations (``gradient_checkpointing``) and its first stage turns both
-off for itself, as ``training/embedded.yaml`` does: per-stage settings change neither the losses.
+off for itself (``training/embedded.yaml``'s align turns off only the recomputation): per-stage settings
+change neither the losses.
 """
 
 from __future__ import annotations
