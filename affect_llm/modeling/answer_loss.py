@@ -64,13 +64,13 @@ def answer_token_loss(
     total = states.sum().float() * 0.0  # keeps the graph when a batch has no answer token
     for start in range(0, targets.numel(), CHUNK_TOKENS):
         stop = start + CHUNK_TOKENS
+        chunk = (states[start:stop], targets[start:stop])
         if stop >= targets.numel():
             # The last chunk's backward runs first, right after the forward: its log-probabilities
             # are alive at the same moment whether kept or recomputed, so keeping them costs no peak
             # memory and saves a second output projection and log-softmax (a batch of short answers
             # is a single chunk).
-            total = total + _chunk_loss(head, states[start:stop], targets[start:stop])
+            total = total + _chunk_loss(head, *chunk)
         else:
-            total = total + checkpoint(_chunk_loss, head, states[start:stop], targets[start:stop],
-                                       use_reentrant=False)
+            total = total + checkpoint(_chunk_loss, head, *chunk, use_reentrant=False)
     return total
