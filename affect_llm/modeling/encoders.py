@@ -35,7 +35,9 @@ def shorten_whisper_window(encoder: nn.Module, config: PreTrainedConfig, window_
         return
     table = encoder.embed_positions
     weight = table.weight.data[:positions].clone()
-    encoder.embed_positions = nn.Embedding(positions, weight.shape[1])
+    # The new table keeps the loaded one's dtype: a float32 table beside bf16 layers makes every
+    # hidden state float32, which the bf16 layer norms after it refuse.
+    encoder.embed_positions = nn.Embedding(positions, weight.shape[1], dtype=weight.dtype, device=weight.device)
     encoder.embed_positions.weight.data.copy_(weight)
     encoder.embed_positions.requires_grad_(table.weight.requires_grad)
     config.max_source_positions = positions

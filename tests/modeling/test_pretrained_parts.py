@@ -24,6 +24,20 @@ def test_whisper_with_a_short_window_keeps_its_pretrained_weights(tmp_path):
         assert torch.equal(value, expected), f"{key} changed when the composite model was built"
 
 
+def test_whisper_loaded_in_bf16_keeps_one_dtype_after_its_window_is_shortened(tmp_path):
+    """``explain --dtype bfloat16`` loads the encoders in bf16: the shortened position table must be
+    bf16 too, or the first layer norm refuses the float32 hidden states it makes."""
+    torch.manual_seed(0)
+    WhisperModel(tiny_config("whisper")).save_pretrained(tmp_path / "whisper")
+    model, processor = build_model(ModelSpec(audio_encoder=str(tmp_path / "whisper"), audio_window_seconds=2.0,
+                                             dtype="bfloat16"))
+    encoder = model.encoders["audio"]
+    assert {param.dtype for param in encoder.parameters()} == {torch.bfloat16}
+    media = processor.prepare_media(audio=torch.zeros(16000).numpy())
+    features, _ = model.get_media_features("audio", media.audio.values, media.audio.attention_mask)
+    assert features.dtype == torch.bfloat16 and features.shape == (1, 100, 32)
+
+
 @pytest.mark.embedded
 def test_embedded_parts_are_the_converted_weights():
     from safetensors.torch import load_file
