@@ -73,6 +73,21 @@ def apply_lora(model: AffectForConditionalGeneration, settings: LoraSettings) ->
     model.language_model = get_peft_model(llm, lora_config)
 
 
+def adapter_settings_mismatch(model: AffectForConditionalGeneration, settings: LoraSettings) -> str | None:
+    """How a loaded adapter's rank, alpha and dropout differ from ``settings`` (None when they agree).
+
+    A stage that continues from a checkpoint trains the adapter saved there, with the settings saved
+    beside it; a config's ``lora`` block shapes only a fresh adapter, so a difference is worth a line.
+    """
+    if not is_peft_wrapped(model):
+        return None
+    saved = model.language_model.peft_config["default"]
+    pairs = {"r": (saved.r, settings.r), "alpha": (saved.lora_alpha, settings.alpha),
+             "dropout": (saved.lora_dropout, settings.dropout)}
+    differing = [f"{name} {have} (config: {want})" for name, (have, want) in pairs.items() if have != want]
+    return ", ".join(differing) or None
+
+
 def group_parameters(model: AffectForConditionalGeneration) -> dict[str, list[nn.Parameter]]:
     """Every parameter, by group."""
     groups: dict[str, list[nn.Parameter]] = {g: [] for g in TRAINABLE_GROUPS}

@@ -35,6 +35,7 @@ from affect_llm.loading.checkpoint import load_checkpoint, save_checkpoint
 from affect_llm.memory import release_free_memory
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.trainable import (
+    adapter_settings_mismatch,
     apply_lora,
     compile_counts,
     compile_llm_layers,
@@ -145,7 +146,14 @@ class CurriculumRecipe:
             return model, processor
         source = previous if start == "previous" else Path(start)
         # Every stage loads with the run's precision: a QLoRA curriculum keeps its LLM in 4-bit throughout.
-        return load_checkpoint(source, self.models_dir, trainable_lora=True, precision=self.config.model.precision())
+        model, processor = load_checkpoint(source, self.models_dir, trainable_lora=True,
+                                           precision=self.config.model.precision())
+        mismatch = None if self.config.lora is None else adapter_settings_mismatch(model, self.config.lora)
+        if mismatch:
+            logger.warning("stage %s continues the LoRA adapter of %s as saved there: %s; the config's lora "
+                           "block shapes only a fresh adapter (init: base)", self.config.stages[index].name,
+                           source, mismatch)
+        return model, processor
 
     def all_rows(self) -> list[ManifestRow]:
         """Every loaded row of every dataset and split."""

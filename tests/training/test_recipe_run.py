@@ -203,3 +203,20 @@ def test_the_global_batch_not_the_process_count_is_an_input(synth_manifest: Path
     two = TrainConfig.from_dict(tiny_config(synth_manifest, tmp_path, None, stages=1, batch_size=2), TASKS)
     assert stage_inputs(one, 0, {}, world_size=1) == stage_inputs(two, 0, {}, world_size=2)
     assert stage_inputs(one, 0, {}, world_size=2)["global_batch"] == 8
+
+
+def test_continuing_a_saved_adapter_says_when_the_lora_block_differs(
+    finished_run: Path, synth_manifest: Path, feature_cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stage whose init is a checkpoint trains the adapter saved there; a lora block that asks for
+    other settings is named in a warning instead of being silently ignored."""
+    raw = tiny_config(synth_manifest, tmp_path / "run", feature_cache, stages=2)
+    raw["stages"] = [{**raw["stages"][1], "init": str(finished_run / "final")}]
+    for dropout, warned in ((0.0, False), (0.1, True)):
+        raw["lora"]["dropout"] = dropout
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="affect_llm.training.recipe"):
+            model, _ = CurriculumRecipe(TrainConfig.from_dict(raw, TASKS)).setup_model(0, None)
+        assert model.language_model.peft_config["default"].lora_dropout == 0.0  # the saved adapter's
+        messages = [record.getMessage() for record in caplog.records]
+        assert any("dropout 0.0 (config: 0.1)" in message for message in messages) is warned, messages
