@@ -94,6 +94,9 @@ class MediaFeaturizer:
         self._encoder_ids: dict[str, str] | None = None
         self.settings = {**asdict(self.options), **self.processor.feature_extractor.settings(),
                          "face_channel": "needs_a_detected_face",
+                         # Entries written before frames padded onto a still image were masked hold
+                         # the padding's features as frames of the image: this key leaves them unread.
+                         "padded_frames": "masked",
                          "feature_dtype": {m: str(feature_dtype(model.encoders[m])) for m in self.modalities}}
         self.settings.pop("decode_workers")
         self.failures: dict[str, str] = {}

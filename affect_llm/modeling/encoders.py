@@ -134,13 +134,15 @@ def encode_audio(
 
 
 def encode_frames(
-    encoder: nn.Module, values: torch.Tensor, expression_logits: bool = False
+    encoder: nn.Module, values: torch.Tensor, expression_logits: bool = False,
+    frame_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode ``(N, K, C, H, W)`` frames or crops into one vector each: ``(N, K, D)``.
 
     Args:
         expression_logits: Yield the encoder's expression logits (``D = num_labels``) instead of
             its pooled output; the encoder must return ``logits`` (the FER mini-Xception does).
+        frame_mask: ``(N, K)`` validity of the frames (padding False); None: every frame is real.
     """
     n_items, n_frames = values.shape[:2]
     flat = values.flatten(0, 1)  # (N*K, C, H, W)
@@ -154,5 +156,6 @@ def encode_frames(
     if pooled is None:
         pooled = output.last_hidden_state.mean(dim=1)
     features = pooled.reshape(n_items, n_frames, -1)  # (N, K, D)
-    mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
-    return features, mask
+    if frame_mask is not None:
+        return features, frame_mask.to(device=features.device, dtype=torch.bool)
+    return features, torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)

@@ -26,7 +26,9 @@ class ModalityInput:
     Attributes:
         values: Encoder inputs: audio ``(N, M, F)`` log-mels or ``(N, S)`` waveforms; video and
             face ``(N, K, C, H, W)``.
-        attention_mask: Audio only: ``(N, F)`` or ``(N, S)`` validity of the input frames/samples.
+        attention_mask: Audio: ``(N, F)`` or ``(N, S)`` validity of the input frames/samples. Video
+            and face: ``(N, K)`` validity of the frames, set when items with fewer frames (a still
+            image has one) were padded to share a batch; None means every frame is real.
         features: Frozen-encoder outputs ``(N, T, D)`` (the feature cache).
         feature_mask: ``(N, T)`` bool, True on valid steps.
     """
@@ -69,7 +71,23 @@ class ModalityInput:
         if len(kinds) != 1:
             raise ValueError("cannot batch encoder inputs with cached features of the same modality")
         names = parts[0].tensors().keys()
-        return ModalityInput(**{name: pad_and_concat([getattr(p, name) for p in parts]) for name in names})
+        merged = {name: pad_and_concat([getattr(p, name) for p in parts]) for name in names if name != "attention_mask"}
+        frame_counts = {p.values.shape[1] for p in parts if p.values is not None and p.values.dim() == 5}
+        if frame_counts and (len(frame_counts) > 1 or any(p.attention_mask is not None for p in parts)):
+            # Frames padded onto a shorter item (a still image beside 4-frame clips) are marked, so the
+            # encoder's features of the padding never count as what the item shows.
+            merged["attention_mask"] = pad_and_concat([p.frame_mask() for p in parts])
+        elif "attention_mask" in names:
+            merged["attention_mask"] = pad_and_concat([p.attention_mask for p in parts])
+        return ModalityInput(**merged)
+
+    def frame_mask(self) -> torch.Tensor:
+        """``(N, K)`` validity of the frames of video or face values (all True unless padded)."""
+        if self.values is None or self.values.dim() != 5:
+            raise ValueError("frame_mask: only video and face encoder inputs (N, K, C, H, W) have frames")
+        if self.attention_mask is not None:
+            return self.attention_mask.bool()
+        return torch.ones(self.values.shape[:2], dtype=torch.bool, device=self.values.device)
 
 
 @dataclass(frozen=True)

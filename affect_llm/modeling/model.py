@@ -141,7 +141,8 @@ class AffectForConditionalGeneration(AffectPreTrainedModel, GenerationMixin):
         values = values.to(dtype=next(encoder.parameters()).dtype)
         if modality == "audio":
             return encode_audio(encoder, values, attention_mask, self.config.audio_feature_layers)
-        return encode_frames(encoder, values, expression_logits=self.config.reads_expression_logits(modality))
+        return encode_frames(encoder, values, expression_logits=self.config.reads_expression_logits(modality),
+                             frame_mask=attention_mask)
 
     def project_media_features(self, modality: str, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(N, T, D_enc)`` features -> ``(N, num_tokens, D_llm)`` LLM tokens."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from affect_llm.data.manifest import load_manifest
 from affect_llm.data.synth import generate_synthetic_set
 from affect_llm.features.featurize import MediaFeaturizer, MediaOptions, face_detected
 from affect_llm.loading.build import build_model
 from affect_llm.loading.spec import ModelSpec
+from affect_llm.modeling.media import ModalityInput
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +61,27 @@ def test_text_only_rows_have_no_media(synth_rows, featurizer):
     row = synth_rows["text_only"]
     assert featurizer([row])[row.id].modalities == ()
 
+
+
+def test_a_still_image_batched_with_clips_keeps_only_its_own_frame(synth_rows, featurizer):
+    """A still image has one frame; batched with 2-frame clips it is padded to 2, and the padding's
+    features must neither be kept nor differ from the image encoded alone."""
+    image, clip = synth_rows["image_only"], synth_rows["all"]
+    alone = featurizer([image])[image.id].face
+    together = featurizer([clip, image, clip])
+    batched = together[image.id].face
+    assert alone.features.shape[1] == 1 and batched.features.shape == alone.features.shape
+    assert torch.allclose(batched.features, alone.features, atol=1e-5)
+    assert together[clip.id].face.features.shape[1] == 2  # the clips keep both frames
+
+
+def test_concatenated_frames_mark_the_padding_of_shorter_items():
+    still = ModalityInput(values=torch.ones(1, 1, 1, 8, 8))
+    clip = ModalityInput(values=torch.ones(2, 3, 1, 8, 8))
+    batch = ModalityInput.concat([clip, still])
+    assert batch.values.shape == (3, 3, 1, 8, 8)
+    assert batch.attention_mask.tolist() == [[True] * 3, [True] * 3, [True, False, False]]
+    # Equal frame counts need no mask; a batch of batches keeps the marks it has.
+    assert ModalityInput.concat([clip, clip]).attention_mask is None
+    again = ModalityInput.concat([batch, ModalityInput(values=torch.ones(1, 2, 1, 8, 8))])
+    assert again.attention_mask.tolist()[2:] == [[True, False, False], [True, True, False]]
