@@ -7,7 +7,9 @@ Inside the chat: type a question; ``/attach video=clip.mp4 audio=clip.wav`` load
 from __future__ import annotations
 
 import argparse
+import re
 
+from affect_llm.cli.errors import UsageError
 from affect_llm.cli.options import (
     add_compile_argument,
     add_evidence_argument,
@@ -36,26 +38,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+ATTACH_FIELDS = ("video", "audio", "image", "transcript")
+_FIELD_START = re.compile(r"(?:^|\s)(" + "|".join(ATTACH_FIELDS) + r")=")
+
+
 def parse_attach(text: str) -> dict[str, str]:
-    """``video=a.mp4 audio=b.wav`` -> ``{"video": "a.mp4", "audio": "b.wav"}``."""
+    """``video=a.mp4 transcript=I am fine`` -> ``{"video": "a.mp4", "transcript": "I am fine"}``.
+
+    A value runs up to the next ``field=``, so a transcript (or a path) may hold spaces; quotes
+    around a value are dropped. A path followed by a word of the form ``name=`` with an unknown name
+    is refused, since that is a mistyped field far more often than a file name.
+    """
+    starts = list(_FIELD_START.finditer(text))
+    head = text[: starts[0].start()] if starts else text
+    if head.strip() or not starts:
+        raise ValueError(f"cannot read {head.strip() or text.strip()!r}; expected "
+                         "video=, audio=, image= or transcript=")
     fields = {}
-    for part in text.split():
-        key, sep, value = part.partition("=")
-        if not sep or key not in ("video", "audio", "image", "transcript"):
-            raise ValueError(f"cannot read {part!r}; expected video=, audio=, image= or transcript=")
-        fields[key] = value
+    for start, following in zip(starts, [*starts[1:], None], strict=True):
+        value = text[start.end(): following.start() if following else len(text)].strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        stray = next((word for word in value.split()[1:] if re.fullmatch(r"\w+=.*", word)), None)
+        if start.group(1) != "transcript" and stray:
+            raise ValueError(f"cannot read {stray!r}; expected video=, audio=, image= or transcript=")
+        fields[start.group(1)] = value
     return fields
 
 
-def _attach(pipe, fields: dict[str, str]) -> None:
-    try:
-        modalities = pipe.attach(**fields)
-    except ValueError as error:
-        print(f"[error] {error}", flush=True)
-        return
+def _announce(pipe, modalities: list[str]) -> None:
     print(f"[clip attached: {', '.join(modalities) or 'no media'}]", flush=True)
     for warning in pipe.warnings:
         print(f"[note] {warning['field'] or 'clip'}: {warning['reason']}", flush=True)
+
+
+def _attach(pipe, fields: dict[str, str]) -> None:
+    """Attach another clip; a refused one is reported and the chat keeps the clip it had."""
+    try:
+        modalities = pipe.attach(**fields)
+    except ValueError as error:
+        print(f"[error] {error}; the previous clip stays attached", flush=True)
+        return
+    _announce(pipe, modalities)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,9 +97,14 @@ def run(args: argparse.Namespace) -> int:
                                                             compile=args.compile),
                           Path(args.models_dir) if args.models_dir else None,
                           precision=precision_from_arguments(args, args.model))
-    clip = {k: getattr(args, k) for k in ("video", "audio", "image", "transcript") if getattr(args, k)}
+    clip = {k: getattr(args, k) for k in ATTACH_FIELDS if getattr(args, k)}
     if clip:
-        _attach(pipe, clip)
+        try:
+            modalities = pipe.attach(**clip)
+        except ValueError as error:
+            # The clip named on the command line is the chat's subject: without it there is nothing to ask.
+            raise UsageError(str(error)) from error
+        _announce(pipe, modalities)
     print(f"affect-llm chat ({args.model}). {HELP}", flush=True)
     while True:
         try:

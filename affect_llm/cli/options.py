@@ -64,6 +64,9 @@ def check_compile_argument(args: argparse.Namespace, checkpoint: str | Path) -> 
     if backend != "hf":
         raise UsageError(f"--compile is for --backend hf (--backend {backend} compiles in its engine)")
     precision = precision_from_arguments(args, checkpoint) or recorded_precision(checkpoint)
+    if precision.is_4bit and getattr(args, "load_in_4bit", None):
+        raise UsageError("--compile with --load-in-4bit: transformers does not compile a 4-bit LLM "
+                         "(bitsandbytes); drop one of the two")
     if precision.is_4bit:
         raise UsageError(f"--compile: {checkpoint} holds its LLM in 4-bit, which transformers does not compile "
                          "(bitsandbytes); drop --compile, or add --no-load-in-4bit to decode unquantized")

@@ -17,6 +17,7 @@ from affect_llm.features.featurize import MediaFeaturizer, MediaOptions
 from affect_llm.generation.backend import DecodingSettings, GenerationBackend, GenerationRequest
 from affect_llm.labels.parse import parse_answer
 from affect_llm.modeling.media import MediaInputs
+from affect_llm.precision import Precision
 from affect_llm.processing.processor import absent_channels
 
 
@@ -27,15 +28,18 @@ class AffectPipeline:
         checkpoint: A checkpoint folder written by training or ``affect-llm merge``.
         decoding: Decoding settings (greedy by default).
         models_dir: Where embedded models were prepared.
-        precision: How to hold the weights (:class:`affect_llm.precision.Precision`); None follows
-            what the checkpoint records.
+        precision: How to hold the weights: a :class:`affect_llm.precision.Precision`, or a weight
+            dtype name (``"bfloat16"``, as ``--dtype`` takes) applied to what the checkpoint records;
+            None follows the record.
     """
 
     def __init__(self, checkpoint: str | Path, decoding: DecodingSettings | None = None,
-                 models_dir: Path | None = None, precision: Any = None) -> None:
+                 models_dir: Path | None = None, precision: Precision | str | None = None) -> None:
         from affect_llm.generation.load import load_backend
-        from affect_llm.loading.checkpoint import read_metadata
+        from affect_llm.loading.checkpoint import read_metadata, recorded_precision
 
+        if isinstance(precision, str):
+            precision = recorded_precision(checkpoint).overridden(dtype=precision)
         self.backend: GenerationBackend = load_backend("hf", checkpoint, models_dir, precision=precision)
         self.processor = self.backend.processor
         meta = read_metadata(checkpoint)
@@ -60,16 +64,19 @@ class AffectPipeline:
         (a video without sound, 8 kHz audio, no face found...) and the clip is used.
 
         Raises:
-            ValueError: If the checks refuse the media (the message names the file, field and reason).
+            ValueError: If the checks refuse the media (the message names the file, field and reason);
+                the clip and history attached before stay as they were.
         """
-        self.reset()
         if not (video or audio or image):
+            self.reset()
             self.transcript = transcript
             return []
         row = ManifestRow(id="chat", video=video, audio=audio, image=image, transcript=transcript)
         features = self.featurizer([row])
         if "chat" not in features:
+            self.featurizer.warnings.pop("chat", None)
             raise ValueError(self.featurizer.failures.pop("chat", "the clip could not be decoded"))
+        self.reset()
         self.media = features["chat"]
         self.transcript = transcript
         self.warnings = self.featurizer.warnings.pop("chat", [])

@@ -120,7 +120,11 @@ def test_chat_session_in_a_pty(chat_assets):
 
         term.type("/attach image=/no/such/face.png")
         failed = term.read_until(PROMPT)
-        assert b"[error]" in failed and b"face.png" in failed
+        assert b"[error]" in failed and b"face.png" in failed and b"the previous clip stays attached" in failed
+
+        # A transcript is a sentence: its spaces are part of it.
+        term.type(f"/attach image={chat_assets['image']} transcript=I am so happy today")
+        assert b"[clip attached: face]" in term.read_until(PROMPT)
 
         term.type("/reset")
         assert b"[history cleared]" in term.read_until(PROMPT)
@@ -134,3 +138,24 @@ def test_chat_session_in_a_pty(chat_assets):
         if term.process.poll() is None:  # a failed assertion above: do not leave the chat running
             os.killpg(term.process.pid, signal.SIGKILL)
             term.process.wait()
+
+
+def test_chat_on_a_missing_clip_stops_with_exit_code_2(chat_assets, tmp_path):
+    """The clip named on the command line is what the chat is about: without it there is no chat."""
+    done = subprocess.run([sys.executable, "-m", "affect_llm.cli.main", "chat", "--model", str(chat_assets["checkpoint"]),
+                           "--video", str(tmp_path / "nosuch.mp4")], input="hi\n", capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "nosuch.mp4" in done.stderr.strip().splitlines()[-1] and "model>" not in done.stdout
+
+
+def test_attach_reads_values_with_spaces_and_refuses_unknown_fields():
+    from affect_llm.cli.chat import parse_attach
+
+    assert parse_attach(" video=my clips/a.mp4 transcript=I am fine, thanks") == {
+        "video": "my clips/a.mp4", "transcript": "I am fine, thanks"}
+    assert parse_attach(' audio="b c.wav"') == {"audio": "b c.wav"}
+    assert parse_attach(" transcript=x=1 means nothing") == {"transcript": "x=1 means nothing"}
+    for bad, word in ((" vide=a.mp4", "vide=a.mp4"), (" video=a.mp4 vide=b.mp4", "vide=b.mp4"), ("", "")):
+        with pytest.raises(ValueError, match=f"cannot read '{word}'"):
+            parse_attach(bad)

@@ -63,7 +63,8 @@ def test_compiled_decoding_gives_the_same_answers_through_the_cli(small_manifest
 @pytest.mark.parametrize(("extra", "message"), [
     (["--backend", "vllm"], "--compile is for --backend hf"),
     # transformers skips compiling a bitsandbytes 4-bit LLM (a warning in the log): refused up front instead.
-    (["--load-in-4bit"], "holds its LLM in 4-bit, which transformers does not compile"),
+    # The flag asked for 4-bit, not the (float32) checkpoint: the message names the flag.
+    (["--load-in-4bit"], "--compile with --load-in-4bit: transformers does not compile a 4-bit LLM"),
 ])
 def test_compile_is_refused_where_it_would_not_apply(small_manifest, tiny_checkpoint, tmp_path, extra, message) -> None:
     command = [sys.executable, "-m", "affect_llm.cli.main", "explain", str(small_manifest), "--model",

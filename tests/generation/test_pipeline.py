@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from affect_llm.generation.backend import DecodingSettings
 from affect_llm.generation.pipeline import AffectPipeline
@@ -70,12 +71,24 @@ def test_follow_up_keeps_history_and_attach_resets_it(pipe, clip):
     assert pipe.messages == [] and pipe.media.modalities == ("audio",) and pipe.media.audio.is_features
 
 
-def test_undecodable_clip_names_the_file(pipe, tmp_path):
+def test_undecodable_clip_names_the_file_and_keeps_the_clip_before(pipe, clip, tmp_path):
+    """A refused /attach in a chat must not leave the conversation without the clip it was about."""
+    pipe.attach(**clip)
+    pipe.ask()
+    history = list(pipe.messages)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
     with pytest.raises(ValueError, match="broken.png"):
         pipe.attach(image=str(broken))
-    assert pipe.media.modalities == ()
+    assert pipe.media.modalities == ("audio", "face") and pipe.messages == history
+    assert pipe.transcript == clip["transcript"]
+
+
+def test_precision_may_be_named_by_its_dtype(tiny_checkpoint):
+    half = AffectPipeline(tiny_checkpoint, DecodingSettings(max_new_tokens=4), precision="bfloat16")
+    assert next(half.backend.model.language_model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype='float8'"):
+        AffectPipeline(tiny_checkpoint, precision="float8")
 
 
 def test_chat_refuses_what_the_checks_refuse_and_notes_their_warnings(pipe, synth_rows, tmp_path):
