@@ -130,11 +130,14 @@ def run(args: argparse.Namespace) -> int:
         strict=args.strict,
     )
     overall, coverage = report["overall"], report["coverage"]
+    # Rows refused for their media (or whose generation failed): scored as wrong, not parse failures.
+    not_answered = f", not answered {report['parse']['not_answered']}" if report["parse"].get("not_answered") else ""
     print(f"report: {args.out / 'report.json'}")
     print(
         f"scored {coverage['scored']}/{coverage['references']} (missing {coverage['missing']}); "
         f"accuracy {overall.get('accuracy', 0):.4f}, family F1 {overall.get('family_f1', 0):.4f}, "
         f"hit rate {overall.get('hit_rate', 0):.4f}, parse failures {report['parse']['failure_rate']:.4f}"
+        f"{not_answered}"
     )
     if report["judge"] is not None:
         means = ", ".join(f"{k} {v['mean']}" for k, v in report["judge"]["kinds"].items())

@@ -328,10 +328,17 @@ def _coverage(refs: dict[str, dict], results: dict[str, dict], num_rows: int) ->
 
 
 def _parse_summary(pairs: list[tuple[dict, dict]]) -> dict[str, Any]:
+    """How many answers did not parse, among the rows the model answered.
+
+    A row refused for its media or lost to a failed generation (``parse_status: failed``) has no
+    answer to parse: it is counted as not answered (and scored as a wrong answer), not as a parse failure.
+    """
     statuses = Counter(str(res.get("parse_status", "ok")) for _, res in pairs)
-    failures = sum(predicted_labels(res) is None for _, res in pairs)
+    answered = [res for _, res in pairs if res.get("parse_status") != "failed"]
+    failures = sum(predicted_labels(res) is None for res in answered)
     return {
-        "failure_rate": failures / len(pairs) if pairs else 0.0,
+        "failure_rate": failures / len(answered) if answered else 0.0,
+        "not_answered": len(pairs) - len(answered),
         "statuses": dict(sorted(statuses.items())),
     }
 

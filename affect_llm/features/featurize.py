@@ -176,10 +176,15 @@ class MediaFeaturizer:
         """Encode the decoded rows of a batch and write them to the cache; record the failures."""
         for result in results:
             if result.warnings:
-                self.warnings[result.row.id] = result.warnings
+                # Located at the row's manifest line: the checks that found them saw only the media.
+                self.warnings[result.row.id] = [
+                    {**warning, "line": warning.get("line") or result.row.line, "id": warning.get("id") or result.row.id}
+                    for warning in result.warnings]
             if result.error is not None:
                 self.failures[result.row.id] = result.error
-                logger.warning("skipping %s: %s", result.row.id, result.error)
+                # Recorded for the row (result row, summary, check report); the log keeps it too, the
+                # terminal does not (each command says how many it refused).
+                logger.info("skipping %s: %s", result.row.id, result.error)
         decoded = [r for r in results if r.error is None and not r.cached]
         encoded = self._encode([r.media for r in decoded]) if decoded else []
         for result, features in zip(decoded, encoded, strict=True):

@@ -86,7 +86,9 @@ def in_shard(row_id: str, shard: tuple[int, int]) -> bool:
 
 # Row fields that say which model, prompt and decoding produced an answer. The checkpoint path is
 # not one of them: a moved checkpoint is the same model, a retrained one at the same path is not.
-PROVENANCE_FIELDS = ("model_fingerprint", "prompt", "backend", "decoding", "task")
+PROVENANCE_FIELDS = ("model_fingerprint", "prompt", "backend", "decoding", "task", "precision")
+# Rows written before the field existed carry no value to compare: they are taken as matching.
+_ADDED_PROVENANCE_FIELDS = ("precision",)
 
 
 def done_ids(out_path: Path, provenance: dict[str, Any] | None = None) -> set[str]:
@@ -112,6 +114,8 @@ def done_ids(out_path: Path, provenance: dict[str, Any] | None = None) -> set[st
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue
             for field in PROVENANCE_FIELDS if provenance is not None else ():
+                if field in _ADDED_PROVENANCE_FIELDS and field not in row:
+                    continue
                 if row.get(field) != provenance.get(field):
                     raise ValueError(
                         f"{out_path}: line {number} ({row['id']}) was written with {field}={row.get(field)!r}, "
@@ -224,13 +228,17 @@ class BatchExplainer:
         lines = self._explain_batch(batch, features, featurize_s, settings.task, decoding)
         refused = [line for line in lines if line["parse_status"] == "failed" and line.get("refused")]
         if settings.strict and refused:
-            # The rows answered before the refused one are kept; a rerun without it goes on from there.
+            # The batch's answers are kept and its refused clips are not written (a rerun without them
+            # goes on from there), but the summary counts them; the error names the first in the manifest.
+            summary.count_refused(refused)
             lines = [line for line in lines if not line.get("refused")]
         append_whole(fd, "".join(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n"
                                  for line in lines).encode("utf-8"), summary.out_path)
         summary.count_rows(lines)
         if settings.strict and refused:
-            raise RefusedInputError(f"clip {refused[0]['id']}: {refused[0]['error']}")
+            manifest_line = {row.id: row.line for row in batch}
+            first = min(refused, key=lambda line: manifest_line.get(line["id"], 0))
+            raise RefusedInputError(f"clip {first['id']}: {first['error']}")
 
     def _explain_batch(self, batch: list[ManifestRow], features: dict[str, Any], featurize_s: float, task: str,
                        decoding: DecodingSettings) -> list[dict]:
@@ -338,6 +346,9 @@ def explain_manifest(
             "prompt": active.processor.prompt.ref,
             "backend": active.name,
             "decoding": decoding.as_dict(),
+            # --dtype and --load-in-4bit change answers (4-bit visibly): a rerun in another precision
+            # must not append to these rows as if they were its own.
+            "precision": getattr(active.model.config, "precision", None),
         }
         standardiser = None
         if active.model.config.audio_speaker_normalisation:

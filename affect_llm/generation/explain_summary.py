@@ -44,8 +44,13 @@ class RunSummary:
             self.counts["warned"] += bool(line.get("warnings"))
             self.counts["speaker_standardised"] += bool(line.get("audio_standardised_per_speaker"))
             if line.get("refused"):
-                self.counts["refused"] += 1
-                self.refused_clips.append({"id": line["id"], "error": line["error"]})
+                self.count_refused([line])
+
+    def count_refused(self, lines: list[dict[str, Any]]) -> None:
+        """Count refused clips, written as result rows or (under ``--strict``) not written."""
+        for line in lines:
+            self.counts["refused"] += 1
+            self.refused_clips.append({"id": line["id"], "error": line["error"]})
 
     @property
     def refused_lines(self) -> list[dict[str, Any]]:

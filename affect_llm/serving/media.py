@@ -130,6 +130,8 @@ def read_medium(ref: MediaRef, limits: MediaLimits) -> Medium:
         raise bad_request("remote URLs are not fetched; send the media inline as a data: URL", ref.param)
     if len(data) > limits.max_media_bytes:
         raise _too_large(ref.param, len(data), limits)
+    if not data:
+        raise bad_request(f"the data is empty (0 bytes), not {_expected(ref)}", ref.param, "unsupported_media")
     sniffed = sniff(data[:64])
     if sniffed is None or sniffed.kind != ref.expected:
         raise bad_request(f"the data is {describe(sniffed)}, not {_expected(ref)}", ref.param, "unsupported_media")

@@ -157,6 +157,30 @@ def test_strict_explain_stops_at_the_first_refused_input(corpus, checkpoint: Pat
     assert last.startswith("affect-llm explain: error: ") and "--strict stops at the first refused input" in last
 
 
+def test_strict_explain_names_the_first_refused_clip_and_counts_the_refused(checkpoint: Path, tmp_path: Path) -> None:
+    """Refused clips in one batch: the error names the first in the manifest, the summary counts
+    every refused clip (none of them is written) and the batch's good answer is kept."""
+    import numpy as np
+    import soundfile
+
+    soundfile.write(tmp_path / "good.wav", 0.3 * np.sin(np.arange(16_000) / 10.0), 16_000)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    rows = [{"id": "good", "audio": "good.wav", "split": "test"},
+            {"id": "missing", "audio": "nosuch.wav", "split": "test"},
+            {"id": "empty", "audio": "empty.wav", "split": "test"}]
+    # Sorted for batching, "empty" comes before "missing"; the manifest says otherwise.
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    proc = affect_llm("explain", "m.jsonl", "--model", str(checkpoint), "--out", "out.jsonl",
+                      "--max-new-tokens", "4", "--strict", cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr
+    assert "clip missing: " in proc.stderr.strip().splitlines()[-1]
+    summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
+    assert summary["counts"]["refused"] == 2
+    assert {clip["id"] for clip in summary["refused_clips"]} == {"missing", "empty"}
+    written = [json.loads(line)["id"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert written == ["good"] and summary["counts"]["written"] == 1
+
+
 def test_a_second_writer_is_refused_naming_the_holder(corpus, checkpoint: Path) -> None:
     manifest, _ = corpus
     out = manifest.parent / "held.jsonl"

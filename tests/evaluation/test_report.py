@@ -224,3 +224,18 @@ def test_cli_refuses_llm_grouping_without_chat_judge(files, tmp_path):
     )
     assert run.returncode == 2
     assert "--ov-grouping llm need --judge openai or --judge hf" in run.stderr
+
+
+def test_refused_clips_are_not_answered_rather_than_parse_failures(tmp_path):
+    """A clip refused for its media has no answer: counted apart from the answers that did not parse,
+    and scored as a wrong answer."""
+    refs = [_ref("a", ["happy"], "all"), _ref("b", ["sad"], "face"), _ref("c", ["angry"], "audio")]
+    results = [_res("a", ["happy"]), _res("b", None, "unparseable"),
+               {**_res("c", None, "failed"), "refused": True, "error": "c.wav: field 'audio': file not found"}]
+    refs_path, results_path = tmp_path / "refs.jsonl", tmp_path / "results.jsonl"
+    refs_path.write_text("".join(json.dumps(r) + "\n" for r in refs))
+    results_path.write_text("".join(json.dumps(r) + "\n" for r in results))
+    report = evaluate(results_path, refs_path, tmp_path / "out")
+    assert report["parse"]["failure_rate"] == pytest.approx(1 / 2, abs=1e-6)
+    assert report["parse"]["not_answered"] == 1
+    assert report["overall"]["family_f1"] == pytest.approx(1 / 3, abs=1e-6)

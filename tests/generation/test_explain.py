@@ -84,6 +84,21 @@ def test_resume_refuses_answers_of_another_decoding(small_manifest, tiny_checkpo
     assert out.read_text() == before  # nothing appended, nothing lost
 
 
+def test_resume_refuses_answers_of_another_precision(small_manifest, tiny_checkpoint, tmp_path):
+    """Rows record the weights' precision: a bf16 rerun does not append to float32 answers; rows of an
+    older version, which recorded none, still resume."""
+    from affect_llm.loading.checkpoint import recorded_precision
+
+    out = tmp_path / "out.jsonl"
+    _explain(small_manifest, out, tiny_checkpoint, batch_size=4, limit=2)
+    assert {row["precision"]["dtype"] for row in read_rows(out)} == {"float32"}
+    bf16 = recorded_precision(tiny_checkpoint).overridden(dtype="bfloat16")
+    with pytest.raises(ValueError, match=r"line 1 .* written with precision=.*'float32'.*'bfloat16'"):
+        explain_manifest(small_manifest, out, tiny_checkpoint, ExplainSettings(batch_size=4), DECODING, precision=bf16)
+    write_rows([{key: value for key, value in row.items() if key != "precision"} for row in read_rows(out)], out)
+    assert _explain(small_manifest, out, tiny_checkpoint, batch_size=4)["skipped"] == 2
+
+
 def test_resume_refuses_answers_of_a_retrained_checkpoint(small_manifest, tiny_checkpoint, tmp_path):
     """Retraining writes a new checkpoint at the same path: its answers must not join the old ones."""
     checkpoint = tmp_path / "ckpt"

@@ -69,6 +69,14 @@ def test_corrupt_media_is_400_naming_the_part(server, clip_dir: Path) -> None:
     assert_still_serving(server, clip_dir)
 
 
+def test_empty_media_is_400_saying_it_is_empty(server, clip_dir: Path) -> None:
+    empty = {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}
+    error = refusal(post(server, chat(text_part("hi"), empty)), 400)
+    assert error["param"] == "messages[0].content[1].input_audio"
+    assert "the data is empty (0 bytes), not audio" in error["message"], error["message"]
+    assert_still_serving(server, clip_dir)
+
+
 def test_media_are_sniffed_by_content_not_by_the_claimed_type(server, clip_dir: Path) -> None:
     png_as_wav = {"type": "input_audio", "input_audio": {"data": b64(clip_dir / "clip.png"), "format": "wav"}}
     error = refusal(post(server, chat(png_as_wav)), 400)
