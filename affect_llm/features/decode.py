@@ -158,16 +158,25 @@ class ClipJob:
 
     def read_cached_features(self, keys: dict[str, str]) -> MediaInputs | None:
         """The row's features from the cache; None when an entry is missing or corrupt."""
+        found = self.read_cached_entry(keys)
+        return None if found is None else found[0]
+
+    def read_cached_entry(self, keys: dict[str, str]) -> tuple[MediaInputs, list[dict[str, Any]]] | None:
+        """The row's features from the cache and the warnings its media checks gave when it was
+        decoded (kept beside each entry); None when an entry is missing or corrupt."""
         parts: dict[str, ModalityInput] = {}
+        warnings: list[dict[str, Any]] = []
         for modality, key in keys.items():
-            entry = self.cache.get(key)
-            if entry is None:
+            found = self.cache.get_with_meta(key)
+            if found is None:
                 return None
+            entry, meta = found
+            warnings = warnings or list(meta.get("warnings") or [])
             if entry:  # an empty entry records that the clip has no such medium
                 features = entry["features"][None]  # (1, T, D)
                 parts[modality] = ModalityInput(features=features,
                                                 feature_mask=torch.ones(features.shape[:2], dtype=torch.bool))
-        return MediaInputs(**parts)
+        return MediaInputs(**parts), warnings
 
     def __call__(self, row: ManifestRow) -> ClipResult:
         keys: dict[str, str] = {}
@@ -177,9 +186,10 @@ class ClipJob:
                 if all(self.cache.contains(k) for k in keys.values()):
                     if not self.read_cached:
                         return ClipResult(row, keys, cached=True)
-                    features = self.read_cached_features(keys)
-                    if features is not None:
-                        return ClipResult(row, keys, features, cached=True)
+                    found = self.read_cached_entry(keys)
+                    if found is not None:
+                        # A rerun from the cache notes what the first run's checks noted.
+                        return ClipResult(row, keys, found[0], cached=True, warnings=found[1])
             media, warnings = self.decode_with_warnings(row)
             return ClipResult(row, keys, media, warnings=warnings)
         except (MediaError, OSError, ValueError) as error:

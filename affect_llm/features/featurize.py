@@ -188,16 +188,17 @@ class MediaFeaturizer:
         decoded = [r for r in results if r.error is None and not r.cached]
         encoded = self._encode([r.media for r in decoded]) if decoded else []
         for result, features in zip(decoded, encoded, strict=True):
-            self._write_cache(result.keys, features)
+            self._write_cache(result.keys, features, result.warnings)
         return {r.row.id: f for r, f in zip(decoded, encoded, strict=True)}
 
-    def _write_cache(self, keys: dict[str, str], features: MediaInputs) -> None:
+    def _write_cache(self, keys: dict[str, str], features: MediaInputs, warnings: list[dict[str, Any]]) -> None:
         if self.cache is None:
             return
         for modality, key in keys.items():
             part = features.get(modality)
             own = {} if part is None else {"features": part.features[0]}
-            meta: dict[str, Any] = {"encoder": self.encoder_ids[modality], "present": part is not None}
+            meta: dict[str, Any] = {"encoder": self.encoder_ids[modality], "present": part is not None,
+                                    "warnings": warnings}
             self.cache.put(key, own, meta)
 
     @torch.no_grad()

@@ -85,3 +85,20 @@ def test_concatenated_frames_mark_the_padding_of_shorter_items():
     assert ModalityInput.concat([clip, clip]).attention_mask is None
     again = ModalityInput.concat([batch, ModalityInput(values=torch.ones(1, 2, 1, 8, 8))])
     assert again.attention_mask.tolist()[2:] == [[True, False, False], [True, True, False]]
+
+
+def test_warnings_of_a_cached_clip_are_those_of_its_first_decoding(synth_rows, featurizer, tmp_path):
+    """A rerun that reads the feature cache notes what the media checks noted when the clip was decoded,
+    located at the row's manifest line."""
+    from affect_llm.features.cache import FeatureCache
+
+    row = synth_rows["no_face"]
+    runs = []
+    for _ in range(2):
+        cached = MediaFeaturizer(featurizer.model, featurizer.processor, FeatureCache(tmp_path / "cache"),
+                                 MediaOptions(num_frames=2))
+        assert row.id in cached([row])
+        runs.append(cached.warnings.get(row.id))
+    assert cached.cache.hits > 0 and cached.encoded_items == 0  # the second run read the cache
+    assert runs[0] and runs[1] == runs[0], runs
+    assert {(w["line"], w["id"]) for w in runs[0]} == {(row.line, row.id)} and row.line > 0
