@@ -12,8 +12,12 @@ evaluation counts with), so the model writes about the channels the clip has. Tw
 - inside quotes (the clip's transcript quoted in the explanation).
 
 Only whole-word tokens are forbidden: a word the tokenizer spells in pieces ("eye" + "brows") passes
-when its first piece is not itself a describing word. The evaluation reads the raw answers with the
-same lexicon, so anything that slips through is counted, never hidden.
+when its first piece is not itself a describing word. A describing word's token without a leading
+space ("voice", "tone") is forbidden where it would start a word, after a character that is not a
+letter (a space token, punctuation, a stray byte). A sampled policy still wrote "and\ufffdlaughing"
+in a text-only explanation: after the stray byte it spelled the word in three pieces ("l" + "augh" +
+"ing"), which no single-token rule sees. The evaluation reads the raw answers with the same lexicon,
+so anything that slips through is counted, never hidden.
 """
 
 from __future__ import annotations
@@ -55,10 +59,13 @@ class ExplanationGuard:
     def __init__(self, tokenizer: Any, absent: Sequence[str]) -> None:
         self.absent = tuple(c for c in DESCRIBING_WORDS if c in absent)
         self.forbidden = sorted({i for c in self.absent for i in describing_token_ids(tokenizer, c)})
+        # Also the bare (unspaced, lower-case) spellings, for a position where they would start a word.
+        self.forbidden_at_word_start = sorted(
+            {*self.forbidden, *(i for c in self.absent for i in describing_token_ids(tokenizer, c, bare=True))})
 
     def banned(self, text: str) -> list[int]:
         """Token ids the next position may not take, given the answer's decoded ``text`` so far."""
-        if not self.forbidden:
+        if not self.forbidden_at_word_start:
             return []
         body = open_explanation(text)
         if body is None:
@@ -68,7 +75,9 @@ class ExplanationGuard:
         clause = _CLAUSE_END.split(body)[-1]
         if _AFTER_NEGATION.search(clause):
             return []
-        return self.forbidden
+        # Inside a word a bare token only continues it ("sur" + "face"); after a space, a stray byte
+        # or punctuation it would start one.
+        return self.forbidden if body[-1:].isalpha() else self.forbidden_at_word_start
 
 
 def open_explanation(text: str) -> str | None:
@@ -77,13 +86,14 @@ def open_explanation(text: str) -> str | None:
     return None if match is None else match["body"]
 
 
-@lru_cache(maxsize=16)
-def describing_token_ids(tokenizer: Any, channel: str) -> tuple[int, ...]:
+@lru_cache(maxsize=32)
+def describing_token_ids(tokenizer: Any, channel: str, bare: bool = False) -> tuple[int, ...]:
     """Ids of the tokens that spell a whole describing word of ``channel``.
 
     A token counts when its text, stripped, is one describing word and it starts a word: it begins
     with a space, or with a capital (the first word of the explanation follows its quote without a
-    space). Lower-case tokens without a space are left alone: they end longer words ("sur" + "face").
+    space). Lower-case tokens without a space end longer words ("sur" + "face") and are left out;
+    ``bare=True`` gives those instead, for positions where the text so far ends in a non-letter.
     """
     pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
     ids = []
@@ -91,6 +101,7 @@ def describing_token_ids(tokenizer: Any, channel: str) -> tuple[int, ...]:
         word = piece.strip()
         if not word.isalpha() or not is_describing_word(word, channel):
             continue
-        if piece[:1].isspace() or word[0].isupper():
+        starts_word = piece[:1].isspace() or word[0].isupper()
+        if starts_word != bare:
             ids.append(index)
     return tuple(ids)

@@ -118,6 +118,19 @@ def test_elsewhere_in_the_explanation_a_missing_channel_is_not_described(tokeniz
     assert set(banned) == set(describing_token_ids(tokenizer, "video"))
 
 
+def test_unspaced_describing_tokens_are_forbidden_where_they_would_start_a_word(tokenizer) -> None:
+    """A sampled policy wrote "happy and\ufffdlaughing" for a clip without audio: after a stray byte,
+    a space or punctuation, the unspaced spelling of a describing word starts a word too."""
+    bare = set(describing_token_ids(tokenizer, "audio", bare=True))
+    assert "voice" in {tokenizer.decode([i]) for i in bare}
+    assert not bare & set(describing_token_ids(tokenizer, "audio"))
+    guard = ExplanationGuard(tokenizer, ("audio",))
+    for body in ("The words are happy and\ufffd", "The words are happy and ", "The words are happy ("):
+        assert bare <= set(guard.banned('{"explanation": "' + body)), body
+    # Inside a word the same tokens only continue it.
+    assert not bare & set(guard.banned('{"explanation": "The words are happy and'))
+
+
 def test_open_explanation_reads_escapes_and_ends(tokenizer) -> None:
     assert open_explanation('{"explanation": "A \\"quoted\\" word') == 'A \\"quoted\\" word'
     assert open_explanation('{"explanation": "Done.", "labels": []}') is None
