@@ -11,13 +11,13 @@ evaluation counts with), so the model writes about the channels the clip has. Tw
   to say that it is missing, which is how the training targets end ("No face is visible.");
 - inside quotes (the clip's transcript quoted in the explanation).
 
-Only whole-word tokens are forbidden: a word the tokenizer spells in pieces ("eye" + "brows") passes
-when its first piece is not itself a describing word. A describing word's token without a leading
-space ("voice", "tone") is forbidden where it would start a word, after a character that is not a
-letter (a space token, punctuation, a stray byte). A sampled policy still wrote "and\ufffdlaughing"
-in a text-only explanation: after the stray byte it spelled the word in three pieces ("l" + "augh" +
-"ing"), which no single-token rule sees. The evaluation reads the raw answers with the same lexicon,
-so anything that slips through is counted, never hidden.
+Words are forbidden however the tokenizer spells them: a token that starts a describing word (" face"),
+and, while a word is being written, a token that would complete it into one: after "l" (following a
+stray byte, a GRPO policy's "and\ufffdl" + "augh" + "ing") the token "aughing", after "laugh" the
+token "ing". A completing token counts when its letters are exactly the rest of a describing word
+(the next character, if any, not a letter), so other words with the same start pass ("l" + "ow" is
+forbidden for a clip without audio, "l" + "oss" is not). The evaluation reads the raw answers with
+the same lexicon, so anything that slips through is counted, never hidden.
 """
 
 from __future__ import annotations
@@ -27,13 +27,17 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from affect_llm.labels.channel_words import DESCRIBING_WORDS, NEGATIONS, is_describing_word
+from affect_llm.labels.channel_words import DESCRIBING_WORDS, NEGATIONS, describing_words, is_describing_word
 
 # The explanation string being written: its opening quote, then escaped or ordinary characters up to
 # the end of the text (an explanation that is closed does not match).
 _OPEN_EXPLANATION = re.compile(r'"explanation"\s*:\s*"(?P<body>(?:[^"\\]|\\.)*)$', re.DOTALL)
 # Where a clause starts: the scorer splits clauses the same way.
 _CLAUSE_END = re.compile(r"[.;:!?\n]|\\n|,|\bbut\b|\bwhile\b|\bwhereas\b|\bhowever\b", re.IGNORECASE)
+# The letters at the end of the text: the word being written (empty after a non-letter).
+_WORD_SO_FAR = re.compile(r"[^\W\d_]*$")
+# A token's leading letters (none when it starts with a space or a non-letter).
+_LEADING_LETTERS = re.compile(r"[^\W\d_]+")
 # The clause so far ends in a negation and at most two words: the next word may name a missing channel.
 _AFTER_NEGATION = re.compile(rf"\b(?:{NEGATIONS})(?:\s+\w+){{0,2}}\s*$", re.IGNORECASE)
 
@@ -59,13 +63,12 @@ class ExplanationGuard:
     def __init__(self, tokenizer: Any, absent: Sequence[str]) -> None:
         self.absent = tuple(c for c in DESCRIBING_WORDS if c in absent)
         self.forbidden = sorted({i for c in self.absent for i in describing_token_ids(tokenizer, c)})
-        # Also the bare (unspaced, lower-case) spellings, for a position where they would start a word.
-        self.forbidden_at_word_start = sorted(
-            {*self.forbidden, *(i for c in self.absent for i in describing_token_ids(tokenizer, c, bare=True))})
+        self.words = tuple(sorted({w for c in self.absent for w in describing_words(c)}))
+        self.completions = completion_token_ids(tokenizer, self.words) if self.words else {}
 
     def banned(self, text: str) -> list[int]:
         """Token ids the next position may not take, given the answer's decoded ``text`` so far."""
-        if not self.forbidden_at_word_start:
+        if not self.words:
             return []
         body = open_explanation(text)
         if body is None:
@@ -75,9 +78,12 @@ class ExplanationGuard:
         clause = _CLAUSE_END.split(body)[-1]
         if _AFTER_NEGATION.search(clause):
             return []
-        # Inside a word a bare token only continues it ("sur" + "face"); after a space, a stray byte
-        # or punctuation it would start one.
-        return self.forbidden if body[-1:].isalpha() else self.forbidden_at_word_start
+        # The word being written (letters back to the last non-letter; empty after a space, a stray
+        # byte or punctuation) and the tokens that would make it a describing word.
+        start = _WORD_SO_FAR.search(body)[0].lower()
+        completing = {i for word in self.words if word.startswith(start) and len(word) > len(start)
+                      for i in self.completions.get(word[len(start):], ())}
+        return sorted(completing.union(self.forbidden))
 
 
 def open_explanation(text: str) -> str | None:
@@ -86,22 +92,39 @@ def open_explanation(text: str) -> str | None:
     return None if match is None else match["body"]
 
 
-@lru_cache(maxsize=32)
-def describing_token_ids(tokenizer: Any, channel: str, bare: bool = False) -> tuple[int, ...]:
+@lru_cache(maxsize=16)
+def describing_token_ids(tokenizer: Any, channel: str) -> tuple[int, ...]:
     """Ids of the tokens that spell a whole describing word of ``channel``.
 
     A token counts when its text, stripped, is one describing word and it starts a word: it begins
     with a space, or with a capital (the first word of the explanation follows its quote without a
-    space). Lower-case tokens without a space end longer words ("sur" + "face") and are left out;
-    ``bare=True`` gives those instead, for positions where the text so far ends in a non-letter.
+    space). Lower-case tokens without a space are left to :func:`completion_token_ids`: they may end
+    longer words ("sur" + "face").
     """
-    pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
     ids = []
-    for index, piece in enumerate(pieces):
+    for index, piece in enumerate(_pieces(tokenizer)):
         word = piece.strip()
         if not word.isalpha() or not is_describing_word(word, channel):
             continue
-        starts_word = piece[:1].isspace() or word[0].isupper()
-        if starts_word != bare:
+        if piece[:1].isspace() or word[0].isupper():
             ids.append(index)
     return tuple(ids)
+
+
+@lru_cache(maxsize=16)
+def completion_token_ids(tokenizer: Any, words: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """Rest of a word (any suffix of one of ``words``, the whole word included) -> ids of the tokens
+    without a leading space whose letters are exactly that rest, lower case, followed by nothing or
+    by a character that is not a letter."""
+    rests = {word[k:] for word in words for k in range(len(word))}
+    found: dict[str, list[int]] = {}
+    for index, piece in enumerate(_pieces(tokenizer)):
+        letters = _LEADING_LETTERS.match(piece)
+        if letters is not None and letters[0] in rests and letters[0].islower():
+            found.setdefault(letters[0], []).append(index)
+    return {rest: tuple(ids) for rest, ids in found.items()}
+
+
+@lru_cache(maxsize=4)
+def _pieces(tokenizer: Any) -> tuple[str, ...]:
+    return tuple(tokenizer.batch_decode([[i] for i in range(len(tokenizer))]))

@@ -15,9 +15,15 @@ import torch
 
 from affect_llm.evaluation.absent_channels import check_answer
 from affect_llm.generation.absent_evidence import AbsentChannelGuard, AbsentChannelLogitsProcessor, guards_for
-from affect_llm.generation.absent_explanation import ExplanationGuard, describing_token_ids, open_explanation
+from affect_llm.generation.absent_explanation import (
+    ExplanationGuard,
+    completion_token_ids,
+    describing_token_ids,
+    open_explanation,
+)
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
 from affect_llm.generation.batch_stream import BatchItem, _guard, _Sampler
+from affect_llm.labels.channel_words import describing_words, is_describing_word
 from affect_llm.loading.build import build_model
 from affect_llm.loading.spec import ModelSpec
 
@@ -118,17 +124,29 @@ def test_elsewhere_in_the_explanation_a_missing_channel_is_not_described(tokeniz
     assert set(banned) == set(describing_token_ids(tokenizer, "video"))
 
 
-def test_unspaced_describing_tokens_are_forbidden_where_they_would_start_a_word(tokenizer) -> None:
-    """A sampled policy wrote "happy and\ufffdlaughing" for a clip without audio: after a stray byte,
-    a space or punctuation, the unspaced spelling of a describing word starts a word too."""
-    bare = set(describing_token_ids(tokenizer, "audio", bare=True))
-    assert "voice" in {tokenizer.decode([i]) for i in bare}
-    assert not bare & set(describing_token_ids(tokenizer, "audio"))
+def test_a_describing_word_spelled_in_pieces_is_stopped_before_its_last_piece(tokenizer) -> None:
+    """A GRPO policy wrote "and\ufffdlaughing" for a clip without audio, the word in pieces after a stray
+    byte. Here the tokenizer spells " laughing" as " " + "la" + "u" + "gh" + "ing": the guard forbids
+    the piece that would complete a describing word, and only where a word is being written."""
+    assert tokenizer.tokenize(" laughing") == ["\u0120", "la", "u", "gh", "ing"]
+    completions = completion_token_ids(tokenizer, describing_words("audio"))
     guard = ExplanationGuard(tokenizer, ("audio",))
-    for body in ("The words are happy and\ufffd", "The words are happy and ", "The words are happy ("):
-        assert bare <= set(guard.banned('{"explanation": "' + body)), body
-    # Inside a word the same tokens only continue it.
-    assert not bare & set(guard.banned('{"explanation": "The words are happy and'))
+
+    def banned(body: str) -> set[int]:
+        return set(guard.banned('{"explanation": "The words are happy and' + body))
+
+    (gh,) = tokenizer.convert_tokens_to_ids(["gh"])
+    assert gh in banned(" lau") and gh in banned("\ufffdlau")  # "lau" + "gh" is "laugh"
+    assert gh not in banned(" cou") and gh not in banned("lau")  # "cough"; "andlau" is no word's start
+    # A whole unspaced describing word after a space token, punctuation or a stray byte.
+    voice = set(completions["voice"])
+    for body in (" ", "\ufffd", " ("):
+        assert voice <= banned(body), body
+    assert not voice & banned("")  # inside the word "and"
+    # The lexicon spelled out is the lexicon.
+    assert {"laugh", "laughing", "laughter", "voice", "voices"} <= set(describing_words("audio"))
+    assert all(is_describing_word(word, channel) for channel in ("audio", "video", "text")
+               for word in describing_words(channel))
 
 
 def test_open_explanation_reads_escapes_and_ends(tokenizer) -> None:
