@@ -16,14 +16,17 @@ the median used, since the speed of shared cores drifts); FLOPs come two ways:
 - analytic: LLM frozen weights cost 2NT forward + 2NT backward (input gradients only, which the
   projectors below need), trainable weights (LoRA, projectors) 6NT, frozen encoders 2NT forward;
   the common 6NT rule over all LLM weights is printed too, as an upper estimate;
-- counted: ``torch.utils.flop_counter.FlopCounterMode`` over one real step.
+- counted: ``torch.utils.flop_counter.FlopCounterMode`` over one real step. Its table has no entry
+  for the CPU flash-attention kernels that ``sdpa`` runs on: their work is counted here with the
+  formulas torch gives the GPU kernels, so ``sdpa`` and ``eager`` attention face the same bound.
 
     python benchmarks/bench_train.py --model tiny --batch-size 8 --steps 10
     python benchmarks/bench_train.py --model embedded --batch-size 4 --steps 6 --audio-window 8
     python benchmarks/bench_train.py --model embedded --batch-size 8 --steps 6 --compile
 
 ``--compile`` compiles each LLM decoder layer as ``train.compile: true`` does; the compile happens in
-the warm-up steps, which are not timed.
+the warm-up steps, which are not timed. ``--attention eager`` trains with matmul attention, as
+``train.attention: eager`` does (default: the model's own, sdpa).
 """
 
 from __future__ import annotations
@@ -77,15 +80,16 @@ def matmul_flops_per_s(size: int = 1024, seconds: float = 1.0) -> float:
     return 2 * size**3 * count / (time.perf_counter() - started)
 
 
-def build(kind: str, audio_window: float, models_dir: Path | None):
+def build(kind: str, audio_window: float, models_dir: Path | None, attention: str | None = None):
     """Model with LoRA, projectors + LoRA trainable, and its processor."""
     from affect_llm.loading.build import build_model
     from affect_llm.loading.spec import ModelSpec
-    from affect_llm.modeling.trainable import LoraSettings, apply_lora, set_trainable
+    from affect_llm.modeling.trainable import LoraSettings, apply_lora, set_llm_attention, set_trainable
 
     spec = ModelSpec(**SPECS[kind], audio_window_seconds=audio_window)
     model, processor = build_model(spec, models_dir, seed=0)
     apply_lora(model, LoraSettings(r=16, alpha=32, dropout=0.0))
+    set_llm_attention(model, attention)
     set_trainable(model, ["projectors", "lora"])
     model.train()
     return model, processor
@@ -174,12 +178,27 @@ def analytic_flops(model, batch: dict[str, Any], live: bool) -> tuple[float, flo
     return float(estimate), float(6 * (llm_frozen + llm_trainable) * tokens)
 
 
+def cpu_attention_formulas() -> dict[Any, Any]:
+    """FLOP formulas for the CPU flash-attention kernels (forward, backward), which torch's table lacks."""
+    from torch.utils import flop_counter
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+
+    aten = torch.ops.aten  # FlopCounterMode hands the formulas shapes, not tensors
+    return {aten._scaled_dot_product_flash_attention_for_cpu: forward,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: backward}
+
+
 def counted_flops(model, processor, items: list[dict], batch_size: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     batch = processor.collate(items[:batch_size])
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=cpu_attention_formulas()) as counter:
         train_step(model, optimizer, batch)
     return float(counter.get_total_flops())
 
@@ -212,6 +231,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per mode")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="compile each LLM decoder layer (train.compile)")
+    parser.add_argument("--attention", default=None, help="the LLM's attention while training (train.attention)")
     parser.add_argument("--rows", type=int, default=16, help="synthetic rows the batches cycle through")
     parser.add_argument("--num-frames", type=int, default=2)
     parser.add_argument("--audio-window", type=float, default=4.0, help="seconds; synthetic clips are short")
@@ -223,11 +243,11 @@ def main() -> None:
     torch.manual_seed(0)
     from affect_llm.modeling.trainable import compile_llm_layers
 
-    model, processor = build(args.model, args.audio_window, args.models_dir)
+    model, processor = build(args.model, args.audio_window, args.models_dir, args.attention)
     cached, live = make_items(model, processor, args.rows, args.num_frames)
     print(
         f"model={args.model} batch={args.batch_size} steps={args.steps} threads={torch.get_num_threads()} "
-        f"compiled layers={args.compile}"
+        f"compiled layers={args.compile} attention={model.language_model.get_base_model().config._attn_implementation}"
     )
     modes = {"cached": cached, "live": live}
     flops = {}

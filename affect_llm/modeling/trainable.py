@@ -126,6 +126,23 @@ def set_trainable(model: AffectForConditionalGeneration, groups: list[str] | tup
     return counts
 
 
+def set_llm_attention(model: AffectForConditionalGeneration, implementation: str | None) -> str:
+    """Switch the LLM's attention implementation in place (None: keep it); returns the one in use.
+
+    Transformers looks the implementation up from the config at every forward, so the weights and
+    any adapter stay as they are. Call it before :func:`compile_llm_layers`, whose graphs trace the
+    attention function.
+    """
+    llm = model.language_model
+    base = llm.get_base_model() if is_peft_wrapped(model) else llm
+    if implementation is not None and implementation != base.config._attn_implementation:
+        try:
+            base.set_attn_implementation(implementation)
+        except (ValueError, ImportError) as error:
+            raise ValueError(f"train.attention={implementation!r}: {error}") from error
+    return base.config._attn_implementation
+
+
 def enable_gradient_checkpointing(model: AffectForConditionalGeneration) -> None:
     """Checkpoint the LLM's layers; non-reentrant so frozen encoders and inputs without grad work."""
     llm = model.language_model

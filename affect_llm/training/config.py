@@ -271,6 +271,12 @@ class TrainSettings:
             rotary, activations, residuals) fuses into a few kernels. The first steps pay the
             compile (about 30 s on a CPU for the embedded LLM); worth it for runs of more than a
             few minutes.
+        attention: The LLM's attention implementation while supervised stages train (``eager``,
+            ``sdpa``, ``flash_attention_2``, ...; None keeps the one the model loaded with).
+            Explaining and serving keep theirs. On a CPU the matmul form (``eager``) trains
+            faster than ``sdpa``, whose CPU flash kernel runs its bf16 backward well below the
+            machine's matmul rate (``training/embedded.yaml`` gives the figures); on GPUs keep
+            ``sdpa`` or ``flash_attention_2``.
         weight_decay: AdamW weight decay.
         max_grad_norm: Gradient clipping.
         log_every: Steps between log lines and TensorBoard points.
@@ -286,6 +292,7 @@ class TrainSettings:
     precision: TrainingPrecision = "no"
     gradient_checkpointing: bool = False
     compile: bool = False
+    attention: str | None = None
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     log_every: int = 10

@@ -43,6 +43,7 @@ from affect_llm.modeling.trainable import (
     group_parameters,
     llm_weight_summary,
     set_adapter_dropout,
+    set_llm_attention,
     set_trainable,
 )
 from affect_llm.processing.processor import AffectProcessor, batch_to_device
@@ -262,6 +263,7 @@ class CurriculumRecipe:
         summary["gradient_checkpointing"] = _stage_or_run(stage.gradient_checkpointing, settings.gradient_checkpointing)
         if summary["gradient_checkpointing"]:
             enable_gradient_checkpointing(model)
+        summary["attention"] = set_llm_attention(model, settings.attention)
         if _stage_or_run(stage.compile, settings.compile):
             summary["compiled_layers"] = compile_llm_layers(model)
         model, optimizer, params = self._prepare(model, stage, settings)

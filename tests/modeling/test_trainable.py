@@ -12,6 +12,7 @@ from affect_llm.modeling.trainable import (
     compile_llm_layers,
     enable_gradient_checkpointing,
     set_adapter_dropout,
+    set_llm_attention,
     set_trainable,
 )
 
@@ -38,6 +39,36 @@ def test_gradient_checkpointing_trains_with_frozen_encoders(tiny_model, raw_medi
     model(**batch).loss.backward()
     assert model.projectors["audio"].queries.grad is not None
     assert any(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
+
+
+def test_attention_switch_keeps_the_loss_and_gradients_and_names_a_bad_value(tiny_model, raw_media):
+    """Matmul attention in place of sdpa, on a LoRA-wrapped LLM: the same loss and gradients."""
+    model, processor = tiny_model
+    apply_lora(model, LoraSettings(r=2, dropout=0.0))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)
+    set_trainable(model, ["projectors", "lora"])
+    model.train()
+    batch = _perceive_batch(processor, raw_media)
+
+    def loss_and_gradients() -> tuple[float, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    assert set_llm_attention(model, None) == "sdpa"  # None keeps what the model loaded with
+    loss, gradients = loss_and_gradients()
+    assert set_llm_attention(model, "eager") == "eager"
+    assert model.language_model.get_base_model().config._attn_implementation == "eager"
+    eager_loss, eager_gradients = loss_and_gradients()
+    assert eager_loss == pytest.approx(loss, rel=1e-5)
+    assert eager_gradients.keys() == gradients.keys()
+    for name, grad in gradients.items():
+        torch.testing.assert_close(eager_gradients[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="train.attention='no_such_kernel'"):
+        set_llm_attention(model, "no_such_kernel")
 
 
 def _perceive_batch(processor, raw_media):

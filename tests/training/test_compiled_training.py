@@ -1,5 +1,8 @@
 """``train.compile``: a run with compiled LLM layers, through the CLI, follows the uncompiled run's losses.
 
+The compiled run also trains with matmul attention (``train.attention: eager``, as
+``training/embedded.yaml`` does), the other with the model's own (sdpa).
+
 The compiled run also recomputes activations (``gradient_checkpointing``) and its first stage turns both
 off for itself (``training/embedded.yaml``'s align turns off only the recomputation): per-stage settings
 change neither the losses.
@@ -21,7 +24,7 @@ from affect_llm.training.stage_loop import DONE_FILE
 
 def _train(folder: Path, manifest: Path, cache: Path, compile_layers: bool) -> Path:
     raw = tiny_config(manifest, folder / "run", cache, stages=2, compile=compile_layers,
-                      gradient_checkpointing=compile_layers)
+                      gradient_checkpointing=compile_layers, attention="eager" if compile_layers else None)
     if compile_layers:  # the first stage overrides both run settings; the second follows them
         raw["stages"][0].update(compile=False, gradient_checkpointing=False)
     config = write_config(folder / "config.yaml", raw)
@@ -50,4 +53,6 @@ def test_compiled_layers_train_as_the_uncompiled_model(synth_manifest: Path, fea
     # Compiled for real: a graph break would have run the layers eagerly, with the same losses.
     assert summaries["reason"]["compiled"]["graphs"] >= 1 and summaries["reason"]["compiled"]["graph_breaks"] == 0
     assert summaries["reason"]["gradient_checkpointing"]
+    assert {summaries[stage]["attention"] for stage in ("align", "reason")} == {"eager"}
+    assert json.loads((eager / "stages" / "reason" / DONE_FILE).read_text())["attention"] == "sdpa"
     assert (compiled / "final").is_dir()

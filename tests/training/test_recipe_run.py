@@ -151,8 +151,9 @@ def test_logging_settings_do_not_make_a_stage_stale(
     finished_run: Path, synth_manifest: Path, feature_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(CurriculumRecipe, "train_stage", lambda *a, **k: pytest.fail("retrained"))
-    raw = tiny_config(synth_manifest, finished_run, feature_cache, stages=2, log_every=5, checkpoint_every=2)
-    # A stage's checkpointing and compiling change its speed and memory, not its result.
+    raw = tiny_config(synth_manifest, finished_run, feature_cache, stages=2, log_every=5, checkpoint_every=2,
+                      attention="eager")
+    # A stage's checkpointing, compiling and attention kernel change its speed and memory, not its result.
     raw["stages"][0].update(gradient_checkpointing=True, compile=False)
     assert CurriculumRecipe(TrainConfig.from_dict(raw, TASKS)).run() == finished_run / "final"
 
