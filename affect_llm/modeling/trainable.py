@@ -126,6 +126,20 @@ def set_trainable(model: AffectForConditionalGeneration, groups: list[str] | tup
     return counts
 
 
+def attention_name_problem(implementation: str) -> str | None:
+    """Why transformers would refuse ``implementation`` as an attention implementation (None: it takes it).
+
+    Checked when a config loads, so a misspelt name stops the run before featurization, not at the
+    first stage. A kernels-hub repository (``org/name``) is left to transformers to fetch.
+    """
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    known = sorted({"eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()})
+    if implementation in known or "/" in implementation:
+        return None
+    return f"expected one of {known} or a kernels-hub repository (org/name)"
+
+
 def set_llm_attention(model: AffectForConditionalGeneration, implementation: str | None) -> str:
     """Switch the LLM's attention implementation in place (None: keep it); returns the one in use.
 

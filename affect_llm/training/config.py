@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args
 import yaml
 
 from affect_llm.loading.spec import ModelSpec
-from affect_llm.modeling.trainable import TRAINABLE_GROUPS, LoraSettings
+from affect_llm.modeling.trainable import TRAINABLE_GROUPS, LoraSettings, attention_name_problem
 from affect_llm.precision import resolve_training_precision
 
 Order = Literal["shuffle", "easy_to_hard"]
@@ -308,6 +308,9 @@ class TrainSettings:
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision={self.precision!r}; expected one of {PRECISIONS}")
         self.precision = resolve_training_precision(self.precision)
+        problem = None if self.attention is None else attention_name_problem(self.attention)
+        if problem:
+            raise ValueError(f"train.attention={self.attention!r}: {problem}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("train.batch_size and train.grad_accum must be >= 1")
 

@@ -146,6 +146,12 @@ def test_override_is_validated(tmp_path: Path, no_model_builds: None) -> None:
         _load(tmp_path, _raw(tmp_path), ["train.precision=fp8"])
 
 
+def test_a_misspelt_attention_kernel_is_named_when_the_config_loads(tmp_path: Path, no_model_builds: None) -> None:
+    with pytest.raises(ValueError, match=r"train.attention='flash_attention2': expected one of .*'eager'"):
+        _load(tmp_path, _raw(tmp_path), ["train.attention=flash_attention2"])
+    assert _load(tmp_path, _raw(tmp_path), ["train.attention=eager"]).train.attention == "eager"
+
+
 def test_auto_precision_is_bf16_only_where_the_machine_multiplies_bf16_natively(
     tmp_path: Path, no_model_builds: None
 ) -> None:
