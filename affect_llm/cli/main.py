@@ -71,6 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The command line parsed; ``key=value`` words after a flag join the command's overrides.
+
+    argparse ends a positional list at the first flag, so ``train CONFIG --check train.batch_size=4``
+    would refuse the override that ``train CONFIG train.batch_size=4 --check`` takes.
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = getattr(args, "overrides", None)
+    if extra and isinstance(overrides, list) and all("=" in word and not word.startswith("-") for word in extra):
+        overrides.extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def log_path(args: argparse.Namespace) -> Path:
     """The run's log file: the subcommand's choice, else ``<cache>/logs/<command>.log``."""
     from affect_llm.paths import cache_root
@@ -99,7 +115,7 @@ def _fail(prog: str, error: BaseException, console: Console | None, debug: bool)
 def main(argv: list[str] | None = None) -> int:
     bound_onednn_primitive_cache()  # before any command computes anything
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_arguments(argv)
     except UsageError as error:
         print(f"affect-llm: error: {one_line(str(error))}", file=sys.stderr, flush=True)
         return EXIT_USAGE

@@ -141,6 +141,18 @@ def test_override_without_equals_is_refused() -> None:
         apply_overrides({"train": {}}, ["train.batch_size"])
 
 
+def test_overrides_after_a_flag_are_taken_and_other_words_refused(
+    tmp_path: Path, no_model_builds: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path / "config.yaml", _raw(tmp_path))
+    # The override comes after the flags: taken, so its bad value is what stops the check.
+    assert main(["train", str(config), "--check", "--config-only", "train.attention=flash_attention2"]) == 2
+    assert "train.attention='flash_attention2'" in capsys.readouterr().err
+    assert main(["train", str(config), "--check", "--config-only", "train.batch_size=4"]) == 0
+    assert main(["train", str(config), "--check", "--config-only", "stray"]) == 2
+    assert "unrecognized arguments: stray (see `affect-llm --help`)" in capsys.readouterr().err
+
+
 def test_override_is_validated(tmp_path: Path, no_model_builds: None) -> None:
     with pytest.raises(ValueError, match="precision"):
         _load(tmp_path, _raw(tmp_path), ["train.precision=fp8"])
