@@ -80,9 +80,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     overrides = getattr(args, "overrides", None)
-    if extra and isinstance(overrides, list) and all("=" in word and not word.startswith("-") for word in extra):
-        overrides.extend(extra)
-    elif extra:
+    if isinstance(overrides, list):
+        overrides.extend(word for word in extra if "=" in word and not word.startswith("-"))
+        extra = [word for word in extra if word not in overrides]
+    if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 

@@ -209,6 +209,11 @@ def _optional_str(obj: dict[str, Any], key: str, where: _Where) -> str | None:
     return value
 
 
+def _blank_is_empty(transcript: str | None) -> str | None:
+    """A transcript of only spaces says nothing: read as ``""``, the row without words, like an empty one."""
+    return "" if transcript is not None and not transcript.strip() else transcript
+
+
 def _optional_number(obj: dict[str, Any], key: str, where: _Where) -> float | None:
     value = obj.get(key)
     if value is None:
@@ -260,7 +265,7 @@ def row_from_dict(obj: Any, *, path: str | Path | None = None, line: int = 0) ->
         video=_optional_str(obj, "video", where),
         audio=_optional_str(obj, "audio", where),
         image=_optional_str(obj, "image", where),
-        transcript=_optional_str(obj, "transcript", where),
+        transcript=_blank_is_empty(_optional_str(obj, "transcript", where)),
         labels=list(labels),
         explanation=_optional_str(obj, "explanation", where),
         valence=_optional_number(obj, "valence", where),

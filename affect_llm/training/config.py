@@ -308,9 +308,18 @@ class TrainSettings:
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision={self.precision!r}; expected one of {PRECISIONS}")
         self.precision = resolve_training_precision(self.precision)
+        if self.attention is not None and not isinstance(self.attention, str):
+            raise ValueError(f"train.attention={self.attention!r}; expected the name of an attention implementation")
         problem = None if self.attention is None else attention_name_problem(self.attention)
         if problem:
             raise ValueError(f"train.attention={self.attention!r}: {problem}")
+        for key in ("gradient_checkpointing", "compile", "tensorboard", "wandb"):
+            if not isinstance(getattr(self, key), bool):  # "false" in quotes would read as on
+                raise ValueError(f"train.{key}={getattr(self, key)!r}; expected true or false")
+        for key in ("batch_size", "grad_accum", "log_every", "checkpoint_every", "eval_every", "val_max_samples"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"train.{key}={value!r}; expected a whole number")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("train.batch_size and train.grad_accum must be >= 1")
 
@@ -398,14 +407,24 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         dotted, text = override.split("=", 1)
         keys = dotted.split(".")
         node: Any = raw
-        for key in keys[:-1]:
-            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
-        last = keys[-1]
-        value = yaml.safe_load(text)
-        if isinstance(node, list):
-            node[int(last)] = value
-        else:
-            node[last] = value
+        for depth, key in enumerate(keys):
+            where = ".".join(keys[: depth + 1])
+            last = depth == len(keys) - 1
+            if isinstance(node, list):
+                if not key.lstrip("-").isdigit() or not -len(node) <= int(key) < len(node):
+                    raise ValueError(f"override {override!r}: {where} is not an index of a list of {len(node)}")
+                if last:
+                    node[int(key)] = yaml.safe_load(text)
+                else:
+                    node = node[int(key)]
+            elif isinstance(node, dict):
+                if last:
+                    node[key] = yaml.safe_load(text)
+                else:
+                    node = node.setdefault(key, {})
+            else:
+                raise ValueError(f"override {override!r}: {'.'.join(keys[:depth])} is a value "
+                                 f"({node!r}), not a mapping or list")
     return raw
 
 

@@ -53,6 +53,15 @@ def test_keys_other_than_id_take_their_defaults(tmp_path: Path) -> None:
     assert loaded.split is None and loaded.source is None and loaded.transcript is None
 
 
+def test_a_transcript_of_only_spaces_is_a_row_without_words(tmp_path: Path) -> None:
+    """Spaces are no words: the prompt must say the clip has none, not hand the model blanks to describe."""
+    path = write_jsonl(tmp_path / "m.jsonl", [{"id": "a", "audio": "a.wav", "transcript": " \t \n"},
+                                              {"id": "b", "audio": "b.wav", "transcript": " I am here "}])
+    blank, spoken = load_manifest(path)
+    assert blank.transcript == "" and not blank.words
+    assert spoken.transcript == " I am here "
+
+
 def test_missing_id_is_an_error(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "m.jsonl", [{"video": "a.mp4"}])
     with pytest.raises(ManifestError, match=r"m.jsonl:1: field 'id': missing required key"):

@@ -151,6 +151,26 @@ def test_overrides_after_a_flag_are_taken_and_other_words_refused(
     assert main(["train", str(config), "--check", "--config-only", "train.batch_size=4"]) == 0
     assert main(["train", str(config), "--check", "--config-only", "stray"]) == 2
     assert "unrecognized arguments: stray (see `affect-llm --help`)" in capsys.readouterr().err
+    # Only the word that is neither a flag nor an override is named.
+    assert main(["train", str(config), "--check", "train.batch_size=2", "--bogus"]) == 2
+    assert "unrecognized arguments: --bogus (see" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ('train.compile="false"', "train.compile='false'; expected true or false"),
+    ("train.gradient_checkpointing=maybe", "train.gradient_checkpointing='maybe'; expected true or false"),
+    ("train.batch_size=four", "train.batch_size='four'; expected a whole number"),
+    ("train.attention=1", "train.attention=1; expected the name of an attention implementation"),
+    ("stages.5.steps=2", "override 'stages.5.steps=2': stages.5 is not an index of a list of 2"),
+    ("stages.align.steps=2", "stages.align is not an index of a list of 2"),
+    ("train.batch_size.x=1", "override 'train.batch_size.x=1': train.batch_size is a value (4), not a mapping"),
+])
+def test_a_bad_run_setting_or_override_path_is_a_usage_error_naming_it(
+    tmp_path: Path, no_model_builds: None, capsys: pytest.CaptureFixture[str], override: str, message: str
+) -> None:
+    config = write_config(tmp_path / "config.yaml", _raw(tmp_path))
+    assert main(["train", str(config), override, "--check", "--config-only"]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_override_is_validated(tmp_path: Path, no_model_builds: None) -> None:
