@@ -57,10 +57,12 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_bytes(details, (json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n").encode())
         state = "complete" if report.complete else "INCOMPLETE"
         print(f"{args.out}: {len(report.expected) - len(report.missing)} rows, {state}; every id listed: {details}")
-    if not report.complete:
+    if report.missing:
         print("rerun the shards whose ids are missing (the same command resumes), then merge again")
-        return EXIT_FOUND_BAD
-    return EXIT_OK
+    if report.duplicated or report.unexpected:
+        print("parts overlap or come from another manifest: merge only the shards of this manifest's "
+              "one --shard i/n split")
+    return EXIT_OK if report.complete else EXIT_FOUND_BAD
 
 
 def _list(what: str, items: list[str]) -> None:

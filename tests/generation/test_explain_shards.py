@@ -158,6 +158,18 @@ def test_merge_lists_missing_duplicated_and_failed_ids(small_manifest, tmp_path)
     assert [r["id"] for r in read_rows(tmp_path / "m.jsonl")] == ids[:4]
 
 
+def test_merge_advice_fits_what_is_wrong(small_manifest, tmp_path):
+    """Every id there but one twice: the command says the parts overlap, not that shards are missing."""
+    ids = [r["id"] for r in read_rows(small_manifest)]
+    rows = [{"id": i, "parse_status": "ok"} for i in ids]
+    write_rows(rows, tmp_path / "a.jsonl")
+    write_rows(rows[:1], tmp_path / "b.jsonl")
+    result = _run([sys.executable, "-m", "affect_llm.cli.main", "explain-merge", str(small_manifest),
+                   str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--check"])
+    assert result.returncode == 1
+    assert "parts overlap" in result.stdout and "ids are missing" not in result.stdout
+
+
 def test_merge_names_the_file_and_line_of_a_malformed_row(small_manifest, tmp_path):
     import pytest
 
