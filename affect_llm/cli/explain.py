@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default=None, help="only rows of this split")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--shard", default="0/1", help="i/n: this run's share of the ids")
-    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="explain at most N clips not yet in --out (a rerun with the same limit takes the next N)")
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--sample", action="store_true", help="seeded sampling instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=0.7)
