@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default=None, help="only rows of this split")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--shard", default="0/1", help="i/n: this run's share of the ids")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="explain again the clips whose rows in --out say failed or refused (a rerun skips them)")
     parser.add_argument("--limit", type=int, default=None,
                         help="explain at most N clips not yet in --out (a rerun with the same limit takes the next N)")
     parser.add_argument("--max-new-tokens", type=int, default=160)
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     check_compile_argument(args, args.model)
     engine_options = engine_options_from_arguments(args)
     settings = ExplainSettings(args.task, args.batch_size, args.split, shard, args.limit, args.strict,
-                               args.decode_workers)
+                               args.decode_workers, retry_failed=args.retry_failed)
     decoding = DecodingSettings(args.max_new_tokens, args.sample, args.temperature, seed=args.seed,
                                 null_absent_evidence=args.null_absent_evidence,
                                 guard_absent_explanation=explanation_guard_for(args), compile=args.compile)

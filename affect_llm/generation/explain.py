@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from affect_llm.data.issues import RefusedInputError
 from affect_llm.data.manifest import ManifestError, ManifestReader, ManifestRow
-from affect_llm.fileio import OutputLock, append_whole, cut_torn_tail
+from affect_llm.fileio import OutputLock, append_whole, atomic_write_bytes, cut_torn_tail
 from affect_llm.generation.backend import DecodingSettings, GenerationBackend, GenerationRequest
 from affect_llm.generation.explain_summary import RunSummary
 from affect_llm.labels.parse import parse_answer
@@ -47,6 +47,8 @@ class ExplainSettings:
         split: Only rows of this split (None: every row).
         shard: ``(index, count)``: this run takes the ids whose hash falls in its shard.
         limit: Stop after this many new rows (None: all).
+        retry_failed: Drop the output's rows of failed or refused clips first, so they are explained
+            again (:func:`drop_failed_rows`).
         strict: Stop at the first refused manifest line or medium instead of recording it.
         decode_workers: Processes decoding clips ahead of generation; 0 decodes in this process,
             between generation batches.
@@ -59,6 +61,7 @@ class ExplainSettings:
     limit: int | None = None
     strict: bool = False
     decode_workers: int = 1
+    retry_failed: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -122,6 +125,36 @@ def done_ids(out_path: Path, provenance: dict[str, Any] | None = None) -> set[st
                         f"this run has {provenance.get(field)!r}; write to another --out, or delete the file to redo it"
                     )
     return ids
+
+
+def drop_failed_rows(out_path: Path) -> list[str]:
+    """Remove the rows of clips that failed or were refused from ``out_path``; returns their ids.
+
+    A rerun skips every id already written, so a clip whose file was missing stays failed after the
+    file is restored: this lets the rerun explain it again. The file is replaced at once; every other
+    line is kept byte for byte (a torn last line too, which the run then cuts as usual).
+    """
+    kept, dropped = _split_failed_rows(out_path)
+    if dropped:
+        atomic_write_bytes(out_path, b"".join(kept))
+    return dropped
+
+
+def _split_failed_rows(out_path: Path) -> tuple[list[bytes], list[str]]:
+    """(the lines of ``out_path`` to keep, the ids of its failed or refused clips)."""
+    kept: list[bytes] = []
+    failed: list[str] = []
+    lines = out_path.read_bytes().splitlines(keepends=True) if out_path.is_file() else []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and row.get("parse_status") == "failed":
+            failed.append(str(row.get("id")))
+        else:
+            kept.append(line)
+    return kept, failed
 
 
 def result_row(
@@ -286,7 +319,10 @@ def _pending(rows: Iterable[ManifestRow], already: set[str], settings: ExplainSe
 def pending_count(manifest: str | Path, out_path: str | Path, settings: ExplainSettings) -> int:
     """Rows a run with ``settings`` has left to explain: its split and shard, less the ids already in
     ``out_path``, up to the limit (a quick pass over the manifest; refused lines do not count)."""
-    return sum(1 for _ in _pending(ManifestReader(manifest), done_ids(Path(out_path)), settings))
+    done = done_ids(Path(out_path))
+    if settings.retry_failed:  # the run removes these rows before it starts
+        done -= set(_split_failed_rows(Path(out_path))[1])
+    return sum(1 for _ in _pending(ManifestReader(manifest), done, settings))
 
 
 def _windows(rows: Iterable[ManifestRow], size: int) -> Iterator[list[ManifestRow]]:
@@ -331,6 +367,9 @@ def explain_manifest(
     reader = ManifestReader(manifest, strict=settings.strict)
     meta = read_metadata(checkpoint)
     with OutputLock(out_path):
+        if settings.retry_failed:
+            retried = drop_failed_rows(Path(out_path))
+            logger.info("%s: %d failed or refused rows removed to explain again", out_path, len(retried))
         active = load_backend(backend, str(checkpoint), models_dir, precision=precision, **(backend_options or {}))
         # Every backend holds the loaded model and processor (.model, .processor): its encoders compute the features.
         train_frames = (meta.get("config") or {}).get("data", {}).get("num_frames", 4)

@@ -181,6 +181,35 @@ def test_strict_explain_names_the_first_refused_clip_and_counts_the_refused(chec
     assert written == ["good"] and summary["counts"]["written"] == 1
 
 
+def test_retry_failed_explains_a_restored_clip_and_keeps_the_others(checkpoint: Path, tmp_path: Path) -> None:
+    """A clip refused for a missing file stays refused on a plain rerun; restored, --retry-failed answers it."""
+    import numpy as np
+    import soundfile
+
+    tone = 0.3 * np.sin(np.arange(16_000) / 10.0)
+    soundfile.write(tmp_path / "good.wav", tone, 16_000)
+    rows = [{"id": "good", "audio": "good.wav", "split": "test"},
+            {"id": "late", "audio": "late.wav", "split": "test"}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    command = ["explain", "m.jsonl", "--model", str(checkpoint), "--out", "out.jsonl", "--max-new-tokens", "4"]
+
+    def written() -> dict[str, dict]:
+        return {row["id"]: row for row in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+
+    assert affect_llm(*command, cwd=tmp_path).returncode == 0
+    first = written()
+    assert first["late"]["parse_status"] == "failed" and first["good"]["parse_status"] != "failed"
+    soundfile.write(tmp_path / "late.wav", tone, 16_000)
+    assert affect_llm(*command, cwd=tmp_path).returncode == 0
+    assert written() == first  # a plain rerun skips every id written, the failed one too
+    proc = affect_llm(*command, "--retry-failed", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    retried = written()
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and retried["good"] == first["good"]  # the good row kept, not redone
+    assert retried["late"]["parse_status"] != "failed" and not retried["late"]["refused"]  # tiny model: unparseable
+
+
 def test_a_second_writer_is_refused_naming_the_holder(corpus, checkpoint: Path) -> None:
     manifest, _ = corpus
     out = manifest.parent / "held.jsonl"
