@@ -35,7 +35,8 @@ class EvaluationError(ValueError):
 
 
 def read_jsonl(
-    path: Path, required: Iterable[str] = ("id",), refused: list[dict[str, Any]] | None = None
+    path: Path, required: Iterable[str] = ("id",), refused: list[dict[str, Any]] | None = None,
+    line_numbers: list[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of a JSONL file, read line by line.
 
@@ -44,6 +45,8 @@ def read_jsonl(
         required: Fields every row must have.
         refused: When given, a bad line (not UTF-8, not JSON, not an object, a required field missing)
             is appended here as ``{"line", "reason"}`` and skipped; when None it raises.
+        line_numbers: When given, each returned row's line in the file is appended here (blank and
+            refused lines are not rows, so a row's position is not its line).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -58,6 +61,8 @@ def read_jsonl(
                 continue
             try:
                 rows.append(_json_row(raw, required))
+                if line_numbers is not None:
+                    line_numbers.append(number)
             except ValueError as exc:
                 if refused is None:
                     raise EvaluationError(f"{path}:{number}: {exc}") from exc
@@ -81,23 +86,30 @@ def _json_row(raw: bytes, required: Iterable[str]) -> dict[str, Any]:
 
 
 def _index_refs(
-    rows: list[dict[str, Any]], path: Path, refused: list[dict[str, Any]] | None = None
+    rows: list[dict[str, Any]], path: Path, refused: list[dict[str, Any]] | None = None,
+    line_numbers: list[int] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """References by id; a repeated id or bad labels are refused (recorded, or raised when ``refused`` is None)."""
+    """References by id; a repeated id or bad labels are refused (recorded, or raised when ``refused`` is None).
+
+    ``line_numbers``: each row's line in ``path`` (:func:`read_jsonl`); else rows are numbered in order.
+    """
     index: dict[str, dict[str, Any]] = {}
-    for number, row in enumerate(rows, start=1):
+    first_line: dict[str, int] = {}
+    for position, row in enumerate(rows):
+        number = line_numbers[position] if line_numbers is not None else position + 1
         key = str(row["id"])
         labels = row.get("labels")
         if key in index:
-            reason = f"duplicate reference id {key!r} (row {number}; the first is used)"
+            reason = f"duplicate reference id {key!r} (line {number}; the first, line {first_line[key]}, is used)"
         elif labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
-            reason = f"row id {key!r} field 'labels' must be a list of strings"
+            reason = f"line {number}: row id {key!r} field 'labels' must be a list of strings"
         else:
             index[key] = row
+            first_line[key] = number
             continue
         if refused is None:
             raise EvaluationError(f"{path}: {reason}")
-        refused.append({"id": key, "reason": reason})
+        refused.append({"id": key, "line": number, "reason": reason})
     return index
 
 
@@ -106,7 +118,9 @@ def _read_inputs(
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """References by id, result rows, and the lines of each that were refused (raised under ``strict``)."""
     refused: dict[str, list[dict[str, Any]]] = {"refs": [], "results": []}
-    refs = _index_refs(read_jsonl(refs_path, refused=refused["refs"]), refs_path, refused["refs"])
+    ref_lines: list[int] = []
+    ref_rows = read_jsonl(refs_path, refused=refused["refs"], line_numbers=ref_lines)
+    refs = _index_refs(ref_rows, refs_path, refused["refs"], ref_lines)
     result_rows = read_jsonl(results_path, refused=refused["results"])
     for name, path in (("refs", refs_path), ("results", results_path)):
         if strict and refused[name]:

@@ -107,8 +107,10 @@ def test_malformed_lines_are_left_out_and_listed(files, tmp_path):
     lines = len(refs.read_text().splitlines())
     assert report["refused"]["results"] == [{"line": len(results.read_text().splitlines()) + 1,
                                              "reason": "not valid JSON (Unterminated string starting at)"}]
-    assert [item.get("line") for item in report["refused"]["refs"]] == [lines + 1, lines + 2, None]
+    # The repeated id is named by its line in the file: two refused lines come before it.
+    assert [item.get("line") for item in report["refused"]["refs"]] == [lines + 1, lines + 2, lines + 3]
     assert "duplicate reference id" in report["refused"]["refs"][2]["reason"]
+    assert f"(line {lines + 3}; the first, line 1, is used)" in report["refused"]["refs"][2]["reason"]
 
 
 def test_strict_stops_at_the_first_malformed_line(files, tmp_path):
