@@ -67,7 +67,9 @@ def parse_attach(text: str) -> dict[str, str]:
 
 
 def _announce(pipe, modalities: list[str]) -> None:
-    print(f"[clip attached: {', '.join(modalities) or 'no media'}]", flush=True)
+    # The words are a channel too: say that the model has them, or that it has none.
+    words = "words" if (getattr(pipe, "transcript", None) or "").strip() else "no words"
+    print(f"[clip attached: {', '.join(modalities) or 'no media'}; {words}]", flush=True)
     for warning in pipe.warnings:
         print(f"[note] {warning['field'] or 'clip'}: {warning['reason']}", flush=True)
 
@@ -125,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
                 _attach(pipe, parse_attach(line[len("/attach"):]))
             except ValueError as error:
                 print(f"[error] {error}", flush=True)
+        elif re.fullmatch(r"/[A-Za-z]\w*", line.split()[0]):
+            # A mistyped command (/atach, /clear) would otherwise reach the model as a question.
+            print(f"[error] unknown command {line.split()[0]}; {HELP}", flush=True)
         else:
             print("model> ", end="", flush=True)
             for piece in pipe.stream(line):

@@ -106,7 +106,7 @@ def test_chat_session_in_a_pty(chat_assets):
     term = Terminal(command)
     try:
         banner = term.read_until(PROMPT)
-        assert b"[clip attached: audio]" in banner
+        assert b"[clip attached: audio; no words]" in banner
         assert b"/attach" in banner and b"/quit" in banner
 
         term.type("How does the speaker feel?")
@@ -116,7 +116,11 @@ def test_chat_session_in_a_pty(chat_assets):
         assert answer.strip(), f"no streamed text after 'model> ': {reply!r}"
 
         term.type(f"/attach image={chat_assets['image']}")
-        assert b"[clip attached: face]" in term.read_until(PROMPT)
+        assert b"[clip attached: face; no words]" in term.read_until(PROMPT)
+
+        term.type("/atach image=x.png")  # a mistyped command is not a question for the model
+        mistyped = term.read_until(PROMPT)
+        assert b"[error] unknown command /atach" in mistyped and b"model> " not in mistyped
 
         term.type("/attach image=/no/such/face.png")
         failed = term.read_until(PROMPT)
@@ -124,7 +128,7 @@ def test_chat_session_in_a_pty(chat_assets):
 
         # A transcript is a sentence: its spaces are part of it.
         term.type(f"/attach image={chat_assets['image']} transcript=I am so happy today")
-        assert b"[clip attached: face]" in term.read_until(PROMPT)
+        assert b"[clip attached: face; words]" in term.read_until(PROMPT)
 
         term.type("/reset")
         assert b"[history cleared]" in term.read_until(PROMPT)
