@@ -80,11 +80,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     overrides = getattr(args, "overrides", None)
-    if isinstance(overrides, list):
-        overrides.extend(word for word in extra if "=" in word and not word.startswith("-"))
-        extra = [word for word in extra if word not in overrides]
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    taken = [word for word in extra if "=" in word and not word.startswith("-")] if isinstance(overrides, list) else []
+    stray = [word for word in extra if word not in taken]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if taken:
+        overrides.extend(taken)
     return args
 
 

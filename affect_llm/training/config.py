@@ -41,6 +41,12 @@ def _number(value: Any, where: str) -> float:
         raise ValueError(f"{where}: expected a number, got {value!r}") from error
 
 
+def _check_flag(value: Any, where: str) -> None:
+    """A YAML true or false; a quoted "false" is a non-empty string, which would read as on."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{where}={value!r}; expected true or false")
+
+
 def _build(cls: type, data: dict[str, Any] | None, where: str) -> Any:
     data = dict(data or {})
     known = {f.name for f in fields(cls)}
@@ -119,8 +125,7 @@ class GrpoSettings:
             raise ValueError(f"grpo.group_size={self.group_size}: a group needs at least 2 answers to compare")
         if self.advantages not in ("normalised", "positive"):
             raise ValueError(f"grpo.advantages={self.advantages!r}; expected 'normalised' or 'positive'")
-        if not isinstance(self.reference_in_group, bool):
-            raise ValueError(f"grpo.reference_in_group={self.reference_in_group!r}; expected true or false")
+        _check_flag(self.reference_in_group, "grpo.reference_in_group")
         if self.micro_batch < 0:
             raise ValueError(f"grpo.micro_batch={self.micro_batch}: rollouts per scoring pass, >= 0 (0: all at once)")
         if self.max_new_tokens < 1 or self.val_samples < 0:
@@ -186,8 +191,8 @@ class StageConfig:
             raise ValueError(f"{where}: grpo settings given for a {self.kind} stage; add kind: grpo")
         for key in ("gradient_checkpointing", "compile"):
             value = getattr(self, key)
-            if value is not None and not isinstance(value, bool):
-                raise ValueError(f"{where}: {key}={value!r}; expected true or false")
+            if value is not None:
+                _check_flag(value, f"{where}: {key}")
             if value is not None and self.kind == "grpo":
                 raise ValueError(f"{where}: {key} is a supervised stage's setting; a grpo stage does not use it")
         self.lr = _number(self.lr, f"{where}: lr")
@@ -314,8 +319,7 @@ class TrainSettings:
         if problem:
             raise ValueError(f"train.attention={self.attention!r}: {problem}")
         for key in ("gradient_checkpointing", "compile", "tensorboard", "wandb"):
-            if not isinstance(getattr(self, key), bool):  # "false" in quotes would read as on
-                raise ValueError(f"train.{key}={getattr(self, key)!r}; expected true or false")
+            _check_flag(getattr(self, key), f"train.{key}")
         for key in ("batch_size", "grad_accum", "log_every", "checkpoint_every", "eval_every", "val_max_samples"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool):
