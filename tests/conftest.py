@@ -27,6 +27,24 @@ def tiny_model():
 
 
 @pytest.fixture
+def tiny_lora_model(tiny_model):
+    """The tiny model with a LoRA adapter whose output reaches the logits (B not zero), training
+    projectors and adapter, in train mode."""
+    import torch
+
+    from affect_llm.modeling.trainable import LoraSettings, apply_lora, set_trainable
+
+    model, processor = tiny_model
+    apply_lora(model, LoraSettings(r=2, dropout=0.0))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)
+    set_trainable(model, ["projectors", "lora"])
+    model.train()
+    return model, processor
+
+
+@pytest.fixture
 def raw_media():
     rng = np.random.default_rng(0)
     return {

@@ -47,6 +47,12 @@ def _check_flag(value: Any, where: str) -> None:
         raise ValueError(f"{where}={value!r}; expected true or false")
 
 
+def _check_whole(value: Any, where: str) -> None:
+    """A YAML integer (``true`` is one to Python, and is refused)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{where}={value!r}; expected a whole number")
+
+
 def _build(cls: type, data: dict[str, Any] | None, where: str) -> Any:
     data = dict(data or {})
     known = {f.name for f in fields(cls)}
@@ -282,6 +288,11 @@ class TrainSettings:
             faster than ``sdpa``, whose CPU flash kernel runs its bf16 backward well below the
             machine's matmul rate (``training/embedded.yaml`` gives the figures); on GPUs keep
             ``sdpa`` or ``flash_attention_2``.
+        packed_rows: Pack each micro-batch's samples into at most this many rows, each sample
+            attending only to itself (:mod:`affect_llm.processing.packing`); 0 pads every sample to
+            the batch's longest. The same samples and loss on fewer positions: worth it where answer
+            lengths differ. Fewer rows, less padding, but wider rows (attention grows with a row's
+            width squared where the kernel computes the whole mask, as eager attention does).
         weight_decay: AdamW weight decay.
         max_grad_norm: Gradient clipping.
         log_every: Steps between log lines and TensorBoard points.
@@ -298,6 +309,7 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     compile: bool = False
     attention: str | None = None
+    packed_rows: int = 0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     log_every: int = 10
@@ -320,12 +332,13 @@ class TrainSettings:
             raise ValueError(f"train.attention={self.attention!r}: {problem}")
         for key in ("gradient_checkpointing", "compile", "tensorboard", "wandb"):
             _check_flag(getattr(self, key), f"train.{key}")
-        for key in ("batch_size", "grad_accum", "log_every", "checkpoint_every", "eval_every", "val_max_samples"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"train.{key}={value!r}; expected a whole number")
+        for key in ("batch_size", "grad_accum", "log_every", "checkpoint_every", "eval_every", "val_max_samples",
+                    "packed_rows"):
+            _check_whole(getattr(self, key), f"train.{key}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("train.batch_size and train.grad_accum must be >= 1")
+        if self.packed_rows < 0:
+            raise ValueError(f"train.packed_rows={self.packed_rows}; expected 0 (pad) or a number of rows")
 
 
 @dataclass

@@ -23,6 +23,7 @@ from affect_llm.data.media import MediaError
 from affect_llm.features.decode import PREFETCH_BATCHES, ClipJob, worker_context
 from affect_llm.features.speakers import SpeakerStandardiser
 from affect_llm.modeling.media import MediaInputs
+from affect_llm.processing.packing import collate_packed
 from affect_llm.processing.processor import IGNORE_INDEX, AffectProcessor
 from affect_llm.training.schedule import Sample
 from affect_llm.training.targets import answer_for
@@ -114,17 +115,20 @@ class Batch(dict):
 
 
 class Collate:
-    """``processor.collate`` as a picklable callable returning a :class:`Batch`."""
+    """``processor.collate`` as a picklable callable returning a :class:`Batch`; with ``packed_rows``,
+    the samples packed into at most that many rows (:mod:`affect_llm.processing.packing`)."""
 
-    def __init__(self, processor: AffectProcessor) -> None:
-        self.processor = processor
+    def __init__(self, processor: AffectProcessor, packed_rows: int = 0) -> None:
+        self.processor, self.packed_rows = processor, packed_rows
 
     def __call__(self, items: list[dict[str, Any]]) -> Batch:
+        if self.packed_rows:
+            return Batch(collate_packed(items, self.packed_rows, self.processor.tokenizer.pad_token_id))
         return Batch(self.processor.collate(items))
 
 
 def batch_loader(dataset: Dataset, batches: Iterable[list[Sample]], workers: int, pin_memory: bool,
-                 seed: int = 0, collate: Callable[[list[Any]], Any] | None = None) -> DataLoader:
+                 seed: int = 0, collate: Callable[[list[Any]], Any] | None = None, packed_rows: int = 0) -> DataLoader:
     """A DataLoader yielding ``dataset``'s items in the given batches, in order.
 
     Args:
@@ -136,9 +140,10 @@ def batch_loader(dataset: Dataset, batches: Iterable[list[Sample]], workers: int
             RNG a resumed run restores.
         collate: Turns a batch's items into what the step takes (default: the processor's
             padded :class:`Batch` of ``dataset.processor``).
+        packed_rows: With the default collate, pack each batch into at most this many rows (0: pad).
     """
     return DataLoader(
-        dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate or Collate(dataset.processor),
+        dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate or Collate(dataset.processor, packed_rows),
         pin_memory=pin_memory, prefetch_factor=PREFETCH_BATCHES if workers else None,
         multiprocessing_context=worker_context() if workers else None,
         generator=torch.Generator().manual_seed(seed),

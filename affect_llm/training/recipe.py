@@ -192,7 +192,8 @@ class CurriculumRecipe:
         source = self.media.source(processor, tuple(self.accelerator.unwrap_model(model).config.modalities),
                                    live_encoders)
         return batch_loader(StageItems(processor, rows, source), batches, self.media.loader_workers(live_encoders),
-                            pin_memory=self.accelerator.device.type == "cuda", seed=self.config.seed)
+                            pin_memory=self.accelerator.device.type == "cuda", seed=self.config.seed,
+                            packed_rows=self.config.train.packed_rows)
 
     @torch.no_grad()
     def validate(self, model, processor, stage: StageConfig) -> float | None:

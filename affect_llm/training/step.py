@@ -21,6 +21,10 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Te
     batch at once, would otherwise dominate memory. No KV cache: a training forward never decodes further.
     """
     labels = batch.pop("labels")  # (B, L)
+    if "position_ids" in batch:
+        # Packed rows (affect_llm.processing.packing): without a 2D mask transformers builds each
+        # sample's own causal block from the restarting position ids; the 2D mask marks only padding.
+        batch = {key: value for key, value in batch.items() if key != "attention_mask"}
     loss_sum = model(**batch, labels=labels, sum_answer_loss=True, use_cache=False).loss
     return loss_sum, (labels[:, 1:] != IGNORE_INDEX).sum()
 

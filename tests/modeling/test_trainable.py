@@ -41,15 +41,9 @@ def test_gradient_checkpointing_trains_with_frozen_encoders(tiny_model, raw_medi
     assert any(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
 
 
-def test_attention_switch_keeps_the_loss_and_gradients_and_names_a_bad_value(tiny_model, raw_media):
+def test_attention_switch_keeps_the_loss_and_gradients_and_names_a_bad_value(tiny_lora_model, raw_media):
     """Matmul attention in place of sdpa, on a LoRA-wrapped LLM: the same loss and gradients."""
-    model, processor = tiny_model
-    apply_lora(model, LoraSettings(r=2, dropout=0.0))
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.1)
-    set_trainable(model, ["projectors", "lora"])
-    model.train()
+    model, processor = tiny_lora_model
     batch = _perceive_batch(processor, raw_media)
 
     def loss_and_gradients() -> tuple[float, dict[str, torch.Tensor]]:

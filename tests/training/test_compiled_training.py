@@ -1,7 +1,8 @@
 """``train.compile``: a run with compiled LLM layers, through the CLI, follows the uncompiled run's losses.
 
 The compiled run also trains with matmul attention (``train.attention: eager``, as
-``training/embedded.yaml`` does), the other with the model's own (sdpa).
+``training/embedded.yaml`` does), the other with the model's own (sdpa); and it packs each batch
+into rows (``train.packed_rows: 2``), the other pads every sample to the batch's longest.
 
 The compiled run also recomputes activations (``gradient_checkpointing``) and its first stage turns both
 off for itself (``training/embedded.yaml``'s align turns off only the recomputation): per-stage settings
@@ -24,7 +25,8 @@ from affect_llm.training.stage_loop import DONE_FILE
 
 def _train(folder: Path, manifest: Path, cache: Path, compile_layers: bool) -> Path:
     raw = tiny_config(manifest, folder / "run", cache, stages=2, compile=compile_layers,
-                      gradient_checkpointing=compile_layers, attention="eager" if compile_layers else None)
+                      gradient_checkpointing=compile_layers, attention="eager" if compile_layers else None,
+                      packed_rows=2 if compile_layers else 0)
     if compile_layers:  # the first stage overrides both run settings; the second follows them
         raw["stages"][0].update(compile=False, gradient_checkpointing=False)
     config = write_config(folder / "config.yaml", raw)

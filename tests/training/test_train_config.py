@@ -161,6 +161,8 @@ def test_overrides_after_a_flag_are_taken_and_other_words_refused(
     ("train.gradient_checkpointing=maybe", "train.gradient_checkpointing='maybe'; expected true or false"),
     ("train.batch_size=four", "train.batch_size='four'; expected a whole number"),
     ("train.attention=1", "train.attention=1; expected the name of an attention implementation"),
+    ("train.packed_rows=-1", "train.packed_rows=-1; expected 0 (pad) or a number of rows"),
+    ("train.packed_rows=two", "train.packed_rows='two'; expected a whole number"),
     ("stages.5.steps=2", "override 'stages.5.steps=2': stages.5 is not an index of a list of 2"),
     ("stages.align.steps=2", "stages.align is not an index of a list of 2"),
     ("train.batch_size.x=1", "override 'train.batch_size.x=1': train.batch_size is a value (4), not a mapping"),
