@@ -11,13 +11,18 @@ bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH" TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error HF_HUB_OFFLINE=1
 step() { echo "[quickstart] $* ($(( $(date +%s) - started )) s)"; }
 
-step "embedded models"
-affect-llm models prepare
-step "sample sets"
+step "embedded models and sample sets"
+# Converting the models (mostly one core, about 25 s) runs beside the sample sets' rendering, which
+# is the only thing before training that does not need them.
+affect-llm models prepare &
+models=$!
+trap 'kill "$models" 2>/dev/null || true' EXIT
 affect-llm data synth --out outputs/synth --seed 0 --num-train 800 --num-val 40 --num-test-per-cue 30 \
   --num-test-per-missing 20 --train-conflict-share 0.1
 affect-llm data pyfeat --out outputs/pyfeat
 affect-llm data polish --out outputs/polish
+wait "$models"
+trap - EXIT
 # Real clips without a transcript get the words the embedded Whisper recognises, marked as recognised.
 [ -f outputs/pyfeat/manifest.asr.jsonl ] || \
   affect-llm data transcribe outputs/pyfeat/manifest.jsonl --out outputs/pyfeat/manifest.asr.jsonl
