@@ -30,14 +30,15 @@ step "training (training/embedded.yaml)"
 affect-llm train training/embedded.yaml --resume
 step "explaining held-out and real clips"
 mkdir -p outputs/results
-# Batches of 32: one checkpoint explained the 240 held-out synthetic clips in 87 s against 121 s at 16,
-# every answer the same.
+# Batches of 64: one checkpoint explained the 240 held-out synthetic clips in 83 s against 97 s at 32
+# (and 121 s at 16 against 87 s at 32 in an earlier run), every answer the same; 120 took 76 s but
+# peaked at 3.3 GiB against 2.4.
 affect-llm explain outputs/synth/manifest.jsonl --model runs/embedded/final --split test \
-  --out outputs/results/synth_test.jsonl --batch-size 32 --feature-cache outputs/feature_cache
+  --out outputs/results/synth_test.jsonl --batch-size 64 --feature-cache outputs/feature_cache
 affect-llm explain outputs/pyfeat/manifest.asr.jsonl --model runs/embedded/final \
   --out outputs/results/pyfeat.jsonl --batch-size 8 --feature-cache outputs/feature_cache
 affect-llm explain outputs/polish/manifest.jsonl --model runs/embedded/final --split test \
-  --out outputs/results/polish_test.jsonl --batch-size 32 --feature-cache outputs/feature_cache
+  --out outputs/results/polish_test.jsonl --batch-size 64 --feature-cache outputs/feature_cache
 step "evaluating"
 affect-llm eval outputs/results/synth_test.jsonl --refs outputs/synth/manifest.jsonl \
   --out outputs/report/synth --judge embedding
