@@ -110,6 +110,9 @@ def print_summary(out: str, counts: dict[str, int]) -> None:
           f"{counts['skipped']} already done, {counts['refused']} clips refused, "
           f"{counts['failed'] - counts['refused']} failed in generation, "
           f"{counts['refused_lines']} manifest lines refused")
+    if counts.get("refused_earlier"):
+        print(f"  {counts['refused_earlier']} of the clips already done were refused by an earlier run "
+              f"(listed under refused_earlier in {out}.summary.json; --retry-failed explains them again)")
     if counts.get("speaker_standardised"):
         print(f"  {counts['speaker_standardised']} clips' audio read against their speaker's own statistics")
     if not (counts["refused"] or counts["refused_lines"]):

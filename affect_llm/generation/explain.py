@@ -222,7 +222,7 @@ class BatchExplainer:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         cut_torn_tail(out_path)
         already = done_ids(out_path, {**self.identity, "task": settings.task})
-        summary.counts["skipped"] = len(already)
+        summary.note_earlier_rows(len(already))
         fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             for window in _windows(_pending(rows, already, settings), max(256, 16 * settings.batch_size)):

@@ -4,6 +4,8 @@ The results file holds one row per clip, refused clips included (``parse_status:
 ``refused: true``, the reason in ``error``). What has no row there, a manifest line that was refused
 (bad JSON, schema, a repeated id), is listed here with its line and reason, so that every input is
 accounted for: written + skipped + refused lines = the lines of this run's share of the manifest.
+A resumed run skips the rows already written; the refused clips among them are listed again
+(``refused_earlier``), so that the summary of the last run still names every refused clip.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class RunSummary:
         self.counts = {"written": 0, "skipped": 0, "failed": 0, "refused": 0, "unparseable": 0, "warned": 0,
                        "speaker_standardised": 0}
         self.refused_clips: list[dict[str, Any]] = []
+        self.refused_earlier: list[dict[str, Any]] = []
 
     def count_rows(self, lines: list[dict[str, Any]]) -> None:
         """Count result rows as they are written."""
@@ -52,6 +55,11 @@ class RunSummary:
             self.counts["refused"] += 1
             self.refused_clips.append({"id": line["id"], "error": line["error"]})
 
+    def note_earlier_rows(self, skipped: int) -> None:
+        """Count the ``skipped`` rows earlier runs wrote and list the refused clips among them."""
+        self.counts["skipped"] = skipped
+        self.refused_earlier = earlier_refusals(self.out_path)
+
     @property
     def refused_lines(self) -> list[dict[str, Any]]:
         """Manifest lines refused so far (line, id, field, code, reason)."""
@@ -59,7 +67,8 @@ class RunSummary:
 
     def totals(self) -> dict[str, int]:
         """Rows written, skipped, failed, refused (media), unparseable, warned; manifest lines refused."""
-        return {**self.counts, "refused_lines": len(self.reader.issues) if self.reader is not None else 0}
+        return {**self.counts, "refused_earlier": len(self.refused_earlier),
+                "refused_lines": len(self.reader.issues) if self.reader is not None else 0}
 
     def to_dict(self) -> dict[str, Any]:
         manifest = str(self.reader.path) if self.reader is not None else None
@@ -68,6 +77,7 @@ class RunSummary:
             "counts": self.totals(),
             "refused_lines": self.refused_lines,
             "refused_clips": self.refused_clips,
+            "refused_earlier": self.refused_earlier,
         }
 
     def write(self) -> None:
@@ -77,3 +87,23 @@ class RunSummary:
             atomic_write_bytes(self.path, text.encode("utf-8"))
         except OSError as error:
             logger.warning("could not write %s: %s", self.path, error)
+
+
+def earlier_refusals(out_path: Path) -> list[dict[str, Any]]:
+    """``{"id", "error"}`` of each refused clip's row already in ``out_path`` (unreadable lines skipped).
+
+    These lines were cut or kept by the run's own resume checks before this is called; a line that
+    is not JSON is the run's to handle, not the summary's.
+    """
+    refused: list[dict[str, Any]] = []
+    if not out_path.is_file():
+        return refused
+    with out_path.open(encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and row.get("refused"):
+                refused.append({"id": row.get("id"), "error": row.get("error")})
+    return refused

@@ -200,8 +200,14 @@ def test_retry_failed_explains_a_restored_clip_and_keeps_the_others(checkpoint: 
     first = written()
     assert first["late"]["parse_status"] == "failed" and first["good"]["parse_status"] != "failed"
     soundfile.write(tmp_path / "late.wav", tone, 16_000)
-    assert affect_llm(*command, cwd=tmp_path).returncode == 0
+    rerun = affect_llm(*command, cwd=tmp_path)
+    assert rerun.returncode == 0
     assert written() == first  # a plain rerun skips every id written, the failed one too
+    # ... and its summary still names the refusal the first run wrote.
+    summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
+    assert summary["counts"]["skipped"] == 2 and summary["counts"]["refused_earlier"] == 1
+    assert summary["refused_earlier"] == [{"id": "late", "error": first["late"]["error"]}]
+    assert "1 of the clips already done were refused by an earlier run" in rerun.stdout
     proc = affect_llm(*command, "--retry-failed", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     retried = written()
