@@ -20,6 +20,8 @@ import yaml
 from affect_llm.loading.spec import ModelSpec
 from affect_llm.modeling.trainable import TRAINABLE_GROUPS, LoraSettings, attention_name_problem
 from affect_llm.precision import resolve_training_precision
+from affect_llm.training.config_values import build_section, check_flag, check_whole, number
+from affect_llm.training.grpo_config import GrpoSettings
 
 Order = Literal["shuffle", "easy_to_hard"]
 Schedule = Literal["constant", "linear", "cosine"]
@@ -31,37 +33,6 @@ STAGE_KINDS: tuple[str, ...] = get_args(StageKind)
 PRECISIONS: tuple[str, ...] = get_args(TrainingPrecision)
 
 
-def _number(value: Any, where: str) -> float:
-    """YAML reads ``1e-5`` (no dot) as a string: accept numeric strings, refuse anything else."""
-    if isinstance(value, bool):
-        raise ValueError(f"{where}: expected a number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: expected a number, got {value!r}") from error
-
-
-def _check_flag(value: Any, where: str) -> None:
-    """A YAML true or false; a quoted "false" is a non-empty string, which would read as on."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{where}={value!r}; expected true or false")
-
-
-def _check_whole(value: Any, where: str) -> None:
-    """A YAML integer (``true`` is one to Python, and is refused)."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{where}={value!r}; expected a whole number")
-
-
-def _build(cls: type, data: dict[str, Any] | None, where: str) -> Any:
-    data = dict(data or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; known keys: {sorted(known)}")
-    return cls(**data)
-
-
 @dataclass
 class DatasetConfig:
     """One dataset: a manifest and the splits used for training and validation."""
@@ -69,75 +40,6 @@ class DatasetConfig:
     manifest: str
     train_split: str = "train"
     val_split: str = "val"
-
-
-def _default_rewards() -> dict[str, float]:
-    return {"format": 1.0, "labels": 1.0, "evidence": 1.0}
-
-
-@dataclass
-class GrpoSettings:
-    """Settings of a reinforcement stage (``kind: grpo``).
-
-    Attributes:
-        group_size: Answers sampled per clip (G); advantages are normalised within each clip's group.
-        max_new_tokens: Longest sampled (and validation) answer.
-        temperature: Sampling temperature of the rollouts.
-        top_p: Nucleus sampling of the rollouts (1: off).
-        clip_epsilon: Probability ratios outside ``[1 - e, 1 + e]`` are clipped in the objective.
-        beta: Weight of the KL term to the stage's starting policy (0: none, nothing extra computed).
-        rewards: Reward name (``format``, ``labels``, ``evidence``, ``length``) -> weight; an answer's
-            reward is the weighted mean of those that apply to its row.
-        val_samples: Validation rows answered greedily to score the validation reward.
-        advantages: ``normalised`` (GRPO: each answer's reward minus its group's mean, over the
-            group's standard deviation; worse answers are pushed down) or ``positive`` (the same
-            advantages with the negative ones set to 0: only answers better than their group's
-            mean are pushed up, a filtered fine-tuning on the best answers). On the tiny model's
-            tone task the positive estimator's mean gradient was twice as aligned with the true
-            gradient of the expected reward (cosine 0.60 against 0.30 over 12 rollout sets) and
-            learned where the normalised one did not in 400 steps (training/README.md).
-        reference_in_group: Add each clip's reference answer (the supervised target) to its group as
-            one more member, rewarded like the sampled answers (off-policy guidance, as in LUFFY,
-            Yan et al. 2025): when it beats them its tokens are pushed up, so answers the policy never
-            samples (several emotions for channels that disagree) are still learned; when the policy
-            answers as well, its advantage is near 0 and it changes nothing. Requires rows that record
-            the task's answer, as every row a stage trains on does.
-        micro_batch: Rollouts per scoring forward and backward (0: all of the step's at once).
-            The scoring pass holds every layer's activations for its rows, so this bounds the
-            stage's memory; the gradient is the same (each part is averaged over the whole step's
-            completion tokens).
-    """
-
-    group_size: int = 4
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    clip_epsilon: float = 0.2
-    beta: float = 0.0
-    rewards: dict[str, float] = field(default_factory=_default_rewards)
-    val_samples: int = 32
-    advantages: str = "normalised"
-    reference_in_group: bool = False
-    micro_batch: int = 0
-
-    def __post_init__(self) -> None:
-        from affect_llm.training.rewards import check_reward_weights  # no torch: parsing stays light
-
-        for name in ("temperature", "top_p", "clip_epsilon", "beta"):
-            setattr(self, name, _number(getattr(self, name), f"grpo.{name}"))
-        self.rewards = {k: _number(v, f"grpo.rewards.{k}") for k, v in self.rewards.items()}
-        check_reward_weights(self.rewards, "grpo.rewards")
-        if self.group_size < 2:
-            raise ValueError(f"grpo.group_size={self.group_size}: a group needs at least 2 answers to compare")
-        if self.advantages not in ("normalised", "positive"):
-            raise ValueError(f"grpo.advantages={self.advantages!r}; expected 'normalised' or 'positive'")
-        _check_flag(self.reference_in_group, "grpo.reference_in_group")
-        if self.micro_batch < 0:
-            raise ValueError(f"grpo.micro_batch={self.micro_batch}: rollouts per scoring pass, >= 0 (0: all at once)")
-        if self.max_new_tokens < 1 or self.val_samples < 0:
-            raise ValueError("grpo.max_new_tokens must be >= 1 and grpo.val_samples >= 0")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.clip_epsilon <= 0 or self.beta < 0:
-            raise ValueError("grpo: need temperature > 0, 0 < top_p <= 1, clip_epsilon > 0, beta >= 0")
 
 
 @dataclass
@@ -192,21 +94,21 @@ class StageConfig:
             raise ValueError(f"{where}: kind={self.kind!r}; expected one of {STAGE_KINDS}")
         if self.kind == "grpo":
             if not isinstance(self.grpo, GrpoSettings):
-                self.grpo = _build(GrpoSettings, self.grpo, f"{where}: grpo")
+                self.grpo = build_section(GrpoSettings, self.grpo, f"{where}: grpo")
         elif self.grpo is not None:
             raise ValueError(f"{where}: grpo settings given for a {self.kind} stage; add kind: grpo")
         for key in ("gradient_checkpointing", "compile"):
             value = getattr(self, key)
             if value is not None:
-                _check_flag(value, f"{where}: {key}")
+                check_flag(value, f"{where}: {key}")
             if value is not None and self.kind == "grpo":
                 raise ValueError(f"{where}: {key} is a supervised stage's setting; a grpo stage does not use it")
-        self.lr = _number(self.lr, f"{where}: lr")
+        self.lr = number(self.lr, f"{where}: lr")
         if self.epochs is not None:
-            self.epochs = _number(self.epochs, f"{where}: epochs")
-        self.datasets = {k: _number(v, f"{where}: datasets.{k}") for k, v in self.datasets.items()}
-        self.tasks = {k: _number(v, f"{where}: tasks.{k}") for k, v in self.tasks.items()}
-        self.group_lr = {k: _number(v, f"{where}: group_lr.{k}") for k, v in self.group_lr.items()}
+            self.epochs = number(self.epochs, f"{where}: epochs")
+        self.datasets = {k: number(v, f"{where}: datasets.{k}") for k, v in self.datasets.items()}
+        self.tasks = {k: number(v, f"{where}: tasks.{k}") for k, v in self.tasks.items()}
+        self.group_lr = {k: number(v, f"{where}: group_lr.{k}") for k, v in self.group_lr.items()}
         stray = sorted(set(self.group_lr) - set(self.trainable))
         if stray:
             raise ValueError(f"{where}: group_lr names groups that do not train here: {stray}")
@@ -320,8 +222,8 @@ class TrainSettings:
     wandb: bool = False
 
     def __post_init__(self) -> None:
-        self.weight_decay = _number(self.weight_decay, "train.weight_decay")
-        self.max_grad_norm = _number(self.max_grad_norm, "train.max_grad_norm")
+        self.weight_decay = number(self.weight_decay, "train.weight_decay")
+        self.max_grad_norm = number(self.max_grad_norm, "train.max_grad_norm")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision={self.precision!r}; expected one of {PRECISIONS}")
         self.precision = resolve_training_precision(self.precision)
@@ -331,10 +233,10 @@ class TrainSettings:
         if problem:
             raise ValueError(f"train.attention={self.attention!r}: {problem}")
         for key in ("gradient_checkpointing", "compile", "tensorboard", "wandb"):
-            _check_flag(getattr(self, key), f"train.{key}")
+            check_flag(getattr(self, key), f"train.{key}")
         for key in ("batch_size", "grad_accum", "log_every", "checkpoint_every", "eval_every", "val_max_samples",
                     "packed_rows"):
-            _check_whole(getattr(self, key), f"train.{key}")
+            check_whole(getattr(self, key), f"train.{key}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("train.batch_size and train.grad_accum must be >= 1")
         if self.packed_rows < 0:
@@ -366,15 +268,15 @@ class TrainConfig:
                 raise ValueError(f"config: missing key {required!r}")
         data_raw = dict(raw["data"])
         data_raw["datasets"] = {
-            name: _build(DatasetConfig, spec, f"data.datasets.{name}") for name, spec in data_raw.get("datasets", {}).items()
+            name: build_section(DatasetConfig, spec, f"data.datasets.{name}") for name, spec in data_raw.get("datasets", {}).items()
         }
         config = cls(
             run_dir=raw["run_dir"],
             model=ModelSpec.from_dict(raw["model"]),
-            data=_build(DataConfig, data_raw, "data"),
-            stages=[_build(StageConfig, s, f"stages.{i}") for i, s in enumerate(raw["stages"])],
-            train=_build(TrainSettings, raw.get("train"), "train"),
-            lora=_build(LoraSettings, raw["lora"], "lora") if raw.get("lora") else None,
+            data=build_section(DataConfig, data_raw, "data"),
+            stages=[build_section(StageConfig, s, f"stages.{i}") for i, s in enumerate(raw["stages"])],
+            train=build_section(TrainSettings, raw.get("train"), "train"),
+            lora=build_section(LoraSettings, raw["lora"], "lora") if raw.get("lora") else None,
             seed=raw.get("seed", 0),
             prompt_version=raw.get("prompt_version"),
         )

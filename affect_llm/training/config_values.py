@@ -1,0 +1,42 @@
+"""Checks of single values read from a training config's YAML, each naming where the value sits.
+
+YAML's own typing is loose where a config must not be: ``1e-5`` without a dot reads as a string,
+a quoted ``"false"`` is a non-empty string, and ``true`` is an integer to Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+
+def number(value: Any, where: str) -> float:
+    """YAML reads ``1e-5`` (no dot) as a string: accept numeric strings, refuse anything else."""
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: expected a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: expected a number, got {value!r}") from error
+
+
+def check_flag(value: Any, where: str) -> None:
+    """A YAML true or false; a quoted "false" is a non-empty string, which would read as on."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{where}={value!r}; expected true or false")
+
+
+def check_whole(value: Any, where: str) -> None:
+    """A YAML integer (``true`` is one to Python, and is refused)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{where}={value!r}; expected a whole number")
+
+
+def build_section(cls: type, data: dict[str, Any] | None, where: str) -> Any:
+    """``cls`` built from a YAML mapping, its unknown keys refused by name."""
+    data = dict(data or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known keys: {sorted(known)}")
+    return cls(**data)
