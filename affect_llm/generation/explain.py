@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,8 +94,17 @@ PROVENANCE_FIELDS = ("model_fingerprint", "prompt", "backend", "decoding", "task
 _ADDED_PROVENANCE_FIELDS = ("precision",)
 
 
-def done_ids(out_path: Path, provenance: dict[str, Any] | None = None) -> set[str]:
-    """Ids already written; a torn last line (crash mid-write) is ignored and rewritten.
+@dataclass
+class DoneRows:
+    """What a results file already holds: every id, and the failed and refused clips among them."""
+
+    ids: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
+    refused: list[dict[str, Any]] = field(default_factory=list)  # {"id", "error"} per refused clip
+
+
+def done_rows(out_path: Path, provenance: dict[str, Any] | None = None) -> DoneRows:
+    """The rows already written, in one pass; a torn last line (crash mid-write) is ignored and rewritten.
 
     Args:
         out_path: The results file.
@@ -106,25 +115,29 @@ def done_ids(out_path: Path, provenance: dict[str, Any] | None = None) -> set[st
         ValueError: Naming the file, the line and the differing field, when a row was written by
             another model, prompt, task or decoding.
     """
-    ids: set[str] = set()
+    done = DoneRows()
     if not out_path.is_file():
-        return ids
+        return done
     with out_path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             try:
                 row = json.loads(line)
-                ids.add(row["id"])
+                done.ids.add(row["id"])
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue
-            for field in PROVENANCE_FIELDS if provenance is not None else ():
-                if field in _ADDED_PROVENANCE_FIELDS and field not in row:
+            if row.get("parse_status") == "failed":
+                done.failed.add(str(row["id"]))
+            if row.get("refused"):
+                done.refused.append({"id": row["id"], "error": row.get("error")})
+            for field_name in PROVENANCE_FIELDS if provenance is not None else ():
+                if field_name in _ADDED_PROVENANCE_FIELDS and field_name not in row:
                     continue
-                if row.get(field) != provenance.get(field):
+                if row.get(field_name) != provenance.get(field_name):
                     raise ValueError(
-                        f"{out_path}: line {number} ({row['id']}) was written with {field}={row.get(field)!r}, "
-                        f"this run has {provenance.get(field)!r}; write to another --out, or delete the file to redo it"
+                        f"{out_path}: line {number} ({row['id']}) was written with {field_name}={row.get(field_name)!r}, "
+                        f"this run has {provenance.get(field_name)!r}; write to another --out, or delete the file to redo it"
                     )
-    return ids
+    return done
 
 
 def drop_failed_rows(out_path: Path) -> list[str]:
@@ -221,8 +234,9 @@ class BatchExplainer:
         summary = summary or RunSummary(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         cut_torn_tail(out_path)
-        already = done_ids(out_path, {**self.identity, "task": settings.task})
-        summary.note_earlier_rows(len(already))
+        done = done_rows(out_path, {**self.identity, "task": settings.task})
+        already = done.ids
+        summary.note_earlier_rows(len(already), done.refused)
         fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             for window in _windows(_pending(rows, already, settings), max(256, 16 * settings.batch_size)):
@@ -319,10 +333,10 @@ def _pending(rows: Iterable[ManifestRow], already: set[str], settings: ExplainSe
 def pending_count(manifest: str | Path, out_path: str | Path, settings: ExplainSettings) -> int:
     """Rows a run with ``settings`` has left to explain: its split and shard, less the ids already in
     ``out_path``, up to the limit (a quick pass over the manifest; refused lines do not count)."""
-    done = done_ids(Path(out_path))
-    if settings.retry_failed:  # the run removes these rows before it starts
-        done -= set(_split_failed_rows(Path(out_path))[1])
-    return sum(1 for _ in _pending(ManifestReader(manifest), done, settings))
+    done = done_rows(Path(out_path))
+    # The run removes the failed rows before it starts when it retries them.
+    already = done.ids - done.failed if settings.retry_failed else done.ids
+    return sum(1 for _ in _pending(ManifestReader(manifest), already, settings))
 
 
 def _windows(rows: Iterable[ManifestRow], size: int) -> Iterator[list[ManifestRow]]:

@@ -55,10 +55,10 @@ class RunSummary:
             self.counts["refused"] += 1
             self.refused_clips.append({"id": line["id"], "error": line["error"]})
 
-    def note_earlier_rows(self, skipped: int) -> None:
-        """Count the ``skipped`` rows earlier runs wrote and list the refused clips among them."""
+    def note_earlier_rows(self, skipped: int, refused: list[dict[str, Any]]) -> None:
+        """Count the ``skipped`` rows earlier runs wrote and list the ``refused`` clips (id, error) among them."""
         self.counts["skipped"] = skipped
-        self.refused_earlier = earlier_refusals(self.out_path)
+        self.refused_earlier = refused
 
     @property
     def refused_lines(self) -> list[dict[str, Any]]:
@@ -88,22 +88,3 @@ class RunSummary:
         except OSError as error:
             logger.warning("could not write %s: %s", self.path, error)
 
-
-def earlier_refusals(out_path: Path) -> list[dict[str, Any]]:
-    """``{"id", "error"}`` of each refused clip's row already in ``out_path`` (unreadable lines skipped).
-
-    These lines were cut or kept by the run's own resume checks before this is called; a line that
-    is not JSON is the run's to handle, not the summary's.
-    """
-    refused: list[dict[str, Any]] = []
-    if not out_path.is_file():
-        return refused
-    with out_path.open(encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and row.get("refused"):
-                refused.append({"id": row.get("id"), "error": row.get("error")})
-    return refused
