@@ -19,7 +19,7 @@ CHANNELS: tuple[str, ...] = ("audio", "face", "text")
 
 # Short sentences (4-7 words) so even slow, sad speech fits in the 3 s clip limit.
 # 48 per level (32 trained on, 16 held out). With 24, the model read held-out neutral sentences as
-# emotional (face-cue clips saying "We need more paper." answered "sad"); from the same cold quickstart
+# emotional (face-cue clips saying "We need more paper." answered "sad"); from one quickstart each
 # on one machine, 48 against 24: single-cue voice 0.93 / 0.90, face 0.97 / 0.80, words 0.73 / 0.67
 # (on 16 / 8 held-out sentences), accuracy 0.91 / 0.86, conflict family F1 0.83 / 0.80, Polish m1
 # 0.60 / 0.64.
