@@ -19,7 +19,9 @@ dynamic cache's under greedy decoding. The LoRA adapter is folded into the weigh
 does (``--keep-adapter``: generate with it attached). The ``sb`` rows decode as the hf backend's
 batches do (``stream_batch``: the shared prompt prefix computed once per batch, a KV cache that
 grows in place), at batch 1 and at the largest batch, without stopping at the end of turn so the
-work stays equal; their tokens are checked against ``generate``'s up to the first end of turn.
+work stays equal; their tokens are checked against ``generate``'s up to the first end of turn. They run
+on the layers as the hf backend holds them on a CPU, packed for oneDNN (``--plain-weights``: not), so
+``1 sb`` is also the one-clip loop with packed weights; the ``generate`` rows before them run plain.
 The largest ``sb`` batch's time is split into its prompts' forward (up to the first tokens) and its
 decoding steps, whose weight matmuls (2 FLOPs per weight and row) are set against the machine's
 float32 matmul rate, measured after the runs: how far from compute-bound a batched step is. The
@@ -144,17 +146,19 @@ def weight_counts_per_token(model) -> tuple[int, int]:
     return weight_bytes_per_token(model) // next(lm.parameters()).element_size() - head, head
 
 
-def batched_matmul_flops(model, processor, items: list[dict], batch_size: int, new_tokens: int) -> float:
+def batched_matmul_flops(counts: tuple[int, int], processor, items: list[dict], batch_size: int,
+                         new_tokens: int) -> float:
     """FLOPs of the LLM's weight matmuls that decoding ``items`` as the hf backend batches cannot avoid.
 
     Every real prompt token goes through the layers once (a batch's shared prefix once, padding not
     counted), each prompt gets one row of logits, and every new token after the first goes through
     the layers and the output matrix: 2 FLOPs per weight and token. Attention and element-wise work
     are left out, so this count at the machine's matmul rate is a lower bound on the batch's time.
+    ``counts``: :func:`weight_counts_per_token` of the model.
     """
     from affect_llm.generation.batch_stream import shared_prefix_length
 
-    body, head = weight_counts_per_token(model)
+    body, head = counts
     stop_ids = set(processor.token_ids().values())
     prompt_tokens = 0
     for start in range(0, len(items), batch_size):
@@ -429,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice); on a machine shared with other work, "
                              "fewer threads than cores avoid threads waiting on each other at every layer")
+    parser.add_argument("--plain-weights", action="store_true",
+                        help="keep the plain linear layers for the hf backend's rows too (default: packed, as it runs)")
     parser.add_argument("--vllm-model", type=Path, default=None,
                         help="merged checkpoint (affect-llm merge) for vLLM rows, batch 1 and all clips at once")
     parser.add_argument("--vllm-python", default=None,
@@ -440,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_sizes = sorted({int(b) for b in args.batch_sizes.split(",")} | {1})
 
     from affect_llm.generation.hf_backend import compiled_decoding
+    from affect_llm.generation.packed_linear import pack_linear_layers
     from affect_llm.loading.checkpoint import load_checkpoint
     from affect_llm.modeling.trainable import merge_lora_for_inference
 
@@ -489,6 +496,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"      {what}: tokens equal to the dynamic cache's: {tokens == dynamic}")
     largest = str(max(batch_sizes))
     eos = processor.tokenizer.eos_token_id
+    # Counted on the plain layers: packed ones keep their weights in buffers, not parameters.
+    weights, counts = weight_bytes_per_token(model), weight_counts_per_token(model)
+    # The hf backend's own layers from here on: packed for oneDNN on a CPU (the same tokens).
+    packed = 0 if args.plain_weights else pack_linear_layers(model.language_model)
+    print(f"      linear layers packed for oneDNN from here on (as the hf backend holds them): {packed}")
     batch_prompts: list[float] = []  # the largest batch's seconds to its first tokens, per run
     for size in sorted({"1", largest}, key=int):
         tokens, key = [], size + "b"
@@ -504,7 +516,6 @@ def main(argv: list[str] | None = None) -> int:
         seconds = timed(args, model, processor, items, int(largest), f"batch {largest} static cache",
                         {"cache_implementation": "static"})
         rates[largest + "s"] = report_row(largest + " st", len(items), args.max_new_tokens, seconds, rates["1"])
-    weights = weight_bytes_per_token(model)
     # Measured with the same torch threads as the generation it bounds.
     print(f"LLM weights read per token {weights / 1e6:.0f} MB ({next(model.language_model.parameters()).dtype}); "
           f"read bandwidth measured after each batch-1 run ({torch.get_num_threads()} threads)")
@@ -524,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{100 * max(shares.values()):.0f}%); decoding steps alone {100 * decode_shares['1']:.0f}% (best variant "
           f"{100 * max(decode_shares.values()):.0f}%; target >= 60%)")
     best_batch = max(rates[largest], rates.get(largest + "s", 0.0), rates[largest + "b"])
-    print(f"batch {largest} / one-clip loop: {best_batch / rates['1']:.2f}x (target >= 15x at batch 32)")
+    print(f"batch {largest} / one-clip loop: {best_batch / rates['1']:.2f}x (target >= 15x at batch 32); "
+          f"against the one-clip loop as the hf backend runs it (1 sb): {rates[largest + 'b'] / rates['1b']:.2f}x")
     if batch_prompts:
         # Where the batch's time goes: its prompts' forward (up to the first tokens) and its decoding
         # steps, each step's weight matmuls against the machine's float32 matmul rate.
@@ -533,14 +545,14 @@ def main(argv: list[str] | None = None) -> int:
         prompts, batch_seconds = statistics.median(batch_prompts), len(items) / rates[largest + "b"]
         batches = -(-len(items) // int(largest))
         step = (batch_seconds - prompts) / (batches * (args.max_new_tokens - 1))
-        step_flops = 2 * sum(weight_counts_per_token(model)) * int(largest)
+        step_flops = 2 * sum(counts) * int(largest)
         rate = matmul_flops_per_s()
         print(f"batch {largest} as the hf backend batches: prompts' forward {prompts:.2f} s "
               f"(with decoding free, {len(items) / rates['1'] / prompts:.1f}x the loop); decoding steps "
               f"{1e3 * step:.0f} ms each, {step_flops / 1e9:.1f} GFLOP of weight matmuls, {step_flops / step / 1e9:.0f} "
               f"GFLOP/s against a float32 matmul rate of {rate / 1e9:.0f} GFLOP/s (1024^3, measured now)")
         # The batch-size counterpart of the batch-1 bound: compute instead of memory.
-        flops = batched_matmul_flops(model, processor, items, int(largest), args.max_new_tokens)
+        flops = batched_matmul_flops(counts, processor, items, int(largest), args.max_new_tokens)
         least = flops / rate
         print(f"batch {largest} compute bound: {flops / 1e12:.2f} TFLOP of weight matmuls in all, at least "
               f"{least:.2f} s at that rate against {batch_seconds:.2f} s measured ({100 * least / batch_seconds:.0f}%); "

@@ -6,6 +6,8 @@ leaves the batch, and the KV cache grows in place. Greedy answers are those of `
 (tested); sampling draws from each request's own seeded generator, so a clip's sampled answer does
 not depend on which clips share its batch. Compiled decoding (``DecodingSettings.compile``) goes
 through ``model.generate`` with a static cache, which keeps every row to the end of the batch.
+On a CPU the LLM's linear layers run packed for oneDNN (:mod:`~affect_llm.generation.packed_linear`:
+the same tokens, 1.35x to 1.5x faster on the measured cores) except while decoding is compiled.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from transformers import CompileConfig, LogitsProcessorList, TextIteratorStreame
 from affect_llm.generation.absent_evidence import AbsentChannelLogitsProcessor, guards_for
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
 from affect_llm.generation.batch_stream import BatchItem, TokenCollector, stream_batch
+from affect_llm.generation.packed_linear import pack_linear_layers, unpack_linear_layers
 from affect_llm.modeling.model import AffectForConditionalGeneration
-from affect_llm.modeling.trainable import merge_lora_for_inference
+from affect_llm.modeling.trainable import is_peft_wrapped, merge_lora_for_inference
 from affect_llm.processing.processor import AffectProcessor, batch_to_device
 
 
@@ -56,18 +59,35 @@ class HFBackend:
         merge_lora: Fold an attached LoRA adapter into the LLM's weights first (in memory; not for
             a 4-bit LLM): the same answers under greedy decoding, without two extra matmuls per
             adapted layer and token.
+        pack_weights: On a CPU, lay the LLM's float32 linear weights out for oneDNN (an LLM with
+            its adapter still attached stays as it is).
     """
 
     name = "hf"
 
     def __init__(
-        self, model: AffectForConditionalGeneration, processor: AffectProcessor, merge_lora: bool = True
+        self, model: AffectForConditionalGeneration, processor: AffectProcessor, merge_lora: bool = True,
+        pack_weights: bool = True,
     ) -> None:
         if merge_lora:
             merge_lora_for_inference(model)
         self.model = model.eval()
         self.processor = processor
         self.device = next(model.parameters()).device
+        self.pack_weights = pack_weights and self.device.type == "cpu" and not is_peft_wrapped(model)
+        self._packed = False
+        self._hold_weights(compiled=False)  # the server's scheduler decodes with stream_batch directly
+
+    def _hold_weights(self, compiled: bool) -> None:
+        """Packed weights for eager decoding, plain ones for compiled decoding (inductor refuses the
+        packed op); the switch happens once per change of mode, bit for bit."""
+        if not self.pack_weights or compiled != self._packed:
+            return
+        if compiled:
+            unpack_linear_layers(self.model.language_model)
+        else:
+            pack_linear_layers(self.model.language_model)
+        self._packed = not compiled
 
     def _batch(self, requests: list[GenerationRequest]) -> dict[str, Any]:
         items = [{**self.processor.encode_text(r.messages), "media": r.media} for r in requests]
@@ -94,6 +114,7 @@ class HFBackend:
     def generate(self, requests: list[GenerationRequest], settings: DecodingSettings) -> list[str]:
         if not requests:
             return []
+        self._hold_weights(settings.compile)
         if settings.compile:
             output = self.model.generate(**self._batch(requests), **self._generate_kwargs(requests, settings))
             return self.processor.tokenizer.batch_decode(output, skip_special_tokens=True)
@@ -104,6 +125,7 @@ class HFBackend:
 
     def stream(self, request: GenerationRequest, settings: DecodingSettings) -> Iterator[str]:
         """Yield text pieces as they are generated (one request; the chat uses this)."""
+        self._hold_weights(settings.compile)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=False, skip_special_tokens=True)
         kwargs = {**self._batch([request]), **self._generate_kwargs([request], settings), "streamer": streamer}
         thread = Thread(target=self.model.generate, kwargs=kwargs, daemon=True)

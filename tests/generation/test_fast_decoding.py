@@ -6,12 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from genhelpers import read_rows
+from genhelpers import noise_requests, read_rows
 
-from affect_llm.generation.backend import DecodingSettings, GenerationRequest
+from affect_llm.generation.backend import DecodingSettings
 from affect_llm.generation.hf_backend import HFBackend
 from affect_llm.loading.build import build_model
 from affect_llm.loading.spec import ModelSpec
@@ -29,12 +28,7 @@ def test_folding_the_adapter_in_keeps_the_greedy_answers() -> None:
         for name, param in model.language_model.named_parameters():
             if "lora_B" in name:
                 param.copy_(0.2 * torch.randn(param.shape, generator=generator))
-    rng = np.random.default_rng(0)
-    requests = []
-    for i in range(3):
-        media = processor.prepare_media(audio=(0.1 * rng.standard_normal(8_000 * (i + 1))).astype(np.float32))
-        requests.append(GenerationRequest(processor.build_messages("reason", media.modalities, question="q" * (i + 1)),
-                                          media))
+    requests = noise_requests(processor)
     settings = DecodingSettings(max_new_tokens=12)
     attached = HFBackend(model, processor, merge_lora=False).generate(requests, settings)
     assert is_peft_wrapped(model)
