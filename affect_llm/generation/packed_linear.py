@@ -81,7 +81,22 @@ def pack_linear_layers(module: nn.Module) -> int:
             if type(child) is nn.Linear and child.weight.device.type == "cpu" and child.weight.dtype == torch.float32:
                 setattr(parent, name, PackedLinear(child, shared_weight=counts.get(id(child.weight), 0) > 1))
                 packed += 1
+    if packed:
+        _own_remaining_weights(module)
     return packed
+
+
+def _own_remaining_weights(module: nn.Module) -> None:
+    """Copy the weights left unpacked (embeddings, norms) into this process's own memory.
+
+    A checkpoint read zero-copy from its safetensors file keeps the whole file mapped while any
+    tensor still views it, and every page of it that was read stays resident: after packing, the
+    embedded LLM's replaced layers kept 513 MiB of file pages resident beside their packed copies.
+    With the rest copied, the mapping is released (measured: 1,628 -> 1,115 MiB resident).
+    """
+    with torch.no_grad():
+        for param in module.parameters():  # tied parameters once; the tie is the Parameter object, kept
+            param.data = param.data.clone()
 
 
 def unpack_linear_layers(module: nn.Module) -> int:
