@@ -59,8 +59,8 @@ class HFBackend:
         merge_lora: Fold an attached LoRA adapter into the LLM's weights first (in memory; not for
             a 4-bit LLM): the same answers under greedy decoding, without two extra matmuls per
             adapted layer and token.
-        pack_weights: On a CPU, lay the LLM's float32 linear weights out for oneDNN (an LLM with
-            its adapter still attached stays as it is).
+        pack_weights: On a CPU, lay the LLM's float32 linear weights out for oneDNN (a 4-bit LLM, or
+            one with its adapter still attached, stays as it is).
     """
 
     name = "hf"
@@ -74,7 +74,8 @@ class HFBackend:
         self.model = model.eval()
         self.processor = processor
         self.device = next(model.parameters()).device
-        self.pack_weights = pack_weights and self.device.type == "cpu" and not is_peft_wrapped(model)
+        quantized = getattr(model.language_model, "is_loaded_in_4bit", False)
+        self.pack_weights = pack_weights and self.device.type == "cpu" and not is_peft_wrapped(model) and not quantized
         self._packed = False
         self._hold_weights(compiled=False)  # the server's scheduler decodes with stream_batch directly
 

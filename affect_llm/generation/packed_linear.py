@@ -96,7 +96,8 @@ def _own_remaining_weights(module: nn.Module) -> None:
     """
     with torch.no_grad():
         for param in module.parameters():  # tied parameters once; the tie is the Parameter object, kept
-            param.data = param.data.clone()
+            if param.dtype.is_floating_point:  # quantized storage (bitsandbytes) is left as loaded
+                param.data = param.data.clone()
 
 
 def unpack_linear_layers(module: nn.Module) -> int:

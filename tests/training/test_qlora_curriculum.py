@@ -120,3 +120,20 @@ def test_merged_qlora_checkpoint_is_unquantized_and_answers_like_the_4bit_one(ql
         expected = quantized(input_ids=ids).logits
         got = plain(input_ids=ids).logits
     assert torch.allclose(expected, got, atol=1e-4), (expected - got).abs().max()
+
+
+def test_the_hf_backend_leaves_a_4bit_llm_unpacked(qlora_run: Path, tmp_path: Path) -> None:
+    """Packed layers are for float32 weights: a merged checkpoint loaded in 4-bit (no adapter left to
+    keep it from packing) keeps its bitsandbytes layers and its head as loaded, and still answers."""
+    from affect_llm.generation.backend import DecodingSettings, GenerationRequest
+    from affect_llm.generation.hf_backend import HFBackend
+    from affect_llm.generation.packed_linear import PackedLinear
+    from affect_llm.loading.checkpoint import load_checkpoint, merge_checkpoint, recorded_precision
+
+    merged = merge_checkpoint(qlora_run / "final", tmp_path / "merged")
+    model, processor = load_checkpoint(merged, precision=recorded_precision(merged).overridden(load_in_4bit=True))
+    assert getattr(model.language_model, "is_loaded_in_4bit", False)
+    backend = HFBackend(model, processor)
+    assert not any(isinstance(module, PackedLinear) for module in model.modules())
+    request = GenerationRequest(processor.build_messages("perceive", ()), processor.prepare_media())
+    assert len(backend.generate([request], DecodingSettings(max_new_tokens=4))) == 1
