@@ -24,7 +24,7 @@ from affect_llm.generation.backend import DecodingSettings, GenerationRequest
 from affect_llm.generation.batch_stream import BatchItem, TokenCollector, stream_batch
 from affect_llm.generation.packed_linear import pack_linear_layers, unpack_linear_layers
 from affect_llm.modeling.model import AffectForConditionalGeneration
-from affect_llm.modeling.trainable import is_peft_wrapped, merge_lora_for_inference
+from affect_llm.modeling.trainable import is_peft_wrapped, is_quantized, merge_lora_for_inference
 from affect_llm.processing.processor import AffectProcessor, batch_to_device
 
 
@@ -59,7 +59,7 @@ class HFBackend:
         merge_lora: Fold an attached LoRA adapter into the LLM's weights first (in memory; not for
             a 4-bit LLM): the same answers under greedy decoding, without two extra matmuls per
             adapted layer and token.
-        pack_weights: On a CPU, lay the LLM's float32 linear weights out for oneDNN (a 4-bit LLM, or
+        pack_weights: On a CPU, lay the LLM's float32 linear weights out for oneDNN (a 4- or 8-bit LLM, or
             one with its adapter still attached, stays as it is).
     """
 
@@ -74,8 +74,8 @@ class HFBackend:
         self.model = model.eval()
         self.processor = processor
         self.device = next(model.parameters()).device
-        quantized = getattr(model.language_model, "is_loaded_in_4bit", False)
-        self.pack_weights = pack_weights and self.device.type == "cpu" and not is_peft_wrapped(model) and not quantized
+        self.pack_weights = (pack_weights and self.device.type == "cpu" and not is_peft_wrapped(model)
+                             and not is_quantized(model.language_model))
         self._packed = False
         self._hold_weights(compiled=False)  # the server's scheduler decodes with stream_batch directly
 

@@ -43,6 +43,11 @@ def is_peft_wrapped(model: AffectForConditionalGeneration) -> bool:
     return hasattr(model.language_model, "peft_config")
 
 
+def is_quantized(llm: nn.Module) -> bool:
+    """Whether the LLM was loaded in 4-bit or 8-bit (bitsandbytes): its weights are not plain floats."""
+    return getattr(llm, "is_loaded_in_4bit", False) or getattr(llm, "is_loaded_in_8bit", False)
+
+
 def merge_lora_for_inference(model: AffectForConditionalGeneration) -> bool:
     """Fold the LoRA adapter into the LLM's weights, in memory, for generation; True when it did.
 
@@ -51,7 +56,7 @@ def merge_lora_for_inference(model: AffectForConditionalGeneration) -> bool:
     adapter attached, since folding it into NF4 weights would round the update away.
     """
     llm = model.language_model
-    if not is_peft_wrapped(model) or getattr(llm, "is_loaded_in_4bit", False) or getattr(llm, "is_loaded_in_8bit", False):
+    if not is_peft_wrapped(model) or is_quantized(llm):
         return False
     model.language_model = llm.merge_and_unload()
     return True
@@ -64,7 +69,7 @@ def apply_lora(model: AffectForConditionalGeneration, settings: LoraSettings) ->
     if is_peft_wrapped(model):
         raise ValueError("the LLM already carries a LoRA adapter")
     llm = model.language_model
-    if getattr(llm, "is_loaded_in_4bit", False) or getattr(llm, "is_loaded_in_8bit", False):
+    if is_quantized(llm):
         llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=False)
     lora_config = LoraConfig(
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
