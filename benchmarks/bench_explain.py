@@ -445,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     batch_sizes = sorted({int(b) for b in args.batch_sizes.split(",")} | {1})
 
+    from machine import describe_cpu
+
     from affect_llm.generation.hf_backend import compiled_decoding
     from affect_llm.generation.packed_linear import pack_linear_layers
     from affect_llm.loading.checkpoint import load_checkpoint
@@ -462,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     run_once(model, processor, items[:2], 2, 4)
     run_once(model, processor, items[:1], 1, args.max_new_tokens)
     run_stream_once(model, processor, requests[:2], 2, 4)
+    print(describe_cpu())
     print(
         f"model {checkpoint}; {len(items)} clips; {args.max_new_tokens} new tokens per clip; "
         f"torch threads {torch.get_num_threads()}; median of {args.repeats}; LoRA folded in: {merged}"

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import describe_cpu
 
 from affect_llm.memory import peak_resident_mib, reset_peak_resident
 
@@ -245,6 +246,7 @@ def main() -> None:
 
     model, processor = build(args.model, args.audio_window, args.models_dir, args.attention)
     cached, live = make_items(model, processor, args.rows, args.num_frames)
+    print(describe_cpu())
     print(
         f"model={args.model} batch={args.batch_size} steps={args.steps} threads={torch.get_num_threads()} "
         f"compiled layers={args.compile} attention={model.language_model.get_base_model().config._attn_implementation}"
