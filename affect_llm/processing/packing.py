@@ -25,6 +25,10 @@ from affect_llm.processing.processor import IGNORE_INDEX
 
 # A row's width grows in steps of this many positions until the samples fit in the rows allowed.
 _WIDTH_STEP = 8
+# Key of a packed batch's mark (a boolean tensor, so that it travels with the batch to any device
+# and through the loader's pinning): position ids alone do not say a batch is packed, since a
+# left-padded batch carries them too and needs its 2D mask.
+PACKED_KEY = "packed"
 
 
 def plan_rows(lengths: Sequence[int], max_rows: int) -> list[list[int]]:
@@ -62,8 +66,9 @@ def collate_packed(items: Sequence[dict[str, Any]], max_rows: int, pad_id: int) 
 
     The batch has ``input_ids``, ``labels`` and ``position_ids`` ``(R, L)``, ``attention_mask``
     ``(R, L)`` (1 on the samples' tokens; for counting them: pass the model no 2D mask, or it
-    would mask padding only) and ``media`` in the order the rows hold their samples, which is the
-    order the model fills media placeholders in. Padding at a row's end continues the row's last
+    would mask padding only), ``media`` in the order the rows hold their samples, which is the
+    order the model fills media placeholders in, and :data:`PACKED_KEY` (true), which
+    :func:`~affect_llm.training.step.answer_loss` reads and removes. Padding at a row's end continues the row's last
     sample's positions and trains nothing; no token of a sample comes after it, so none sees it.
     """
     rows = plan_rows([len(item["input_ids"]) for item in items], max_rows)
@@ -73,6 +78,7 @@ def collate_packed(items: Sequence[dict[str, Any]], max_rows: int, pad_id: int) 
         "labels": torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long),
         "position_ids": torch.zeros((len(rows), width), dtype=torch.long),
         "attention_mask": torch.zeros((len(rows), width), dtype=torch.long),
+        PACKED_KEY: torch.tensor(True),
     }
     for r, row in enumerate(rows):
         start = 0

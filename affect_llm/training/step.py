@@ -10,18 +10,20 @@ from typing import Any
 
 import torch
 
+from affect_llm.processing.packing import PACKED_KEY
 from affect_llm.processing.processor import IGNORE_INDEX
 
 
 def answer_loss(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed answer-token cross-entropy of a batch and its token count (``labels`` is popped).
+    """Summed answer-token cross-entropy of a batch and its token count (``labels`` and the packed
+    mark are popped).
 
     Only positions that predict an answer token reach the vocabulary projection, a chunk at a time
     (:mod:`affect_llm.modeling.answer_loss`): the logits of every prompt position, or of a whole
     batch at once, would otherwise dominate memory. No KV cache: a training forward never decodes further.
     """
     labels = batch.pop("labels")  # (B, L)
-    if "position_ids" in batch:
+    if bool(batch.pop(PACKED_KEY, False)):
         # Packed rows (affect_llm.processing.packing): without a 2D mask transformers builds each
         # sample's own causal block from the restarting position ids; the 2D mask marks only padding.
         batch = {key: value for key, value in batch.items() if key != "attention_mask"}

@@ -65,3 +65,36 @@ def test_packed_rows_give_the_padded_batch_loss_and_gradients(tiny_lora_model, r
     # Without restarting positions the samples would read each other: the loss moves.
     leaky = {**packed, "position_ids": torch.arange(packed["input_ids"].shape[1]).expand_as(packed["input_ids"])}
     assert loss_and_gradients(leaky)[0] != pytest.approx(loss, rel=1e-5)
+
+
+def _left_padded(batch: dict, pad_id: int) -> dict:
+    """The same samples with their padding moved to the left."""
+    lengths = batch["attention_mask"].sum(-1)
+    width = batch["input_ids"].shape[1]
+    left = {"input_ids": torch.full_like(batch["input_ids"], pad_id),
+            "labels": torch.full_like(batch["labels"], -100),
+            "attention_mask": torch.zeros_like(batch["attention_mask"]), "media": batch["media"]}
+    for r, n in enumerate(lengths.tolist()):
+        for key in ("input_ids", "labels", "attention_mask"):
+            left[key][r, width - n:] = batch[key][r, :n]
+    return left
+
+
+def test_only_marked_batches_lose_their_mask(tiny_lora_model, raw_media) -> None:
+    """Position ids alone do not make a batch packed: a left-padded batch that carries them keeps
+    its 2D mask. Here they count through the padding, so without the mask (as if packed) the
+    samples would read the padding before them and the loss would move."""
+    model, processor = tiny_lora_model
+    set_llm_attention(model, "eager")
+    items = _items(processor, raw_media)
+    padded = processor.collate(items)
+    assert "packed" not in padded
+    left = _left_padded(padded, processor.tokenizer.pad_token_id)
+    positions = torch.arange(left["input_ids"].shape[1]).expand_as(left["input_ids"])
+    with torch.no_grad():
+        masked = answer_loss(model, dict(left))[0].item()  # transformers counts positions the same way
+        assert answer_loss(model, {**left, "position_ids": positions})[0].item() == pytest.approx(masked, rel=1e-6)
+        unmasked = answer_loss(model, {**left, "position_ids": positions, "packed": torch.tensor(True)})[0].item()
+    assert unmasked != pytest.approx(masked, rel=1e-5)
+    packed = collate_packed(items, max_rows=2, pad_id=processor.tokenizer.pad_token_id)
+    assert bool(packed["packed"])
