@@ -260,6 +260,10 @@ def row_from_dict(obj: Any, *, path: str | Path | None = None, line: int = 0) ->
     extra = obj.get("extra") if obj.get("extra") is not None else {}
     if not isinstance(extra, dict):
         raise _error(where, "extra", f"expected an object, got {type(extra).__name__}")
+    try:
+        recorded_channels(extra, known_id)  # read by training and explain: refused here, not there
+    except ValueError as exc:
+        raise _error(where, "extra.channels", str(exc).split("'extra.channels' ", 1)[-1]) from None
     return ManifestRow(
         id=known_id,
         video=_optional_str(obj, "video", where),
@@ -297,6 +301,9 @@ def _decode_json(raw: bytes, path: Path | None, line: int) -> Any:
     if row_id is not None and _has_surrogate(row_id):
         row_id = None
     raise ManifestError(path, line, fields[0] if fields else None, "not valid UTF-8 text", row_id)
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def _has_surrogate(text: str) -> bool:
@@ -343,6 +350,8 @@ class ManifestReader:
     def __iter__(self) -> Iterator[ManifestRow]:
         with self.path.open("rb") as handle:
             for line_no, raw in enumerate(handle, start=1):
+                if line_no == 1:
+                    raw = raw.removeprefix(UTF8_BOM)  # editors on Windows save one at the start
                 if not raw.strip():
                     continue
                 self.num_lines += 1

@@ -11,6 +11,7 @@ from datahelpers import make_wav
 from affect_llm.data.adapters import adapter_names, build_dataset, prepare
 from affect_llm.data.adapters.generic import parse_mapping
 from affect_llm.data.adapters.mercaption import parse_openset
+from affect_llm.data.issues import RefusedInputError
 from affect_llm.data.manifest import load_manifest
 
 
@@ -177,3 +178,70 @@ def test_generic_mapping_from_csv(tmp_path: Path) -> None:
     assert summary.missing == [{"id": "c2", "field": "audio", "path": str(tmp_path / "a" / "c2.wav")}]
     with pytest.raises(ValueError, match="not a manifest field"):
         parse_mapping("id=clip,speaker=spk")
+
+
+def test_windows_1252_punctuation_in_published_csvs_is_put_back(tmp_path: Path) -> None:
+    """MELD's published CSVs hold curly quotes and ellipses as C1 control characters."""
+    root = tmp_path / "MELD"
+    header = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime"
+    _csv(root / "train_sent_emo.csv", header, "1,I\x92m fine\x85 really\xa0now,Monica,Joy,positive,0,0,8,21,0,1")
+    _touch(root / "train" / "train_splits" / "dia0_utt0.mp4")
+    (row,) = build_dataset("meld", root).rows
+    assert row.transcript == "I\u2019m fine\u2026 really now"
+
+
+def test_a_csv_that_is_not_utf8_is_named_at_its_line(tmp_path: Path) -> None:
+    lines = [f"c{i},a.wav,happy,fine" for i in range(300)] + ["c300,a.wav,happy,caf\xe9"]
+    path = tmp_path / "ann.csv"
+    path.write_bytes(("clip,file,emo,text\n" + "\n".join(lines) + "\n").encode("latin-1"))
+    with pytest.raises(ValueError, match=r"ann.csv: line 302, byte 21: not valid UTF-8"):
+        build_dataset("generic", tmp_path, annotations="ann.csv", mapping=parse_mapping("id=clip,audio=file"))
+
+
+def test_mer2024_subtitles_from_its_label_transcription_file(tmp_path: Path) -> None:
+    _csv(tmp_path / "label-disdim.csv", "name,discrete,valence", "sample_00000001,happy,2.5")
+    _csv(tmp_path / "label-transcription.csv", "name,chinese,english", "sample_00000001,你好,Hello there")
+    _touch(tmp_path / "video-labeled" / "sample_00000001.mp4")
+    (row,) = build_dataset("mer2024", tmp_path).rows
+    assert row.transcript == "Hello there"
+
+
+def test_strict_prepare_refuses_a_repeated_id(tmp_path: Path) -> None:
+    _csv(tmp_path / "ann.csv", "clip,file,emo", "c1,a.wav,happy", "c1,a.wav,sad")
+    make_wav(tmp_path / "a.wav", seconds=0.3)
+    mapping = parse_mapping("id=clip,audio=file,labels=emo")
+    out = tmp_path / "m.jsonl"
+    with pytest.raises(RefusedInputError, match="id c1: duplicate id"):
+        prepare("generic", tmp_path, out, annotations="ann.csv", mapping=mapping, strict=True)
+    assert not out.exists()
+    summary = prepare("generic", tmp_path, out, annotations="ann.csv", mapping=mapping)
+    assert summary.num_rows == 1 and len(summary.skipped) == 1
+
+
+def test_generic_csv_cells_holding_label_lists(tmp_path: Path) -> None:
+    _csv(tmp_path / "ann.csv", "clip,file,emo", 'c1,a.wav,"[""happy"", ""relieved""]"', "c2,a.wav,\"['sad', 'tired']\"",
+         "c3,a.wav,calm")
+    make_wav(tmp_path / "a.wav", seconds=0.3)
+    rows = build_dataset("generic", tmp_path, annotations="ann.csv", mapping=parse_mapping("id=clip,audio=file,labels=emo")).rows
+    assert [r.labels for r in rows] == [["happy", "relieved"], ["sad", "tired"], ["calm"]]
+
+
+def test_cremad_file_renamed_upstream_keeps_its_old_name(tmp_path: Path) -> None:
+    make_wav(_touch(tmp_path / "AudioWAV" / "x").parent / "1040_ITH_SAD_X.wav", seconds=0.3)
+    result = build_dataset("cremad", tmp_path)
+    assert result.skipped == [r for r in result.skipped if not r["where"].endswith("1040_ITH_SAD_X.wav")]
+    row = next(r for r in result.rows if r.id == "cremad/1040_ITH_SAD_X")
+    assert row.labels == ["sad"] and row.extra["intensity"] == "unspecified"
+
+
+def test_iemocap_turn_without_transcript_is_kept_without_words(tmp_path: Path, caplog) -> None:
+    ses = tmp_path / "Session1"
+    evaluation = ses / "dialog" / "EmoEvaluation" / "Ses01F_impro01.txt"
+    evaluation.parent.mkdir(parents=True)
+    evaluation.write_text("[6.2901 - 8.2357]\tSes01F_impro01_F000\tneu\t[2.5000, 2.5000, 2.5000]\n")
+    make_wav(_touch(ses / "sentences/wav/Ses01F_impro01/x").parent / "Ses01F_impro01_F000.wav", seconds=0.3)
+    with caplog.at_level("WARNING"):
+        result = build_dataset("iemocap", tmp_path)
+    (row,) = result.rows
+    assert row.transcript is None and result.skipped == []
+    assert "1 evaluated turns have no transcript line" in caplog.text and "Ses01F_impro01_F000" in caplog.text

@@ -122,3 +122,16 @@ def test_sha256_changes_with_content(tmp_path: Path) -> None:
     b = write_manifest([ManifestRow(id="b", source="t")], tmp_path / "b.jsonl")
     assert file_sha256(a) != file_sha256(b)
     assert len(file_sha256(a)) == 64
+
+
+def test_a_byte_order_mark_before_the_first_row_is_read_past(tmp_path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"id": "a", "transcript": "hi"}\r\n{"id": "b", "transcript": "yo"}\r\n')
+    assert [r.id for r in load_manifest(path)] == ["a", "b"]
+
+
+def test_malformed_recorded_channels_are_refused_on_load(tmp_path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"id": "a", "transcript": "hi", "extra": {"channels": "text"}}\n')
+    with pytest.raises(ManifestError, match=r"c.jsonl:1.*'extra.channels'.*must list names among"):
+        load_manifest(path)

@@ -11,7 +11,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from affect_llm.data.adapters.common import BuildResult, BuildSummary, write_prepared
+from affect_llm.data.adapters.common import BuildResult, BuildSummary, drop_repeated_ids, write_prepared
 from affect_llm.data.issues import RefusedInputError
 
 # name -> (module, fixed keyword arguments); a constant, so it is not mutable registry state.
@@ -67,6 +67,7 @@ def prepare(
         RefusedInputError: Under ``strict``, naming the first skipped annotation or missing medium.
     """
     result = build_dataset(name, root, **options)
+    drop_repeated_ids(result)  # before the strict check: a repeated id is a skipped annotation too
     if strict and (result.skipped or result.missing):
         first = (f"{result.skipped[0]['where']}: {result.skipped[0]['reason']}" if result.skipped else
                  f"{result.missing[0].id}: {result.missing[0].field}: {result.missing[0].path}: file not found")

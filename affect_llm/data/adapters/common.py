@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -14,6 +15,13 @@ from affect_llm.data.manifest import MEDIA_FIELDS, ManifestRow, write_manifest
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg")
+# C1 control characters (U+0080-U+009F) are Windows-1252 punctuation that went through a Latin-1
+# decoder: curly quotes, dashes, ellipses. MELD's published CSVs hold them in about a quarter of
+# the utterances ("company\x92s"). Each goes back to its Windows-1252 character; the five codes
+# that set leaves undefined are dropped, and a no-break space becomes a space.
+_WINDOWS_1252_PUNCTUATION = {
+    code: bytes([code]).decode("cp1252", errors="ignore") or None for code in range(0x80, 0xA0)
+} | {0xA0: " "}
 
 
 @dataclass
@@ -91,20 +99,30 @@ def find_one(root: Path, patterns: Iterable[str]) -> Path | None:
     return None
 
 
+def repair_text(text: str) -> str:
+    """``text`` with Windows-1252 punctuation that was decoded as Latin-1 put back (see above)."""
+    return text.translate(_WINDOWS_1252_PUNCTUATION)
+
+
 def read_csv_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    """``(line, row)`` for each data row of a CSV (UTF-8, BOM tolerated).
+    """``(line, row)`` for each data row of a CSV (UTF-8, BOM tolerated), cells stripped and
+    :func:`repair_text`-ed.
 
     Raises:
-        ValueError: If the file is not UTF-8 (naming the line where decoding failed).
+        ValueError: If the file is not UTF-8, naming the line and column where decoding failed.
     """
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
-        try:
-            for row in reader:
-                yield reader.line_num, {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{path}: not valid UTF-8 after line {reader.line_num} ({exc.reason}); "
-                             "save the file as UTF-8") from exc
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        # Decoded whole, so the position is exact (a streamed reader knows only its last chunk).
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - raw.rfind(b"\n", 0, exc.start)
+        raise ValueError(f"{path}: line {line}, byte {column}: not valid UTF-8 ({exc.reason}); "
+                         "save the file as UTF-8") from exc
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    for row in reader:
+        yield reader.line_num, {(k or "").strip(): repair_text((v or "").strip()).strip() for k, v in row.items()}
 
 
 def require_columns(path: Path, row: dict[str, str], columns: Iterable[str]) -> None:
@@ -124,8 +142,9 @@ def check_media(row: ManifestRow, result: BuildResult) -> bool:
     return ok
 
 
-def _drop_repeated_ids(result: BuildResult) -> None:
-    """Keep the first row of each id; record the others (a manifest's ids are unique)."""
+def drop_repeated_ids(result: BuildResult) -> None:
+    """Keep the first row of each id; record the others (a manifest's ids are unique). A second
+    call finds nothing to drop."""
     seen: set[str] = set()
     kept = []
     for row in result.rows:
@@ -146,7 +165,7 @@ def write_prepared(
     data check quarantines them); either way each is listed in the summary.
     """
     out = Path(out)
-    _drop_repeated_ids(result)
+    drop_repeated_ids(result)
     missing_ids = {m.id for m in result.missing}
     kept = [r for r in result.rows if keep_missing or r.id not in missing_ids]
     base = out.parent.resolve()

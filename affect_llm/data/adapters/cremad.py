@@ -21,7 +21,7 @@ EMOTIONS = {
     "NEU": "neutral",
     "SAD": "sad",
 }
-LEVELS = {"LO": "low", "MD": "medium", "HI": "high", "XX": "unspecified"}
+LEVELS = {"LO": "low", "MD": "medium", "HI": "high", "XX": "unspecified", "X": "unspecified"}
 SENTENCES = {
     "IEO": "It's eleven o'clock.",
     "TIE": "That is exactly what happened.",
@@ -36,7 +36,9 @@ SENTENCES = {
     "TSI": "The surface is slick.",
     "WSI": "We'll stop in a couple of minutes.",
 }
-NAME_RE = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
+# The level is two letters; copies of the corpus taken before it was renamed (late 2022) still hold
+# 1040_ITH_SAD_X.wav, read as unspecified like "XX".
+NAME_RE = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2}|X)$")
 
 
 def actor_split(actor: int) -> str:

@@ -2,12 +2,14 @@
 
 ``mapping`` maps manifest keys to annotation columns, e.g.
 ``{"id": "clip", "video": "file", "labels": "emotion", "transcript": "text"}``. Columns not
-mapped go to ``extra``. ``labels`` is split on ``labels_sep`` (a JSON list is taken as is);
-media paths are relative to ``root``; ``split`` defaults to ``train``.
+mapped go to ``extra``. ``labels`` is split on ``labels_sep``; a list is taken as is (a JSON list,
+or in a CSV cell a list as JSON or Python writes it). Media paths are relative to ``root``;
+``split`` defaults to ``train``.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +64,14 @@ def _records(path: Path, result: BuildResult) -> Iterator[tuple[int, dict[str, A
 
 
 def _labels(value: Any, sep: str) -> list[str]:
+    if isinstance(value, str) and value.strip().startswith("[") and value.strip().endswith("]"):
+        # A list written into a CSV cell: JSON (["a", "b"]) or Python's repr (['a', 'b']).
+        try:
+            parsed = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            parsed = None
+        if isinstance(parsed, list):
+            value = parsed
     if isinstance(value, list):
         return [str(v).strip() for v in value if str(v).strip()]
     if value is None:

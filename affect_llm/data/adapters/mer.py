@@ -43,7 +43,8 @@ LABEL_FILES = {
         "test2": ("test2-label.csv",),
     },
 }
-SUBTITLE_FILES = ("subtitle_chieng.csv", "transcription*.csv", "*subtitle*.csv")
+# MER2024 publishes its subtitles as label-transcription.csv (name, chinese, english).
+SUBTITLE_FILES = ("subtitle_chieng.csv", "label-transcription.csv", "transcription*.csv", "*subtitle*.csv")
 VALENCE_SCALE = 5.0
 
 
