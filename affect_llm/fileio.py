@@ -121,7 +121,8 @@ class LockHeldError(RuntimeError):
 class OutputLock:
     """Exclusive right to write ``target``, held as ``<target>.lock`` (or ``lock_path``).
 
-    The lock file records the holder: host, pid, start time and command. Use as a context manager.
+    The lock file records the holder: host, pid, start time, command and, under SLURM, the job id.
+    Use as a context manager.
 
     Args:
         target: The output file or folder being written.
@@ -157,6 +158,10 @@ class OutputLock:
                 self._break(holder)
                 continue
             record = {**self.me, "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)[:300]}
+            if os.environ.get("SLURM_JOB_ID"):
+                # A lock SIGKILL left on a cluster names another node: the job id lets a later task ask
+                # squeue whether its writer still runs (training/slurm/explain_array.sbatch).
+                record["slurm_job"] = os.environ["SLURM_JOB_ID"]
             try:
                 os.write(fd, (json.dumps(record) + "\n").encode())
                 os.fsync(fd)

@@ -18,14 +18,21 @@ EXIT_USAGE = 2  # a user error: arguments, missing file, bad manifest/config/che
 EXIT_STRICT = 3  # --strict: a manifest line or medium was refused
 EXIT_BUSY = 4  # the output is being written by another process
 EXIT_NO_SPACE = 5  # the disk is full or a file size limit was reached; rerun to resume
+EXIT_GENERATION_STOPPED = 6  # explain: generation failed for several batches in a row
 EXIT_INTERNAL = 70  # a bug: the message says where the traceback is
 EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_TERMINATED = 143  # SIGTERM (a batch scheduler's time limit, scancel, preemption)
 
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 class UsageError(Exception):
     """A command-line mistake; the message names it and what to do."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it unwinds as from Ctrl-C: locks released,
+    summaries written, finished work kept. Batch schedulers send it at a time limit or a cancel."""
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -60,13 +67,18 @@ def classify(error: BaseException) -> tuple[int, str]:
     """The exit code and the one-line message for an exception that ended a command."""
     from affect_llm.data.issues import RefusedInputError
     from affect_llm.fileio import LockHeldError
+    from affect_llm.generation.explain_summary import GenerationStoppedError
 
+    if isinstance(error, Terminated):
+        return EXIT_TERMINATED, "terminated (SIGTERM); finished work is kept, run the same command again to go on"
     if isinstance(error, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted; finished work is kept, run the same command again to go on"
     if isinstance(error, RefusedInputError):
         return EXIT_STRICT, str(error)
     if isinstance(error, LockHeldError):
         return EXIT_BUSY, str(error)
+    if isinstance(error, GenerationStoppedError):
+        return EXIT_GENERATION_STOPPED, str(error)
     if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
         return EXIT_NO_SPACE, (f"cannot write {error.filename or 'output'}: {error.strerror}; free some space (or "
                                "raise the file size limit) and run the same command again: finished work is kept")

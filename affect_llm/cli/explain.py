@@ -59,7 +59,13 @@ def run(args: argparse.Namespace) -> int:
 
     from affect_llm.cli.errors import UsageError
     from affect_llm.generation.backend import DecodingSettings
-    from affect_llm.generation.explain import ExplainSettings, explain_manifest, parse_shard, pending_count
+    from affect_llm.generation.explain import (
+        ExplainSettings,
+        check_split,
+        explain_manifest,
+        parse_shard,
+        pending_count,
+    )
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
@@ -79,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
                                 guard_absent_explanation=explanation_guard_for(args), compile=args.compile)
     # This shard's share, less what an earlier (interrupted or requeued) run already wrote.
     total = pending_count(args.manifest, args.out, settings)
+    if total == 0 and args.split is not None:
+        check_split(args.manifest, args.split)
     bars: list = []
 
     def progress(count: int) -> None:
@@ -110,6 +118,9 @@ def print_summary(out: str, counts: dict[str, int]) -> None:
           f"{counts['skipped']} already done, {counts['refused']} clips refused, "
           f"{counts['failed'] - counts['refused']} failed in generation, "
           f"{counts['refused_lines']} manifest lines refused")
+    if counts.get("failed_earlier"):
+        print(f"  {counts['failed_earlier']} of the clips already done failed in generation in an earlier run "
+              "(--retry-failed explains them again)")
     if counts.get("refused_earlier"):
         print(f"  {counts['refused_earlier']} of the clips already done were refused by an earlier run "
               f"(listed under refused_earlier in {out}.summary.json; --retry-failed explains them again)")

@@ -59,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.out}: {len(report.expected) - len(report.missing)} rows, {state}; every id listed: {details}")
     if report.missing:
         print("rerun the shards whose ids are missing (the same command resumes), then merge again")
+    if report.failed:
+        print("failed rows are kept as failed: fix what the errors name, rerun those shards' commands with "
+              "--retry-failed, then merge again")
     if report.duplicated or report.unexpected:
         print("parts overlap or come from another manifest: merge only the shards of this manifest's "
               "one --shard i/n split")

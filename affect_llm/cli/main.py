@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 import traceback
 from pathlib import Path
 from typing import NoReturn
 
 from affect_llm.cli.console import Console
-from affect_llm.cli.errors import EXIT_USAGE, UsageError, classify, one_line
+from affect_llm.cli.errors import EXIT_USAGE, Terminated, UsageError, classify, one_line
 from affect_llm.memory import bound_onednn_primitive_cache
 
 SUBCOMMAND_MODULES = (
@@ -114,8 +115,15 @@ def _fail(prog: str, error: BaseException, console: Console | None, debug: bool)
     return code
 
 
+def _raise_terminated(signum: int, frame: object) -> NoReturn:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     bound_onednn_primitive_cache()  # before any command computes anything
+    # SIGTERM unwinds like Ctrl-C (locks released, summaries written) instead of ending the process
+    # where it stands. The server replaces it with uvicorn's own graceful shutdown.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         args = parse_arguments(argv)
     except UsageError as error:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from affect_llm.modeling.media import MediaInputs
 from affect_llm.modeling.model import AffectForConditionalGeneration
@@ -50,6 +50,22 @@ class DecodingSettings:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+# Decoding fields that do not change greedy answers: compiled decoding gives the same tokens, and
+# the sampling parameters are not read without sampling.
+_SAMPLING_FIELDS = ("temperature", "top_p", "seed")
+
+
+def answer_decoding(decoding: Any) -> Any:
+    """A row's ``decoding`` (:meth:`DecodingSettings.as_dict`) without the fields that leave its answers
+    as they are: what a resumed run or a merge compares."""
+    if not isinstance(decoding, dict):
+        return decoding
+    kept = {key: value for key, value in decoding.items() if key != "compile"}
+    if not kept.get("do_sample"):
+        kept = {key: value for key, value in kept.items() if key not in _SAMPLING_FIELDS}
+    return kept
 
 
 @dataclass

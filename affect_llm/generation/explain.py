@@ -26,8 +26,13 @@ from typing import TYPE_CHECKING, Any
 from affect_llm.data.issues import RefusedInputError
 from affect_llm.data.manifest import ManifestError, ManifestReader, ManifestRow
 from affect_llm.fileio import OutputLock, append_whole, atomic_write_bytes, cut_torn_tail
-from affect_llm.generation.backend import DecodingSettings, GenerationBackend, GenerationRequest
-from affect_llm.generation.explain_summary import RunSummary
+from affect_llm.generation.backend import (
+    DecodingSettings,
+    GenerationBackend,
+    GenerationRequest,
+    answer_decoding,
+)
+from affect_llm.generation.explain_summary import GenerationStoppedError, RunSummary
 from affect_llm.labels.parse import parse_answer
 from affect_llm.processing.processor import absent_channels
 
@@ -87,6 +92,10 @@ def in_shard(row_id: str, shard: tuple[int, int]) -> bool:
     return digest % shard[1] == shard[0]
 
 
+# Batches in a row whose generation raised before the run stops (GenerationStoppedError): one bad
+# batch is that batch's clips; several in a row are a cause no clip has (a GPU error, memory), and
+# going on would only record every remaining clip as failed.
+STOP_AFTER_FAILED_BATCHES = 3
 # Row fields that say which model, prompt and decoding produced an answer. The checkpoint path is
 # not one of them: a moved checkpoint is the same model, a retrained one at the same path is not.
 PROVENANCE_FIELDS = ("model_fingerprint", "prompt", "backend", "decoding", "task", "precision")
@@ -94,13 +103,36 @@ PROVENANCE_FIELDS = ("model_fingerprint", "prompt", "backend", "decoding", "task
 _ADDED_PROVENANCE_FIELDS = ("precision",)
 
 
+def same_provenance(field_name: str, written: Any, expected: Any) -> bool:
+    """Whether a row's provenance field ``written`` matches ``expected``: a field rows of older versions
+    lack matches anything, and decoding is compared on what changes answers (:func:`answer_decoding`:
+    ``--compile`` and, under greedy decoding, the sampling parameters do not)."""
+    if field_name in _ADDED_PROVENANCE_FIELDS and (written is None or expected is None):
+        return True
+    if field_name == "decoding":
+        return answer_decoding(written) == answer_decoding(expected)
+    return written == expected
+
+
+def provenance_difference(field_name: str, written: Any, expected: Any) -> tuple[str, str]:
+    """The two values as text, narrowed to the differing keys when both are objects."""
+    if isinstance(written, dict) and isinstance(expected, dict):
+        keys = sorted(k for k in written.keys() | expected.keys() if written.get(k) != expected.get(k))
+        if field_name == "decoding":
+            keys = [k for k in keys if k in answer_decoding(written) or k in answer_decoding(expected)]
+        written, expected = ({k: side.get(k) for k in keys} for side in (written, expected))
+    return repr(written), repr(expected)
+
+
 @dataclass
 class DoneRows:
-    """What a results file already holds: every id, and the failed and refused clips among them."""
+    """What a results file already holds: every id, the failed and refused clips among them, and how
+    many failed in generation."""
 
     ids: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
     refused: list[dict[str, Any]] = field(default_factory=list)  # {"id", "error"} per refused clip
+    generation_failed: int = 0  # failed rows that are not refused clips: generation raised
 
 
 def done_rows(out_path: Path, provenance: dict[str, Any] | None = None) -> DoneRows:
@@ -129,13 +161,14 @@ def done_rows(out_path: Path, provenance: dict[str, Any] | None = None) -> DoneR
                 done.failed.add(str(row["id"]))
             if row.get("refused"):
                 done.refused.append({"id": row["id"], "error": row.get("error")})
+            if row.get("parse_status") == "failed" and not row.get("refused"):
+                done.generation_failed += 1
             for field_name in PROVENANCE_FIELDS if provenance is not None else ():
-                if field_name in _ADDED_PROVENANCE_FIELDS and field_name not in row:
-                    continue
-                if row.get(field_name) != provenance.get(field_name):
+                if not same_provenance(field_name, row.get(field_name), provenance.get(field_name)):
+                    written, expected = provenance_difference(field_name, row.get(field_name), provenance.get(field_name))
                     raise ValueError(
-                        f"{out_path}: line {number} ({row['id']}) was written with {field_name}={row.get(field_name)!r}, "
-                        f"this run has {provenance.get(field_name)!r}; write to another --out, or delete the file to redo it"
+                        f"{out_path}: line {number} ({row['id']}) was written with {field_name}={written}, this run has "
+                        f"{expected}; write to another --out, or delete the file to redo it"
                     )
     return done
 
@@ -209,6 +242,7 @@ class BatchExplainer:
         self.processor = processor
         self.identity = identity
         self.standardiser = standardiser
+        self.failed_batches_in_a_row = 0
 
     def _requests(self, rows: list[ManifestRow], features: dict, task: str) -> list[GenerationRequest]:
         requests = []
@@ -236,7 +270,9 @@ class BatchExplainer:
         cut_torn_tail(out_path)
         done = done_rows(out_path, {**self.identity, "task": settings.task})
         already = done.ids
-        summary.note_earlier_rows(len(already), done.refused)
+        _check_shard(out_path, already, settings.shard)
+        summary.note_earlier_rows(len(already), done.refused, done.generation_failed)
+        self.failed_batches_in_a_row = 0
         fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             for window in _windows(_pending(rows, already, settings), max(256, 16 * settings.batch_size)):
@@ -282,6 +318,12 @@ class BatchExplainer:
         append_whole(fd, "".join(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n"
                                  for line in lines).encode("utf-8"), summary.out_path)
         summary.count_rows(lines)
+        if self.failed_batches_in_a_row >= STOP_AFTER_FAILED_BATCHES:
+            error = next(line["error"] for line in lines if not line.get("refused"))
+            raise GenerationStoppedError(
+                f"{error} ({self.failed_batches_in_a_row} batches in a row; the run stops rather than record every "
+                f"remaining clip as failed). Answers written before are kept in {summary.out_path}; fix the cause, "
+                "then run the same command with --retry-failed")
         if settings.strict and refused:
             manifest_line = {row.id: row.line for row in batch}
             first = min(refused, key=lambda line: manifest_line.get(line["id"], 0))
@@ -298,11 +340,13 @@ class BatchExplainer:
                 lines.append({**line, "refused": True})
         started = time.perf_counter()
         try:
-            texts = self.backend.generate(self._requests(good, features, task), decoding)
+            texts = self.backend.generate(self._requests(good, features, task), decoding) if good else []
+            self.failed_batches_in_a_row = 0 if good else self.failed_batches_in_a_row
         except (RuntimeError, ValueError) as error:  # one bad batch must not end the run
             logger.error("generation failed for %s: %s", [r.id for r in good], error)
             texts = None
             failure = f"generation failed: {error}"
+            self.failed_batches_in_a_row += 1
         generate_s = (time.perf_counter() - started) / max(1, len(good))
         timings = {"featurize_s": round(featurize_s, 4), "generate_s": round(generate_s, 4)}
         for i, row in enumerate(good):
@@ -316,6 +360,14 @@ class BatchExplainer:
                                         require_labels="labels" in self.processor.prompt.task_keys(task),
                                         warnings=self.featurizer.warnings.get(row.id)))
         return lines
+
+
+def _check_shard(out_path: Path, ids: set[str], shard: tuple[int, int]) -> None:
+    """Refuse to resume a file that holds rows of another shard (a changed shard count or index)."""
+    foreign = sorted(i for i in ids if not in_shard(i, shard))
+    if foreign:
+        raise ValueError(f"{out_path}: {len(foreign)} of its {len(ids)} rows (e.g. {foreign[0]}) are not in shard "
+                         f"{shard[0]}/{shard[1]}: the file was written with another --shard; write this shard to its own --out")
 
 
 def _pending(rows: Iterable[ManifestRow], already: set[str], settings: ExplainSettings) -> Iterator[ManifestRow]:
@@ -337,6 +389,18 @@ def pending_count(manifest: str | Path, out_path: str | Path, settings: ExplainS
     # The run removes the failed rows before it starts when it retries them.
     already = done.ids - done.failed if settings.retry_failed else done.ids
     return sum(1 for _ in _pending(ManifestReader(manifest), already, settings))
+
+
+def check_split(manifest: str | Path, split: str) -> None:
+    """Refuse a split no row of the manifest has (a typo would otherwise explain nothing and succeed).
+
+    Raises:
+        ValueError: Naming the splits the manifest has.
+    """
+    splits = {row.split for row in ManifestReader(manifest)}
+    if split not in splits:
+        named = ", ".join(sorted(s for s in splits if s)) or "none"
+        raise ValueError(f"--split {split}: no row of {manifest} has it; its splits: {named}")
 
 
 def _windows(rows: Iterable[ManifestRow], size: int) -> Iterator[list[ManifestRow]]:

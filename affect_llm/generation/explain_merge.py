@@ -24,7 +24,12 @@ from typing import Any
 
 from affect_llm.data.manifest import ManifestReader
 from affect_llm.fileio import atomic_write_bytes
-from affect_llm.generation.explain import PROVENANCE_FIELDS
+from affect_llm.generation.explain import (
+    PROVENANCE_FIELDS,
+    check_split,
+    provenance_difference,
+    same_provenance,
+)
 
 
 @dataclass
@@ -102,9 +107,12 @@ def read_part(path: Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
 
 def _check_provenance(row: dict[str, Any], reference: dict[str, Any], where: str) -> None:
     for name in PROVENANCE_FIELDS:
-        if row.get(name) != reference[name]:
-            raise ValueError(f"{where}: field {name!r} is {row.get(name)!r}, but {reference['where']} has "
-                             f"{reference[name]!r}; shards of one run share model, prompt, task and decoding")
+        if not same_provenance(name, row.get(name), reference[name]):
+            written, expected = provenance_difference(name, row.get(name), reference[name])
+            raise ValueError(f"{where}: field {name!r} is {written}, but {reference['where']} has {expected}; shards of one run "
+                             "share model, prompt, task, decoding and precision")
+        if reference[name] is None:  # a field older rows lack: the first row that has it is the reference
+            reference[name] = row.get(name)
 
 
 def merge_results(
@@ -128,6 +136,8 @@ def merge_results(
     """
     reader = ManifestReader(manifest)
     expected = [row.id for row in reader if split is None or row.split == split]
+    if split is not None and not expected:
+        check_split(manifest, split)
     report = MergeReport(expected, refused_lines=len(reader.issues))
     wanted = set(expected)
     kept: dict[str, dict[str, Any]] = {}

@@ -21,6 +21,14 @@ from affect_llm.fileio import atomic_write_bytes
 logger = logging.getLogger(__name__)
 
 
+class GenerationStoppedError(RuntimeError):
+    """Generation failed for several batches in a row: a cause that is not one clip's (a GPU error, memory).
+
+    The run stops instead of recording every remaining clip as failed; the rows written before are
+    kept, the failed ones are in the results, and ``--retry-failed`` explains them again.
+    """
+
+
 class RunSummary:
     """Counts of one run and the inputs it refused.
 
@@ -37,6 +45,7 @@ class RunSummary:
                        "speaker_standardised": 0}
         self.refused_clips: list[dict[str, Any]] = []
         self.refused_earlier: list[dict[str, Any]] = []
+        self.failed_earlier = 0
 
     def count_rows(self, lines: list[dict[str, Any]]) -> None:
         """Count result rows as they are written."""
@@ -55,10 +64,12 @@ class RunSummary:
             self.counts["refused"] += 1
             self.refused_clips.append({"id": line["id"], "error": line["error"]})
 
-    def note_earlier_rows(self, skipped: int, refused: list[dict[str, Any]]) -> None:
-        """Count the ``skipped`` rows earlier runs wrote and list the ``refused`` clips (id, error) among them."""
+    def note_earlier_rows(self, skipped: int, refused: list[dict[str, Any]], failed: int = 0) -> None:
+        """Count the ``skipped`` rows earlier runs wrote and the ``failed`` ones among them (generation
+        failed), and list the ``refused`` clips (id, error) among them."""
         self.counts["skipped"] = skipped
         self.refused_earlier = refused
+        self.failed_earlier = failed
 
     @property
     def refused_lines(self) -> list[dict[str, Any]]:
@@ -67,7 +78,7 @@ class RunSummary:
 
     def totals(self) -> dict[str, int]:
         """Rows written, skipped, failed, refused (media), unparseable, warned; manifest lines refused."""
-        return {**self.counts, "refused_earlier": len(self.refused_earlier),
+        return {**self.counts, "refused_earlier": len(self.refused_earlier), "failed_earlier": self.failed_earlier,
                 "refused_lines": len(self.reader.issues) if self.reader is not None else 0}
 
     def to_dict(self) -> dict[str, Any]:

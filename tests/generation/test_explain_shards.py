@@ -200,3 +200,28 @@ def test_engine_arguments_are_read_as_json_values():
                               "--engine-arg", "dtype=bfloat16", "--engine-arg", "tensor_parallel_size=2"])
     assert engine_options_from_arguments(args) == {"gpu_memory_utilization": 0.9, "enforce_eager": True,
                                                    "dtype": "bfloat16", "tensor_parallel_size": 2}
+
+
+def test_merge_takes_rows_of_older_versions_and_options_that_leave_answers_alone(small_manifest, tmp_path):
+    """Rows without ``precision`` (written before it was recorded) merge with rows that have it, as
+    ``explain`` resumes over them; ``--compile`` and greedy-unused sampling options do not split a run;
+    failed rows get the advice to retry them."""
+    ids = [r["id"] for r in read_rows(small_manifest)]
+    base = {"prompt": "tasks@1", "backend": "hf", "task": "reason", "model_fingerprint": "aaa", "parse_status": "ok"}
+    greedy = {"max_new_tokens": 8, "do_sample": False, "temperature": 0.7, "seed": 0, "compile": False}
+    old = [{**base, "id": i, "decoding": greedy} for i in ids[:2]]
+    new = [{**base, "id": i, "decoding": {**greedy, "compile": True, "seed": 3},
+            "precision": {"dtype": "float32", "quantization": "none"}} for i in ids[2:]]
+    new[0] = {**new[0], "parse_status": "failed", "error": "generation failed: CUDA error"}
+    write_rows(old, tmp_path / "a.jsonl")
+    write_rows(new, tmp_path / "b.jsonl")
+    result = _run([sys.executable, "-m", "affect_llm.cli.main", "explain-merge", str(small_manifest),
+                   str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--check"])
+    assert result.returncode == 0, result.stderr
+    assert "1 failed" in result.stdout and "--retry-failed" in result.stdout
+    bf16 = [{**row, "precision": {"dtype": "bfloat16", "quantization": "none"}} for row in new[:1]]
+    write_rows(bf16, tmp_path / "c.jsonl")
+    mixed = _run([sys.executable, "-m", "affect_llm.cli.main", "explain-merge", str(small_manifest),
+                  str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), str(tmp_path / "c.jsonl"), "--check"])
+    assert mixed.returncode == 2
+    assert f"{tmp_path / 'c.jsonl'}: line 1: field 'precision' is {{'dtype': 'bfloat16'}}" in mixed.stderr
