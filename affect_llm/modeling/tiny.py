@@ -66,9 +66,11 @@ def tiny_config(kind: str, vocab_size: int = 640) -> PreTrainedConfig:
     """Config of a tiny random component: ``llm``, ``whisper``, ``wav2vec2``, ``siglip``, ``clip`` or ``fer``."""
     width = TINY_WIDTH
     if kind == "llm":
+        # The embedded SmolLM2's context (8192): the server refuses prompts past it, and its load tests
+        # decode a few thousand tokens.
         return LlamaConfig(
             vocab_size=vocab_size, hidden_size=width, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192, tie_word_embeddings=False,
         )
     if kind == "whisper":
         return WhisperConfig(

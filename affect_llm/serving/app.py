@@ -115,6 +115,14 @@ def create_app(service: ChatService, options: ServeOptions) -> FastAPI:
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [model_card(service, options)]}
 
+    # ``path``: the default model id is the checkpoint's path, slashes included.
+    @app.get("/v1/models/{model_id:path}", dependencies=authorised)
+    async def model(model_id: str) -> dict[str, Any]:
+        if model_id != options.model_name:
+            raise ApiError(404, f"the model {model_id!r} does not exist; this server serves {options.model_name!r}",
+                           "model", "model_not_found")
+        return model_card(service, options)
+
     @app.post("/v1/chat/completions", dependencies=authorised)
     async def chat_completions(request: Request) -> Response:  # JSON, or an event stream
         chat = parse_request(await read_json_body(request, options.max_request_bytes()))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -62,8 +63,11 @@ def decoding_settings(chat: ChatCompletionRequest, options: ServeOptions) -> Dec
     if not chat.temperature:
         return DecodingSettings(max_new_tokens=budget, null_absent_evidence=options.null_absent_evidence,
                                 guard_absent_explanation=guard)
+    # Without a seed each request samples anew (a client asking twice for variety gets it); with one,
+    # the same request gives the same answer.
+    seed = chat.seed if chat.seed is not None else secrets.randbits(63)
     return DecodingSettings(max_new_tokens=budget, do_sample=True, temperature=chat.temperature,
-                            top_p=chat.top_p or 1.0, seed=chat.seed or 0,
+                            top_p=chat.top_p or 1.0, seed=seed,
                             null_absent_evidence=options.null_absent_evidence, guard_absent_explanation=guard)
 
 
@@ -84,6 +88,8 @@ class ChatService:
         self.scheduler = scheduler
         self.options = options
         self.modalities = tuple(backend.model.config.modalities)
+        llm_config = getattr(backend.model.config, "text_config", None)
+        self.context_tokens: int | None = getattr(llm_config, "max_position_embeddings", None)
 
     async def respond(self, chat: ChatCompletionRequest, request: Request) -> Response:
         """The completion (JSON), or a stream of chunks (server-sent events)."""
@@ -124,10 +130,22 @@ class ChatService:
             transcript=transcript_record(chat.transcript, clip.recognised if clip else None), media_cache=cache,
             prompt_tokens=len(self.processor.encode_text(messages)["input_ids"]), streaming=self.options.streaming,
         )
+        self._check_context(meta.prompt_tokens, settings.max_new_tokens, chat)
         channel = TokenChannel(asyncio.get_running_loop(), self.processor.tokenizer)
         # A task answer's evidence for a channel the request lacks is written null (absent_evidence).
         absent = absent_channels(media.modalities, bool(words)) if task else ()
         return Job(GenerationRequest(messages, media, absent), settings, channel, stop_at_eos=not chat.ignore_eos), meta
+
+    def _check_context(self, prompt_tokens: int, budget: int, chat: ChatCompletionRequest) -> None:
+        """Refuse a prompt that, with its token budget, does not fit the LLM's context (400, as OpenAI's
+        ``context_length_exceeded``): past it the model's positions mean nothing, and one long prompt
+        would hold up every request batched with it."""
+        if self.context_tokens is None or prompt_tokens + budget <= self.context_tokens:
+            return
+        field = "max_completion_tokens" if chat.max_completion_tokens else "max_tokens"
+        raise ApiError(400, f"this model's context is {self.context_tokens} tokens; the messages and media take "
+                            f"{prompt_tokens} and {field} asks for {budget} more: shorten the messages or lower "
+                            f"{field}", "messages", "context_length_exceeded")
 
     @staticmethod
     def _words(chat: ChatCompletionRequest, clip: Clip | None) -> str | None:

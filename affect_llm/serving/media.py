@@ -17,7 +17,9 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import io
 import tempfile
+import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -90,10 +92,15 @@ class MediaLimits:
     Attributes:
         max_media_bytes: Largest medium (decoded bytes).
         allowed_media_dir: Folder local ``file://`` paths must lie in; None refuses every path.
+        max_audio_seconds: Longest audio, read from its header before decoding: compressed silence
+            is tiny on the wire (an hour of FLAC is about 0.7 MB) and gigabytes once decoded.
+        max_image_pixels: Largest image, read from its header likewise.
     """
 
     max_media_bytes: int = 32 * MB
     allowed_media_dir: Path | None = None
+    max_audio_seconds: float = 600.0
+    max_image_pixels: int = 40_000_000
 
 
 def _decode_base64(payload: str, param: str) -> bytes:
@@ -135,7 +142,41 @@ def read_medium(ref: MediaRef, limits: MediaLimits) -> Medium:
     sniffed = sniff(data[:64])
     if sniffed is None or sniffed.kind != ref.expected:
         raise bad_request(f"the data is {describe(sniffed)}, not {_expected(ref)}", ref.param, "unsupported_media")
+    _check_decoded_size(data, sniffed.kind, ref.param, limits)
     return Medium(ref, sniffed, hashlib.sha256(data).hexdigest(), None if path else data, path)
+
+
+def _check_decoded_size(data: bytes, kind: str, param: str, limits: MediaLimits) -> None:
+    """Refuse audio longer, or an image larger, than the limits, from the header alone (413).
+
+    A header the readers here cannot parse (m4a audio) is left to the decoder, whose errors name the
+    part; videos are read a few sampled frames at a time and are not checked.
+    """
+    if kind == "audio":
+        import soundfile as sf
+
+        try:
+            info = sf.info(io.BytesIO(data))
+        except (sf.LibsndfileError, RuntimeError, TypeError):
+            return
+        seconds = info.frames / info.samplerate if info.samplerate else 0.0
+        if seconds > limits.max_audio_seconds:
+            raise ApiError(413, f"{param}: the audio lasts {seconds:.0f} s, over the limit of "
+                                f"{limits.max_audio_seconds:.0f} s per clip", param, "media_too_large")
+    elif kind == "image":
+        from PIL import Image, UnidentifiedImageError
+
+        with warnings.catch_warnings():  # PIL warns past 89 million pixels; the limit here decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                width, height = Image.open(io.BytesIO(data)).size  # the header only: nothing decoded yet
+            except Image.DecompressionBombError as bomb:  # past twice PIL's own limit
+                raise ApiError(413, f"{param}: {bomb}", param, "media_too_large") from None
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+                return
+        if width * height > limits.max_image_pixels:
+            raise ApiError(413, f"{param}: the image is {width} x {height} pixels, over the limit of "
+                                f"{limits.max_image_pixels / 1e6:.0f} million", param, "media_too_large")
 
 
 def _expected(ref: MediaRef) -> str:

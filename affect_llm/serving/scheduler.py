@@ -248,12 +248,18 @@ class Scheduler:
             if live:
                 self._run(live)
 
-    def _run(self, jobs: list[Job]) -> None:
-        started = time.monotonic()
-        self.stats.running = len(jobs)
+    def _generate(self, jobs: list[Job]) -> None:
         try:
             self.stats.row_steps += self.run_batch(jobs)
         except Exception as error:  # a failed batch fails its requests, never the server
+            if len(jobs) > 1 and not any(job.channel.tokens for job in jobs):
+                # Nothing was sent yet: each request runs alone, so that one request's bad input fails
+                # that request only, not the others that happened to share its batch.
+                logger.warning("a batch of %d requests failed (%s: %s); each runs alone", len(jobs),
+                               type(error).__name__, error)
+                for job in jobs:
+                    self._generate([job])
+                return
             logger.exception("a batch of %d requests failed", len(jobs))
             for job in jobs:
                 job.channel.fail(f"generation failed: {type(error).__name__}: {error}")
@@ -262,6 +268,12 @@ class Scheduler:
             cancelled = sum(job.channel.cancelled() for job in jobs)
             self.stats.cancelled += cancelled
             self.stats.completed += len(jobs) - cancelled
+
+    def _run(self, jobs: list[Job]) -> None:
+        started = time.monotonic()
+        self.stats.running = len(jobs)
+        try:
+            self._generate(jobs)
         finally:
             self.stats.running = 0
         elapsed = time.monotonic() - started

@@ -70,8 +70,9 @@ class Message(_Strict):
 
 
 class ResponseFormat(_Strict):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    # ``json_schema`` is refused: answers follow the task's own JSON (labels, explanation, evidence),
+    # not a schema the client brings.
+    type: Literal["text", "json_object"]
 
 
 class StreamOptions(_Strict):
@@ -89,7 +90,8 @@ class ChatCompletionRequest(_Strict):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
+    # OpenAI's seed is a 64-bit integer; torch's generators take no more.
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
     n: Literal[1] = 1
     response_format: ResponseFormat | None = None
     user: str | None = None
@@ -127,6 +129,9 @@ def parse_request(data: Any) -> ChatCompletionRequest:
     """
     if not isinstance(data, dict):
         raise ApiError(400, f"the body must be a JSON object, got {type(data).__name__}", None, "invalid_body")
+    # null is the default in OpenAI's schema ("stop": null, "n": null, "stream": null): generic clients
+    # send it for every field they leave unset.
+    data = {key: value for key, value in data.items() if value is not None}
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as error:

@@ -137,3 +137,71 @@ def test_two_different_clips_in_one_conversation_are_refused(server, clip_dir: P
         {"role": "user", "content": [audio_part(other), text_part("and this one?")]}]}
     error = refusal(post(server, body), 400)
     assert error["param"] == "messages[2].content[0].input_audio" and "one clip" in error["message"]
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels (its pixel data stops after a row)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_media_that_would_decode_too_large_are_413_before_decoding(server, clip_dir: Path, tmp_path: Path) -> None:
+    """Small on the wire, huge decoded: an 11-minute FLAC of silence (a few KB), a 10000 x 10000 image header."""
+    import numpy as np
+    import soundfile as sf
+
+    long_audio = tmp_path / "long.flac"
+    sf.write(long_audio, np.zeros(16_000 * 660, dtype=np.float32), 16_000, format="FLAC")
+    assert long_audio.stat().st_size < 2 * 1024 * 1024
+    error = refusal(post(server, chat(text_part("hi"), audio_part(long_audio))), 413)
+    assert error["code"] == "media_too_large" and "lasts 660 s, over the limit of 600 s" in error["message"]
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png_header(10_000, 10_000))
+    error = refusal(post(server, chat(text_part("hi"), image_part(huge))), 413)
+    assert "10000 x 10000 pixels, over the limit of 40 million" in error["message"]
+    assert_still_serving(server, clip_dir)
+
+
+def test_a_prompt_past_the_context_is_400_context_length_exceeded(server, clip_dir: Path) -> None:
+    error = refusal(post(server, chat(text_part("word " * 8200))), 400)
+    assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
+    assert "this model's context is 8192 tokens" in error["message"]
+    assert_still_serving(server, clip_dir)
+
+
+def test_spec_fields_the_server_reads_its_own_way(server, clip_dir: Path) -> None:
+    """null means the default; a seed past 64 bits and a client's JSON schema are refused by name."""
+    body = chat(audio_part(clip_dir / "clip.wav"), text_part("How does the person feel?"), stop=None, n=None,
+                stream=None)
+    answer = post(server, body)
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == ANSWER_TEXT
+    error = refusal(post(server, chat(text_part("hi"), temperature=0.7, seed=2**64)), 400)
+    assert error["param"] == "seed"
+    error = refusal(post(server, chat(text_part("hi"), response_format={"type": "json_schema", "json_schema": {}})), 400)
+    assert error["param"] == "response_format.type"
+
+
+def test_one_model_is_retrieved_through_the_official_client(server) -> None:
+    client = OpenAI(base_url=server.api, api_key="unused", max_retries=0)
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError, match="'gpt-4o' does not exist"):
+        client.models.retrieve("gpt-4o")
+
+
+def test_sampling_without_a_seed_draws_one_per_request() -> None:
+    from affect_llm.serving.completions import decoding_settings
+    from affect_llm.serving.options import ServeOptions
+    from affect_llm.serving.schema import parse_request
+
+    options = ServeOptions(checkpoint="m")
+    unseeded = parse_request({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 1.0})
+    assert len({decoding_settings(unseeded, options).seed for _ in range(4)}) == 4
+    seeded = parse_request({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 1.0,
+                            "seed": 5})
+    assert {decoding_settings(seeded, options).seed for _ in range(4)} == {5}

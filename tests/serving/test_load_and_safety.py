@@ -17,7 +17,8 @@ MODEL = "affect-tiny"
 
 
 def long_request(clip_dir: Path, tokens: int = 3000) -> dict:
-    """A request that decodes its whole budget (``ignore_eos``), long enough to be interrupted."""
+    """A request that decodes its whole budget (``ignore_eos``), long enough to be interrupted (and,
+    with its prompt, within the tiny model's context of 8192 tokens)."""
     return {"model": MODEL, "max_tokens": tokens, "ignore_eos": True, "stream": True,
             "messages": [{"role": "user", "content": [audio_part(clip_dir / "clip.wav"), text_part("Talk.")]}]}
 

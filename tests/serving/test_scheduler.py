@@ -116,3 +116,29 @@ def test_a_failed_batch_fails_its_requests_and_the_next_batch_runs(backend: HFBa
     assert first == ([], "error:generation failed: RuntimeError: out of memory")
     assert second[1] == "end:length" and "".join(second[0])
     assert stats.failed == 1 and stats.completed == 1
+
+
+def test_a_batch_that_fails_before_any_token_reruns_each_request_alone(backend: HFBackend) -> None:
+    """One request's bad input fails that request, not the others that shared its batch."""
+    runner = hf_runner(backend)
+    poison = request(backend, 0.5, "poison?")
+    calls = []
+
+    def fails_with_poison(jobs: list[Job]) -> int:
+        calls.append(len(jobs))
+        if any(j.request is poison for j in jobs):
+            raise ValueError("Overflow when unpacking long long")
+        return runner(jobs)
+
+    async def run() -> tuple:
+        scheduler = Scheduler(fails_with_poison, max_batch=4, window_s=0.5)
+        jobs = [job(backend, poison, 4), job(backend, request(backend, 1.0, "Why?"), 4)]
+        results = await asyncio.gather(*(answer(scheduler, j) for j in jobs))
+        scheduler.close()
+        return results, scheduler.stats
+
+    (bad, good), stats = asyncio.run(run())
+    assert calls == [2, 1, 1]
+    assert bad == ([], "error:generation failed: ValueError: Overflow when unpacking long long")
+    assert good[1] == "end:length" and "".join(good[0])
+    assert stats.failed == 1 and stats.completed == 1
