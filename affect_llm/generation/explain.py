@@ -414,6 +414,19 @@ def _windows(rows: Iterable[ManifestRow], size: int) -> Iterator[list[ManifestRo
         yield window
 
 
+# vLLM engine options that change the weights' arithmetic, hence the answers.
+_ENGINE_PRECISION_OPTIONS = ("dtype", "quantization", "kv_cache_dtype")
+
+
+def _run_precision(precision: Any, engine_options: dict[str, Any]) -> Any:
+    """The precision rows record: the checkpoint's, plus the vLLM engine's own options that change
+    answers (``--engine-arg dtype=bfloat16``); without such options, the checkpoint's alone."""
+    engine = {key: engine_options[key] for key in _ENGINE_PRECISION_OPTIONS if key in engine_options}
+    if not engine:
+        return precision
+    return {**(precision if isinstance(precision, dict) else {}), "engine": engine}
+
+
 def explain_manifest(
     manifest: str | Path,
     out_path: str | Path,
@@ -465,7 +478,7 @@ def explain_manifest(
             "decoding": decoding.as_dict(),
             # --dtype and --load-in-4bit change answers (4-bit visibly): a rerun in another precision
             # must not append to these rows as if they were its own.
-            "precision": getattr(active.model.config, "precision", None),
+            "precision": _run_precision(getattr(active.model.config, "precision", None), backend_options or {}),
         }
         standardiser = None
         if active.model.config.audio_speaker_normalisation:

@@ -125,3 +125,14 @@ def test_a_split_no_row_has_is_a_usage_error(small_manifest, tiny_checkpoint, tm
     write_rows([], tmp_path / "part.jsonl")
     merge = _cli("explain-merge", str(small_manifest), str(tmp_path / "part.jsonl"), "--split", "tset", "--check")
     assert merge.returncode == 2 and "--split tset: no row of" in merge.stderr
+
+
+def test_vllm_engine_options_that_change_answers_are_part_of_the_precision() -> None:
+    from affect_llm.generation.explain import _run_precision, same_provenance
+
+    checkpoint = {"dtype": "float32", "quantization": "none"}
+    assert _run_precision(checkpoint, {}) == checkpoint  # rows of runs without such options are unchanged
+    assert _run_precision(checkpoint, {"gpu_memory_utilization": 0.9}) == checkpoint
+    fp8 = _run_precision(checkpoint, {"dtype": "bfloat16", "quantization": "fp8", "max_model_len": 4096})
+    assert fp8 == {**checkpoint, "engine": {"dtype": "bfloat16", "quantization": "fp8"}}
+    assert not same_provenance("precision", checkpoint, fp8)  # a resumed run in fp8 does not append
