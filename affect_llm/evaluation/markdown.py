@@ -36,8 +36,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"Results `{inputs['results']['name']}` (sha256 `{inputs['results']['sha256'][:16]}`), "
         f"references `{inputs['refs']['name']}` (sha256 `{inputs['refs']['sha256'][:16]}`).",
         "",
-        f"Scored {report['coverage']['scored']} of {report['coverage']['references']} reference samples; "
-        f"missing {report['coverage']['missing']}, results without a reference {report['coverage']['extra']}.",
+        f"{report['coverage']['references']} reference samples, {report['coverage']['scored']} with a result; "
+        f"the {report['coverage']['missing']} without one are scored as not answered; results without a "
+        f"reference {report['coverage']['extra']}.",
         "",
         "## Labels",
         "",

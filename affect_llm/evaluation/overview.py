@@ -181,7 +181,7 @@ def real_section(evaluated: EvaluatedSet, page_dir: Path) -> list[str]:
     overall = report.get("overall", {})
     lines = [
         f"### {evaluated.name}", "",
-        f"Accuracy {_fmt(overall.get('accuracy', 0.0))} on {report.get('coverage', {}).get('scored', '?')} clips.", "",
+        f"Accuracy {_fmt(overall.get('accuracy', 0.0))} on {overall.get('count', '?')} labelled clips.", "",
         *scores_section(report), "",
     ]  # fmt: skip
     results = read_jsonl(evaluated.results)

@@ -282,13 +282,19 @@ def evaluate(
     refs, result_rows, refused = _read_inputs(results_path, refs_path, strict)
     # A resumed run appends: the last row of an id wins.
     results = {str(row["id"]): row for row in result_rows}
-    pairs = [(refs[key], results[key]) for key in refs if key in results]
+    pairs = [(refs[key], results[key]) for key in refs if key in results]  # the answered clips
+    # Every reference is scored, as the published scoring scripts do: a clip without a result row
+    # counts as not answered (wrong), so a partial results file cannot raise the scores.
+    every = [(refs[key], results.get(key) or _no_result(key)) for key in refs]
+    # Label scores need reference labels: a sentiment-only row (MOSI, SIMS) is scored by the
+    # sentiment figures, not counted as a wrong label answer.
+    labelled = [(ref, res) for ref, res in every if ref.get("labels")]
     scores = [
-        metrics.score_sample(ref.get("labels") or [], predicted_labels(res), taxonomy) for ref, res in pairs
+        metrics.score_sample(ref["labels"], predicted_labels(res), taxonomy) for ref, res in labelled
     ]
-    closed, confusion = _closed_set(pairs, taxonomy)
+    closed, confusion = _closed_set(every, taxonomy)
     judge_report, judge_values = _run_judge(judge, pairs) if judge is not None else (None, None)
-    published = published_sections(_samples(pairs), scoring, taxonomy, judge, seed)
+    published = published_sections(_samples(every), scoring, taxonomy, judge, seed)
     try:
         absent = score_absent_channels([res for _, res in pairs], refs)
     except ValueError as exc:
@@ -308,9 +314,9 @@ def evaluate(
         "confidence_intervals": _confidence_intervals(scores, seed),
         "parse": _parse_summary(pairs),
         "closed_set": {**closed, "confusion": confusion},
-        "sentiment": _sentiment(pairs, taxonomy),
-        "by_source": _grouped(pairs, scores, lambda ref: ref.get("source")),
-        "by_cue": _grouped(pairs, scores, _cue),
+        "sentiment": _sentiment(every, taxonomy),
+        "by_source": _grouped(labelled, scores, lambda ref: ref.get("source")),
+        "by_cue": _grouped(labelled, scores, _cue),
         "absent_channels": absent,
         "judge": judge_report,
         **published,
@@ -327,6 +333,11 @@ def evaluate(
     (out_dir / "report.json").write_text(text, encoding="utf-8")
     (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
     return report
+
+
+def _no_result(row_id: str) -> dict[str, Any]:
+    """The stand-in result of a reference clip the results file does not hold: not answered."""
+    return {"id": row_id, "parse_status": "failed", "error": "no result row for this clip"}
 
 
 def _coverage(refs: dict[str, dict], results: dict[str, dict], num_rows: int) -> dict[str, Any]:

@@ -119,14 +119,19 @@ def _mean_over_wheels(per_wheel: dict[str, dict[str, Any]], keys: Sequence[str])
     return {key: float(np.mean([w[key] for w in scored])) if scored else None for key in keys}
 
 
+# What :func:`predict_sentiments` gives where the judge failed to group an answer.
+JUDGE_FAILED = "judge_failed"
+
+
 def binary_sentiment_scores(valences: Sequence[float], predicted: Sequence[str | None]) -> dict[str, Any]:
     """WAF and accuracy of positive vs non-positive, references with valence 0 dropped.
 
-    ``predicted`` holds ``positive`` / ``negative`` / ``neutral`` or None (unresolved: always wrong).
+    ``predicted`` holds ``positive`` / ``negative`` / ``neutral``, None (unresolved: always wrong) or
+    :data:`JUDGE_FAILED` (left out).
     """
     y_true, y_pred = [], []
     for value, sentiment in zip(valences, predicted, strict=True):
-        if value == 0:
+        if value == 0 or sentiment == JUDGE_FAILED:
             continue
         y_true.append(POSITIVE if value > 0 else NOT_POSITIVE)
         y_pred.append(
@@ -141,7 +146,7 @@ def binary_sentiment_scores(valences: Sequence[float], predicted: Sequence[str |
         "waf": scores["waf"] if y_true else None,
         "accuracy": scores["war"] if y_true else None,
         "count": len(y_true),
-        "dropped_neutral_reference": len(valences) - len(y_true),
+        "dropped_neutral_reference": sum(value == 0 for value in valences),
         "unresolved": sum(p == metrics.NO_PREDICTION for p in y_pred),
     }
 
@@ -162,7 +167,9 @@ def predict_sentiments(
     answers = chat.ask_many([sentiment_task(prompt, predictions[i] or []) for i in asked])
     sentiments: list[str | None] = [None] * len(predictions)
     for index, answer in zip(asked, answers, strict=True):
-        sentiments[index] = answer.value if answer.error is None else None
+        # A grouping the judge failed to give (after its retries) is the judge's failure, not the
+        # model's: left out of the scores and counted in ``failed``, as MER-OV does.
+        sentiments[index] = answer.value if answer.error is None else JUDGE_FAILED
     info = {
         "grouping": f"llm:{chat.identity}|{prompt.ref}",
         "failed": sum(a.error is not None for a in answers),

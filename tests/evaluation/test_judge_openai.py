@@ -123,3 +123,14 @@ def test_unreachable_server_fails_loudly():
     # Port 9 (discard) has no listener on the loopback interface.
     with pytest.raises(JudgeError, match="cannot connect"):
         OpenAICompatJudge("http://127.0.0.1:9/v1", "m", max_retries=0).score(REF, PRED, "clue")
+
+
+def test_a_refusal_after_answers_fails_that_item_only(openai_stub):
+    """Once the judge has answered, a 400 is about that request (its length, its content): the item is
+    recorded as failed, not retried, and the others are scored."""
+    openai_stub.reset([{"content": '{"score": 7}'}, {"status": 400}, {"content": '{"score": 5}'}])
+    judge = _judge(openai_stub, max_in_flight=1)
+    first, refused, third = judge.score_many([(REF, f"{PRED} {i}", "clue") for i in range(3)])
+    assert (first.score, third.score) == (7.0, 5.0)
+    assert refused.score is None and "HTTP 400" in refused.error and "stub error 400" in refused.error
+    assert len(openai_stub.requests()) == 3  # the refused request was not retried

