@@ -16,7 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("config", help="YAML config under training/")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.batch_size=4")
-    parser.add_argument("--resume", action="store_true", help="continue the interrupted stage from its last state")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the interrupted stage from its last state")
+    again.add_argument("--restart", action="store_true",
+                       help="train the interrupted stage again from its first step (its saved state is discarded)")
     parser.add_argument("--models-dir", default=None, help="prepared embedded models (default: the cache)")
     parser.add_argument("--check", action="store_true",
                         help="validate the config and its data (rows for every stage and task) and exit")
@@ -45,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
         return check(config, args)
     from affect_llm.training.recipe import CurriculumRecipe
 
-    recipe = CurriculumRecipe(config, resume=args.resume, models_dir=Path(args.models_dir) if args.models_dir else None,
-                              strict=args.strict)
+    recipe = CurriculumRecipe(config, resume=args.resume, restart=args.restart,
+                              models_dir=Path(args.models_dir) if args.models_dir else None, strict=args.strict)
     final = recipe.run()
     if recipe.accelerator.is_main_process:
         print(f"final checkpoint: {final}")
@@ -64,7 +67,7 @@ def check(config, args: argparse.Namespace) -> int:
     if not args.config_only:
         refused: list[dict] = []
         splits = load_splits(config, strict=args.strict, refused=refused)
-        problems = stage_data_problems(config, splits)
+        problems = config.init_problems() + stage_data_problems(config, splits)
         counts = ", ".join(f"{name}: {len(s['train'])} train / {len(s['val'])} val" for name, s in splits.items())
         print(f"data: {counts}")
         for item in refused:

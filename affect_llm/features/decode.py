@@ -56,6 +56,14 @@ class MediaOptions:
     detect_faces: bool = True
     decode_workers: int = 1
 
+    @classmethod
+    def of_checkpoint(cls, meta: dict[str, Any], num_frames: int | None = None, decode_workers: int = 1) -> MediaOptions:
+        """How a checkpoint's clips are read: as its training read them (``data.num_frames``,
+        ``data.detect_faces`` of the config its metadata records), ``num_frames`` overriding."""
+        data = (meta.get("config") or {}).get("data") or {}
+        return cls(num_frames=num_frames or data.get("num_frames", cls.num_frames),
+                   detect_faces=data.get("detect_faces", cls.detect_faces), decode_workers=decode_workers)
+
 
 @dataclass(frozen=True)
 class ClipResult:

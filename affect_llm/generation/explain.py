@@ -463,8 +463,7 @@ def explain_manifest(
             logger.info("%s: %d failed or refused rows removed to explain again", out_path, len(retried))
         active = load_backend(backend, str(checkpoint), models_dir, precision=precision, **(backend_options or {}))
         # Every backend holds the loaded model and processor (.model, .processor): its encoders compute the features.
-        train_frames = (meta.get("config") or {}).get("data", {}).get("num_frames", 4)
-        options = MediaOptions(num_frames=num_frames or train_frames, decode_workers=settings.decode_workers)
+        options = MediaOptions.of_checkpoint(meta, num_frames, settings.decode_workers)
         cache = FeatureCache(feature_cache) if feature_cache else None
         # One decode batch per generation batch: workers hand over exactly what the next batch needs.
         featurizer = MediaFeaturizer(active.model, active.processor, cache, options, batch_size=settings.batch_size,

@@ -43,8 +43,7 @@ class AffectPipeline:
         self.backend: GenerationBackend = load_backend("hf", checkpoint, models_dir, precision=precision)
         self.processor = self.backend.processor
         meta = read_metadata(checkpoint)
-        num_frames = (meta.get("config") or {}).get("data", {}).get("num_frames", 4)
-        self.featurizer = MediaFeaturizer(self.backend.model, self.processor, None, MediaOptions(num_frames=num_frames))
+        self.featurizer = MediaFeaturizer(self.backend.model, self.processor, None, MediaOptions.of_checkpoint(meta))
         self.decoding = decoding or DecodingSettings()
         self.reset()
 

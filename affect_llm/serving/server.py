@@ -43,8 +43,8 @@ def build_service(options: ServeOptions, precision: Precision | None = None,
     # Checked before the model loads: a missing recogniser is a set-up error, not a request error.
     recognizer = SpeechRecognizer(resolve_model_path(ASR_MODEL, options.models_dir)) if options.asr else None
     backend = load_backend(options.backend, options.checkpoint, options.models_dir, precision, **engine_options)
-    num_frames = (read_metadata(options.checkpoint).get("config") or {}).get("data", {}).get("num_frames", 4)
-    featurizer = MediaFeaturizer(backend.model, backend.processor, None, MediaOptions(num_frames=num_frames))
+    featurizer = MediaFeaturizer(backend.model, backend.processor, None,
+                                 MediaOptions.of_checkpoint(read_metadata(options.checkpoint)))
     limits = MediaLimits(options.max_media_bytes(), options.allowed_media_dir)
     store = MediaStore(featurizer, recognizer, limits, max_clips=options.media_cache_clips)
     runner = hf_runner(backend) if options.backend == "hf" else whole_answer_runner(backend)

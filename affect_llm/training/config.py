@@ -103,6 +103,22 @@ class StageConfig:
                 check_flag(value, f"{where}: {key}")
             if value is not None and self.kind == "grpo":
                 raise ValueError(f"{where}: {key} is a supervised stage's setting; a grpo stage does not use it")
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"{where}: name={self.name!r}; expected a non-empty text")
+        for key in ("datasets", "tasks", "group_lr"):
+            if not isinstance(getattr(self, key), dict):
+                raise ValueError(f"{where}: {key}={getattr(self, key)!r}; expected a mapping of name: weight")
+        if not isinstance(self.trainable, list):
+            raise ValueError(f"{where}: trainable={self.trainable!r}; expected a list of groups, e.g. [projectors]")
+        check_whole(self.warmup_steps, f"{where}: warmup_steps")
+        if self.warmup_steps < 0:
+            raise ValueError(f"{where}: warmup_steps={self.warmup_steps}; expected 0 or more")
+        if self.steps is not None:
+            check_whole(self.steps, f"{where}: steps")
+            if self.steps < 1:
+                raise ValueError(f"{where}: steps={self.steps}; expected 1 or more")
+        if not isinstance(self.init, str) or not self.init:
+            raise ValueError(f"{where}: init={self.init!r}; expected previous, base or a checkpoint folder")
         self.lr = number(self.lr, f"{where}: lr")
         if self.epochs is not None:
             self.epochs = number(self.epochs, f"{where}: epochs")
@@ -224,6 +240,8 @@ class TrainSettings:
     def __post_init__(self) -> None:
         self.weight_decay = number(self.weight_decay, "train.weight_decay")
         self.max_grad_norm = number(self.max_grad_norm, "train.max_grad_norm")
+        if self.precision is False:  # YAML reads a bare `no` (the documented value) as false
+            self.precision = "no"
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision={self.precision!r}; expected one of {PRECISIONS}")
         self.precision = resolve_training_precision(self.precision)
@@ -304,6 +322,19 @@ class TrainConfig:
         if self.model.audio_speaker_normalisation and not self.data.feature_cache:
             raise ValueError("model.audio_speaker_normalisation reads each speaker's statistics from cached features: "
                              "set data.feature_cache")
+
+    def init_problems(self) -> list[str]:
+        """Stages whose ``init`` names a checkpoint folder that is not there (the run would train the
+        stages before it and only then fail)."""
+        from affect_llm.loading.checkpoint import META_FILE
+
+        problems = []
+        for index, stage in enumerate(self.stages):
+            start = self.start_point(index)
+            if start not in ("base", "previous") and not (Path(start) / META_FILE).is_file():
+                problems.append(f"stage {stage.name!r}: init={start!r} is not an affect-llm checkpoint folder "
+                                f"(no {META_FILE}); use previous, base or a checkpoint's folder")
+        return problems
 
     def start_point(self, index: int) -> str:
         """Where stage ``index`` starts: ``base``, ``previous`` or a checkpoint path.

@@ -94,14 +94,20 @@ class CurriculumRecipe:
     Args:
         config: The validated config.
         resume: Continue a stage from its last training-state checkpoint.
+        restart: Train an interrupted stage again from its first step. With neither, a run whose
+            stage has a saved state is refused (the same command run again must not throw away
+            hours of a stage without a word).
         models_dir: Where embedded models were prepared (default: the cache).
         strict: Stop at the first refused manifest line or medium instead of recording it.
     """
 
     def __init__(self, config: TrainConfig, resume: bool = False, models_dir: Path | None = None,
-                 strict: bool = False) -> None:
+                 strict: bool = False, restart: bool = False) -> None:
+        if resume and restart:
+            raise ValueError("resume and restart exclude each other")
         self.config = config
         self.resume = resume
+        self.restart = restart
         self.strict = strict
         self.refused_lines: list[dict[str, Any]] = []
         self.models_dir = models_dir
@@ -334,6 +340,21 @@ class CurriculumRecipe:
         """A finished stage, or an interrupted one that ``--resume`` continues."""
         return (stage_dir / DONE_FILE).is_file() or (self.resume and saved_step(stage_dir / "state") is not None)
 
+    def refuse_silent_restart(self) -> None:
+        """Refuse to train over an interrupted stage's saved state unless told ``resume`` or ``restart``.
+
+        Raises:
+            ValueError: Naming the state, its step and both flags.
+        """
+        if self.resume or self.restart:
+            return
+        for stage in self.config.stages:
+            stage_dir = self.run_dir / "stages" / stage.name
+            step = saved_step(stage_dir / "state")
+            if step is not None and not (stage_dir / DONE_FILE).is_file():
+                raise ValueError(f"{stage_dir / 'state'}: stage {stage.name!r} was stopped at step {step}: add "
+                                 "--resume to go on from there, or --restart to train it again from its first step")
+
     def check_reusable_stages(self) -> list[dict[str, Any]]:
         """Every stage's inputs; before anything is written, refuse a reusable stage that other inputs produced."""
         manifests = self.manifest_hashes()
@@ -423,6 +444,10 @@ class CurriculumRecipe:
 
     def _run(self) -> Path:
         set_seed(self.config.seed)
+        self.refuse_silent_restart()  # before featurization: it may take a while
+        problems = self.config.init_problems()
+        if problems:
+            raise ValueError(problems[0])
         self.setup_data()
         inputs = self.check_reusable_stages()
         self.write_run_info()

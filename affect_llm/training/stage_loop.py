@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -56,6 +57,12 @@ class BestRule:
         Without a validation figure (no validation split) the latest checkpoint is kept, but never
         an earlier step than one already kept.
         """
+        if value is not None and not math.isfinite(value):
+            # A diverged validation (NaN, inf) is kept only while there is nothing else; `x < nan` is
+            # always false, so once kept as best it would never be replaced.
+            return best["step"] is None
+        if best[self.key] is not None and not math.isfinite(best[self.key]):
+            return value is not None
         if best[self.key] is None:
             return not (value is None and best["step"] is not None and step < best["step"])
         if value is None:

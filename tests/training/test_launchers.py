@@ -135,3 +135,20 @@ def test_the_output_lock_records_the_slurm_job(tmp_path: Path, monkeypatch) -> N
     monkeypatch.setenv("SLURM_JOB_ID", "812")
     with OutputLock(tmp_path / "o.jsonl") as lock:
         assert read_lock(lock.path)["slurm_job"] == "812"
+
+
+def test_a_requeued_training_job_resumes(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    _fake(bin_dir, "scontrol", "printf 'gpu-a\\n'")
+    _fake(bin_dir, "srun", 'while [[ "$1" == --* ]]; do shift; done; exec "$@"')
+    _fake(bin_dir, "accelerate", f'echo "accelerate $*" >> {log}')
+    _fake(bin_dir, "affect-llm", f'echo "affect-llm $*" >> {log}')
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-a", "SLURM_NNODES": "1",
+           "SLURM_NODEID": "0", "GPUS_PER_NODE": "1", "SLURM_RESTART_COUNT": "1"}
+    done = subprocess.run(["bash", str(REPO / "training" / "slurm" / "train.sbatch")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    check, launch = log.read_text().splitlines()
+    assert check.endswith("--resume --check") and launch.endswith("train training/gpu_7b_lora_bf16.yaml --resume")

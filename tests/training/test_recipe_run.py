@@ -183,7 +183,8 @@ class _Crash(RuntimeError):
 def test_a_fresh_attempt_clears_another_attempts_state(
     copied_run: Path, synth_manifest: Path, feature_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Leftover resumable state of another config must not survive for a later --resume to pick up."""
+    """Leftover resumable state of another config must not survive for a later --resume to pick up;
+    a run given neither --resume nor --restart does not discard it silently."""
     run_dir = copied_run
     reason = run_dir / "stages" / "reason"
     (reason / "stage_done.json").unlink()
@@ -192,9 +193,13 @@ def test_a_fresh_attempt_clears_another_attempts_state(
     def crash(*args: object, **kwargs: object) -> None:
         raise _Crash  # after the first step, before any state checkpoint (checkpoint_every: 0)
 
+    # Neither --resume nor --restart: refused before anything is touched.
+    with pytest.raises(ValueError, match=r"stage 'reason' was stopped at step 1: add --resume .* or --restart"):
+        CurriculumRecipe(_config(synth_manifest, run_dir, feature_cache)).run()
+    assert (reason / "state" / "progress.json").is_file()
     monkeypatch.setattr(RunLogger, "step", crash)
     with pytest.raises(_Crash):
-        CurriculumRecipe(_config(synth_manifest, run_dir, feature_cache)).run()
+        CurriculumRecipe(_config(synth_manifest, run_dir, feature_cache), restart=True).run()
     assert not (reason / "state").exists() and not (reason / "best").exists()
     assert json.loads((reason / "stage_inputs.json").read_text())["stages"][1]["name"] == "reason"
 
@@ -221,3 +226,15 @@ def test_continuing_a_saved_adapter_says_when_the_lora_block_differs(
         assert model.language_model.peft_config["default"].lora_dropout == 0.0  # the saved adapter's
         messages = [record.getMessage() for record in caplog.records]
         assert any("dropout 0.0 (config: 0.1)" in message for message in messages) is warned, messages
+
+
+def test_an_init_that_is_no_checkpoint_is_refused_before_any_stage_trains(synth_manifest: Path, tmp_path: Path) -> None:
+    raw = tiny_config(synth_manifest, tmp_path / "run", None, stages=2)
+    raw["stages"][1]["init"] = str(tmp_path / "prevous")
+    config = TrainConfig.from_dict(raw, TASKS)
+    assert config.init_problems() == [f"stage 'reason': init='{tmp_path / 'prevous'}' is not an affect-llm "
+                                      "checkpoint folder (no affect_checkpoint.json); use previous, base or a "
+                                      "checkpoint's folder"]
+    with pytest.raises(ValueError, match="is not an affect-llm checkpoint folder"):
+        CurriculumRecipe(config).run()
+    assert not (tmp_path / "run" / "stages").exists()

@@ -30,3 +30,12 @@ def test_a_resumed_stage_starts_from_the_checkpoint_it_kept(tmp_path) -> None:
     (tmp_path / "best" / META_FILE).write_text(json.dumps({"val_reward": 0.7, "step": 30}))
     assert REWARD.start(tmp_path, resume=True) == {"val_reward": 0.7, "step": 30}
     assert REWARD.start(tmp_path, resume=False) == {"val_reward": None, "step": None}
+
+
+def test_a_diverged_validation_never_pins_the_best_checkpoint() -> None:
+    nan = float("nan")
+    assert LOSS.improves({"val_loss": None, "step": None}, nan, 10)  # nothing else yet
+    assert not LOSS.improves({"val_loss": 3.0, "step": 10}, nan, 20)
+    assert not LOSS.improves({"val_loss": 3.0, "step": 10}, float("inf"), 20)
+    assert LOSS.improves({"val_loss": nan, "step": 10}, 3.0, 20)  # any finite figure replaces it
+    assert REWARD.improves({"val_reward": nan, "step": 10}, 0.1, 20)

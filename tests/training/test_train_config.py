@@ -288,3 +288,24 @@ def test_loading_a_config_does_not_import_model_code() -> None:
             "if m in sys.modules]; print(heavy)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("override", "words"), [
+    ({"steps": "1e3"}, "stage 'align': steps='1e3'; expected a whole number"),
+    ({"steps": 2.5}, "stage 'align': steps=2.5; expected a whole number"),
+    ({"steps": 0}, "stage 'align': steps=0; expected 1 or more"),
+    ({"warmup_steps": "five"}, "stage 'align': warmup_steps='five'; expected a whole number"),
+    ({"datasets": ["synth"]}, "stage 'align': datasets=['synth']; expected a mapping of name: weight"),
+    ({"trainable": "projectors"}, "stage 'align': trainable='projectors'; expected a list of groups"),
+])
+def test_stage_values_of_the_wrong_kind_name_their_key(tmp_path: Path, no_model_builds: None, override: dict,
+                                                       words: str) -> None:
+    raw = _raw(tmp_path)
+    raw["stages"][0].update(override)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        _load(tmp_path, raw)
+
+
+def test_a_bare_no_is_the_precision_no(tmp_path: Path, no_model_builds: None) -> None:
+    raw = _raw(tmp_path)
+    assert _load(tmp_path, raw, ["train.precision=no"]).train.precision == "no"
