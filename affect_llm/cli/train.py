@@ -72,6 +72,9 @@ def check(config, args: argparse.Namespace) -> int:
         print(f"data: {counts}")
         for item in refused:
             print(f"refused: {item['manifest']}:{item['line']}: {item['field'] or 'row'}: {item['reason']}")
+        for name, dataset in config.data.datasets.items():
+            if not splits[name]["val"]:  # a typo in val_split would otherwise train with no validation at all
+                print(f"warning: dataset {name!r}: no rows in its validation split {dataset.val_split!r}")
     print(f"precision: {config.model.precision().describe(config.train.precision)}")
     for problem in problems:
         print(f"error: {problem}")

@@ -12,11 +12,13 @@ the losses of one that was not interrupted, on one process or many:
 - every process's RNG: Python, numpy, torch CPU and every CUDA device.
 
 Everything goes to ``state.tmp`` first; once every process wrote its part, the main process swaps
-it into ``state``, so a kill at any moment leaves the previous state whole.
+it into ``state``, so a kill at any moment leaves the previous state whole (a kill between the
+swap's two renames leaves it as ``state.tmp`` or ``state.old``, which :func:`saved_step` puts back).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -104,8 +106,26 @@ def commit_training_state(state_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _finish_interrupted_swap(state_dir: Path) -> None:
+    """Complete a :func:`commit_training_state` that a kill cut between its two renames.
+
+    Then ``state`` is gone and ``state.tmp`` (the newer, complete: its progress file is written
+    last) or ``state.old`` holds the state; it is put back. Two processes may race here: the loser
+    finds the folder already moved.
+    """
+    if state_dir.exists():
+        return
+    for candidate in (state_dir.with_name(state_dir.name + ".tmp"), state_dir.with_name(state_dir.name + ".old")):
+        if (candidate / PROGRESS_FILE).is_file():
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(candidate, state_dir)
+            return
+
+
 def saved_step(state_dir: Path) -> int | None:
-    """The step a complete saved state continues from, or None when there is none."""
+    """The step a complete saved state continues from, or None when there is none (a swap of a newer
+    state cut short by a kill is completed first)."""
+    _finish_interrupted_swap(state_dir)
     path = state_dir / PROGRESS_FILE
     return int(json.loads(path.read_text())["step"]) if path.is_file() else None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 from affect_llm.loading.checkpoint import META_FILE
 from affect_llm.training.stage_loop import BestRule
@@ -39,3 +40,17 @@ def test_a_diverged_validation_never_pins_the_best_checkpoint() -> None:
     assert not LOSS.improves({"val_loss": 3.0, "step": 10}, float("inf"), 20)
     assert LOSS.improves({"val_loss": nan, "step": 10}, 3.0, 20)  # any finite figure replaces it
     assert REWARD.improves({"val_reward": nan, "step": 10}, 0.1, 20)
+
+
+def test_a_state_swap_cut_between_its_renames_is_completed(tmp_path) -> None:
+    """Killed after ``state -> state.old`` and before ``state.tmp -> state``: the newer state is put back."""
+    from affect_llm.training.state import PROGRESS_FILE, saved_step
+
+    for name, step in (("state.old", 4), ("state.tmp", 8)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / PROGRESS_FILE).write_text(json.dumps({"step": step}))
+    assert saved_step(tmp_path / "state") == 8
+    assert not (tmp_path / "state.tmp").exists()
+    shutil.rmtree(tmp_path / "state")
+    assert saved_step(tmp_path / "state") == 4  # the older one, when the newer never finished
+    assert saved_step(tmp_path / "nothing") is None

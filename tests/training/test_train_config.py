@@ -309,3 +309,17 @@ def test_stage_values_of_the_wrong_kind_name_their_key(tmp_path: Path, no_model_
 def test_a_bare_no_is_the_precision_no(tmp_path: Path, no_model_builds: None) -> None:
     raw = _raw(tmp_path)
     assert _load(tmp_path, raw, ["train.precision=no"]).train.precision == "no"
+
+
+def test_check_warns_of_a_validation_split_with_no_rows(tmp_path: Path, synth_manifest: Path, capsys) -> None:
+    raw = tiny_config(synth_manifest, tmp_path / "run", None, stages=1)
+    raw["data"]["datasets"]["synth"]["val_split"] = "valid"
+    assert main(["train", str(write_config(tmp_path / "c.yaml", raw)), "--check"]) == 0
+    assert "warning: dataset 'synth': no rows in its validation split 'valid'" in capsys.readouterr().out
+
+
+def test_check_refuses_an_init_that_is_no_checkpoint(tmp_path: Path, synth_manifest: Path, capsys) -> None:
+    raw = tiny_config(synth_manifest, tmp_path / "run", None, stages=2)
+    raw["stages"][1]["init"] = str(tmp_path / "prevous")
+    assert main(["train", str(write_config(tmp_path / "c.yaml", raw)), "--check"]) == 1
+    assert "stage 'reason': init=" in capsys.readouterr().out
