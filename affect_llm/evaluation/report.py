@@ -283,9 +283,13 @@ def evaluate(
     # A resumed run appends: the last row of an id wins.
     results = {str(row["id"]): row for row in result_rows}
     pairs = [(refs[key], results[key]) for key in refs if key in results]  # the answered clips
-    # Every reference is scored, as the published scoring scripts do: a clip without a result row
-    # counts as not answered (wrong), so a partial results file cannot raise the scores.
-    every = [(refs[key], results.get(key) or _no_result(key)) for key in refs]
+    # Every reference of the splits the results cover is scored, as the published scoring scripts
+    # score their test sets: a clip without a result row counts as not answered (wrong), so a partial
+    # results file cannot raise the scores. A manifest's other splits (explain --split test against
+    # the whole manifest) are not expected.
+    splits = {ref.get("split") for ref, _ in pairs}
+    expected = {key: ref for key, ref in refs.items() if ref.get("split") in splits}
+    every = [(ref, results.get(key) or _no_result(key)) for key, ref in expected.items()]
     # Label scores need reference labels: a sentiment-only row (MOSI, SIMS) is scored by the
     # sentiment figures, not counted as a wrong label answer.
     labelled = [(ref, res) for ref, res in every if ref.get("labels")]
@@ -309,7 +313,8 @@ def evaluate(
             },
             "refs": {"name": refs_path.name, "sha256": file_sha256(refs_path), "rows": len(refs)},
         },
-        "coverage": _coverage(refs, results, len(result_rows)),
+        "coverage": {**_coverage(expected, results, len(result_rows)),
+                     "splits": sorted(str(split) for split in splits)},
         "overall": metrics.aggregate(scores),
         "confidence_intervals": _confidence_intervals(scores, seed),
         "parse": _parse_summary(pairs),

@@ -257,3 +257,16 @@ def test_sentiment_only_references_are_left_out_of_the_label_scores(tmp_path):
     assert report["overall"]["count"] == 1 and report["overall"]["accuracy"] == 1.0
     assert set(report["by_source"]) == {"synth"}
     assert report["sentiment"]["count"] == 2 and report["sentiment"]["war"] == 1.0
+
+
+def test_only_the_splits_the_results_cover_are_expected(tmp_path):
+    """explain --split test scored against the whole manifest: train rows are not missing answers,
+    a test row without a result is."""
+    refs = [_ref("a", ["happy"], "all"), _ref("b", ["sad"], "all"), {**_ref("t", ["angry"], "all"), "split": "train"}]
+    results = [_res("a", ["joyful"])]
+    refs_path, results_path = tmp_path / "refs.jsonl", tmp_path / "results.jsonl"
+    refs_path.write_text("".join(json.dumps(r) + "\n" for r in refs))
+    results_path.write_text("".join(json.dumps(r) + "\n" for r in results))
+    report = evaluate(results_path, refs_path, tmp_path / "out")
+    assert report["coverage"]["splits"] == ["test"] and report["coverage"]["missing_ids"] == ["b"]
+    assert report["overall"]["count"] == 2 and report["overall"]["accuracy"] == 0.5
