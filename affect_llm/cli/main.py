@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import NoReturn
@@ -115,15 +117,36 @@ def _fail(prog: str, error: BaseException, console: Console | None, debug: bool)
     return code
 
 
-def _raise_terminated(signum: int, frame: object) -> NoReturn:
-    raise Terminated()
+def _terminated_handler(owner: int):
+    """SIGTERM raised as :class:`Terminated` in the process that ran ``main`` (pid ``owner``). A
+    forked child (a DataLoader worker) inherits the handler: there SIGTERM ends the process as it
+    would without it, since its parent stops it that way and waits for it to go."""
+
+    def handle(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    return handle
 
 
 def main(argv: list[str] | None = None) -> int:
     bound_onednn_primitive_cache()  # before any command computes anything
     # SIGTERM unwinds like Ctrl-C (locks released, summaries written) instead of ending the process
-    # where it stands. The server replaces it with uvicorn's own graceful shutdown.
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    # where it stands. The server replaces it with uvicorn's own graceful shutdown. The caller's
+    # handler is put back on return (main may run inside another program, such as a test runner).
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _terminated_handler(os.getpid()))
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         args = parse_arguments(argv)
     except UsageError as error:
