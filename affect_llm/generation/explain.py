@@ -341,7 +341,8 @@ class BatchExplainer:
         started = time.perf_counter()
         try:
             texts = self.backend.generate(self._requests(good, features, task), decoding) if good else []
-            self.failed_batches_in_a_row = 0 if good else self.failed_batches_in_a_row
+            if good:  # a batch of refused clips only says nothing about generation
+                self.failed_batches_in_a_row = 0
         except (RuntimeError, ValueError) as error:  # one bad batch must not end the run
             logger.error("generation failed for %s: %s", [r.id for r in good], error)
             texts = None
