@@ -196,6 +196,9 @@ def _transcribe(args: argparse.Namespace) -> int:
     from affect_llm.features.asr import fill_manifest_transcripts
 
     summary = fill_manifest_transcripts(args.manifest, args.out, language=args.language)
+    for row_id, reason in summary.refused:
+        print(f"refused {row_id}: {reason}", file=sys.stderr)
+    refused = f", {len(summary.refused)} refused (transcript left empty)" if summary.refused else ""
     print(f"{args.out}: {summary.filled} transcribed, {summary.annotated} already had words, "
-          f"{summary.no_speech} without speech, {summary.no_audio} without audio")
+          f"{summary.no_speech} without speech, {summary.no_audio} without audio{refused}")
     return 0

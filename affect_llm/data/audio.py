@@ -15,25 +15,78 @@ from pathlib import Path
 
 import numpy as np
 
-from affect_llm.data.issues import MODEL_SAMPLE_RATE, MediaError, check_file
+from affect_llm.data.decord_import import decord_module
+from affect_llm.data.issues import MODEL_SAMPLE_RATE, MediaError, check_file, sniff_format
 
 SAMPLE_RATE = MODEL_SAMPLE_RATE
+
+
+# Formats libsndfile reads itself: when it recognises such a file and then fails, the file is broken,
+# and the librosa fallback would return what it decoded before the break as if it were the whole.
+_SNDFILE_NATIVE = frozenset({"WAV", "WAVEX", "W64", "RF64", "AIFF", "FLAC", "CAF"})
 
 
 def read_audio_file(path: Path, field: str = "audio") -> tuple[np.ndarray, int]:
     """Every sample of an audio file: ``(S, C)`` float32 and its sample rate.
 
     Raises:
-        MediaError: If no decoder can read it.
+        MediaError: If no decoder can read it, or it holds fewer samples than its header declares
+            (a file cut short).
     """
     import soundfile as sf
 
     try:
         audio, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        if _sndfile_format(path) in _SNDFILE_NATIVE:
+            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise MediaError(path, field, f"cannot decode audio ({reason}): the file is damaged or cut short") from exc
         # Containers libsndfile cannot read (m4a, some mp3) go through librosa's audioread path.
         audio, sample_rate = _read_with_librosa(path, field, exc)
+    declared = wav_declared_frames(path)
+    if declared is not None and audio.shape[0] < declared:
+        raise MediaError(path, field, f"cut short: its header declares {declared / sample_rate:.2f} s, the file "
+                         f"holds {audio.shape[0] / sample_rate:.2f} s")
     return audio, int(sample_rate)
+
+
+def _soundless_video(path: Path) -> bool:
+    """A video container without a sound track (put in ``audio``, where no audio decoder says why)."""
+    if sniff_format(path) not in ("mp4", "mkv", "avi", "flv"):
+        return False
+    try:
+        return read_video_track(path)[0] is None
+    except MediaError:
+        return False
+
+
+def _sndfile_format(path: Path) -> str | None:
+    import soundfile as sf
+
+    try:
+        return sf.info(str(path)).format
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return None
+
+
+def wav_declared_frames(path: Path) -> int | None:
+    """The frames a RIFF/WAVE header declares in its ``data`` chunk; None for other files and for
+    sizes a streaming writer leaves unknown (0 or 0xFFFFFFFF)."""
+    with path.open("rb") as handle:
+        head = handle.read(1 << 16)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    block_align, offset = 0, 12
+    while offset + 8 <= len(head):
+        chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 4 : offset + 8], "little")
+        if chunk == b"fmt " and offset + 22 <= len(head):
+            block_align = int.from_bytes(head[offset + 20 : offset + 22], "little")
+        if chunk == b"data":
+            if size in (0, 0xFFFFFFFF) or block_align <= 0:
+                return None
+            return size // block_align
+        offset += 8 + size + (size & 1)  # chunks are padded to an even size
+    return None
 
 
 def _read_with_librosa(path: Path, field: str, first_error: Exception) -> tuple[np.ndarray, int]:
@@ -43,6 +96,8 @@ def _read_with_librosa(path: Path, field: str, first_error: Exception) -> tuple[
     try:
         audio, sample_rate = librosa.load(str(path), sr=None, mono=False)
     except (OSError, RuntimeError, ValueError, EOFError, AudioreadError) as exc:
+        if _soundless_video(path):
+            raise MediaError(path, field, "the file has no audio stream (a video without sound)") from first_error
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise MediaError(path, field, f"cannot decode audio ({reason})") from first_error
     audio = audio.T if audio.ndim == 2 else audio[:, None]  # (C, S) -> (S, C)
@@ -57,11 +112,11 @@ def read_video_track(path: Path) -> tuple[np.ndarray | None, str | None]:
     Raises:
         MediaError: If the container cannot be opened at all.
     """
-    from decord import AudioReader, cpu
+    decord = decord_module()
     from decord._ffi.base import DECORDError
 
     try:
-        reader = AudioReader(str(path), ctx=cpu(0), sample_rate=SAMPLE_RATE, mono=True)
+        reader = decord.AudioReader(str(path), ctx=decord.cpu(0), sample_rate=SAMPLE_RATE, mono=True)
         audio = reader[:].asnumpy()[0]  # (1, S) -> (S,)
     except DECORDError as exc:
         if "find audio stream" in str(exc):

@@ -18,6 +18,7 @@ An issue is an ``error`` (the row is quarantined) or a ``warning`` (reported, ro
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from affect_llm.data.manifest import MEDIA_FIELDS, ManifestReader, ManifestRow, 
 from affect_llm.data.validation import inspect_row
 from affect_llm.fileio import atomic_write_bytes
 from affect_llm.hashing import file_sha256
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -140,7 +143,7 @@ def check_manifest(
         for issue in reader.issues[refused:]:
             report.add(issue.line, [issue])
         refused = len(reader.issues)
-        issues, meta = inspect_row(row, policy=policy)
+        issues, meta = _inspected(row, policy)
         if report.add(row.line, issues):
             good.append(row)
             _record_durations(meta, report.durations)
@@ -151,6 +154,16 @@ def check_manifest(
     if out_dir is not None:
         _write_outputs(report, good, Path(out_dir))
     return report
+
+
+def _inspected(row: ManifestRow, policy: MediaPolicy | None) -> tuple[list[Issue], dict[str, Any]]:
+    """``inspect_row``, with an unforeseen failure recorded as the row's error: one row never ends the check."""
+    try:
+        return inspect_row(row, policy=policy)
+    except Exception as exc:  # noqa: BLE001 (a decoder's own failure; the row is quarantined and named)
+        logger.exception("line %d (%s): checking failed", row.line, row.id)
+        reason = f"checking failed: {type(exc).__name__}: {str(exc).strip()[:200]}"
+        return [Issue("undecodable", None, reason, line=row.line, id=row.id)], {}
 
 
 def _write_outputs(report: CheckReport, good: list[ManifestRow], out_dir: Path) -> None:

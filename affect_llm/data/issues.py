@@ -38,7 +38,7 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType({
     "missing": "error",
     "not_a_file": "error",        # a directory, a socket...
     "empty": "error",             # 0 bytes
-    "unreadable": "error",        # no read permission
+    "unreadable": "error",        # no read permission, a name too long to open, an I/O error
     "undecodable": "error",       # truncated, random bytes, text under a media name
     "wrong_kind": "error",        # an audio file in 'video', a video in 'image'...
     "wrong_extension": "warning",  # decodes, but its name says another format
@@ -172,6 +172,15 @@ DEFAULT_POLICY = MediaPolicy()
 
 def check_file(path: Path, field: str, policy: MediaPolicy = DEFAULT_POLICY) -> Issue | None:
     """Exists, is a regular file, is readable and not empty; None when all hold."""
+    try:
+        return _file_problem(path, field, policy)
+    except OSError as exc:
+        # exists() and is_file() raise on errors other than "not found": a name longer than the
+        # file system allows (a long CJK file name), a path through a file, I/O errors.
+        return policy.issue("unreadable", field, f"cannot open: {exc.strerror or exc}", path)
+
+
+def _file_problem(path: Path, field: str, policy: MediaPolicy) -> Issue | None:
     if not path.exists():
         return policy.issue("missing", field, "file not found", path)
     if not path.is_file():
@@ -253,17 +262,25 @@ _MAGIC: tuple[tuple[int, bytes, str], ...] = (
 FORMAT_KIND: Mapping[str, str] = MappingProxyType({
     "wav": "audio", "flac": "audio", "ogg": "audio", "mp3": "audio", "mp4": "video", "mkv": "video",
     "avi": "video", "flv": "video", "png": "image", "jpeg": "image", "gif": "image", "bmp": "image",
-    "webp": "image", "text": "text",
+    "webp": "image", "m4a": "audio", "heif": "image", "text": "text",
 })
 FORMAT_EXTENSIONS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "wav": (".wav", ".wave"), "flac": (".flac",), "ogg": (".ogg", ".oga", ".opus"), "mp3": (".mp3",),
     "mp4": (".mp4", ".m4a", ".m4v", ".mov", ".3gp", ".aac"), "mkv": (".mkv", ".webm"), "avi": (".avi",),
     "flv": (".flv",), "png": (".png",), "jpeg": (".jpg", ".jpeg"), "gif": (".gif",), "bmp": (".bmp",),
-    "webp": (".webp",),
+    "webp": (".webp",), "m4a": (".m4a", ".m4b", ".m4p", ".mp4", ".aac"), "heif": (".heic", ".heif", ".hif", ".avif"),
 })
 # What each field may hold; an mp4 may be audio only (m4a), so the audio field accepts video containers.
 FIELD_KINDS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "video": ("video",), "audio": ("audio", "video"), "image": ("image",),
+})
+
+
+# ISO media files all start with "ftyp"; the major brand after it says what the file holds.
+_FTYP_BRANDS: Mapping[bytes, str] = MappingProxyType({
+    **dict.fromkeys((b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B "), "m4a"),
+    **dict.fromkeys((b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"),
+                    "heif"),
 })
 
 
@@ -273,7 +290,7 @@ def sniff_format(path: Path) -> str | None:
         head = handle.read(512)
     for offset, magic, name in _MAGIC:
         if head[offset : offset + len(magic)] == magic:
-            return name
+            return _FTYP_BRANDS.get(head[8:12], name) if name == "mp4" else name
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:

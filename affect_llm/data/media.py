@@ -12,7 +12,8 @@ Policies, stated once:
 - Audio comes from the row's ``audio`` file when set, else from the video's audio track.
   A video without an audio track, or whose audio is silent, gives ``audio=None`` and
   ``meta["audio_missing"]`` says why; it is never replaced by silence.
-- Audio files are judged whole, then cut to their first ``max_audio_seconds``.
+- Audio files are judged whole, then cut to their first ``max_audio_seconds``; when those are silent and
+  sound comes later, the window starts just before the sound (``meta["audio_start_seconds"]``).
 - The visual stream is called ``video`` whether it comes from a clip or a still ``image`` (``K=1``).
   Frames are sampled uniformly (``num_frames`` segment centres) or, when ``fps`` is given, at
   that rate, thinned uniformly to at most ``max_frames``. The last frame is always decoded too:
@@ -37,6 +38,7 @@ from affect_llm.data.audio import (
     read_video_track,
     to_model_audio,
 )
+from affect_llm.data.decord_import import decord_module
 from affect_llm.data.issues import (
     DEFAULT_POLICY,
     Issue,
@@ -120,12 +122,12 @@ def _read_frames(path: Path, choose: Callable[[int, float], list[int]]) -> tuple
     Raises:
         MediaError: If the file is missing, empty, corrupt or has no frames.
     """
-    from decord import VideoReader, cpu
+    decord = decord_module()
     from decord._ffi.base import DECORDError
 
     _require_file(path, "video")
     try:
-        reader = VideoReader(str(path), ctx=cpu(0), num_threads=1)
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
         total, fps = len(reader), float(reader.get_avg_fps())
         if total == 0:
             raise MediaError(path, "video", "video stream has no frames", "no_frames")
@@ -134,6 +136,8 @@ def _read_frames(path: Path, choose: Callable[[int, float], list[int]]) -> tuple
         wanted = sorted(set(indices) | {total - 1})
         batch = reader.get_batch(wanted).asnumpy()  # (K', H, W, 3)
     except (DECORDError, RuntimeError) as exc:
+        if "cannot find video stream" in str(exc):
+            raise MediaError(path, "video", "no video stream (sound only): put it in 'audio'", "wrong_kind") from exc
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise MediaError(path, "video", f"cannot decode video: {reason}") from exc
     frames = batch[[wanted.index(i) for i in indices]]  # (K, H, W, 3)
@@ -267,9 +271,27 @@ def _usable(raw: np.ndarray, sample_rate: int, found: list[Issue], how: _Decodin
     if any(issue.code == "silent_track" for issue in found):
         meta.update(audio_source=None, audio_missing="audio is silent")
         return None
-    audio, audio_meta = to_model_audio(raw, sample_rate, how.max_audio_seconds)
-    meta.update(audio_meta)
+    start = _window_start(raw, sample_rate, how.max_audio_seconds, how.policy.silence_peak)
+    audio, audio_meta = to_model_audio(raw[start:], sample_rate, how.max_audio_seconds)
+    meta.update(audio_meta, audio_start_seconds=start / sample_rate, audio_file_seconds=raw.shape[0] / sample_rate)
     return audio
+
+
+def _window_start(raw: np.ndarray, sample_rate: int, max_seconds: float | None, silence_peak: float) -> int:
+    """Where the model's audio window starts: 0, or, when the first ``max_seconds`` are silent and
+    sound comes later (a recording that starts with a pause), a tenth of a second before the sound.
+
+    The file as a whole was judged not silent; a window of its leading silence would still be
+    silence presented to the model as a voice.
+    """
+    if not max_seconds or max_seconds <= 0:
+        return 0
+    limit = int(round(max_seconds * sample_rate))
+    level = np.abs(raw) if raw.ndim == 1 else np.abs(raw).max(axis=1)  # (S,)
+    if level.shape[0] <= limit or level[:limit].max() >= silence_peak:
+        return 0
+    first = int(np.argmax(level >= silence_peak))
+    return max(0, first - sample_rate // 10)
 
 
 def _faces(frames: np.ndarray, field_name: str, how: _Decoding, meta: dict, issues: list[Issue]) -> np.ndarray:

@@ -21,12 +21,13 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from affect_llm.data.issues import MediaError
 from affect_llm.data.manifest import ManifestRow, load_manifest, write_manifest
 
 ASR_MODEL = "whisper-base"
@@ -201,6 +202,8 @@ class FillSummary:
         no_audio: Rows without a transcript and without any audio to recognise.
         annotated: Rows that already had a transcript (left as they were).
         no_words: Rows whose ``extra.transcript_source`` is ``"none"``: without words by design.
+        refused: ``(id, reason)`` of each row whose media could not be used (missing, corrupt,
+            undecodable): its transcript is left null and the other rows go on.
     """
 
     filled: int = 0
@@ -208,6 +211,7 @@ class FillSummary:
     no_audio: int = 0
     annotated: int = 0
     no_words: int = 0
+    refused: list[tuple[str, str]] = field(default_factory=list)
 
 
 def fill_missing_transcripts(
@@ -233,10 +237,7 @@ def fill_missing_transcripts(
         chunk_size: Rows decoded and held in memory at once.
 
     Returns:
-        The counts of filled, silent, audio-less and annotated rows.
-
-    Raises:
-        MediaError: If a row's audio file is missing or cannot be decoded.
+        The counts of filled, silent, audio-less and annotated rows, and the refused ones.
     """
     recognizer = recognizer or SpeechRecognizer()
     summary = FillSummary()
@@ -248,7 +249,11 @@ def fill_missing_transcripts(
         if isinstance(row.extra, dict) and row.extra.get("transcript_source") == "none":
             summary.no_words += 1
             continue
-        audio = row_audio(row)
+        try:
+            audio = row_audio(row)
+        except MediaError as exc:
+            summary.refused.append((row.id, str(exc)))
+            continue
         if audio is None or len(audio) == 0:
             summary.no_audio += 1
             continue

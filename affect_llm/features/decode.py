@@ -14,7 +14,6 @@ featurizer, the training loader and batch explanation use the same job.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,12 +32,6 @@ PREFETCH_BATCHES = 2
 # A worker that cannot hand its batch over (shared memory full or capped: "unable to resize file")
 # would otherwise leave the caller waiting for ever; no batch of clips takes this long to decode.
 DECODE_BATCH_TIMEOUT_S = 1800
-
-# OpenCV before decord, in every process that decodes: decord ships its own zlib, and once it is
-# loaded OpenCV reads no PNG ("libpng error: bad parameters to zlib"; every still image fails).
-# Without the video extra there is neither.
-with contextlib.suppress(ImportError):
-    import cv2  # noqa: F401
 
 
 @dataclass

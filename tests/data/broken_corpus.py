@@ -82,7 +82,34 @@ def _media(root: Path) -> None:
     _face_clip(root / "no_track.mp4", None, work)
     shutil.copy(root / "good.wav", root / "named_wrong.mp3")
     shutil.copy(root / "good.wav", root / "audio_as_video.mp4")
+    _still_images(root)
+    sf.write(str(root / "pcm24.wav"), _tone(2.0), 16000, subtype="PCM_24")
+    sf.write(str(root / "whole.flac"), _tone(2.0), 16000)
+    for name in ("pcm24.wav", "whole.flac"):
+        data = (root / name).read_bytes()
+        (root / f"cut_{name}").write_bytes(data[: int(len(data) * 0.6)])
+    # A recording that opens with a pause longer than a 4 s audio window.
+    sf.write(str(root / "late_voice.wav"), np.concatenate([np.zeros(5 * 16000, np.float32), _tone(2.0)]), 16000)
+    _ffmpeg(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000", "-t", "1", "-c:a", "aac",
+             str(root / "voice.m4a")])
     shutil.rmtree(work)
+
+
+def _still_images(root: Path) -> None:
+    """A PNG with an alpha channel (read after the videos: decord's zlib once broke every PNG)."""
+    from PIL import Image
+
+    from affect_llm.data.synth.face import render_face_frames, sample_face_style
+
+    frame = render_face_frames("happy", sample_face_style(np.random.default_rng(3)), 1)[0]  # (H, W, 3)
+    alpha = np.full(frame.shape[:2] + (1,), 255, dtype=np.uint8)
+    Image.fromarray(np.concatenate([frame, alpha], axis=2), "RGBA").save(root / "alpha.png")
+
+
+def _ffmpeg(args: list[str]) -> None:
+    import subprocess
+
+    subprocess.run([shutil.which("ffmpeg") or "ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True)
 
 
 def _row(row_id: str, **fields: object) -> dict:
@@ -118,6 +145,13 @@ LINES: tuple[tuple[str, dict | bytes, str, str | None], ...] = (
     ("no media and no transcript", _row("nothing"), "error", "no_content"),
     ("hand-written row: id, video and labels only", {"id": "minimal", "video": "good.mp4", "labels": ["joy"]},
      "ok", "no_split"),
+    ("PNG with an alpha channel, after videos", _row("alpha_png", image="alpha.png"), "ok", None),
+    ("file name longer than the file system allows", _row("long_name", audio="\u58f0" * 100 + ".wav"),
+     "error", "unreadable"),
+    ("WAV cut short after its header", _row("cut_wav", audio="cut_pcm24.wav"), "error", "undecodable"),
+    ("FLAC cut short", _row("cut_flac", audio="cut_whole.flac"), "error", "undecodable"),
+    ("speech after 5 s of silence", _row("late_voice", audio="late_voice.wav"), "ok", None),
+    ("M4A audio in the video field", _row("m4a_as_video", video="voice.m4a"), "error", "wrong_kind"),
 )
 
 

@@ -38,6 +38,24 @@ def test_audio_file_is_resampled_to_mono_and_truncated(tmp_path: Path) -> None:
     assert item.video is None
 
 
+def test_a_window_of_leading_silence_starts_at_the_sound(tmp_path: Path) -> None:
+    """Judged whole, the file is not silent; its first 4 s are, and the model must not hear only those."""
+    import soundfile as sf
+
+    t = np.arange(2 * 16000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    path = tmp_path / "late.wav"
+    sf.write(str(path), np.concatenate([np.zeros(5 * 16000, np.float32), tone]), 16000)
+    item = load_media(ManifestRow(id="late", audio=str(path)), max_audio_seconds=4.0)
+    # A tenth of a second before the first sample above the silence level (the tone's first is 0).
+    assert abs(item.audio.shape[0] - (2 * 16000 + 1600)) <= 1 and np.abs(item.audio[1600:]).max() > 0.25
+    assert item.meta["audio_start_seconds"] == pytest.approx(4.9, abs=1e-3)
+    assert item.meta["audio_file_seconds"] == pytest.approx(7.0)
+    # Sound inside the window: the window starts at 0, pause included.
+    early = load_media(ManifestRow(id="late", audio=str(path)), max_audio_seconds=6.0)
+    assert early.meta["audio_start_seconds"] == 0.0 and early.audio.shape == (6 * 16000,)
+
+
 def test_missing_and_empty_files_raise_media_error(tmp_path: Path) -> None:
     (tmp_path / "empty.mp4").write_bytes(b"")
     with pytest.raises(MediaError, match="field 'video': empty file"):

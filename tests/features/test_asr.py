@@ -100,13 +100,18 @@ def test_fill_marks_recognised_words_and_leaves_the_rest(recognizer, espeak_wav,
         {"id": "words", "transcript": "Only text."},
         {"id": "photo", "image": "p.jpg"},
         {"id": "syllables", "audio": str(espeak_wav), "extra": {"transcript_source": "none"}},
+        {"id": "broken", "audio": "../zero.wav"},  # 0 bytes: refused, and the rows after it go on
+        {"id": "after", "audio": str(espeak_wav), "transcript": "Still read."},
     ]
+    (tmp_path / "zero.wav").write_bytes(b"")
     base = {"video": None, "audio": None, "image": None, "transcript": None, "labels": [], "explanation": None,
             "valence": None, "arousal": None, "split": "test", "source": "t", "extra": {}}  # fmt: skip
     manifest.write_text("".join(json.dumps({**base, **row}) + "\n" for row in rows))
     out = tmp_path / "out" / "manifest.jsonl"
     summary = fill_manifest_transcripts(manifest, out, recognizer)
-    assert (summary.filled, summary.no_speech, summary.no_audio, summary.annotated, summary.no_words) == (1, 1, 1, 2, 1)
+    assert (summary.filled, summary.no_speech, summary.no_audio, summary.annotated, summary.no_words) == (1, 1, 1, 3, 1)
+    ((refused_id, reason),) = summary.refused
+    assert refused_id == "broken" and "zero.wav" in reason and "'audio'" in reason and "empty" in reason
     filled = {row.id: row for row in load_manifest(out)}
     speech = filled["speech"]
     assert _words(speech.transcript).startswith("hello my name is john")
@@ -117,6 +122,7 @@ def test_fill_marks_recognised_words_and_leaves_the_rest(recognizer, espeak_wav,
     assert filled["annotated"].transcript == "Given words." and "transcript_source" not in filled["annotated"].extra
     assert filled["silent"].transcript is None and filled["silent"].media_path("audio").resolve() == silent.resolve()
     assert filled["syllables"].transcript is None
+    assert filled["broken"].transcript is None and filled["after"].transcript == "Still read."
 
 
 @pytest.mark.embedded

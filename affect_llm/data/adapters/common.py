@@ -136,10 +136,17 @@ def check_media(row: ManifestRow, result: BuildResult) -> bool:
     ok = True
     for name in MEDIA_FIELDS:
         path = row.media_path(name)
-        if path is not None and not path.is_file():
+        if path is not None and not _is_file(path):
             result.missing.append(MissingMedia(row.id, name, str(path)))
             ok = False
     return ok
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the file system, an I/O error: not usable either
+        return False
 
 
 def drop_repeated_ids(result: BuildResult) -> None:
