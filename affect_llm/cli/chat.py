@@ -15,6 +15,7 @@ from affect_llm.cli.options import (
     add_evidence_argument,
     add_precision_arguments,
     check_compile_argument,
+    positive_int,
     precision_from_arguments,
     require_checkpoint,
 )
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--audio")
     parser.add_argument("--image")
     parser.add_argument("--transcript")
-    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=160)
     parser.add_argument("--models-dir", default=None)
     add_evidence_argument(parser)
     add_compile_argument(parser)
@@ -62,6 +63,8 @@ def parse_attach(text: str) -> dict[str, str]:
         stray = next((word for word in value.split()[1:] if re.fullmatch(r"\w+=.*", word)), None)
         if start.group(1) != "transcript" and stray:
             raise ValueError(f"cannot read {stray!r}; expected video=, audio=, image= or transcript=")
+        if start.group(1) != "transcript" and not value:
+            raise ValueError(f"{start.group(1)}= names no file")
         fields[start.group(1)] = value
     return fields
 
@@ -82,6 +85,23 @@ def _attach(pipe, fields: dict[str, str]) -> None:
         print(f"[error] {error}; the previous clip stays attached", flush=True)
         return
     _announce(pipe, modalities)
+
+
+def _reply(pipe, question: str) -> None:
+    """Stream one answer. Ctrl-C stops the answer, not the chat; a conversation past the model's
+    context is refused and the chat goes on."""
+    from affect_llm.generation.pipeline import ContextLengthError
+
+    try:
+        pieces = pipe.stream(question)
+        print("model> ", end="", flush=True)
+        for piece in pieces:
+            print(piece, end="", flush=True)
+        print(flush=True)
+    except ContextLengthError as error:
+        print(f"[error] {error}: /reset, or attach a shorter transcript", flush=True)
+    except KeyboardInterrupt:
+        print("\n[stopped; the answer is not kept in the history]", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
             line = input("you> ").strip()
         except EOFError:
             return 0
+        except KeyboardInterrupt:
+            # As in a shell: Ctrl-C drops the line being typed; /quit or Ctrl-D ends the chat.
+            print("\n[/quit or Ctrl-D ends the chat]", flush=True)
+            continue
         if not line:
             continue
         if line in ("/quit", "/exit"):
@@ -131,7 +155,4 @@ def run(args: argparse.Namespace) -> int:
             # A mistyped command (/atach, /clear) would otherwise reach the model as a question.
             print(f"[error] unknown command {line.split()[0]}; {HELP}", flush=True)
         else:
-            print("model> ", end="", flush=True)
-            for piece in pipe.stream(line):
-                print(piece, end="", flush=True)
-            print(flush=True)
+            _reply(pipe, line)

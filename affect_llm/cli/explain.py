@@ -14,6 +14,7 @@ from affect_llm.cli.options import (
     check_compile_argument,
     engine_options_from_arguments,
     explanation_guard_for,
+    positive_int,
     precision_from_arguments,
     require_checkpoint,
 )
@@ -38,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="explain again the clips whose rows in --out say failed or refused (a rerun skips them)")
     parser.add_argument("--limit", type=int, default=None,
                         help="explain at most N clips not yet in --out (a rerun with the same limit takes the next N)")
-    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=160)
     parser.add_argument("--sample", action="store_true", help="seeded sampling instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)

@@ -13,6 +13,17 @@ if TYPE_CHECKING:
     from affect_llm.precision import Precision
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a token budget, a batch size)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_evidence_argument(parser: argparse.ArgumentParser) -> None:
     """``--null-absent-evidence`` and ``--guard-absent-explanation`` (both the default) and their ``--no-...``."""
     parser.add_argument("--null-absent-evidence", action=argparse.BooleanOptionalAction, default=True,

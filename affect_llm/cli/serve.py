@@ -20,6 +20,7 @@ from affect_llm.cli.options import (
     add_precision_arguments,
     engine_options_from_arguments,
     explanation_guard_for,
+    positive_int,
     precision_from_arguments,
 )
 
@@ -41,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-batch", type=int, default=32, help="most requests generated together")
     parser.add_argument("--batch-window-ms", type=float, default=30.0, help="how long a batch waits to fill")
     parser.add_argument("--max-queue", type=int, default=128, help="waiting requests before 503")
-    parser.add_argument("--max-new-tokens", type=int, default=160, help="budget of a request that names none")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=160, help="budget of a request that names none")
     parser.add_argument("--max-tokens-limit", type=int, default=2048, help="largest budget a request may ask")
     parser.add_argument("--asr", action=argparse.BooleanOptionalAction, default=True,
                         help="recognise the words of clips sent without a transcript (embedded Whisper)")

@@ -48,6 +48,10 @@ class DecodingSettings:
     guard_absent_explanation: bool = True
     compile: bool = False
 
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"DecodingSettings.max_new_tokens must be a whole number >= 1, got {self.max_new_tokens!r}")
+
     def as_dict(self) -> dict:
         return asdict(self)
 

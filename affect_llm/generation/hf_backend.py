@@ -13,11 +13,17 @@ the same tokens, 1.35x to 1.5x faster on the measured cores) except while decodi
 from __future__ import annotations
 
 from collections.abc import Iterator
-from threading import Thread
+from threading import Event, Thread
 from typing import Any
 
 import torch
-from transformers import CompileConfig, LogitsProcessorList, TextIteratorStreamer
+from transformers import (
+    CompileConfig,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
 
 from affect_llm.generation.absent_evidence import AbsentChannelLogitsProcessor, guards_for
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
@@ -125,14 +131,45 @@ class HFBackend:
         return [self.processor.tokenizer.decode(sink.tokens, skip_special_tokens=True) for sink in sinks]
 
     def stream(self, request: GenerationRequest, settings: DecodingSettings) -> Iterator[str]:
-        """Yield text pieces as they are generated (one request; the chat uses this)."""
+        """Yield text pieces as they are generated (one request; the chat uses this).
+
+        Generation runs in a thread feeding the streamer. An error there (a bad setting, running
+        out of memory) is raised here instead of leaving the reader waiting for ever; closing the
+        iterator early (Ctrl-C in the chat) stops generation at the next token and waits for it.
+        """
         self._hold_weights(settings.compile)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=False, skip_special_tokens=True)
-        kwargs = {**self._batch([request]), **self._generate_kwargs([request], settings), "streamer": streamer}
-        thread = Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
+        stop = Event()
+        failures: list[BaseException] = []
+        kwargs = {**self._batch([request]), **self._generate_kwargs([request], settings), "streamer": streamer,
+                  "stopping_criteria": StoppingCriteriaList([_StopWhenSet(stop)])}
+
+        def run() -> None:
+            try:
+                self.model.generate(**kwargs)
+            except BaseException as exc:  # noqa: BLE001 (handed to the reading thread, which raises it)
+                failures.append(exc)
+                streamer.end()
+
+        thread = Thread(target=run, daemon=True, name="affect-llm-generate")
         thread.start()
-        yield from streamer
-        thread.join()
+        try:
+            yield from streamer
+        finally:
+            stop.set()
+            thread.join()
+        if failures:
+            raise failures[0]
 
     def close(self) -> None:
         """Nothing to stop: the model lives in this process."""
+
+
+class _StopWhenSet(StoppingCriteria):
+    """Ends generation once ``event`` is set (the reader of a stream went away)."""
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)

@@ -21,6 +21,10 @@ from affect_llm.precision import Precision
 from affect_llm.processing.processor import absent_channels
 
 
+class ContextLengthError(ValueError):
+    """A conversation that, with its token budget, does not fit the LLM's context."""
+
+
 class AffectPipeline:
     """A loaded checkpoint plus the state of one conversation (clip features and chat history).
 
@@ -45,6 +49,8 @@ class AffectPipeline:
         meta = read_metadata(checkpoint)
         self.featurizer = MediaFeaturizer(self.backend.model, self.processor, None, MediaOptions.of_checkpoint(meta))
         self.decoding = decoding or DecodingSettings()
+        llm_config = getattr(self.backend.model.config, "text_config", None)
+        self.context_tokens: int | None = getattr(llm_config, "max_position_embeddings", None)
         self.reset()
 
     def reset(self) -> None:
@@ -66,6 +72,10 @@ class AffectPipeline:
             ValueError: If the checks refuse the media (the message names the file, field and reason);
                 the clip and history attached before stay as they were.
         """
+        # An empty path names no file (not the current folder) and blank words are no words, as in a
+        # manifest: the prompt must not say the clip has a channel it lacks.
+        video, audio, image = video or None, audio or None, image or None
+        transcript = transcript if transcript and transcript.strip() else None
         if not (video or audio or image):
             self.reset()
             self.transcript = transcript
@@ -96,13 +106,33 @@ class AffectPipeline:
         return "".join(self.stream(question, task))
 
     def stream(self, question: str | None = None, task: str = "reason") -> Iterator[str]:
-        """One turn, yielding text pieces as they are generated."""
+        """One turn, yielding text pieces as they are generated; the reply joins the history once
+        it is complete (an interrupted one does not).
+
+        Raises:
+            ContextLengthError: At once, if the conversation and the token budget do not fit the
+                LLM's context (``reset`` or a shorter transcript); nothing is generated.
+        """
         request = self._request(question, task)
+        self._check_context(request)
+        return self._streamed(request)
+
+    def _streamed(self, request: GenerationRequest) -> Iterator[str]:
         pieces = []
         for piece in self.backend.stream(request, self.decoding):
             pieces.append(piece)
             yield piece
         self.messages = [*request.messages, {"role": "assistant", "content": "".join(pieces)}]
+
+    def _check_context(self, request: GenerationRequest) -> None:
+        # Past the context the model's positions mean nothing: refuse, as the server does.
+        if self.context_tokens is None:
+            return
+        prompt_tokens = len(self.processor.encode_text(request.messages)["input_ids"])
+        if prompt_tokens + self.decoding.max_new_tokens > self.context_tokens:
+            raise ContextLengthError(
+                f"this model's context is {self.context_tokens} tokens; the conversation and media take "
+                f"{prompt_tokens} and the answer may take {self.decoding.max_new_tokens} more")
 
     def __call__(self, video: str | None = None, audio: str | None = None, image: str | None = None,
                  transcript: str | None = None, question: str | None = None, task: str = "reason") -> dict[str, Any]:

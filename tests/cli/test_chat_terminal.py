@@ -144,6 +144,38 @@ def test_chat_session_in_a_pty(chat_assets):
             term.process.wait()
 
 
+def test_ctrl_c_stops_the_answer_and_not_the_chat(chat_assets):
+    command = [sys.executable, "-m", "affect_llm.cli.main", "chat", "--model", str(chat_assets["checkpoint"]),
+               "--audio", str(chat_assets["audio"]), "--max-new-tokens", "2000"]
+    term = Terminal(command)
+    try:
+        term.read_until(PROMPT, timeout=180)
+        term.type("/attach audio=")  # an empty value names no file: refused, the clip stays
+        assert b"[error] audio= names no file" in term.read_until(PROMPT)
+        # The tiny random model does not stop on its own within 2,000 tokens (about 90 s here).
+        term.type("How does the speaker feel?")
+        term.read_until(b"model> ")
+        time.sleep(1.0)
+        os.killpg(term.process.pid, signal.SIGINT)
+        stopped = term.read_until(PROMPT)
+        assert b"[stopped; the answer is not kept in the history]" in stopped, stopped
+        os.killpg(term.process.pid, signal.SIGINT)  # at the prompt: the line is dropped, the chat goes on
+        assert b"[/quit or Ctrl-D ends the chat]" in term.read_until(PROMPT)
+        term.type("/quit")
+        assert term.close() == 0
+    finally:
+        if term.process.poll() is None:
+            os.killpg(term.process.pid, signal.SIGKILL)
+            term.process.wait()
+
+
+def test_chat_refuses_an_empty_token_budget(chat_assets):
+    done = subprocess.run([sys.executable, "-m", "affect_llm.cli.main", "chat", "--model", str(chat_assets["checkpoint"]),
+                           "--max-new-tokens", "0"], input="hi\n", capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 2 and "--max-new-tokens: must be at least 1, got 0" in done.stderr, done.stderr
+
+
 def test_chat_on_a_missing_clip_stops_with_exit_code_2(chat_assets, tmp_path):
     """The clip named on the command line is what the chat is about: without it there is no chat."""
     done = subprocess.run([sys.executable, "-m", "affect_llm.cli.main", "chat", "--model", str(chat_assets["checkpoint"]),

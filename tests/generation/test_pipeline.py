@@ -104,3 +104,49 @@ def test_chat_refuses_what_the_checks_refuse_and_notes_their_warnings(pipe, synt
     result = pipe(audio=str(tmp_path / "phone.wav"))
     assert result["parse_status"] in ("ok", "unparseable")
     assert [w["code"] for w in result["warnings"]] == ["low_sample_rate"] == [w["code"] for w in pipe.warnings]
+
+
+def test_a_failure_inside_generation_is_raised_not_waited_for(pipe, clip, monkeypatch):
+    """Generation streams from a thread; its error must reach the caller. There is no GPU here to run
+    out of memory, so the failure is injected into ``generate``."""
+    pipe.attach(**clip)
+
+    def out_of_memory(**kwargs):
+        raise RuntimeError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(pipe.backend.model, "generate", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        pipe.ask("How does the speaker feel?")
+    assert pipe.messages == []  # nothing half-answered joins the history
+
+
+def test_closing_a_stream_stops_generation(tiny_checkpoint, clip):
+    import threading
+
+    pipe = AffectPipeline(tiny_checkpoint, DecodingSettings(max_new_tokens=2000))
+    pipe.attach(**clip)
+    pieces = pipe.stream("How does the speaker feel?")
+    next(pieces)
+    pieces.close()  # what Ctrl-C in the chat does to the stream
+    assert "affect-llm-generate" not in [t.name for t in threading.enumerate()]
+    assert pipe.messages == []
+
+
+def test_blank_words_and_empty_paths_are_no_channel(pipe, clip):
+    assert pipe.attach(audio=clip["audio"], image="", transcript="   ") == ["audio"]
+    assert pipe.transcript is None
+    assert "text" in pipe._request("How?", "reason").absent
+
+
+def test_a_conversation_past_the_context_is_refused_and_kept(pipe, clip):
+    from affect_llm.generation.pipeline import ContextLengthError
+
+    pipe.attach(audio=clip["audio"], transcript=" ".join(["okay"] * 9000))
+    with pytest.raises(ContextLengthError, match="context is 8192 tokens"):
+        pipe.stream("How does the speaker feel?")
+    assert pipe.messages == []
+
+
+def test_decoding_settings_refuse_an_empty_budget():
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        DecodingSettings(max_new_tokens=0)
