@@ -16,7 +16,8 @@ Policies, stated once:
   sound comes later, the window starts just before the sound (``meta["audio_start_seconds"]``).
 - The visual stream is called ``video`` whether it comes from a clip or a still ``image`` (``K=1``).
   Frames are sampled uniformly (``num_frames`` segment centres) or, when ``fps`` is given, at
-  that rate, thinned uniformly to at most ``max_frames``. The last frame is always decoded too:
+  that rate, thinned uniformly to at most ``max_frames``; uniformly in time, also when the video's
+  frame rate varies. The last frame is always decoded too:
   it catches files cut short after a readable header.
 - Face crops record per frame which detector made them (``meta["faces"]``).
 """
@@ -131,7 +132,7 @@ def _read_frames(path: Path, choose: Callable[[int, float], list[int]]) -> tuple
         total, fps = len(reader), float(reader.get_avg_fps())
         if total == 0:
             raise MediaError(path, "video", "video stream has no frames", "no_frames")
-        indices = [int(i) for i in choose(total, fps)]
+        indices = _even_in_time(reader, [int(i) for i in choose(total, fps)], total)
         # The last frame too: a file cut short after a readable header fails there.
         wanted = sorted(set(indices) | {total - 1})
         batch = reader.get_batch(wanted).asnumpy()  # (K', H, W, 3)
@@ -142,6 +143,33 @@ def _read_frames(path: Path, choose: Callable[[int, float], list[int]]) -> tuple
         raise MediaError(path, "video", f"cannot decode video: {reason}") from exc
     frames = batch[[wanted.index(i) for i in indices]]  # (K, H, W, 3)
     return frames, indices, total, fps
+
+
+def _even_in_time(reader: Any, indices: list[int], total: int) -> list[int]:
+    """Indices chosen as if frames were evenly spaced, moved, in a variable-frame-rate video (a phone
+    recording), to the frames at the same point in time; a constant-rate video keeps them.
+
+    Index ``i`` stands for the middle of the ``i``-th of ``total`` equal parts of the clip's duration;
+    by index alone, a clip filmed at 30 fps for a second and at 5 fps after would have most of its
+    samples in that first second.
+    """
+    from decord._ffi.base import DECORDError
+
+    if total < 2:
+        return indices
+    try:
+        stamps = np.asarray(reader.get_frame_timestamp(list(range(total))), dtype=np.float64)  # (total, 2)
+    except (DECORDError, RuntimeError, ValueError):
+        return indices
+    starts = stamps[:, 0]
+    duration = float(stamps[-1, 1] - starts[0])
+    if not np.isfinite(stamps).all() or duration <= 0:
+        return indices
+    frame = duration / total
+    if np.abs(starts - (starts[0] + np.arange(total) * frame)).max() <= frame / 2:
+        return indices  # a constant frame rate: each index already sits at its time
+    targets = starts[0] + (np.asarray(indices, dtype=np.float64) + 0.5) * frame
+    return np.clip(np.searchsorted(starts, targets, side="right") - 1, 0, total - 1).astype(int).tolist()
 
 
 def load_video_frames(

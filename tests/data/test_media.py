@@ -8,7 +8,7 @@ from datahelpers import make_wav
 
 from affect_llm.data.faces import FaceCropper
 from affect_llm.data.manifest import ManifestRow
-from affect_llm.data.media import MediaError, load_media, sample_frame_indices
+from affect_llm.data.media import MediaError, load_media, load_video_frames, sample_frame_indices
 from affect_llm.hashing import file_sha256
 
 
@@ -54,6 +54,27 @@ def test_a_window_of_leading_silence_starts_at_the_sound(tmp_path: Path) -> None
     # Sound inside the window: the window starts at 0, pause included.
     early = load_media(ManifestRow(id="late", audio=str(path)), max_audio_seconds=6.0)
     assert early.meta["audio_start_seconds"] == 0.0 and early.audio.shape == (6 * 16000,)
+
+
+def test_frames_of_a_variable_rate_video_are_spread_in_time(tmp_path: Path, media_dir: Path) -> None:
+    """30 frames in the first second, then one every 0.2 s up to 6.8 s: by index alone, half the
+    samples would fall in that first second."""
+    import shutil
+    import subprocess
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed")
+    path = tmp_path / "vfr.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc=size=64x48:rate=30:duration=2", "-vf",
+                    "setpts='if(lt(N,30),N/30,1+(N-30)*0.2)/TB'", "-fps_mode", "vfr", "-c:v", "libx264",
+                    "-pix_fmt", "yuv420p", str(path)], check=True)
+    _, meta = load_video_frames(path, num_frames=8)
+    indices = meta["frame_indices"]
+    assert sum(i < 30 for i in indices) == 1 and indices == sorted(indices), indices
+    # A constant-rate video keeps the segment centres by index.
+    _, steady = load_video_frames(media_dir / "av.mp4", num_frames=4)
+    assert steady["frame_indices"] == sample_frame_indices(steady["num_video_frames"], 10.0, num_frames=4).tolist()
 
 
 def test_missing_and_empty_files_raise_media_error(tmp_path: Path) -> None:
