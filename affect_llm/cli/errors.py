@@ -63,6 +63,17 @@ def _hint(error: BaseException) -> str:
     return ""
 
 
+def _raised_in_worker(error: BaseException) -> str | None:
+    """The original ``Type: message`` line of an error a DataLoader worker raised (torch re-raises it
+    in the parent with the worker's whole traceback as its text), else None."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return None
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    name, colon, message = last.partition(": ")  # "package.module.TypeName: message"
+    return message if colon and name.rsplit(".", 1)[-1] == type(error).__name__ else last
+
+
 def classify(error: BaseException) -> tuple[int, str]:
     """The exit code and the one-line message for an exception that ended a command."""
     from affect_llm.data.issues import RefusedInputError
@@ -88,7 +99,7 @@ def classify(error: BaseException) -> tuple[int, str]:
         elif isinstance(error, OSError) and not isinstance(error, ModuleNotFoundError):
             text = _os_message(error) if type(error).__str__ is OSError.__str__ else str(error)
         else:
-            text = str(error)
+            text = _raised_in_worker(error) or str(error)
         return EXIT_USAGE, text + _hint(error)
     return EXIT_INTERNAL, f"internal error: {type(error).__name__}: {error}"
 

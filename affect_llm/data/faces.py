@@ -354,3 +354,15 @@ class FaceCropper:
         """Crops for every frame and, per frame, whether a face was found (False: centre square)."""
         crops, metas = self.crop_frames_with_meta(frames)
         return crops, [meta.found for meta in metas]
+
+
+def face_detector_in_use() -> str:
+    """The detector a default :class:`FaceCropper` runs (``blazeface`` or ``haar``), with the size of
+    its model file: what a feature cache must tell apart."""
+    name = FaceCropper().detector_in_use()
+    try:
+        model = find_blazeface_file() if name == "blazeface" else find_cascade_file()
+    except (FileNotFoundError, ImportError):  # no detector installed: decoding will say so
+        model = None
+    size = model.stat().st_size if model is not None else None
+    return f"{name}:{size}"

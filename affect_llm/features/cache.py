@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ from affect_llm.features.shards import SHARD_FOLDER, Location, ShardIndex, Shard
 META_KEY = "affect_llm.meta"
 
 
+logger = logging.getLogger(__name__)
+
+
 @dataclass(frozen=True)
 class CacheStats:
     """What a cache holds: distinct entries, bytes of its data files, number of data files."""
@@ -37,7 +41,9 @@ class CacheStats:
     shards: int
 
     def describe(self) -> str:
-        return f"{self.entries} entries, {self.bytes / 2**30:.2f} GiB in {self.shards} shard files"
+        size = next((f"{self.bytes / scale:.2f} {unit}" for scale, unit in ((2**30, "GiB"), (2**20, "MiB"))
+                     if self.bytes >= scale), f"{self.bytes / 2**10:.1f} KiB")
+        return f"{self.entries} entries, {size} in {self.shards} shard files"
 
 
 class FeatureCache:
@@ -58,6 +64,8 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
         self.corrupt = 0
+        # The shard file of the last entry that failed its checksum (named in errors).
+        self.last_corrupt_shard: Path | None = None
         self._index: ShardIndex | None = None
         self._own: dict[bytes, list[Location]] = {}  # written by this process since the last refresh
         self._writer: ShardWriter | None = None
@@ -142,7 +150,12 @@ class FeatureCache:
                 except (SafetensorError, ValueError, json.JSONDecodeError):
                     pass  # a checksum-valid blob that does not parse was written wrong: bad as well
             self.corrupt += 1
-            self._writer_here().mark_bad(location)
+            self.last_corrupt_shard = self.folder / location.shard
+            try:
+                self._writer_here().mark_bad(location)
+            except OSError as error:  # a read-only cache: the entry is still a miss here
+                logger.warning("%s: an entry failed its checksum and cannot be marked bad (%s)",
+                               self.last_corrupt_shard, error.strerror or error)
         self.misses += 1
         return None
 

@@ -145,8 +145,11 @@ class ClipJob:
             max_audio_seconds=self.extractor.audio_window_seconds, face_size=max(self.extractor.face_image_size, 64),
         )
         # A clip in which no frame shows a face has no face channel: the centre-crop fallback stands
-        # in for frames a detector missed, never for a face that is not there.
-        face = item.face if face_detected(item.meta) else None
+        # in for frames a detector missed, never for a face that is not there. Without detection
+        # (faces cropped already, as in FER-style corpora) the whole frame is the face input.
+        face = item.video
+        if self.options.detect_faces:
+            face = item.face if face_detected(item.meta) else None
         audio, video = item.audio, item.video
         channels = row.channels
         if channels is not None:
@@ -218,6 +221,23 @@ def worker_context() -> str | None:
     return "fork" if sys.platform.startswith("linux") else None
 
 
+def die_with_parent(_worker_id: int = 0) -> None:
+    """``worker_init_fn`` of every loader: on Linux a worker is killed when the process that started
+    it dies. Otherwise a parent killed outright (the OOM killer, ``kill -9``, a scheduler) leaves its
+    forked workers waiting for ever, each holding its memory."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import os
+    import signal
+
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def decode_batches(
     rows: Sequence[ManifestRow], job: ClipJob, batch_size: int, workers: int,
 ) -> Iterator[list[ClipResult]]:
@@ -230,7 +250,7 @@ def decode_batches(
     loader = DataLoader(
         _Rows(rows, job), batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_as_list,
         prefetch_factor=PREFETCH_BATCHES if workers else None,
-        multiprocessing_context=worker_context() if workers else None,
+        multiprocessing_context=worker_context() if workers else None, worker_init_fn=die_with_parent,
         # Its own generator: starting the loader draws nothing from the global RNG, so how many
         # clips were already cached changes nothing in the training that follows.
         generator=torch.Generator().manual_seed(0),

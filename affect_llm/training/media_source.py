@@ -157,6 +157,23 @@ class TrainingMedia:
                             ", ".join(s.rsplit("#", 1)[-1] for s in sorted(self.speaker_statistics)) or "none")
         self.standardiser = standardiser_for(projector, self.speaker_statistics)
 
+    def _encode_again(self, model: AffectForConditionalGeneration, processor: AffectProcessor,
+                      bad: list[ManifestRow]) -> list[ManifestRow]:
+        """Encode again the clips whose cache entries failed their checksum as they were read (they are
+        marked bad, so featurization sees them as missing); returns this process's rows that are
+        readable now. Every process takes part: featurization gathers across them."""
+        every = {row.id: row for part in gather_object([bad]) for row in part}
+        if not every:
+            return []
+        if self.accelerator.is_main_process:
+            logger.warning("%d feature cache entries failed their checksum (a damaged shard file): encoding "
+                           "those clips again", len(every))
+        for row_id in every:
+            self.keys.pop(row_id, None)
+        self.cache.refresh()  # the index read before the entries were marked bad still lists them
+        self.prepare(model, processor, list(every.values()))
+        return [row for row in bad if row.id in self.keys]
+
     def calibrate(self, model: AffectForConditionalGeneration, processor: AffectProcessor,
                   rows: list[ManifestRow]) -> None:
         """Standardise fresh projectors with feature statistics of (up to a few thousand) training rows."""
@@ -167,7 +184,14 @@ class TrainingMedia:
             moments.add_all(self.featurizer(model, processor).stream(mine))
         else:
             job = ClipJob(processor.feature_extractor, tuple(model.config.modalities), self.options, self.cache)
+            bad = []
             for row in mine:
+                features = job.read_cached_features(self.keys[row.id])
+                if features is None:
+                    bad.append(row)
+                else:
+                    moments.add(features)
+            for row in self._encode_again(model, processor, bad):
                 features = job.read_cached_features(self.keys[row.id])
                 if features is not None:
                     moments.add(features)

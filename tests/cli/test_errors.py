@@ -129,3 +129,16 @@ def test_the_readme_lists_every_exit_code() -> None:
     codes = {value for name, value in vars(errors).items() if name.startswith("EXIT_")}
     for code in codes:
         assert f"| {code} |" in readme, f"exit code {code} is not in the README's table"
+
+
+def test_an_error_raised_in_a_loader_worker_is_told_by_its_own_line():
+    """torch re-raises a worker's error with the worker's traceback as its text: the line says what it was."""
+    from affect_llm.training.loader import FeatureCacheEntryError
+
+    text = ("Caught FeatureCacheEntryError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+            "last):\n  File \"worker.py\", line 1, in loop\naffect_llm.training.loader.FeatureCacheEntryError: "
+            "row 'a': its features in /c/shards/x.data are missing or failed their checksum\n")
+    code, message = errors.classify(FeatureCacheEntryError(text))
+    assert code == errors.EXIT_USAGE
+    assert message.startswith("row 'a': its features in /c/shards/x.data")
+    assert "Traceback" not in message

@@ -151,3 +151,10 @@ def test_refresh_sees_entries_written_since(tmp_path: Path) -> None:
 def test_keys_must_be_sha256_digests(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="sha256 hex digest"):
         FeatureCache(tmp_path).get("../etc")
+
+
+def test_the_size_is_printed_in_a_unit_that_shows_it() -> None:
+    from affect_llm.features.cache import CacheStats
+
+    assert CacheStats(480, 1_400_000, 1).describe() == "480 entries, 1.34 MiB in 1 shard files"
+    assert CacheStats(4, 8 * 2**30, 4).describe() == "4 entries, 8.00 GiB in 4 shard files"

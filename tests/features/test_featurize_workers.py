@@ -121,3 +121,69 @@ def test_concatenated_audio_layers_are_part_of_the_cache_key(rows, tmp_path) -> 
     concatenated = MediaFeaturizer(model, processor, cache, options)([row])[row.id].get("audio").features
     assert concatenated.shape[-1] == 2 * last_layer.shape[-1]
     assert torch.equal(concatenated[..., last_layer.shape[-1]:], last_layer)
+
+
+def test_a_commit_counts_only_for_a_folder_that_is_its_own_clone(tmp_path: Path) -> None:
+    """A model kept inside a project under git must not change identity with each unrelated commit."""
+    import subprocess
+
+    from affect_llm.features.fingerprint import folder_commit
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "whisper").mkdir()
+    (tmp_path / "whisper" / "model.safetensors").write_bytes(b"w")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "model")
+    assert folder_commit(tmp_path / "whisper") is None
+    assert folder_commit(tmp_path) == git("rev-parse", "HEAD")
+
+
+def test_the_cache_key_names_the_face_detector_and_no_detection_keeps_the_frames(rows, model_and_processor) -> None:
+    from affect_llm.data.faces import FaceCropper
+
+    featurizer = _featurizer(model_and_processor, 0)
+    assert featurizer.settings["face_detector"].startswith(FaceCropper().detector_in_use() + ":")
+    model, processor = model_and_processor
+    # Without detection (faces cropped already) the frame is the face: the channel is kept.
+    job = ClipJob(processor.feature_extractor, ("audio", "face"), MediaOptions(num_frames=2, detect_faces=False))
+    face_rows = [row for row in rows if row.media_path("video") or row.media_path("image")][:2]
+    assert face_rows and all("face" in job.decode(row).modalities for row in face_rows)
+
+
+def test_a_decode_worker_dies_with_its_parent(tmp_path: Path) -> None:
+    """A parent killed outright (the OOM killer) must not leave its forked workers waiting for ever."""
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import time, torch\n"
+        "from affect_llm.features.decode import die_with_parent, worker_context\n"
+        "class Slow(torch.utils.data.Dataset):\n"
+        "    def __len__(self): return 100\n"
+        "    def __getitem__(self, i):\n"
+        "        import os; print('worker', os.getpid(), flush=True); time.sleep(60); return i\n"
+        "loader = torch.utils.data.DataLoader(Slow(), num_workers=1, multiprocessing_context=worker_context(),\n"
+        "                                     worker_init_fn=die_with_parent)\n"
+        "next(iter(loader))\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    line = parent.stdout.readline()
+    assert line.startswith("worker"), line
+    worker = int(line.split()[1])
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail(f"worker {worker} outlived its parent")

@@ -76,3 +76,25 @@ def test_a_stage_that_trains_the_encoders_decodes_in_the_loader(
     losses = read_losses(tmp_path / "run", "reason")
     assert sorted(losses) == [1, 2] and all(loss > 0 for loss in losses.values())
     assert (tmp_path / "run" / "stages" / "reason" / "best" / "model.safetensors").is_file()
+
+
+def test_a_damaged_cache_entry_is_encoded_again_before_training(
+    cached_run: Path, synth_manifest: Path, feature_cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bytes flipped inside the first entry of a shard (a damaged disk): the calibration that reads the
+    training rows' entries finds it, the clip is encoded again, and the run trains as before."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(feature_cache, cache)
+    shard = sorted(cache.rglob("*.data"))[0]
+    data = bytearray(shard.read_bytes())
+    for offset in range(200, 1200, 97):
+        data[offset] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    raw = tiny_config(synth_manifest, tmp_path / "run", cache, stages=1)
+    with caplog.at_level("WARNING", logger="affect_llm.training.media_source"):
+        final = CurriculumRecipe(TrainConfig.from_dict(raw, TASKS)).run()
+    assert (final / "config.json").is_file()
+    assert "1 feature cache entries failed their checksum" in caplog.text
+    assert read_losses(tmp_path / "run") == pytest.approx(read_losses(cached_run), rel=1e-2)
