@@ -93,6 +93,8 @@ def classify(error: BaseException) -> tuple[int, str]:
     if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
         return EXIT_NO_SPACE, (f"cannot write {error.filename or 'output'}: {error.strerror}; free some space (or "
                                "raise the file size limit) and run the same command again: finished work is kept")
+    if isinstance(error, OSError) and error.errno == errno.EROFS:
+        return EXIT_USAGE, f"cannot write {error.filename or 'output'}: read-only file system; write somewhere else"
     if isinstance(error, _user_error_types()):
         if isinstance(error, KeyError) and error.args:
             text = str(error.args[0])

@@ -58,8 +58,10 @@ def save_checkpoint(
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp, state_dict=state_dict, store_llm=store_llm, store_encoders=store_encoders)
     processor.save_pretrained(tmp)
+    # "adapter" records whether adapter/ belongs to the checkpoint: a copy that lost it must not load
+    # as the base model without a word.
     meta = {"format_version": FORMAT_VERSION, "prompt": processor.prompt.ref,
-            "precision": model.config.precision, **(metadata or {})}
+            "precision": model.config.precision, **(metadata or {}), "adapter": is_peft_wrapped(model)}
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     if out_dir.exists():
         old = out_dir.with_name(out_dir.name + ".old")
@@ -128,7 +130,10 @@ def load_checkpoint(
         device: Where to put the model (None: leave it on the CPU).
     """
     path = Path(path)
-    read_metadata(path)
+    if read_metadata(path).get("adapter") and not (Path(path) / ADAPTER_FOLDER).is_dir():
+        raise CheckpointError(f"{Path(path) / ADAPTER_FOLDER}: missing, but the checkpoint was saved with a LoRA "
+                              "adapter (affect_checkpoint.json: adapter: true); without it the model is the "
+                              "base model: copy the whole checkpoint folder again")
     processor = AffectProcessor.from_pretrained(path)
     model = AffectForConditionalGeneration.from_pretrained(
         path, precision=precision, models_dir=models_dir, trainable_lora=trainable_lora, dequantize=dequantize,
@@ -154,7 +159,10 @@ def load_prompt_embedder(
         CheckpointError: If the checkpoint holds an unmerged LoRA adapter (the message names ``merge``).
     """
     path = Path(path)
-    read_metadata(path)
+    if read_metadata(path).get("adapter") and not (Path(path) / ADAPTER_FOLDER).is_dir():
+        raise CheckpointError(f"{Path(path) / ADAPTER_FOLDER}: missing, but the checkpoint was saved with a LoRA "
+                              "adapter (affect_checkpoint.json: adapter: true); without it the model is the "
+                              "base model: copy the whole checkpoint folder again")
     processor = AffectProcessor.from_pretrained(path)
     model = AffectForConditionalGeneration.from_pretrained(
         path, precision=precision, models_dir=models_dir, device_map=device, embeddings_only=True)

@@ -142,3 +142,10 @@ def test_an_error_raised_in_a_loader_worker_is_told_by_its_own_line():
     assert code == errors.EXIT_USAGE
     assert message.startswith("row 'a': its features in /c/shards/x.data")
     assert "Traceback" not in message
+
+
+def test_a_read_only_target_is_a_user_error():
+    import errno as errnos
+
+    code, message = errors.classify(OSError(errnos.EROFS, "Read-only file system", "/ro/merged.tmp"))
+    assert code == errors.EXIT_USAGE and message.startswith("cannot write /ro/merged.tmp: read-only file system")

@@ -52,3 +52,35 @@ def test_unexpected_projector_key_fails_loudly(tiny_model, tmp_path):
     save_file(state, str(path))
     with pytest.raises(CheckpointError, match="unexpected keys.*audio.extra.weight"):
         load_checkpoint(tmp_path / "ckpt")
+
+
+def test_a_copy_that_lost_its_adapter_is_refused(tiny_model, tmp_path):
+    import shutil
+
+    model, processor = tiny_model
+    apply_lora(model, LoraSettings(r=4))
+    save_checkpoint(model, processor, tmp_path / "ckpt")
+    shutil.rmtree(tmp_path / "ckpt" / "adapter")
+    with pytest.raises(CheckpointError, match="adapter: missing, but the checkpoint was saved with a LoRA adapter"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def test_merge_refuses_a_target_it_would_wipe(tiny_model, tmp_path, capsys):
+    """The merge swaps its whole target in: a folder of other files, or the run holding the source, stays."""
+    from affect_llm.cli.main import main
+
+    model, processor = tiny_model
+    apply_lora(model, LoraSettings(r=4))
+    run = tmp_path / "run"
+    save_checkpoint(model, processor, run / "final")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    assert main(["merge", str(run / "final"), str(tmp_path / "notes")]) == 2
+    assert "exists and is not a merged checkpoint" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+    assert main(["merge", str(run / "final"), str(run)]) == 2
+    assert "holds the checkpoint it would be merged from" in capsys.readouterr().err
+    assert (run / "final" / "adapter").is_dir()
+    # A rerun over an earlier merge is what a user does after a change: allowed.
+    for _ in range(2):
+        assert main(["merge", str(run / "final"), str(tmp_path / "merged")]) == 0
