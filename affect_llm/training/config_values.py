@@ -6,18 +6,23 @@ a quoted ``"false"`` is a non-empty string, and ``true`` is an integer to Python
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 from typing import Any
 
 
 def number(value: Any, where: str) -> float:
-    """YAML reads ``1e-5`` (no dot) as a string: accept numeric strings, refuse anything else."""
+    """YAML reads ``1e-5`` (no dot) as a string: accept numeric strings, refuse anything else (NaN and
+    infinities included)."""
     if isinstance(value, bool):
         raise ValueError(f"{where}: expected a number, got {value!r}")
     try:
-        return float(value)
+        result = float(value)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{where}: expected a number, got {value!r}") from error
+    if not math.isfinite(result):  # every comparison with NaN is false: it would pass each range check
+        raise ValueError(f"{where}: expected a finite number, got {value!r}")
+    return result
 
 
 def check_flag(value: Any, where: str) -> None:

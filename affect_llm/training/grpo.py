@@ -176,8 +176,8 @@ def completion_token_mask(completions: torch.Tensor, eos_token_id: int) -> torch
     return seen_before == 0
 
 
-def completion_logprobs(model: Any, rollouts: Rollouts, params: dict[str, torch.Tensor] | None = None
-                        ) -> torch.Tensor:
+def completion_logprobs(model: Any, rollouts: Rollouts, params: dict[str, torch.Tensor] | None = None,
+                        temperature: float = 1.0) -> torch.Tensor:
     """``(R, C)`` log-probability of each completion token under the model (or under ``params``).
 
     ``params`` replaces named parameters for this call only (the stage's starting policy, for the
@@ -194,7 +194,8 @@ def completion_logprobs(model: Any, rollouts: Rollouts, params: dict[str, torch.
         logits = model(**kwargs).logits
     else:
         logits = torch.func.functional_call(model, params, args=(), kwargs=kwargs, strict=False).logits
-    logits = logits[:, :-1].float()  # (R, C, V): position t predicts token t + 1
+    # The distribution the rollouts were sampled from: softmax of the logits over the temperature.
+    logits = logits[:, :-1].float() / temperature  # (R, C, V): position t predicts token t + 1
     targets = rollouts.input_ids[:, rollouts.prompt_length:]
     return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
@@ -261,7 +262,7 @@ def policy_loss_backward(
     model: Any, rollouts: Rollouts, advantages: torch.Tensor, micro_batch: int,
     backward: Callable[[torch.Tensor, bool], None],
     ref_logprobs_of: Callable[[Rollouts], torch.Tensor] | None = None, clip_epsilon: float = 0.2, beta: float = 0.0,
-    autocast: Callable[[], AbstractContextManager] = nullcontext,
+    autocast: Callable[[], AbstractContextManager] = nullcontext, temperature: float = 1.0,
 ) -> tuple[float, dict[str, float]]:
     """The step's GRPO loss over all rollouts, scored and back-propagated ``micro_batch`` rows at a time.
 
@@ -275,6 +276,8 @@ def policy_loss_backward(
             wrapper synchronises gradients on the last one only).
         ref_logprobs_of: The stage's starting policy's log-probabilities of a part (needed when ``beta > 0``).
         autocast: Context of each forward (mixed precision); the backward runs outside it.
+        temperature: The rollouts' sampling temperature: log-probabilities are those of the
+            distribution they were sampled from.
 
     Returns:
         The step's loss and its parts (``policy``, ``kl``, ``clipped``), as :func:`grpo_loss` returns them.
@@ -287,7 +290,7 @@ def policy_loss_backward(
         part = rollouts.rows(start, start + size)
         ref_logprobs = ref_logprobs_of(part) if ref_logprobs_of is not None and beta > 0 else None
         with autocast():
-            logprobs = completion_logprobs(model, part)
+            logprobs = completion_logprobs(model, part, temperature=temperature)
             loss, stats = grpo_loss(logprobs, logprobs.detach(), advantages[start:start + size], part.completion_mask,
                                     clip_epsilon=clip_epsilon, beta=beta, ref_logprobs=ref_logprobs,
                                     num_tokens=num_tokens)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from affect_llm.training.config_values import check_flag, number
+from affect_llm.training.config_values import check_flag, check_whole, number
 
 
 def _default_rewards() -> dict[str, float]:
@@ -63,6 +63,8 @@ class GrpoSettings:
             setattr(self, name, number(getattr(self, name), f"grpo.{name}"))
         self.rewards = {k: number(v, f"grpo.rewards.{k}") for k, v in self.rewards.items()}
         check_reward_weights(self.rewards, "grpo.rewards")
+        for name in ("group_size", "max_new_tokens", "val_samples", "micro_batch"):
+            check_whole(getattr(self, name), f"grpo.{name}")
         if self.group_size < 2:
             raise ValueError(f"grpo.group_size={self.group_size}: a group needs at least 2 answers to compare")
         if self.advantages not in ("normalised", "positive"):

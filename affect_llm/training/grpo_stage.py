@@ -44,7 +44,7 @@ from affect_llm.training.grpo import (
     with_reference_answers,
 )
 from affect_llm.training.loader import batch_loader
-from affect_llm.training.rewards import score_answer
+from affect_llm.training.rewards import check_rewards_apply, score_answer
 from affect_llm.training.sampler import ScheduleSampler, validation_batches
 from affect_llm.training.schedule import Sample, iter_schedule, stage_num_steps, validation_samples
 from affect_llm.training.stage_loop import BestRule, StepResult, Validation, finish_stage, run_stage_steps
@@ -92,10 +92,6 @@ def _as_list(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
-def requires_labels(processor: AffectProcessor, task: str) -> bool:
-    return "labels" in processor.prompt.task_keys(task)
-
-
 def mean_rewards(scores: list[dict[str, float | None]]) -> dict[str, float]:
     """Mean of each reward over the answers it applies to."""
     names = {name for score in scores for name in score}
@@ -119,6 +115,9 @@ class GrpoStage:
         self.stage_dir = recipe.run_dir / "stages" / stage.name
         # A row can be rewarded when it records what the task's answer is judged against.
         self._supports = answerable(processor.prompt)
+        for task in stage.tasks:
+            check_rewards_apply(self.settings.rewards, processor.prompt.task_keys(task), f"stage '{stage.name}'",
+                                task)
 
     # -- data -----------------------------------------------------------------------------------------
     def _loader(self, rows: dict[str, list[ManifestRow]], batches: Any) -> DataLoader:
@@ -135,6 +134,13 @@ class GrpoStage:
     def _policy(self) -> Any:
         return self.accelerator.unwrap_model(self.model)
 
+    def _scoring_mode(self) -> None:
+        """Train mode with every dropout off, as TRL's GRPO trainer runs (``disable_dropout``): the
+        scoring forward and the reference forward then compute the same function, so the KL term is 0
+        until the weights move, and the ratio's gradient is not one dropout mask's noise."""
+        self.recipe._train_mode(self.model, self.stage)
+        self._policy().eval()
+
     def _rollouts(self, items: list[dict[str, Any]]):
         policy = self._policy()
         policy.eval()  # sampling without dropout: the answers are the policy's, not a perturbed one's
@@ -143,12 +149,12 @@ class GrpoStage:
                 policy, self.processor, items, self.settings.group_size, self.settings.max_new_tokens,
                 self.settings.temperature, self.settings.top_p, synced_gpus=self.recipe.shard,
             )
-        self.recipe._train_mode(self.model, self.stage)
+        self._scoring_mode()
         return rollouts
 
     def _score(self, items: list[dict[str, Any]], texts: list[str], group: int) -> list[dict[str, float | None]]:
         return [score_answer(text, items[i // group]["row"], self.settings.rewards,
-                             require_labels=requires_labels(self.processor, items[i // group]["task"]))
+                             self.processor.prompt.task_keys(items[i // group]["task"]))
                 for i, text in enumerate(texts)]
 
     def _step(self, items: list[dict[str, Any]], optimizer: Any, params: list[torch.nn.Parameter],
@@ -172,7 +178,7 @@ class GrpoStage:
 
         def reference_logprobs(part: Rollouts) -> torch.Tensor:
             with torch.no_grad(), self.accelerator.autocast():
-                return completion_logprobs(self._policy(), part, params=reference)
+                return completion_logprobs(self._policy(), part, params=reference, temperature=self.settings.temperature)
 
         def backward(loss: torch.Tensor, last: bool) -> None:
             # Gradients are synchronised across processes once, with the step's last part.
@@ -183,6 +189,7 @@ class GrpoStage:
             self.model, rollouts, advantages, self.settings.micro_batch, backward,
             reference_logprobs if reference is not None else None,
             clip_epsilon=self.settings.clip_epsilon, beta=self.settings.beta, autocast=self.accelerator.autocast,
+            temperature=self.settings.temperature,
         )
         if self.recipe.config.train.max_grad_norm:
             self.accelerator.clip_grad_norm_(params, self.recipe.config.train.max_grad_norm)
@@ -240,9 +247,9 @@ class GrpoStage:
                 )
             texts = tokenizer.batch_decode(new, skip_special_tokens=True)
             scores += [score_answer(text, item["row"], self.settings.rewards,
-                                    require_labels=requires_labels(self.processor, item["task"]))
+                                    self.processor.prompt.task_keys(item["task"]))
                        for text, item in zip(texts, items, strict=True) if item["counted"]]
-        self.recipe._train_mode(self.model, self.stage)
+        self._scoring_mode()
         sums: dict[str, list[float]] = {}
         for score in scores:
             for name, value in score.items():

@@ -28,10 +28,16 @@ RESULT_SETTINGS = ("precision", "weight_decay", "max_grad_norm", "eval_every", "
 # and train.compile, which RESULT_SETTINGS leaves out): a stage reused or resumed with another value
 # is the same stage.
 LOOP_ONLY_STAGE_FIELDS = ("gradient_checkpointing", "compile")
+# The same within a grpo stage's settings: micro_batch splits the scoring pass, the gradient is the
+# same (what a run that ran out of memory lowers before --resume).
+LOOP_ONLY_GRPO_FIELDS = ("micro_batch",)
 
 
 def _result_fields(stage: StageConfig) -> dict[str, Any]:
-    return {key: value for key, value in asdict(stage).items() if key not in LOOP_ONLY_STAGE_FIELDS}
+    fields = {key: value for key, value in asdict(stage).items() if key not in LOOP_ONLY_STAGE_FIELDS}
+    if isinstance(fields.get("grpo"), dict):
+        fields["grpo"] = {k: v for k, v in fields["grpo"].items() if k not in LOOP_ONLY_GRPO_FIELDS}
+    return fields
 
 
 class StaleStageError(ValueError):

@@ -1,13 +1,17 @@
 """Verifiable rewards of the reinforcement stage: named functions of one answer and its reference row.
 
-Each reward maps ``(raw answer text, reference manifest row)`` to a value in [0, 1], or None when
-the row records nothing that reward can check (an evidence reward on a corpus with labels only).
+Each reward maps ``(raw answer text, reference manifest row, the task's answer keys)`` to a value in
+[0, 1], or None when it does not apply: the task does not ask for what it checks (labels in an
+evidence-only task), or the row records nothing it can check (an evidence reward on a corpus with
+labels only). A reward that scored keys the task never asks for would pull the policy away from the
+task's own answer format.
 A stage names the rewards it uses and their weights; the total is the weighted mean of the rewards
 that apply. The rewards read the same things the evaluation reads (the answer parser, the taxonomy's
 families, the synthetic set's cue levels, the absent-channel reader), so a rewarded answer is one
 the report scores well; the report's figures still come from the report's scorers.
 
-- ``format``: the answer parses (labels, explanation, evidence, as the task asks).
+- ``format``: the answer parses and holds every key the task asks for, not empty (labels,
+  explanation, evidence).
 - ``labels``: set F1 of the answer's label families against the reference labels' families.
 - ``evidence``: per evidence key, the channel's described level is its true one (rows recording
   ``extra.cues``), and a channel the clip lacks is null or said to be missing; an answer that
@@ -39,6 +43,7 @@ class Judged:
     raw: str
     parsed: ParseResult
     row: ManifestRow
+    keys: tuple[str, ...] = ("labels", "explanation", "evidence")
 
     @property
     def reference(self) -> dict[str, Any]:
@@ -54,11 +59,16 @@ def _taxonomy() -> Taxonomy:
 
 
 def format_reward(judged: Judged) -> float:
-    return 1.0 if judged.parsed.ok else 0.0
+    if not judged.parsed.ok:
+        return 0.0
+    answer = judged.parsed.answer
+    given = {"labels": bool(answer.labels), "explanation": bool((answer.explanation or "").strip()),
+             "evidence": isinstance(answer.evidence, dict) and bool(answer.evidence)}
+    return 1.0 if all(given[key] for key in judged.keys) else 0.0
 
 
 def labels_reward(judged: Judged) -> float | None:
-    if not judged.row.labels:
+    if "labels" not in judged.keys or not judged.row.labels:
         return None
     if not judged.parsed.ok:
         return 0.0
@@ -66,6 +76,8 @@ def labels_reward(judged: Judged) -> float | None:
 
 
 def evidence_reward(judged: Judged) -> float | None:
+    if "evidence" not in judged.keys:
+        return None
     reference = judged.reference
     present = set(channels_of(reference))
     extra = judged.row.extra if isinstance(judged.row.extra, dict) else {}
@@ -113,17 +125,33 @@ def check_reward_weights(weights: Mapping[str, float], where: str) -> None:
         raise ValueError(f"{where}: reward weights must be >= 0 with at least one > 0")
 
 
-def score_answer(raw: str, row: ManifestRow, weights: Mapping[str, float], require_labels: bool = True
-                 ) -> dict[str, float | None]:
+# The answer key each reward judges; the others judge any answer.
+_REWARD_KEYS: dict[str, str] = {"labels": "labels", "evidence": "evidence"}
+
+
+def check_rewards_apply(weights: Mapping[str, float], keys: tuple[str, ...], where: str, task: str) -> None:
+    """Refuse rewards of which none can judge a task's answers: every answer would score 0 and the
+    stage would learn nothing.
+
+    Raises:
+        ValueError: Naming ``where``, the task and its keys.
+    """
+    if not any(w > 0 and _REWARD_KEYS.get(name, keys[0]) in keys for name, w in weights.items()):
+        raise ValueError(f"{where}: no reward in {sorted(weights)} judges task '{task}', whose answers hold "
+                         f"{list(keys)}: add 'format' or a reward of one of those keys")
+
+
+def score_answer(raw: str, row: ManifestRow, weights: Mapping[str, float],
+                 keys: tuple[str, ...] = ("labels", "explanation", "evidence")) -> dict[str, float | None]:
     """Every named reward of one answer and ``total``, the weighted mean of those that apply.
 
     Args:
         raw: The generated text.
         row: Its reference manifest row.
         weights: Reward name -> weight.
-        require_labels: Whether the task asks for labels (an answer without them does not parse).
+        keys: The answer keys the task asks for (``AffectPrompt.task_keys``); the reason task's by default.
     """
-    judged = Judged(raw, parse_answer(raw, require_labels=require_labels), row)
+    judged = Judged(raw, parse_answer(raw, require_labels="labels" in keys), row, tuple(keys))
     values: dict[str, float | None] = {name: REWARDS[name](judged) for name in weights}
     applied = [(weights[name], v) for name, v in values.items() if v is not None and weights[name] > 0]
     total_weight = sum(w for w, _ in applied)

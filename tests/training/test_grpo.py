@@ -79,6 +79,11 @@ def test_log_probabilities_match_what_sampling_saw(tiny_model, raw_media):
             n = int(rollouts.completion_mask[row].sum())
             own = torch.log_softmax(logits[-n - 1 : -1], -1).gather(-1, ids[0, -n:, None]).squeeze(-1)
             assert torch.allclose(scored[row, :n], own, atol=1e-4), row
+        # Sampled at a temperature, the tokens are scored under the distribution they came from.
+        warm = completion_logprobs(model, rollouts, temperature=0.7)
+        logits = model(input_ids=ids, media=items[1]["media"]).logits[0].float() / 0.7
+        own = torch.log_softmax(logits[-n - 1 : -1], -1).gather(-1, ids[0, -n:, None]).squeeze(-1)
+        assert torch.allclose(warm[5, :n], own, atol=1e-4)
 
 
 def test_a_functional_call_scores_with_other_parameters(tiny_model, raw_media):
@@ -180,3 +185,40 @@ def test_references_must_match_the_groups(tiny_model, raw_media):
     sampled = sample_rollouts(model, processor, items, group_size=2, max_new_tokens=2, temperature=1.0)
     with pytest.raises(ValueError, match="do not hold 3 answers"):
         with_reference_answers(sampled, [[1]], ["x"], 3, 0, 1)
+
+
+def test_the_stage_scores_with_every_dropout_off(tiny_model, raw_media):
+    """LoRA dropout on, the stage in train mode: its scoring forward and its reference forward (the
+    starting weights) must compute the same function, so the KL term is 0 before any update."""
+    from types import SimpleNamespace
+
+    from affect_llm.modeling.trainable import LoraSettings, apply_lora, set_trainable
+    from affect_llm.training.config import StageConfig
+    from affect_llm.training.grpo_stage import GrpoStage
+    from affect_llm.training.recipe import CurriculumRecipe
+
+    model, processor = tiny_model
+    apply_lora(model, LoraSettings(r=2, dropout=0.5))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)  # the adapter's output reaches the logits
+    set_trainable(model, ["projectors", "lora"])
+    media = processor.prepare_media(audio=raw_media["audio"])
+    items = [{**processor.encode_text(processor.build_messages("perceive", ("audio",))), "media": media}]
+    torch.manual_seed(0)
+    rollouts = sample_rollouts(model.eval(), processor, items, group_size=2, max_new_tokens=6, temperature=1.0)
+    starting = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    # The stage's own mode switch, on the parts it reads (no accelerator is needed for one process).
+    recipe = SimpleNamespace(accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+    recipe._train_mode = lambda m, s: CurriculumRecipe._train_mode(recipe, m, s)
+    stage = GrpoStage.__new__(GrpoStage)
+    stage.recipe, stage.model, stage.accelerator = recipe, model, recipe.accelerator
+    stage.stage = StageConfig(name="rl", datasets={"a": 1.0}, tasks={"perceive": 1.0}, trainable=["projectors", "lora"],
+                              steps=1, kind="grpo")
+    recipe._train_mode(model, stage.stage)
+    noisy = completion_logprobs(model, rollouts)
+    assert not torch.equal(noisy, completion_logprobs(model, rollouts, params=starting))  # dropout draws differ
+    stage._scoring_mode()
+    scored = completion_logprobs(model, rollouts)
+    assert torch.equal(scored, completion_logprobs(model, rollouts, params=starting))
+    assert not any(module.training for name, module in model.named_modules() if name.endswith("lora_dropout"))

@@ -171,6 +171,10 @@ def test_grpo_settings_are_checked_when_the_config_is_read(tmp_path: Path) -> No
         ({"group_size": 1}, "at least 2"),
         ({"reference_in_group": "yes"}, "expected true or false"),
         ({"temprature": 0.7}, "unknown keys"),
+        ({"group_size": 2.5}, "grpo.group_size=2.5; expected a whole number"),
+        ({"max_new_tokens": "1e3"}, "grpo.max_new_tokens='1e3'; expected a whole number"),
+        ({"clip_epsilon": "nan"}, "grpo.clip_epsilon: expected a finite number"),
+        ({"beta": float("nan")}, "grpo.beta: expected a finite number"),
     ]:
         bad = grpo_config(tmp_path, tmp_path / "a.jsonl", tmp_path / "b.jsonl")
         bad["stages"][1]["grpo"].update(change)
@@ -215,3 +219,17 @@ def test_grpo_stage_resumes_at_its_step(tmp_path: Path) -> None:
     for step, record in logs["straight"].items():
         for key in ("loss", "reward/labels", "reward/format", "grpo/completion_tokens"):
             assert logs["killed"][step][key] == pytest.approx(record[key], abs=1e-5), (step, key)
+
+
+def test_micro_batch_is_not_part_of_what_a_stage_resumes_from(tmp_path: Path) -> None:
+    """Lowering grpo.micro_batch after running out of memory changes memory, not the gradient: the
+    stage on disk resumes with it."""
+    from affect_llm.training.inputs import stage_inputs
+
+    tasks = {"perceive", "reason", "evidence"}
+    raw = grpo_config(tmp_path, tmp_path / "a.jsonl", tmp_path / "b.jsonl")
+    before = stage_inputs(TrainConfig.from_dict(raw, tasks), 1, {})
+    raw["stages"][1]["grpo"]["micro_batch"] = 4
+    assert stage_inputs(TrainConfig.from_dict(raw, tasks), 1, {}) == before
+    raw["stages"][1]["grpo"]["group_size"] = 4
+    assert stage_inputs(TrainConfig.from_dict(raw, tasks), 1, {}) != before

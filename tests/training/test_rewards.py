@@ -7,7 +7,7 @@ import json
 import pytest
 
 from affect_llm.data.manifest import ManifestRow
-from affect_llm.training.rewards import check_reward_weights, score_answer
+from affect_llm.training.rewards import check_reward_weights, check_rewards_apply, score_answer
 
 ALL = {"format": 1.0, "labels": 1.0, "evidence": 1.0}
 
@@ -101,3 +101,28 @@ def test_length_reward_falls_off_past_the_limit():
 def test_unknown_reward_names_are_refused():
     with pytest.raises(ValueError, match=r"unknown rewards \['style'\]"):
         check_reward_weights({"style": 1.0}, "stage 'rl'")
+
+
+def test_format_asks_for_every_key_of_the_task():
+    """A reason answer without its explanation and evidence is not well-formed, however right its label."""
+    labels_only = json.dumps({"labels": ["angry"]})
+    reason = score_answer(labels_only, REAL_AUDIO, ALL)
+    assert reason["format"] == 0.0 and reason["labels"] == 1.0 and reason["total"] < 1.0
+    blank = _answer(["angry"], "  ", "The voice is loud.", None, None)
+    assert score_answer(blank, REAL_AUDIO, ALL)["format"] == 0.0
+
+
+def test_rewards_of_keys_a_task_does_not_ask_for_do_not_apply():
+    perceive = score_answer(json.dumps({"labels": ["happy"]}), VOICE_CUE, ALL, keys=("labels",))
+    assert perceive == {"format": 1.0, "labels": 1.0, "evidence": None, "total": 1.0}
+    evidence_only = json.dumps({"evidence": {"audio": "The voice is high-pitched, fast and loud.",
+                                             "video": "The face is neutral.", "text": "The words are neutral."}})
+    evidence = score_answer(evidence_only, VOICE_CUE, ALL, keys=("evidence",))
+    assert evidence["labels"] is None and evidence["format"] == 1.0 and evidence["total"] == evidence["evidence"]
+
+
+def test_a_stage_whose_rewards_judge_none_of_its_tasks_is_refused():
+    check_rewards_apply({"labels": 1.0}, ("labels",), "stage 'rl'", "perceive")
+    check_rewards_apply({"format": 1.0}, ("evidence",), "stage 'rl'", "evidence")
+    with pytest.raises(ValueError, match="no reward in \\['labels'\\] judges task 'evidence'"):
+        check_rewards_apply({"labels": 1.0}, ("evidence",), "stage 'rl'", "evidence")
