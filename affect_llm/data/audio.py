@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from affect_llm.data.decord_import import decord_module
-from affect_llm.data.issues import MODEL_SAMPLE_RATE, MediaError, check_file, sniff_format
+from affect_llm.data.issues import MODEL_SAMPLE_RATE, MediaError, check_file, decoder_reason, sniff_format
 
 SAMPLE_RATE = MODEL_SAMPLE_RATE
 
@@ -39,7 +39,7 @@ def read_audio_file(path: Path, field: str = "audio") -> tuple[np.ndarray, int]:
         audio, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         if _sndfile_format(path) in _SNDFILE_NATIVE:
-            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            reason = decoder_reason(exc)
             raise MediaError(path, field, f"cannot decode audio ({reason}): the file is damaged or cut short") from exc
         # Containers libsndfile cannot read (m4a, some mp3) go through librosa's audioread path.
         audio, sample_rate = _read_with_librosa(path, field, exc)
@@ -98,7 +98,7 @@ def _read_with_librosa(path: Path, field: str, first_error: Exception) -> tuple[
     except (OSError, RuntimeError, ValueError, EOFError, AudioreadError) as exc:
         if _soundless_video(path):
             raise MediaError(path, field, "the file has no audio stream (a video without sound)") from first_error
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        reason = decoder_reason(exc)
         raise MediaError(path, field, f"cannot decode audio ({reason})") from first_error
     audio = audio.T if audio.ndim == 2 else audio[:, None]  # (C, S) -> (S, C)
     return np.ascontiguousarray(audio, dtype=np.float32), int(sample_rate)

@@ -102,6 +102,12 @@ def errors_of(issues: list[Issue]) -> list[Issue]:
     return [issue for issue in issues if issue.is_error]
 
 
+def decoder_reason(error: BaseException, limit: int = 160) -> str:
+    """A decoder's error as a reason: its first line, cut to ``limit`` characters (its type when empty)."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 class MediaError(ValueError):
     """A medium (or a row's media as a whole) that cannot be used.
 

@@ -48,6 +48,7 @@ from affect_llm.data.issues import (
     check_audio_array,
     check_file,
     check_format,
+    decoder_reason,
     errors_of,
 )
 from affect_llm.data.manifest import ManifestRow
@@ -139,7 +140,7 @@ def _read_frames(path: Path, choose: Callable[[int, float], list[int]]) -> tuple
     except (DECORDError, RuntimeError) as exc:
         if "cannot find video stream" in str(exc):
             raise MediaError(path, "video", "no video stream (sound only): put it in 'audio'", "wrong_kind") from exc
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        reason = decoder_reason(exc, 200)
         raise MediaError(path, "video", f"cannot decode video: {reason}") from exc
     frames = batch[[wanted.index(i) for i in indices]]  # (K, H, W, 3)
     return frames, indices, total, fps
