@@ -1,6 +1,7 @@
 """Crash-safe file writes shared by the manifest writer, the feature cache, reports and batch outputs.
 
 - :func:`atomic_write_bytes`: whole files, replaced at once;
+- :func:`share_written_weights`: weight files readable as the umask allows, as every other file is;
 - :func:`append_whole` and :func:`cut_torn_tail`: append-only JSONL outputs that never keep a torn line;
 - :class:`OutputLock`: one writer per output file or run folder, also on cluster file systems.
 """
@@ -27,6 +28,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file 0600: give it the mode the file had, or the one open() would give,
+        # so that a teammate can still read a report or an output rewritten in place.
+        os.fchmod(fd, _existing_mode(path) or new_file_mode())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -36,6 +40,39 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def new_file_mode() -> int:
+    """The permission bits ``open()`` gives a new file: 0o666 less the process umask."""
+    try:  # Linux states the umask here; reading it does not change it for other threads
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _existing_mode(path: Path) -> int | None:
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        return None
+
+
+def share_written_weights(folder: Path) -> None:
+    """Give the ``*.safetensors`` files just written under ``folder`` the mode any other file gets.
+
+    safetensors >= 0.8 writes through a temporary file created 0600 and renames it into place
+    (safetensors issue #782), so a checkpoint or model cache would be readable by its writer only:
+    a teammate sharing the run folder or ``AFFECT_LLM_MODELS`` on a cluster could not load it.
+    """
+    mode = new_file_mode()
+    for weights in Path(folder).rglob("*.safetensors"):
+        if weights.is_file() and weights.stat().st_mode & 0o777 != mode:
+            weights.chmod(mode)
 
 
 def append_whole(fd: int, data: bytes, path: str | Path | None = None) -> None:

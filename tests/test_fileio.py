@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from affect_llm.fileio import LockHeldError, OutputLock, cut_torn_tail, read_lock
+from affect_llm.fileio import (
+    LockHeldError,
+    OutputLock,
+    atomic_write_bytes,
+    cut_torn_tail,
+    new_file_mode,
+    read_lock,
+    share_written_weights,
+)
 
 HOLD = ("import sys, time\nfrom affect_llm.fileio import OutputLock\n"
         "with OutputLock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
@@ -107,3 +115,32 @@ def test_an_empty_lock_file_is_held_while_fresh_and_stale_when_old(tmp_path: Pat
     os.utime(lock_file, (old, old))
     with OutputLock(target):
         assert read_lock(lock_file)["host"] == socket.gethostname()
+
+
+def test_a_rewritten_file_keeps_its_mode_and_a_new_one_gets_the_umasks(tmp_path: Path) -> None:
+    previous = os.umask(0o027)
+    try:
+        fresh = atomic_write_bytes(tmp_path / "fresh.json", b"{}")
+        kept = tmp_path / "kept.json"
+        kept.write_text("old")
+        kept.chmod(0o604)
+        atomic_write_bytes(kept, b"new")
+        assert new_file_mode() == 0o640
+    finally:
+        os.umask(previous)
+    assert fresh.stat().st_mode & 0o777 == 0o640
+    assert kept.read_text() == "new" and kept.stat().st_mode & 0o777 == 0o604
+
+
+def test_weights_written_private_are_given_the_umasks_mode(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "sub").mkdir()
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "sub" / "w.safetensors"))
+    previous = os.umask(0o022)
+    try:
+        share_written_weights(tmp_path)
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "sub" / "w.safetensors").stat().st_mode & 0o777 == 0o644

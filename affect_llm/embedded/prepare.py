@@ -24,6 +24,7 @@ from typing import Literal
 
 from affect_llm import paths, references
 from affect_llm.embedded.sources import load_converter
+from affect_llm.fileio import share_written_weights
 from affect_llm.hashing import file_sha256
 from affect_llm.references import MANIFEST_FILE, EmbeddedModel
 
@@ -144,6 +145,7 @@ def convert_model(model: EmbeddedModel, target: Path) -> Path:
     start = time.perf_counter()
     try:
         load_converter(model)(model.source_dirs(), tmp)
+        share_written_weights(tmp)
         seconds = time.perf_counter() - start
         write_manifest(tmp, model, seconds)
         old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")

@@ -27,6 +27,7 @@ import torch
 
 from affect_llm.data.manifest import ManifestRow
 from affect_llm.features.moments import mean_and_std, step_moments
+from affect_llm.fileio import share_written_weights
 from affect_llm.modeling.media import MediaInputs, ModalityInput
 
 # Fewer clips than this give a noisy baseline (one emotion may be all of them): such speakers keep
@@ -173,6 +174,7 @@ def save_statistics(statistics: dict[str, tuple[torch.Tensor, torch.Tensor]], pa
     tensors = {f"{speaker}::{name}": value.contiguous() for speaker, pair in statistics.items()
                for name, value in zip(("mean", "std"), pair, strict=True)}
     save_file(tensors, str(path))
+    share_written_weights(path.parent)
 
 
 def load_statistics(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -273,7 +273,7 @@ class BatchExplainer:
         _check_shard(out_path, already, settings.shard)
         summary.note_earlier_rows(len(already), done.refused, done.generation_failed)
         self.failed_batches_in_a_row = 0
-        fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
         try:
             for window in _windows(_pending(rows, already, settings), max(256, 16 * settings.batch_size)):
                 # Similar prompt lengths in one batch waste less padding.

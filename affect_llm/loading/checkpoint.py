@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from affect_llm.configuration import AffectConfig
+from affect_llm.fileio import share_written_weights
 from affect_llm.hashing import file_sha256
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.pretrained import ADAPTER_FOLDER, LLM_FOLDER, CheckpointError
@@ -63,6 +64,7 @@ def save_checkpoint(
     meta = {"format_version": FORMAT_VERSION, "prompt": processor.prompt.ref,
             "precision": model.config.precision, **(metadata or {}), "adapter": is_peft_wrapped(model)}
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    share_written_weights(tmp)
     if out_dir.exists():
         old = out_dir.with_name(out_dir.name + ".old")
         shutil.rmtree(old, ignore_errors=True)

@@ -18,6 +18,7 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
+from affect_llm.fileio import share_written_weights
 from affect_llm.loading.checkpoint import FORMAT_VERSION, META_FILE, CheckpointError
 from affect_llm.modeling.pretrained import ADAPTER_FOLDER, LLM_FOLDER, WEIGHTS_FILE
 from affect_llm.processing.feature_extraction import AffectFeatureExtractor
@@ -53,6 +54,7 @@ def upgrade_checkpoint(old: str | Path, new: str | Path) -> Path:
     new_meta = {k: v for k, v in meta.items() if k != "stored"}
     new_meta.update(format_version=FORMAT_VERSION, precision=config["precision"], upgraded_from=str(old))
     (tmp / META_FILE).write_text(json.dumps(new_meta, indent=2, sort_keys=True, default=str) + "\n")
+    share_written_weights(tmp)
     os.replace(tmp, new)
     return new
 

@@ -34,6 +34,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
+from affect_llm.fileio import share_written_weights
+
 LIBRARIES = ("affect-llm", "torch", "transformers", "peft", "accelerate", "bitsandbytes", "decord", "librosa")
 PROGRESS_FILE = "progress.json"
 
@@ -89,6 +91,7 @@ def save_training_state(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        share_written_weights(tmp)
         # Written last: a folder with a progress file holds every part.
         (tmp / PROGRESS_FILE).write_text(json.dumps({"step": step, "world_size": accelerator.num_processes}) + "\n")
         commit_training_state(state_dir)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -84,3 +86,18 @@ def test_merge_refuses_a_target_it_would_wipe(tiny_model, tmp_path, capsys):
     # A rerun over an earlier merge is what a user does after a change: allowed.
     for _ in range(2):
         assert main(["merge", str(run / "final"), str(tmp_path / "merged")]) == 0
+
+
+def test_every_file_of_a_checkpoint_is_readable_as_the_umask_allows(tiny_model, tmp_path):
+    """safetensors >= 0.8 creates its files 0600; a teammate sharing the run folder must read them."""
+    model, processor = tiny_model
+    apply_lora(model, LoraSettings(r=4))
+    previous = os.umask(0o022)
+    try:
+        save_checkpoint(model, processor, tmp_path / "ckpt")
+    finally:
+        os.umask(previous)
+    modes = {str(f.relative_to(tmp_path)): oct(f.stat().st_mode & 0o777)
+             for f in (tmp_path / "ckpt").rglob("*") if f.is_file()}
+    assert any(name.endswith(".safetensors") for name in modes)
+    assert set(modes.values()) == {oct(0o644)}, modes
