@@ -8,13 +8,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import re
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,31 @@ def new_file_mode() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def os_error_of(error: BaseException, filename: str | Path | None = None) -> OSError | None:
+    """The OS error inside an error that is not an ``OSError``: safetensors reports a full disk as its
+    own ``SafetensorError`` ("... No space left on device (os error 28)"), with no file named."""
+    if isinstance(error, OSError):
+        return error
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    if type(error).__name__ != "SafetensorError" or found is None:
+        return None
+    number = int(found[1])
+    return OSError(number, os.strerror(number), None if filename is None else str(filename))
+
+
+@contextlib.contextmanager
+def os_errors_as_oserror(folder: str | Path) -> Iterator[None]:
+    """Re-raise an OS error hidden in another type (:func:`os_error_of`) as an ``OSError`` naming
+    ``folder``, the place being written, so that a full disk is reported as one."""
+    try:
+        yield
+    except Exception as error:
+        os_error = os_error_of(error, folder)
+        if os_error is None or os_error is error:
+            raise
+        raise os_error from error
 
 
 def _existing_mode(path: Path) -> int | None:

@@ -74,10 +74,15 @@ def _raised_in_worker(error: BaseException) -> str | None:
     return message if colon and name.rsplit(".", 1)[-1] == type(error).__name__ else last
 
 
+def _written_file(error: OSError) -> str:
+    """The file being written: a copy's or a rename's destination (``filename2``), else ``filename``."""
+    return str(error.filename2 or error.filename or "output")
+
+
 def classify(error: BaseException) -> tuple[int, str]:
     """The exit code and the one-line message for an exception that ended a command."""
     from affect_llm.data.issues import RefusedInputError
-    from affect_llm.fileio import LockHeldError
+    from affect_llm.fileio import LockHeldError, os_error_of
     from affect_llm.generation.explain_summary import GenerationStoppedError
 
     if isinstance(error, Terminated):
@@ -90,11 +95,12 @@ def classify(error: BaseException) -> tuple[int, str]:
         return EXIT_BUSY, str(error)
     if isinstance(error, GenerationStoppedError):
         return EXIT_GENERATION_STOPPED, str(error)
-    if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
-        return EXIT_NO_SPACE, (f"cannot write {error.filename or 'output'}: {error.strerror}; free some space (or "
+    os_error = os_error_of(error)
+    if os_error is not None and os_error.errno in NO_SPACE_ERRNOS:
+        return EXIT_NO_SPACE, (f"cannot write {_written_file(os_error)}: {os_error.strerror}; free some space (or "
                                "raise the file size limit) and run the same command again: finished work is kept")
     if isinstance(error, OSError) and error.errno == errno.EROFS:
-        return EXIT_USAGE, f"cannot write {error.filename or 'output'}: read-only file system; write somewhere else"
+        return EXIT_USAGE, f"cannot write {_written_file(error)}: read-only file system; write somewhere else"
     if isinstance(error, _user_error_types()):
         if isinstance(error, KeyError) and error.args:
             text = str(error.args[0])

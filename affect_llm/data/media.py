@@ -24,6 +24,9 @@ Policies, stated once:
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,7 @@ from affect_llm.data.issues import (
     check_format,
     decoder_reason,
     errors_of,
+    sniff_format,
 )
 from affect_llm.data.manifest import ManifestRow
 
@@ -124,12 +128,41 @@ def _read_frames(path: Path, choose: Callable[[int, float], list[int]]) -> tuple
     Raises:
         MediaError: If the file is missing, empty, corrupt or has no frames.
     """
+    _require_file(path, "video")
+    try:
+        return _decode_frames(path, path, choose)
+    except MediaError as error:
+        if not _unindexed_stream(path, error):
+            raise
+        with tempfile.TemporaryDirectory(prefix="affect-remux-") as folder:
+            indexed = _remux(path, Path(folder) / "video.mkv")
+            if indexed is None:
+                raise
+            return _decode_frames(path, indexed, choose)
+
+
+def _unindexed_stream(path: Path, error: MediaError) -> bool:
+    """A WebM/Matroska written as a stream, as browsers' MediaRecorder writes it: no duration and no
+    index, which decord cannot measure although every frame is there."""
+    return "broken metadata" in error.reason and sniff_format(path) == "mkv" and shutil.which("ffmpeg") is not None
+
+
+def _remux(path: Path, out: Path) -> Path | None:
+    """The video stream copied, not re-encoded, into a Matroska file with its duration and index."""
+    command = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f",
+               "matroska", str(out)]
+    done = subprocess.run(command, capture_output=True, check=False, timeout=600)
+    return out if done.returncode == 0 and out.is_file() and out.stat().st_size > 0 else None
+
+
+def _decode_frames(path: Path, readable: Path, choose: Callable[[int, float], list[int]]
+                   ) -> tuple[np.ndarray, list[int], int, float]:
+    """:func:`_read_frames` on ``readable`` (``path`` itself, or its remuxed copy), errors naming ``path``."""
     decord = decord_module()
     from decord._ffi.base import DECORDError
 
-    _require_file(path, "video")
     try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        reader = decord.VideoReader(str(readable), ctx=decord.cpu(0), num_threads=1)
         total, fps = len(reader), float(reader.get_avg_fps())
         if total == 0:
             raise MediaError(path, "video", "video stream has no frames", "no_frames")

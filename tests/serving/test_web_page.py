@@ -103,3 +103,57 @@ def test_a_recorded_clip_is_sent_as_wav_and_answered(browser: WebDriver, server)
     assert not browser.find_element(By.ID, "error").is_displayed(), browser.find_element(By.ID, "error").text
     assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".labels .label")] == ANSWER["labels"]
     assert "Read: audio" in browser.find_element(By.CSS_SELECTOR, ".turn.assistant").text
+
+
+def test_a_recorded_video_is_read_by_the_server(browser: WebDriver, server) -> None:
+    """A browser's MediaRecorder writes WebM as a stream (no duration, no index); the server still reads it."""
+    wait = open_page(browser, server)
+    browser.find_element(By.ID, "record-video").click()
+    wait.until(ec.visibility_of_element_located((By.ID, "stop-recording")))
+    # A second click must not open a second camera and microphone that Stop would leave running.
+    assert not browser.find_element(By.ID, "record-audio").is_enabled()
+    WebDriverWait(browser, 5, poll_frequency=1.5).until(lambda b: b.execute_script(
+        "return window.recordedFor = (window.recordedFor || 0) + 1") > 1)
+    browser.find_element(By.ID, "stop-recording").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "preview"), "recording.webm (video"))
+    assert browser.find_element(By.ID, "record-video").is_enabled()
+    ask(browser, wait)
+    assert not browser.find_element(By.ID, "error").is_displayed(), browser.find_element(By.ID, "error").text
+    read = browser.find_element(By.CSS_SELECTOR, ".turn.assistant").text.rsplit("Read: ", 1)[-1]
+    assert "audio" in read and ("video" in read or "face" in read), read
+
+
+def test_a_new_clip_or_conversation_drops_the_answer_still_streaming(browser: WebDriver, server,
+                                                                     clip_dir: Path) -> None:
+    wait = open_page(browser, server)
+    browser.find_element(By.ID, "media-file").send_keys(str(clip_dir / "clip.wav"))
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#preview audio")))
+    browser.find_element(By.ID, "transcript").send_keys("Wait, is that my name?")
+    # Ask, and start a new conversation before the answer can have arrived.
+    browser.execute_script("document.getElementById('ask').click();"
+                           "setTimeout(() => document.getElementById('new-conversation').click(), 0);")
+    wait.until(lambda b: not b.execute_script("return state.busy"))
+    assert browser.execute_script("return state.history.length") == 0
+    assert not browser.find_elements(By.CSS_SELECTOR, ".turn")
+    assert not browser.find_element(By.ID, "error").is_displayed()
+    # The answer of the clip's first turn: words were given, so a null for them is the model's, not absence.
+    ask(browser, wait)
+    evidence = {e.get_attribute("data-channel"): e.text for e in browser.find_elements(By.CSS_SELECTOR, ".evidence dd")}
+    assert evidence["text"] == "no evidence given", evidence
+    # A follow-up needs a question: an empty one would send an empty turn.
+    ask(browser, wait)
+    assert "Ask a question about the clip" in browser.find_element(By.ID, "error").text
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".turn.assistant")) == 1
+    # Stop while the answer streams: nothing is kept, the question can be asked again.
+    browser.find_element(By.ID, "question").send_keys("Why?")
+    browser.execute_script("document.getElementById('ask').click();"
+                           "setTimeout(() => document.getElementById('stop-answer').click(), 0);")
+    wait.until(lambda b: not b.execute_script("return state.busy"))
+    assert browser.find_element(By.ID, "question").get_attribute("value") == "Why?"
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".turn.assistant")) == 1
+    assert browser.execute_script("return state.history.length") == 2
+    # A new clip starts a conversation without the previous clip's words.
+    browser.find_element(By.ID, "media-file").send_keys(str(clip_dir / "clip.png"))
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#preview img")))
+    assert browser.find_element(By.ID, "transcript").get_attribute("value") == ""
+    assert not browser.find_elements(By.CSS_SELECTOR, ".turn")

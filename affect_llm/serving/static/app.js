@@ -3,7 +3,9 @@
 // client (POST /v1/chat/completions with stream: true) and shows every error it gets.
 "use strict";
 
-const state = { model: null, media: null, history: [], busy: false, recorder: null };
+// `conversation` counts conversations: an answer that arrives after the clip or the conversation
+// changed belongs to none on screen and is dropped. `controller` aborts the answer being streamed.
+const state = { model: null, media: null, history: [], busy: false, recorder: null, conversation: 0, controller: null };
 const $ = (id) => document.getElementById(id);
 const CHANNELS = [["audio", "Voice"], ["video", "Face"], ["text", "Words"]];
 
@@ -40,6 +42,7 @@ async function connect() {
     state.model = card.id;
     $("model-info").textContent =
       `${card.id} · reads ${card.modalities.join(", ")} · streams ${card.streaming}`;
+    showError("");
   } catch (error) {
     $("model-info").textContent = "not connected";
     showError(`Cannot reach the model: ${error.message}`);
@@ -64,7 +67,8 @@ function kindOf(type) {
 function contentPart(kind, dataUrl, name) {
   if (kind === "audio") {
     const format = (name.split(".").pop() || "wav").toLowerCase();
-    return { type: "input_audio", input_audio: { data: dataUrl.split(",", 2)[1], format } };
+    // The payload follows ";base64,": a type's own parameters (codecs=vp8,opus) may hold commas.
+    return { type: "input_audio", input_audio: { data: dataUrl.slice(dataUrl.indexOf(";base64,") + 8), format } };
   }
   return kind === "image"
     ? { type: "image_url", image_url: { url: dataUrl } }
@@ -76,6 +80,12 @@ async function useMedia(blob, name) {
   if (!kind) {
     showError(`${name}: cannot tell whether this is a video, audio or an image (type "${blob.type}")`);
     return;
+  }
+  if (kind === "audio" && blob.type.includes("webm")) {
+    // WebM sound (a browser's own recordings, .weba) is sent as WAV, as recordings are: the server
+    // reads a WebM container as video.
+    blob = await wavFromRecording(blob);
+    name = `${name.replace(/\.[^.]*$/, "")}.wav`;
   }
   const dataUrl = await readDataUrl(blob);
   state.media = { part: contentPart(kind, dataUrl, name), name, kind };
@@ -90,6 +100,7 @@ async function useMedia(blob, name) {
   caption.textContent = `${name} (${kind}, ${(blob.size / 1024).toFixed(0)} KB)`;
   preview.append(element, caption);
   newConversation();  // one conversation is about one clip
+  $("transcript").value = "";  // the words were the previous clip's
   showError("");
 }
 
@@ -116,7 +127,15 @@ async function wavFromRecording(blob) {
   return new Blob([view], { type: "audio/wav" });
 }
 
+function recordingControls(recording) {
+  $("record-audio").disabled = recording;
+  $("record-video").disabled = recording;
+  $("stop-recording").hidden = !recording;
+}
+
 async function startRecording(withVideo) {
+  if (state.recorder) return;  // one recording at a time: a second would keep its microphone open
+  recordingControls(true);
   try {
     const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: withVideo });
     const chunks = [];
@@ -134,8 +153,8 @@ async function startRecording(withVideo) {
     };
     recorder.start();
     state.recorder = recorder;
-    $("stop-recording").hidden = false;
   } catch (error) {
+    recordingControls(false);
     showError(`Cannot record: ${error.message}`);
   }
 }
@@ -143,11 +162,13 @@ async function startRecording(withVideo) {
 function stopRecording() {
   if (state.recorder) state.recorder.stop();
   state.recorder = null;
-  $("stop-recording").hidden = true;
+  recordingControls(false);
 }
 
 // ---- the conversation ---------------------------------------------------------------------------
 function newConversation() {
+  state.conversation += 1;
+  if (state.controller) state.controller.abort();  // its answer would belong to no conversation
   state.history = [];
   $("conversation").replaceChildren();
 }
@@ -177,6 +198,7 @@ function renderAnswer(turn, affect) {
   // Labels, explanation and the evidence of each channel, as separate parts; a text that is not a
   // structured answer is said to be one, with the reason, never turned into labels.
   const answer = affect.answer;
+  const absent = new Set(affect.absent_channels || []);
   const parts = element("div", "structured");
   if (answer.parse_status !== "ok") {
     parts.append(element("p", "parse-error", `Not a structured answer: ${answer.error}`));
@@ -195,7 +217,9 @@ function renderAnswer(turn, affect) {
       const list = element("dl", "evidence");
       for (const [key, name] of CHANNELS) {
         const value = answer.evidence[key];
-        const detail = element("dd", value ? "" : "absent", value || "not in this clip");
+        // Only a channel the clip lacks is "not in this clip"; a null for one it has is the model's.
+        const missing = absent.has(key) ? "not in this clip" : "no evidence given";
+        const detail = element("dd", value ? "" : absent.has(key) ? "absent" : "none", value || missing);
         detail.dataset.channel = key;
         list.append(element("dt", "", name), detail);
       }
@@ -247,6 +271,12 @@ async function readStream(response, onText, onEnd) {
   }
 }
 
+function answering(busy) {
+  state.busy = busy;
+  $("ask").disabled = busy;
+  $("stop-answer").hidden = !busy;
+}
+
 async function ask(event) {
   event.preventDefault();
   if (state.busy) return;
@@ -255,31 +285,48 @@ async function ask(event) {
     showError("Pick or record a clip, or ask a question.");
     return;
   }
+  if (state.history.length && !question) {
+    // The task (labels, explanation, evidence) is what a clip's first turn asks; later turns are questions.
+    showError("Ask a question about the clip, or press New conversation for its labels, explanation and evidence.");
+    return;
+  }
+  if (!state.model) await connect();  // the API key may have been typed just now
+  if (!state.model) return;
   showError("");
   const body = requestBody(question);
   const asked = addTurn("user", question || `(${state.media.name}: labels, explanation and evidence)`);
   const turn = addTurn("assistant", "");
   const raw = turn.querySelector(".raw");
-  state.busy = true;
-  $("ask").disabled = true;
+  const conversation = state.conversation;
+  const controller = new AbortController();
+  state.controller = controller;
+  answering(true);
   try {
     const response = await fetch("/v1/chat/completions", {
-      method: "POST", headers: headers(), body: JSON.stringify(body),
+      method: "POST", headers: headers(), body: JSON.stringify(body), signal: controller.signal,
     });
     if (!response.ok) throw new Error(await errorMessage(response));
     let final = null;
     await readStream(response, (piece) => { raw.textContent += piece; }, (chunk) => { final = chunk; });
     if (!final) throw new Error("the answer stream ended early");
+    if (conversation !== state.conversation) return;
     renderAnswer(turn, final.affect);
     state.history = [...body.messages, { role: "assistant", content: raw.textContent }];
     $("question").value = "";
   } catch (error) {
     asked.remove();
     turn.remove();
-    showError(`The model could not answer: ${error.message}`);
+    if (conversation !== state.conversation) return;  // a new clip or conversation replaced this one
+    if (controller.signal.aborted) {
+      $("question").value = question;  // stopped: nothing was added, the question can be asked again
+    } else {
+      showError(`The model could not answer: ${error.message}`);
+    }
   } finally {
-    state.busy = false;
-    $("ask").disabled = false;
+    if (state.controller === controller) {
+      state.controller = null;
+      answering(false);
+    }
   }
 }
 
@@ -291,6 +338,7 @@ $("record-audio").addEventListener("click", () => startRecording(false));
 $("record-video").addEventListener("click", () => startRecording(true));
 $("stop-recording").addEventListener("click", stopRecording);
 $("new-conversation").addEventListener("click", newConversation);
+$("stop-answer").addEventListener("click", () => state.controller && state.controller.abort());
 $("ask-form").addEventListener("submit", ask);
 $("api-key").addEventListener("change", connect);
 connect();
