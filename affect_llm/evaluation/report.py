@@ -283,6 +283,11 @@ def evaluate(
     # A resumed run appends: the last row of an id wins.
     results = {str(row["id"]): row for row in result_rows}
     pairs = [(refs[key], results[key]) for key in refs if key in results]  # the answered clips
+    if not pairs:
+        # Nothing to score (an explain that wrote nothing, or results of another set): no report
+        # could say which split was expected, and an empty one would read as a score.
+        found = f"{len(results)} result rows, none with" if results else "no result rows with"
+        raise EvaluationError(f"{results_path}: {found} an id of {refs_path}; run explain on these references first")
     # Every reference of the splits the results cover is scored, as the published scoring scripts
     # score their test sets: a clip without a result row counts as not answered (wrong), so a partial
     # results file cannot raise the scores. A manifest's other splits (explain --split test against

@@ -270,3 +270,15 @@ def test_only_the_splits_the_results_cover_are_expected(tmp_path):
     report = evaluate(results_path, refs_path, tmp_path / "out")
     assert report["coverage"]["splits"] == ["test"] and report["coverage"]["missing_ids"] == ["b"]
     assert report["overall"]["count"] == 2 and report["overall"]["accuracy"] == 0.5
+
+
+def test_results_that_answer_none_of_the_references_are_refused_by_name(files, tmp_path):
+    """An explain that wrote nothing, or results of another set: exit 2 naming both files, no report."""
+    results_path, refs_path = files
+    for name, rows in (("empty.jsonl", []), ("other_set.jsonl", [_res("zz", ["sad"])])):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        done = _main(path, "--refs", refs_path, "--out", tmp_path / name.replace(".jsonl", ""))
+        assert done.returncode == 2, done.stderr
+        assert f"{path}:" in done.stderr and f"an id of {refs_path}" in done.stderr
+        assert not (tmp_path / name.replace(".jsonl", "") / "report.json").exists()

@@ -9,7 +9,9 @@ import pytest
 
 from affect_llm.data.synth.text import evidence_for, explanation_for, labels_for
 from affect_llm.evaluation.overview import EvaluatedSet, write_overview
+from affect_llm.evaluation.report import EvaluationError
 from affect_llm.evaluation.synth_evidence import read_level, score_evidence
+from affect_llm.hashing import file_sha256
 
 NEUTRAL_CUES = {"audio": "neutral", "face": "neutral", "text": "neutral"}
 CLIPS = {
@@ -66,6 +68,12 @@ def test_rows_without_cues_and_failed_answers() -> None:
     assert scores["cue_channel"] == {"face": 0.0}
 
 
+def _write_report(folder: Path, results: Path, refs: Path, **report: object) -> None:
+    """A report.json as `affect-llm eval` records its inputs (the figures given here)."""
+    inputs = {"results": {"sha256": file_sha256(results)}, "refs": {"sha256": file_sha256(refs)}}
+    (folder / "report.json").write_text(json.dumps({"inputs": inputs, **report}))
+
+
 @pytest.fixture
 def evaluated(tmp_path: Path) -> EvaluatedSet:
     refs, results = tmp_path / "manifest.jsonl", tmp_path / "results.jsonl"
@@ -74,7 +82,8 @@ def evaluated(tmp_path: Path) -> EvaluatedSet:
     report_dir = tmp_path / "eval"
     report_dir.mkdir()
     by_cue = {cue: {"count": 1, "accuracy": 1.0} for cue, _ in CLIPS.values()}
-    (report_dir / "report.json").write_text(json.dumps({"by_cue": by_cue, "overall": {"accuracy": 1.0}}))
+    _write_report(report_dir, results, refs, by_cue=by_cue, overall={"accuracy": 1.0},
+                  coverage={"references": 3, "missing": 0})
     return EvaluatedSet("synthetic", results, refs, report_dir)
 
 
@@ -108,7 +117,8 @@ def test_overview_lists_absent_channel_answers_and_real_sets(evaluated: Evaluate
     real_dir.mkdir()
     (real_dir / "refs.jsonl").write_text(json.dumps(photo) + "\n")
     (real_dir / "results.jsonl").write_text(json.dumps({"id": "p", "raw": raw, "labels": ["happy"]}) + "\n")
-    (real_dir / "report.json").write_text(json.dumps({"overall": {"accuracy": 1.0}, "coverage": {"scored": 1}}))
+    _write_report(real_dir, real_dir / "results.jsonl", real_dir / "refs.jsonl", overall={"accuracy": 1.0},
+                  coverage={"references": 1, "missing": 0})
     real = EvaluatedSet("photos", real_dir / "results.jsonl", real_dir / "refs.jsonl", real_dir)
     text = write_overview(tmp_path / "report" / "index.md", evaluated, [real]).read_text()
     assert "## Real recordings" in text and "### photos" in text
@@ -125,7 +135,24 @@ def test_real_set_says_how_many_clips_were_read_per_speaker(evaluated: Evaluated
     (real_dir / "results.jsonl").write_text("".join(
         json.dumps({"id": i, "raw": raw, "labels": ["angry"], "audio_standardised_per_speaker": i != "c"}) + "\n"
         for i in "abc"))
-    (real_dir / "report.json").write_text(json.dumps({"overall": {"accuracy": 1.0}, "coverage": {"scored": 3}}))
+    _write_report(real_dir, real_dir / "results.jsonl", real_dir / "refs.jsonl", overall={"accuracy": 1.0},
+                  coverage={"references": 3, "missing": 0})
     real = EvaluatedSet("speech", real_dir / "results.jsonl", real_dir / "refs.jsonl", real_dir)
     text = write_overview(tmp_path / "report" / "index.md", evaluated, [real]).read_text()
     assert "own statistics (`model.audio_speaker_normalisation`) in 2 of 3 clips." in text
+
+
+def test_the_page_says_what_is_missing_and_refuses_a_stale_report(evaluated: EvaluatedSet, tmp_path: Path) -> None:
+    report = json.loads((evaluated.report_dir / "report.json").read_text())
+    report["coverage"] = {"references": 20, "missing": 17}
+    (evaluated.report_dir / "report.json").write_text(json.dumps(report))
+    never_run = EvaluatedSet("speech", tmp_path / "none.jsonl", tmp_path / "manifest.jsonl", tmp_path / "no_eval")
+    text = write_overview(tmp_path / "report" / "index.md", evaluated, [never_run]).read_text()
+    assert "**17 of the 20 clips have no result row**" in text
+    assert f"### speech\n\nNot evaluated: speech: {tmp_path / 'none.jsonl'} is missing" in text
+    assert "## Do the answers describe channels the clip does not have?" in text
+    # Results changed after the report was made: the page would mix two runs.
+    with evaluated.results.open("a") as results:
+        results.write("\n")
+    with pytest.raises(EvaluationError, match="made from another .*results.jsonl than the one there now"):
+        write_overview(tmp_path / "report" / "index.md", evaluated)
