@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 
+from affect_llm.modeling.pretrained import PREPARED_REMEDY, weights_read_from
+
 
 def _unwrap_encoder(model: PreTrainedModel) -> PreTrainedModel:
     # Whisper's AutoModel is encoder + decoder; only the encoder is used.
@@ -74,7 +76,8 @@ def build_encoder(
         dtype: Weight dtype of a loaded encoder.
     """
     if pretrained_path:
-        encoder = _unwrap_encoder(AutoModel.from_pretrained(pretrained_path, dtype=dtype))
+        with weights_read_from(pretrained_path, PREPARED_REMEDY):
+            encoder = _unwrap_encoder(AutoModel.from_pretrained(pretrained_path, dtype=dtype))
     elif config.model_type == "whisper":
         # Building the whole encoder-decoder only to drop the decoder wastes its memory.
         from transformers.models.whisper.modeling_whisper import WhisperEncoder

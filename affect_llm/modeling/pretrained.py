@@ -18,6 +18,8 @@ Shape letters: none (weights only).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from affect_llm.configuration import AffectConfig
+from affect_llm.fileio import os_error_of
 from affect_llm.precision import Precision
 from affect_llm.references import resolve_model_path
 
@@ -38,8 +41,32 @@ HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revis
               "trust_remote_code", "proxies", "_from_auto", "_commit_hash", "adapter_kwargs")
 
 
+# What to do about damaged weights in a folder that may be an embedded model's (or a checkpoint's llm/).
+PREPARED_REMEDY = ("an embedded model is converted again by `affect-llm models prepare --verify`; a checkpoint's "
+                   "must be copied or saved again")
+
+
 class CheckpointError(ValueError):
     """A checkpoint folder is incomplete or does not match the model it is loaded into."""
+
+
+@contextlib.contextmanager
+def weights_read_from(where: str | Path, remedy: str = "copy or save the checkpoint again") -> Iterator[None]:
+    """Name the file or folder whose weights are damaged: safetensors' own error names none.
+
+    Raises:
+        CheckpointError: A safetensors file that does not parse (cut short by a full disk or a copy).
+        OSError: A read error that safetensors wrapped (:func:`affect_llm.fileio.os_error_of`).
+    """
+    try:
+        yield
+    except Exception as error:
+        if type(error).__name__ != "SafetensorError":
+            raise
+        os_error = os_error_of(error, where)
+        if os_error is not None:
+            raise os_error from error
+        raise CheckpointError(f"{where}: damaged weights ({error}); {remedy}") from error
 
 
 def load_language_model(reference: str, precision: Precision) -> PreTrainedModel:
@@ -48,10 +75,11 @@ def load_language_model(reference: str, precision: Precision) -> PreTrainedModel
     Raises:
         CheckpointError: If the weights do not match the LLM's config (missing or unexpected keys).
     """
-    model, info = AutoModelForCausalLM.from_pretrained(
-        reference, dtype=precision.llm_torch_dtype(), quantization_config=precision.bitsandbytes_config(),
-        output_loading_info=True,
-    )
+    with weights_read_from(reference, PREPARED_REMEDY):
+        model, info = AutoModelForCausalLM.from_pretrained(
+            reference, dtype=precision.llm_torch_dtype(), quantization_config=precision.bitsandbytes_config(),
+            output_loading_info=True,
+        )
     if info["missing_keys"] or info["unexpected_keys"]:
         raise CheckpointError(f"{reference}: LLM weights do not match its config: missing "
                               f"{sorted(info['missing_keys'])[:10]}, unexpected {sorted(info['unexpected_keys'])[:10]}")
@@ -243,8 +271,9 @@ def _device(device_map: Any) -> torch.device:
 
 
 def _load_owned_weights(model: Any, path: Path, references: dict[str, Any]) -> None:
-    state = load_file(str(path / WEIGHTS_FILE))
     where = f"{path}/{WEIGHTS_FILE}"
+    with weights_read_from(where):
+        state = load_file(where)
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         head, _, rest = key.partition(".")
@@ -272,7 +301,8 @@ def attach_adapter(model: Any, adapter_dir: Path, trainable: bool) -> None:
     if trainable and getattr(llm, "is_loaded_in_4bit", False):
         llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=False)
     model.language_model = get_peft_model(llm, lora_config)
-    state = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    with weights_read_from(adapter_dir / "adapter_model.safetensors"):
+        state = load_file(str(adapter_dir / "adapter_model.safetensors"))
     result = set_peft_model_state_dict(model.language_model, state)
     missing_lora = [k for k in result.missing_keys if "lora_" in k]
     if result.unexpected_keys or missing_lora:

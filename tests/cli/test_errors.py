@@ -82,6 +82,24 @@ def test_a_damaged_checkpoint_says_so(tmp_path: Path, checkpoint: Path, capsys) 
     assert code == errors.EXIT_USAGE and "the checkpoint is damaged" in _one_line(err)
 
 
+@pytest.mark.parametrize("weights", ["model.safetensors", "llm/model.safetensors"])
+def test_weights_cut_short_name_their_file(tmp_path: Path, checkpoint: Path, weights: str, capsys) -> None:
+    """A copy or a save that a full disk cut short: safetensors' own error names no file."""
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken)
+    if not (broken / weights).is_file():
+        pytest.fail(f"the tiny checkpoint has no {weights}")
+    with (broken / weights).open("r+b") as handle:
+        handle.truncate((broken / weights).stat().st_size // 2)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "transcript": "hi"}) + "\n")
+    code, err = _run(["explain", str(manifest), "--model", str(broken), "--out", str(tmp_path / "o")], capsys)
+    line = err.strip().splitlines()[-1]  # after transformers' loading bar of the LLM read before it
+    assert "Traceback" not in err
+    where = broken / weights if weights == "model.safetensors" else broken / "llm"
+    assert code == errors.EXIT_USAGE and f"{where}: damaged weights" in line, line
+
+
 def test_an_unprepared_model_names_the_command_and_the_variable(tmp_path: Path, checkpoint: Path, capsys,
                                                                 monkeypatch) -> None:
     embedded = tmp_path / "embedded"
