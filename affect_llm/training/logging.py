@@ -8,9 +8,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from affect_llm.fileio import atomic_write_bytes, cut_torn_tail
 from affect_llm.memory import peak_resident_mib
 
 logger = logging.getLogger("affect_llm.training")
+
+
+def _logged_after(line: bytes, stage: str, step: int) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.get("stage") == stage and int(record.get("step", 0)) > step
 
 
 class RunLogger:
@@ -27,7 +36,10 @@ class RunLogger:
         if not is_main:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = (run_dir / "log.jsonl").open("a")
+        self.jsonl_path = run_dir / "log.jsonl"
+        if self.jsonl_path.exists():
+            cut_torn_tail(self.jsonl_path)  # a kill mid-line
+        self.jsonl = self.jsonl_path.open("a")
         if settings.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -40,12 +52,24 @@ class RunLogger:
     def start_stage(self, name: str, total: int, initial: int) -> None:
         self.stage = name
         if self.is_main:
+            self._forget_steps_after(name, initial)
             from tqdm.auto import tqdm
 
             # Redirected to a file (a cluster job, a CI log), a bar redrawn every step floods it.
             interactive = sys.stderr.isatty()
             self.bar = tqdm(total=total, initial=initial, desc=f"stage {name}", dynamic_ncols=True,
                             mininterval=0.1 if interactive else 30.0)
+
+    def _forget_steps_after(self, stage: str, step: int) -> None:
+        """Drop the log lines of ``stage`` after ``step``, where a resumed stage starts: the run that
+        was killed logged them, and this one logs them again. Each step is then in the log once."""
+        lines = self.jsonl_path.read_bytes().splitlines(keepends=True)
+        kept = [line for line in lines if not _logged_after(line, stage, step)]
+        if len(kept) == len(lines):
+            return
+        self.jsonl.close()
+        atomic_write_bytes(self.jsonl_path, b"".join(kept))
+        self.jsonl = self.jsonl_path.open("a")
 
     def step(self, step: int, loss: float, lr: float, tokens_per_s: float, samples_per_s: float,
              extra: dict[str, float] | None = None) -> None:

@@ -90,8 +90,11 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(
     assert not (stage_dir / "stage_done.json").exists(), f"killed after step {last}: the run had finished"
     _run(launcher, config, killed, resume=True)
 
-    resumed = read_losses(killed / "run")  # the last record of a step wins: redone steps come from the resumed run
+    resumed = read_losses(killed / "run")
     assert sorted(resumed) == list(range(1, NUM_STEPS + 1))
+    # The steps the killed run logged after its last saved state were redone: the log holds each once.
+    logged = [json.loads(line)["step"] for line in (killed / "run" / "log.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, NUM_STEPS + 1)), f"killed after step {last}"
     for step, loss in expected.items():
         assert resumed[step] == pytest.approx(loss, rel=1e-5, abs=1e-5), f"step {step} (killed after step {last})"
     assert not (stage_dir / "state").exists() and (stage_dir / "stage_done.json").is_file()
