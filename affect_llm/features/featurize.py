@@ -42,6 +42,24 @@ from affect_llm.references import resolve_model_path
 
 __all__ = ["MediaFeaturizer", "MediaOptions", "face_detected", "feature_dtype", "reference_folder",
            "row_content_hash"]
+# The packages whose output becomes encoder inputs: video frames, audio samples and their resampling, crops.
+DECODER_PACKAGES = ("decord", "librosa", "soxr", "soundfile", "opencv-python-headless", "opencv-python")
+
+
+def decoder_versions() -> dict[str, str]:
+    """Installed versions of :data:`DECODER_PACKAGES` (a feature cache key: features decoded by one
+    release are not reused under another)."""
+    from importlib import metadata
+
+    versions = {}
+    for package in DECODER_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
 logger = logging.getLogger(__name__)
 
 
@@ -101,6 +119,10 @@ class MediaFeaturizer:
                          # Entries written before frames padded onto a still image were masked hold
                          # the padding's features as frames of the image: this key leaves them unread.
                          "padded_frames": "masked",
+                         # Frames of a variable-rate video are chosen evenly in time, not by index;
+                         # and another decoder release may decode other pixels or samples.
+                         "frame_sampling": "even_in_time",
+                         "decoders": decoder_versions(),
                          "feature_dtype": {m: str(feature_dtype(model.encoders[m])) for m in self.modalities}}
         self.settings.pop("decode_workers")
         self.failures: dict[str, str] = {}

@@ -147,6 +147,8 @@ def test_the_cache_key_names_the_face_detector_and_no_detection_keeps_the_frames
 
     featurizer = _featurizer(model_and_processor, 0)
     assert featurizer.settings["face_detector"].startswith(FaceCropper().detector_in_use() + ":")
+    # Another decoder release may decode other pixels or samples: its version is in the key too.
+    assert {"decord", "librosa"} <= set(featurizer.settings["decoders"])
     model, processor = model_and_processor
     # Without detection (faces cropped already) the frame is the face: the channel is kept.
     job = ClipJob(processor.feature_extractor, ("audio", "face"), MediaOptions(num_frames=2, detect_faces=False))
