@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
+from affect_llm.cli.errors import UsageError
 from affect_llm.cli.options import (
     add_engine_arguments,
     add_evidence_argument,
@@ -61,26 +61,21 @@ def run(args: argparse.Namespace) -> int:
     from affect_llm.serving.options import ServeOptions
     from affect_llm.serving.server import serve
 
+    # Errors are raised, not printed: the command line's one error line and its log file say them.
     if not Path(args.model).is_dir():
-        print(f"{args.model}: no such checkpoint folder", file=sys.stderr)
-        return 2
-    try:
-        options = ServeOptions(
-            checkpoint=args.model, model_name=args.served_model_name, backend=args.backend, host=args.host,
-            port=args.port, api_key=args.api_key, max_request_mb=args.max_request_mb, max_media_mb=args.max_media_mb,
-            allowed_media_dir=Path(args.allowed_media_dir) if args.allowed_media_dir else None,
-            max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, max_queue=args.max_queue,
-            default_max_tokens=args.max_new_tokens, max_tokens_limit=args.max_tokens_limit, asr=args.asr,
-            null_absent_evidence=args.null_absent_evidence,
-            guard_absent_explanation=explanation_guard_for(args), models_dir=Path(args.models_dir) if args.models_dir else None,
-        )
-    except ValueError as error:
-        print(f"affect-llm serve: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(f"{args.model}: no such checkpoint folder; give a folder written by `affect-llm train`")
+    options = ServeOptions(
+        checkpoint=args.model, model_name=args.served_model_name, backend=args.backend, host=args.host,
+        port=args.port, api_key=args.api_key, max_request_mb=args.max_request_mb, max_media_mb=args.max_media_mb,
+        allowed_media_dir=Path(args.allowed_media_dir) if args.allowed_media_dir else None,
+        max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, max_queue=args.max_queue,
+        default_max_tokens=args.max_new_tokens, max_tokens_limit=args.max_tokens_limit, asr=args.asr,
+        null_absent_evidence=args.null_absent_evidence,
+        guard_absent_explanation=explanation_guard_for(args), models_dir=Path(args.models_dir) if args.models_dir else None,
+    )
     engine = engine_options_from_arguments(args)
     try:
         serve(options, precision_from_arguments(args, args.model), args.log_level, **engine)
     except ModelNotPreparedError as error:
-        print(f"affect-llm serve: {error} (speech recognition needs it; or pass --no-asr)", file=sys.stderr)
-        return 2
+        raise UsageError(f"{error} (speech recognition needs it; or pass --no-asr)") from error
     return 0
