@@ -237,8 +237,12 @@ def load_affect_checkpoint(
         if dtype is not None:
             precision = precision.overridden(dtype=str(dtype).removeprefix("torch."))
     references = dict(config.component_paths or {})
-    resolved = {part: resolve_model_path(ref, models_dir) for part, ref in references.items() if ref}
-    if (path / LLM_FOLDER).is_dir():
+    # A part whose weights the checkpoint holds is built from its config and loaded from here: a merged
+    # checkpoint copied to a machine without the embedded models (or the hub) loads as it is.
+    stored = _stored_parts(path)
+    resolved = {part: resolve_model_path(ref, models_dir) for part, ref in references.items()
+                if ref and part not in stored}
+    if "llm" in stored:
         resolved["llm"] = str(path / LLM_FOLDER)
     config.component_paths = resolved
     if embeddings_only and (path / ADAPTER_FOLDER).is_dir():
@@ -260,6 +264,17 @@ def load_affect_checkpoint(
         for part in parts:
             part.to(device)
     return model
+
+
+def _stored_parts(path: Path) -> set[str]:
+    """``llm`` when the checkpoint stores its LLM, and each modality whose encoder weights it holds."""
+    from safetensors import safe_open
+
+    where = path / WEIGHTS_FILE
+    with weights_read_from(where), safe_open(str(where), framework="pt") as weights:
+        keys = list(weights.keys())
+    parts = {key.split(".", 2)[1] for key in keys if key.startswith("encoders.") and key.count(".") >= 2}
+    return parts | ({"llm"} if (path / LLM_FOLDER).is_dir() else set())
 
 
 def _device(device_map: Any) -> torch.device:

