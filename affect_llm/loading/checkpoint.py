@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from affect_llm.configuration import AffectConfig
-from affect_llm.fileio import os_errors_as_oserror, share_written_weights
+from affect_llm.fileio import atomic_write_bytes, os_errors_as_oserror, share_written_weights
 from affect_llm.hashing import file_sha256
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.pretrained import ADAPTER_FOLDER, LLM_FOLDER, CheckpointError
@@ -54,6 +54,7 @@ def save_checkpoint(
             module's own weights.
     """
     out_dir = Path(out_dir)
+    finish_interrupted_save(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -64,17 +65,43 @@ def save_checkpoint(
     # as the base model without a word.
     meta = {"format_version": FORMAT_VERSION, "prompt": processor.prompt.ref,
             "precision": model.config.precision, **(metadata or {}), "adapter": is_peft_wrapped(model)}
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     share_written_weights(tmp)
+    # Written last, whole or not at all: a folder with it holds every part (finish_interrupted_save).
+    atomic_write_bytes(tmp / META_FILE, (json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n").encode())
     if out_dir.exists():
         old = out_dir.with_name(out_dir.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old)
+        try:
+            os.replace(tmp, out_dir)
+        except FileNotFoundError:
+            # A reader between the two renames finished the swap with this very folder.
+            if not (out_dir / META_FILE).is_file():
+                raise
+        shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out_dir)
     return out_dir
+
+
+def finish_interrupted_save(out_dir: Path) -> None:
+    """Complete a :func:`save_checkpoint` that a kill cut between its two renames.
+
+    Then ``out_dir`` is gone, ``<out_dir>.old`` holds the checkpoint before and ``<out_dir>.tmp``
+    the new one, complete once its metadata file is there (written last). The new one is put in
+    place, else the old one; a read-only folder is left as it is (reading it then says what is missing).
+    """
+    tmp, old = (out_dir.with_name(out_dir.name + suffix) for suffix in (".tmp", ".old"))
+    try:
+        if not out_dir.exists():
+            for candidate in (tmp, old):
+                if (candidate / META_FILE).is_file():
+                    os.replace(candidate, out_dir)
+                    break
+        if out_dir.exists() and old.is_dir():
+            shutil.rmtree(old)
+    except OSError:
+        return
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -84,6 +111,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         FileNotFoundError: If the folder is not a checkpoint.
         CheckpointError: If it was written in another format (format 1 names the upgrade command).
     """
+    finish_interrupted_save(Path(path))
     meta_path = Path(path) / META_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: not an affect-llm checkpoint (no {META_FILE})")
@@ -103,6 +131,7 @@ def checkpoint_fingerprint(path: str | Path) -> str:
     Cheap for any checkpoint size. A checkpoint retrained with another config or data, or to another
     validation loss, gets another fingerprint at the same path; the weights themselves are not hashed.
     """
+    finish_interrupted_save(Path(path))
     meta_path = Path(path) / META_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: not an affect-llm checkpoint (no {META_FILE})")

@@ -8,7 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from affect_llm.loading.checkpoint import CheckpointError, load_checkpoint, merge_checkpoint, save_checkpoint
+from affect_llm.loading.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    merge_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
 from affect_llm.modeling.trainable import LoraSettings, apply_lora
 
 
@@ -113,3 +119,23 @@ def test_a_checkpoint_holding_every_weight_loads_without_the_models_it_names(tin
     again, _ = load_checkpoint(tmp_path / "ckpt", models_dir=tmp_path / "no_models_here")
     assert torch.equal(_logits(model, processor), _logits(again, processor))
     assert again.config.component_paths == model.config.component_paths  # the references stay recorded
+
+
+def test_a_save_killed_between_its_renames_is_finished_by_the_next_reader(tiny_model, tmp_path):
+    """save_checkpoint over an existing checkpoint renames it to .old, then .tmp into place; a kill
+    between the two leaves neither at the checkpoint's path."""
+    model, processor = tiny_model
+    save_checkpoint(model, processor, tmp_path / "best", metadata={"step": 1})
+    save_checkpoint(model, processor, tmp_path / "newer", metadata={"step": 2})
+    os.replace(tmp_path / "best", tmp_path / "best.old")  # the first rename, then the kill
+    os.replace(tmp_path / "newer", tmp_path / "best.tmp")
+    assert read_metadata(tmp_path / "best")["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    again, _ = load_checkpoint(tmp_path / "best")
+    assert torch.equal(_logits(model, processor), _logits(again, processor))
+    # A .tmp the kill left unfinished (no metadata file yet) is not taken: the old checkpoint comes back.
+    os.replace(tmp_path / "best", tmp_path / "best.old")
+    (tmp_path / "best.tmp").mkdir()
+    save_checkpoint(model, processor, tmp_path / "best", metadata={"step": 3})
+    assert read_metadata(tmp_path / "best")["step"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
