@@ -278,6 +278,24 @@ def test_a_stage_whose_rows_serve_none_of_its_tasks_is_refused_by_the_schedule()
         build_schedule(stage, {"d": rows}, lambda row, task: False, 2, 1, seed=0)
 
 
+def test_capped_validation_reads_every_dataset_and_every_part_of_each() -> None:
+    """40 synthetic rows, then 90 Polish rows sorted by label: a cap of 16 must not be 16 synthetic rows."""
+    from affect_llm.data.manifest import ManifestRow
+    from affect_llm.training.config import StageConfig
+    from affect_llm.training.schedule import validation_samples
+
+    stage = StageConfig(name="s", datasets={"synth": 3.0, "polish": 1.0}, tasks={"reason": 1.0},
+                        trainable=["projectors"], steps=1)
+    rows = {"synth": [ManifestRow(id=f"s{i}", labels=["happy"]) for i in range(40)],
+            "polish": [ManifestRow(id=f"p{i}", labels=[("angry", "fearful", "neutral")[i // 30]]) for i in range(90)]}
+    samples = validation_samples(stage, rows, lambda row, task: True, 16)
+    assert len(samples) == 16 and len(set(samples)) == 16
+    labels = {rows[s.dataset][s.index].labels[0] for s in samples if s.dataset == "polish"}
+    assert {s.dataset for s in samples} == {"synth", "polish"} and labels == {"angry", "fearful", "neutral"}
+    assert validation_samples(stage, rows, lambda row, task: True, 500) == validation_samples(
+        stage, rows, lambda row, task: True, 130)  # under the cap: every row, in order
+
+
 def test_loading_a_config_does_not_import_model_code() -> None:
     """Parsing and checking a YAML loads no model, processing or training-loop module."""
     import subprocess
