@@ -110,6 +110,13 @@ def test_an_unprepared_model_names_the_command_and_the_variable(tmp_path: Path, 
     config = json.loads((embedded / "config.json").read_text())
     config["component_paths"]["face"] = "fer-mini-xception"  # an embedded model, resolved at load time
     (embedded / "config.json").write_text(json.dumps(config))
+    # Referenced, not stored (as a trained checkpoint keeps a frozen pretrained encoder): a part the
+    # checkpoint holds is loaded from it and its reference is not resolved.
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(embedded / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if not k.startswith("encoders.face.")},
+              str(embedded / "model.safetensors"))
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"id": "a", "transcript": "hi"}) + "\n")
     monkeypatch.setenv("AFFECT_LLM_MODELS", str(tmp_path / "wrong"))
