@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 import tempfile
@@ -101,6 +102,43 @@ def share_written_weights(folder: Path) -> None:
     for weights in Path(folder).rglob("*.safetensors"):
         if weights.is_file() and weights.stat().st_mode & 0o777 != mode:
             weights.chmod(mode)
+
+
+def swap_folder_into_place(tmp: Path, target: Path, marker: str) -> None:
+    """Replace ``target`` by the complete folder ``tmp`` (its ``marker`` file written last): ``target``
+    is renamed to ``<target>.old``, ``tmp`` to ``target``, then the old one is removed.
+
+    A kill between the two renames leaves no ``target``; :func:`finish_folder_swap` completes it,
+    and a reader that completed it first (with this very folder) is no error here.
+    """
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except FileNotFoundError:
+        if not (target / marker).is_file():
+            raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def finish_folder_swap(target: Path, marker: str, keep_old: bool = False) -> None:
+    """Complete a :func:`swap_folder_into_place` that a kill cut between its two renames: the new
+    folder (``<target>.tmp``) when its ``marker`` is there, else the old one (``<target>.old``) is put
+    back. Several processes may race here; a folder that cannot be written is left as it is (reading
+    it then says what is missing). ``keep_old`` leaves ``<target>.old`` for the next swap to remove."""
+    tmp, old = (target.with_name(target.name + suffix) for suffix in (".tmp", ".old"))
+    try:
+        if not target.exists():
+            for candidate in (tmp, old):
+                if (candidate / marker).is_file():
+                    os.replace(candidate, target)
+                    break
+        if target.exists() and old.is_dir() and not keep_old:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError:
+        return
 
 
 def append_whole(fd: int, data: bytes, path: str | Path | None = None) -> None:

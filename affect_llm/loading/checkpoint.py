@@ -11,7 +11,6 @@ upgrade OLD NEW`` (:mod:`affect_llm.loading.upgrade`).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +19,13 @@ from typing import Any
 import torch
 
 from affect_llm.configuration import AffectConfig
-from affect_llm.fileio import atomic_write_bytes, os_errors_as_oserror, share_written_weights
+from affect_llm.fileio import (
+    atomic_write_bytes,
+    finish_folder_swap,
+    os_errors_as_oserror,
+    share_written_weights,
+    swap_folder_into_place,
+)
 from affect_llm.hashing import file_sha256
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.pretrained import ADAPTER_FOLDER, LLM_FOLDER, CheckpointError
@@ -68,40 +73,14 @@ def save_checkpoint(
     share_written_weights(tmp)
     # Written last, whole or not at all: a folder with it holds every part (finish_interrupted_save).
     atomic_write_bytes(tmp / META_FILE, (json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n").encode())
-    if out_dir.exists():
-        old = out_dir.with_name(out_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        try:
-            os.replace(tmp, out_dir)
-        except FileNotFoundError:
-            # A reader between the two renames finished the swap with this very folder.
-            if not (out_dir / META_FILE).is_file():
-                raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+    swap_folder_into_place(tmp, out_dir, META_FILE)
     return out_dir
 
 
 def finish_interrupted_save(out_dir: Path) -> None:
-    """Complete a :func:`save_checkpoint` that a kill cut between its two renames.
-
-    Then ``out_dir`` is gone, ``<out_dir>.old`` holds the checkpoint before and ``<out_dir>.tmp``
-    the new one, complete once its metadata file is there (written last). The new one is put in
-    place, else the old one; a read-only folder is left as it is (reading it then says what is missing).
-    """
-    tmp, old = (out_dir.with_name(out_dir.name + suffix) for suffix in (".tmp", ".old"))
-    try:
-        if not out_dir.exists():
-            for candidate in (tmp, old):
-                if (candidate / META_FILE).is_file():
-                    os.replace(candidate, out_dir)
-                    break
-        if out_dir.exists() and old.is_dir():
-            shutil.rmtree(old)
-    except OSError:
-        return
+    """Complete a :func:`save_checkpoint` that a kill cut between its two renames (the metadata file
+    is written last: a folder with it is complete)."""
+    finish_folder_swap(out_dir, META_FILE)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

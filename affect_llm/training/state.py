@@ -18,9 +18,7 @@ swap's two renames leaves it as ``state.tmp`` or ``state.old``, which :func:`sav
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import platform
 import random
 import shutil
@@ -34,7 +32,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
-from affect_llm.fileio import share_written_weights
+from affect_llm.fileio import finish_folder_swap, share_written_weights, swap_folder_into_place
 
 LIBRARIES = ("affect-llm", "torch", "transformers", "peft", "accelerate", "bitsandbytes", "decord", "librosa")
 PROGRESS_FILE = "progress.json"
@@ -100,29 +98,16 @@ def save_training_state(
 
 def commit_training_state(state_dir: Path) -> None:
     """Swap the freshly written state into place (called once all processes wrote theirs)."""
-    tmp = state_dir.with_name(state_dir.name + ".tmp")
-    old = state_dir.with_name(state_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if state_dir.exists():
-        os.replace(state_dir, old)
-    os.replace(tmp, state_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_folder_into_place(state_dir.with_name(state_dir.name + ".tmp"), state_dir, PROGRESS_FILE)
 
 
 def _finish_interrupted_swap(state_dir: Path) -> None:
     """Complete a :func:`commit_training_state` that a kill cut between its two renames.
 
     Then ``state`` is gone and ``state.tmp`` (the newer, complete: its progress file is written
-    last) or ``state.old`` holds the state; it is put back. Two processes may race here: the loser
-    finds the folder already moved.
+    last) or ``state.old`` holds the state; it is put back.
     """
-    if state_dir.exists():
-        return
-    for candidate in (state_dir.with_name(state_dir.name + ".tmp"), state_dir.with_name(state_dir.name + ".old")):
-        if (candidate / PROGRESS_FILE).is_file():
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(candidate, state_dir)
-            return
+    finish_folder_swap(state_dir, PROGRESS_FILE, keep_old=True)
 
 
 def saved_step(state_dir: Path) -> int | None:
