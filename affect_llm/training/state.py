@@ -67,7 +67,21 @@ def _dcp_state(model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
 
     options = StateDictOptions(ignore_frozen_params=True)
     model_state, optimizer_state = get_state_dict(model, _raw_optimizer(optimizer), options=options)
+    frozen = _frozen_parameter_names(model)
+    # A frozen 4-bit weight leaves entries beside it that are not parameters (bitsandbytes'
+    # ``weight.absmax``, ``weight.quant_state.*``): they belong to the frozen LLM, not to the state.
+    model_state = {key: value for key, value in model_state.items() if not _extends_frozen(key, frozen)}
     return {"model": model_state, "optimizer": optimizer_state}
+
+
+def _frozen_parameter_names(model: torch.nn.Module) -> set[str]:
+    return {_strip_wrapper(name) for name, p in model.named_parameters() if not p.requires_grad}
+
+
+def _extends_frozen(key: str, frozen: set[str]) -> bool:
+    """Whether ``key`` names something stored under a frozen parameter (``<frozen>.absmax``)."""
+    parts = key.split(".")
+    return any(".".join(parts[:end]) in frozen for end in range(1, len(parts)))
 
 
 def save_training_state(
@@ -154,8 +168,9 @@ def load_training_state(
             raise ValueError(f"{state_dir}: saved state does not match the model's trainable weights: {error}") from error
         result = set_state_dict(model, _raw_optimizer(optimizer), model_state_dict=state["model"],
                                 optim_state_dict=state["optimizer"], options=StateDictOptions(strict=False))
-        frozen = {_strip_wrapper(n) for n, p in model.named_parameters() if not p.requires_grad}
-        missing = sorted({_strip_wrapper(k) for k in result.missing_keys} - frozen)
+        frozen = _frozen_parameter_names(model)
+        missing = sorted(key for key in {_strip_wrapper(k) for k in result.missing_keys}
+                         if key not in frozen and not _extends_frozen(key, frozen))
         if missing or result.unexpected_keys:
             raise ValueError(f"{state_dir}: saved trainable weights do not match the model: missing {missing[:5]}, "
                              f"unexpected {sorted(result.unexpected_keys)[:5]}")

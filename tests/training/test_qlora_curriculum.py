@@ -137,3 +137,38 @@ def test_the_hf_backend_leaves_a_4bit_llm_unpacked(qlora_run: Path, tmp_path: Pa
     assert not any(isinstance(module, PackedLinear) for module in model.modules())
     request = GenerationRequest(processor.build_messages("perceive", ()), processor.prepare_media())
     assert len(backend.generate([request], DecodingSettings(max_new_tokens=4))) == 1
+
+
+def test_a_killed_4bit_run_resumes_to_the_losses_of_an_uninterrupted_one(
+    synth_manifest: Path, feature_cache: Path, tiny_llm_folder: Path, tmp_path: Path
+) -> None:
+    """A 4-bit layer stores non-parameters beside its frozen weight (bitsandbytes' ``absmax``,
+    ``quant_state``); the saved training state must leave them out, or no QLoRA run resumes."""
+    import os
+
+    from trainhelpers import read_losses, run_and_kill
+
+    def config(folder: Path) -> Path:
+        raw = tiny_config(synth_manifest, folder / "run", feature_cache, stages=1, checkpoint_every=2)
+        raw["model"].update(llm=str(tiny_llm_folder), quantization="4bit")
+        raw["stages"][0].update(trainable=["projectors", "lora"], steps=6)
+        folder.mkdir()
+        return write_config(folder / "config.yaml", raw)
+
+    straight = config(tmp_path / "straight")
+    done = _cli("train", str(straight), cwd=straight.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = read_losses(straight.parent / "run")
+
+    killed = config(tmp_path / "killed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "affect_llm.cli.main", "train", str(killed)]
+    last = run_and_kill(command, killed.parent, env, killed.parent / "run" / "log.jsonl", after_step=3)
+    state = killed.parent / "run" / "stages" / "align" / "state"
+    assert (state / "progress.json").is_file(), f"killed after step {last} with no saved state"
+    done = _cli("train", str(killed), "--resume", cwd=killed.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = read_losses(killed.parent / "run")
+    assert sorted(resumed) == sorted(expected) == list(range(1, 7))
+    for step, loss in expected.items():
+        assert resumed[step] == pytest.approx(loss, rel=1e-5, abs=1e-5), f"step {step} (killed after step {last})"
