@@ -72,3 +72,51 @@ def test_prepare_records_annotations_that_give_no_row_and_goes_on(tmp_path: Path
     assert "4 annotation entries skipped" in capsys.readouterr().err
     assert main([*argv, "--strict"]) == 3
     assert "ann.jsonl:2: invalid JSON" in capsys.readouterr().err
+
+
+def test_malformed_csv_lines_are_recorded_and_every_other_line_prepared(tmp_path: Path, capsys) -> None:
+    """Spreadsheet exports: an unquoted comma (a cell too many), a line cut short, an empty trailing
+    row, a rating that is not a finite number. Each costs its own line, named in the summary."""
+    from affect_llm.cli.main import main
+
+    meld = tmp_path / "meld"
+    header = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime"
+    lines = ["1,Oh, my God!,Monica,surprise,positive,0,0,8,21,a,b", "2,Short row,Joey",
+             "3,Fine.,Ross,neutral,neutral,0,1,8,21,0,1", "4,Who?,Ross,neutral,neutral,,,8,21,0,1"]
+    meld.mkdir()
+    (meld / "dev_sent_emo.csv").write_text("\n".join([header, *lines]) + "\n")
+    (meld / "dev_splits_complete").mkdir()
+    (meld / "dev_splits_complete" / "dia0_utt1.mp4").write_bytes(b"\0" * 16)
+    assert main(["data", "prepare", "meld", "--root", str(meld), "--out", str(tmp_path / "meld.jsonl")]) == 0
+    summary = json.loads((tmp_path / "meld.jsonl.summary.json").read_text())
+    assert [(s["where"], s["reason"].split(" (")[0]) for s in summary["skipped"]] == [
+        ("dev_sent_emo.csv:2", "12 cells where the header has 11 columns"),
+        ("dev_sent_emo.csv:3", "3 cells where the header has 11 columns"),
+        ("dev_sent_emo.csv:5", "field(s) ['Dialogue_ID', 'Utterance_ID'] empty: the clip cannot be named"),
+    ]
+    assert [json.loads(line)["id"] for line in (tmp_path / "meld.jsonl").read_text().splitlines()] == [
+        "meld/val/dia0_utt1"]
+
+    sheet = tmp_path / "sheet"
+    sheet.mkdir()
+    (sheet / "a.wav").write_bytes(b"RIFF")
+    (sheet / "ann.csv").write_text("clip,file,emo,v\nx,a.wav,happy,0.5\n,,,\ny,a.wav,sad,nan\nz,a.wav,sad,1,EXTRA\n")
+    argv = ["data", "prepare", "generic", "--root", str(sheet), "--annotations", "ann.csv",
+            "--map", "id=clip,audio=file,labels=emo,valence=v", "--out", str(tmp_path / "sheet.jsonl")]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "sheet.jsonl.summary.json").read_text())
+    assert [(s["where"], s["reason"].split(" (")[0]) for s in summary["skipped"]] == [
+        ("ann.csv:3", "column for 'id'"), ("ann.csv:4", "column for 'valence' holds 'nan', not a finite number"),
+        ("ann.csv:5", "5 cells where the header has 4 columns")]
+    assert [json.loads(line)["id"] for line in (tmp_path / "sheet.jsonl").read_text().splitlines()] == ["x"]
+
+    mer = tmp_path / "mer"
+    (mer / "video").mkdir(parents=True)
+    for name in ("s1", "s2"):
+        (mer / "video" / f"{name}.mp4").write_bytes(b"\0" * 16)
+    (mer / "train-label.csv").write_text("name,discrete,valence\ns1,happy,2.5\ns2,sad,n/a\n")
+    assert main(["data", "prepare", "mer2023", "--root", str(mer), "--out", str(tmp_path / "mer.jsonl")]) == 0
+    summary = json.loads((tmp_path / "mer.jsonl.summary.json").read_text())
+    assert summary["skipped"] == [{"where": "train-label.csv:3", "reason": "field 'valence' holds 'n/a', not a number"}]
+    assert summary["num_rows"] == 1
+    capsys.readouterr()

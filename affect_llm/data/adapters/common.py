@@ -104,12 +104,17 @@ def repair_text(text: str) -> str:
     return text.translate(_WINDOWS_1252_PUNCTUATION)
 
 
-def read_csv_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+def read_csv_rows(path: Path, result: BuildResult | None = None) -> Iterator[tuple[int, dict[str, str]]]:
     """``(line, row)`` for each data row of a CSV (UTF-8, BOM tolerated), cells stripped and
     :func:`repair_text`-ed.
 
+    A row with more or fewer cells than the header has columns (an unquoted comma, a line cut
+    short) is recorded in ``result.skipped`` with its line and left out; without ``result`` it is
+    an error.
+
     Raises:
-        ValueError: If the file is not UTF-8, naming the line and column where decoding failed.
+        ValueError: If the file is not UTF-8, naming the line and column where decoding failed; a
+            row of the wrong width when no ``result`` records it.
     """
     raw = path.read_bytes()
     try:
@@ -122,7 +127,16 @@ def read_csv_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
                          "save the file as UTF-8") from exc
     reader = csv.DictReader(io.StringIO(text, newline=""))
     for row in reader:
-        yield reader.line_num, {(k or "").strip(): repair_text((v or "").strip()).strip() for k, v in row.items()}
+        # DictReader puts surplus cells in a list under the key None and fills absent ones with None.
+        width = len(reader.fieldnames or ()) + len(row.get(None) or ()) - sum(v is None for v in row.values())
+        if width != len(reader.fieldnames or ()):
+            problem = (f"{width} cells where the header has {len(reader.fieldnames or ())} columns "
+                       "(an unquoted comma, or a line cut short)")
+            if result is None:
+                raise ValueError(f"{path}:{reader.line_num}: {problem}")
+            result.skip(f"{path.name}:{reader.line_num}", problem)
+            continue
+        yield reader.line_num, {k.strip(): repair_text(v.strip()).strip() for k, v in row.items()}
 
 
 def require_columns(path: Path, row: dict[str, str], columns: Iterable[str]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ def parse_mapping(text: str) -> dict[str, str]:
 def _records(path: Path, result: BuildResult) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line, record)`` of each annotation; a line that is not a JSON object is recorded and skipped."""
     if path.suffix.lower() == ".csv":
-        yield from read_csv_rows(path)
+        yield from read_csv_rows(path, result)
         return
     with path.open("rb") as handle:
         for line_no, raw in enumerate(handle, 1):
@@ -83,9 +84,12 @@ def _number(value: Any, where: str, key: str) -> float | None:
     if value in (None, ""):
         return None
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{where}: column for {key!r} holds {value!r}, not a number") from exc
+    if not math.isfinite(number):
+        raise ValueError(f"{where}: column for {key!r} holds {value!r}, not a finite number")
+    return number
 
 
 def build(
@@ -137,6 +141,8 @@ def _row(rec: dict[str, Any], mapping: dict[str, str], root: Path, labels_sep: s
         ValueError: On a value that cannot be read (a rating that is not a number).
     """
     values = {key: rec[col] for key, col in mapping.items()}
+    if values["id"] is None or not str(values["id"]).strip():
+        raise ValueError(f"{where}: column for 'id' ({mapping['id']!r}) is empty")
     for name in MEDIA_FIELDS:
         if values.get(name):
             values[name] = str(root / str(values[name]))

@@ -61,8 +61,12 @@ def build(root: Path) -> BuildResult:
         clip_dir = _clip_dir(root, dir_names)
         clips = index_files(clip_dir, VIDEO_EXTENSIONS) if clip_dir is not None else {}
         default_dir = clip_dir or root / dir_names[0]
-        for line, rec in read_csv_rows(csv_path):
+        for line, rec in read_csv_rows(csv_path, result):
             require_columns(csv_path, rec, COLUMNS)
+            empty = [name for name in ("Dialogue_ID", "Utterance_ID") if not rec[name]]
+            if empty:
+                result.skip(f"{csv_path.name}:{line}", f"field(s) {empty} empty: the clip cannot be named")
+                continue
             stem = f"dia{rec['Dialogue_ID']}_utt{rec['Utterance_ID']}"
             video = clips.get(stem, default_dir / f"{stem}.mp4")
             row = ManifestRow(

@@ -15,6 +15,7 @@ stores it on [-1, 1] and keeps the raw value in ``extra``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from affect_llm.data.adapters.common import (
@@ -48,13 +49,14 @@ SUBTITLE_FILES = ("subtitle_chieng.csv", "label-transcription.csv", "transcripti
 VALENCE_SCALE = 5.0
 
 
-def read_subtitles(root: Path) -> dict[str, str]:
-    """name -> English subtitle (Chinese when the English one is empty), if a subtitle CSV exists."""
+def read_subtitles(root: Path, result: BuildResult) -> dict[str, str]:
+    """name -> English subtitle (Chinese when the English one is empty), if a subtitle CSV exists;
+    its malformed lines are recorded in ``result``."""
     path = find_one(root, SUBTITLE_FILES)
     if path is None:
         return {}
     found = {}
-    for _, rec in read_csv_rows(path):
+    for _, rec in read_csv_rows(path, result):
         text = rec.get("english") or rec.get("sentence") or rec.get("chinese") or ""
         if rec.get("name") and text:
             found[rec["name"]] = text
@@ -87,16 +89,23 @@ def build(
         raise FileNotFoundError(f"{dataset}: no label CSV ({LABEL_FILES[dataset]}) under {root}")
     videos = index_files(root, VIDEO_EXTENSIONS)
     audios = index_files(root, AUDIO_EXTENSIONS)
-    subtitles = read_subtitles(root)
     result = BuildResult()
+    subtitles = read_subtitles(root, result)
     for split, csv_path in label_paths.items():
         if not csv_path.is_file():
             raise FileNotFoundError(f"{dataset}: label file for split {split!r} not found: {csv_path}")
-        for line, rec in read_csv_rows(csv_path):
+        for line, rec in read_csv_rows(csv_path, result):
             require_columns(csv_path, rec, ("name", "discrete"))
             name = rec["name"]
+            if not name:
+                result.skip(f"{csv_path.name}:{line}", "field 'name' is empty: the clip cannot be found")
+                continue
             raw_valence = rec.get("valence", "")
-            valence = float(raw_valence) / VALENCE_SCALE if raw_valence not in ("", "nan", "-10") else None
+            try:
+                valence = _valence(raw_valence)
+            except ValueError:
+                result.skip(f"{csv_path.name}:{line}", f"field 'valence' holds {raw_valence!r}, not a number")
+                continue
             row = ManifestRow(
                 id=f"{dataset}/{name}",
                 video=str(videos.get(name, root / "video" / f"{name}.mp4")),
@@ -115,3 +124,17 @@ def build(
             check_media(row, result)
             result.rows.append(row)
     return result
+
+
+def _valence(raw: str) -> float | None:
+    """The published rating on [-5, 5] as [-1, 1]; empty, ``nan`` and -10 (unrated) give None.
+
+    Raises:
+        ValueError: If ``raw`` is not a number, or is infinite.
+    """
+    if raw in ("", "nan", "-10"):
+        return None
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError(raw)
+    return value / VALENCE_SCALE

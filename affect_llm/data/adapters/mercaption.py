@@ -50,11 +50,11 @@ def parse_openset(text: str) -> list[str]:
     return [w.strip().strip("'\"").lower() for w in text.split(",") if w.strip().strip("'\"")]
 
 
-def _read_column(path: Path | None, column: str) -> dict[str, str]:
+def _read_column(path: Path | None, column: str, result: BuildResult) -> dict[str, str]:
     if path is None:
         return {}
     found = {}
-    for _, rec in read_csv_rows(path):
+    for _, rec in read_csv_rows(path, result):
         require_columns(path, rec, ("name", column))
         found[rec["name"]] = rec[column]
     return found
@@ -73,12 +73,12 @@ def build(root: Path, *, subsets: tuple[str, ...] = ("mercaptionplus", "ovmerd")
         raise ValueError(f"mercaption: unknown subset(s) {unknown}; choose from {sorted(SUBSETS)}")
     videos = index_files(root, VIDEO_EXTENSIONS)
     audios = index_files(root, AUDIO_EXTENSIONS)
-    subtitles = read_subtitles(root)
     result = BuildResult()
+    subtitles = read_subtitles(root, result)
     found_any = False
     for subset in subsets:
-        labels = _read_column(find_one(root, [f"track2_train_{subset}.csv"]), "openset")
-        reasons = _read_column(find_one(root, [f"track3_train_{subset}.csv"]), "reason")
+        labels = _read_column(find_one(root, [f"track2_train_{subset}.csv"]), "openset", result)
+        reasons = _read_column(find_one(root, [f"track3_train_{subset}.csv"]), "reason", result)
         found_any = found_any or bool(labels or reasons)
         for name in sorted(set(labels) | set(reasons)):
             row = ManifestRow(
