@@ -82,6 +82,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     transcribe.add_argument("--out", type=Path, required=True, help="manifest to write (recognised rows marked)")
     transcribe.add_argument("--language", default=None,
                             help="language of every clip (default: each row's extra.language, else detected)")
+    transcribe.add_argument("--chunk-size", type=int, default=64,
+                            help="clips decoded and held in memory at once; each finished chunk is kept on disk, "
+                                 "and a run killed and started again goes on after the last one (default: 64)")
     transcribe.set_defaults(func=_transcribe)
 
 
@@ -195,10 +198,15 @@ def _polish(args: argparse.Namespace) -> int:
 def _transcribe(args: argparse.Namespace) -> int:
     from affect_llm.features.asr import fill_manifest_transcripts
 
-    summary = fill_manifest_transcripts(args.manifest, args.out, language=args.language)
+    if args.chunk_size < 1:
+        raise UsageError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    if args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a folder; give the manifest file to write")
+    summary = fill_manifest_transcripts(args.manifest, args.out, language=args.language, chunk_size=args.chunk_size)
     for row_id, reason in summary.refused:
         print(f"refused {row_id}: {reason}", file=sys.stderr)
     refused = f", {len(summary.refused)} refused (transcript left empty)" if summary.refused else ""
+    reused = f"; {summary.reused} recognised by the run that was stopped" if summary.reused else ""
     print(f"{args.out}: {summary.filled} transcribed, {summary.annotated} already had words, "
-          f"{summary.no_speech} without speech, {summary.no_audio} without audio{refused}")
+          f"{summary.no_speech} without speech, {summary.no_audio} without audio{refused}{reused}")
     return 0

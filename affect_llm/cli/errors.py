@@ -38,11 +38,12 @@ class Terminated(KeyboardInterrupt):
 def _user_error_types() -> tuple[type[BaseException], ...]:
     # ValueError covers ManifestError, MediaError, CheckpointError, EvaluationError, StaleStageError and
     # the config's own checks: each names the file, line or key at fault.
+    from affect_llm.data.polish_set import PolishDataError
     from affect_llm.evaluation.judge.protocol import JudgeError
     from affect_llm.generation.vllm_worker import VLLMUnavailableError
 
     return (UsageError, ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            PermissionError, ModuleNotFoundError, JudgeError, VLLMUnavailableError)
+            PermissionError, ModuleNotFoundError, JudgeError, VLLMUnavailableError, PolishDataError)
 
 
 def _os_message(error: OSError) -> str:

@@ -400,6 +400,24 @@ def decode_row(
     return MediaItem(audio=audio, video=frames, face=faces, meta=meta), issues
 
 
+def decode_row_audio(
+    row: ManifestRow, *, max_audio_seconds: float | None = 30.0, policy: MediaPolicy | None = None
+) -> tuple[np.ndarray | None, dict[str, Any], list[Issue]]:
+    """The row's audio (its ``audio`` file, else its video's sound track) judged as :func:`decode_row`
+    judges it, without decoding frames: for a reader of the voice alone (speech recognition).
+
+    Returns:
+        The 16 kHz mono waveform (None when absent, silent or refused), its meta (``audio_missing``
+        says why it is absent), and the audio's issues.
+    """
+    how = _Decoding(1, None, 1, max_audio_seconds, False, 64, policy or DEFAULT_POLICY)
+    meta: dict[str, Any] = {"id": row.id}
+    issues: list[Issue] = []
+    # A video's sound track is read whether or not its frames would decode: only the voice is wanted.
+    audio = _audio(row, how, row.media_path("video") is not None, meta, issues)
+    return audio, meta, issues
+
+
 def load_media(
     row: ManifestRow,
     *,

@@ -21,14 +21,15 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from affect_llm.data.issues import MediaError
-from affect_llm.data.manifest import ManifestRow, load_manifest, write_manifest
+from affect_llm.data.manifest import ManifestReader, ManifestRow, write_manifest
+from affect_llm.features.asr_progress import TranscriptProgress
 
 ASR_MODEL = "whisper-base"
 TRANSCRIPT_SOURCE = f"asr:{ASR_MODEL}"
@@ -180,16 +181,34 @@ def _per_clip(language: str | Sequence[str | None] | None, count: int) -> list[s
     return languages
 
 
-def row_audio(row: ManifestRow) -> np.ndarray | None:
-    """A row's 16 kHz mono speech: its ``audio`` file, else its video's sound track, else None."""
-    from affect_llm.data.media import load_audio_file, load_video_audio
+def row_audio(row: ManifestRow) -> tuple[np.ndarray | None, str | None]:
+    """A row's 16 kHz mono speech (its ``audio`` file, else its video's sound track, at most 30 s),
+    judged by the media checks every command runs, and why there is none (``audio is silent``...).
 
-    audio_path, video_path = row.media_path("audio"), row.media_path("video")
-    if audio_path is not None:
-        return load_audio_file(audio_path, max_seconds=30.0)[0]
-    if video_path is not None:
-        return load_video_audio(video_path, max_seconds=30.0)[0]
-    return None
+    Raises:
+        MediaError: A medium the checks refuse (missing, empty, undecodable, too short, not finite).
+    """
+    from affect_llm.data.issues import errors_of
+    from affect_llm.data.media import decode_row_audio
+
+    audio, meta, issues = decode_row_audio(row, max_audio_seconds=30.0)
+    if errors_of(issues):
+        raise MediaError.from_issues(issues)
+    return audio, meta.get("audio_missing")
+
+
+def check_language(language: str, where: str) -> str:
+    """``language`` when Whisper decodes it (a code such as ``pl`` or a name such as ``polish``).
+
+    Raises:
+        ValueError: Naming ``where`` (the field or option it came from) and the codes it takes.
+    """
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+    if language.lower() not in LANGUAGES and language.lower() not in TO_LANGUAGE_CODE:
+        raise ValueError(f"{where}: {language!r} is not a language Whisper decodes; give a code such as "
+                         f"'en' or 'pl', or a name such as 'english' ({len(LANGUAGES)} are known)")
+    return language
 
 
 @dataclass
@@ -202,8 +221,11 @@ class FillSummary:
         no_audio: Rows without a transcript and without any audio to recognise.
         annotated: Rows that already had a transcript (left as they were).
         no_words: Rows whose ``extra.transcript_source`` is ``"none"``: without words by design.
+        reused: Rows (counted above too) whose recognition a stopped run had kept on disk.
         refused: ``(id, reason)`` of each row whose media could not be used (missing, corrupt,
-            undecodable): its transcript is left null and the other rows go on.
+            undecodable, too short) or whose ``extra.language`` Whisper does not decode: its
+            transcript is left null and the other rows go on; ``(file:line, reason)`` of each
+            manifest line that is not a valid row (left out of the output).
     """
 
     filled: int = 0
@@ -211,6 +233,7 @@ class FillSummary:
     no_audio: int = 0
     annotated: int = 0
     no_words: int = 0
+    reused: int = 0
     refused: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -219,6 +242,7 @@ def fill_missing_transcripts(
     recognizer: SpeechRecognizer | None = None,
     language: str | None = None,
     chunk_size: int = 64,
+    progress: TranscriptProgress | None = None,
 ) -> FillSummary:
     """Give every row without a transcript the words recognised in its audio, in place.
 
@@ -227,7 +251,8 @@ def fill_missing_transcripts(
     An explanation an adapter derived from the row's channels (``extra.explanation_source``, as the
     Polish set's) is dropped with its evidence, since it said there were no words. Rows whose
     ``extra.transcript_source`` is ``"none"`` have no words by design (the synthetic clips without
-    a text channel say syllables) and are left alone.
+    a text channel say syllables), and rows whose ``extra.channels`` leave out ``audio`` have no
+    voice (a sound track of room noise is not one): both are left alone.
 
     Args:
         rows: Manifest rows (relative media resolve against their manifest).
@@ -235,13 +260,14 @@ def fill_missing_transcripts(
         language: Language of every clip; None takes each row's ``extra.language`` and detects
             the language of rows without one.
         chunk_size: Rows decoded and held in memory at once.
+        progress: Transcriptions of an earlier run to reuse, and where each decoded chunk is recorded.
 
     Returns:
         The counts of filled, silent, audio-less and annotated rows, and the refused ones.
     """
     recognizer = recognizer or SpeechRecognizer()
     summary = FillSummary()
-    pending: list[tuple[ManifestRow, np.ndarray]] = []
+    pending: list[tuple[ManifestRow, np.ndarray, str | None]] = []
     for row in rows:
         if row.transcript is not None:
             summary.annotated += 1
@@ -249,70 +275,103 @@ def fill_missing_transcripts(
         if isinstance(row.extra, dict) and row.extra.get("transcript_source") == "none":
             summary.no_words += 1
             continue
-        try:
-            audio = row_audio(row)
-        except MediaError as exc:
-            summary.refused.append((row.id, str(exc)))
-            continue
-        if audio is None or len(audio) == 0:
+        channels = row.extra.get("channels") if isinstance(row.extra, dict) else None
+        if isinstance(channels, list) and "audio" not in channels:
             summary.no_audio += 1
             continue
-        pending.append((row, audio))
+        earlier = progress.done.get(row.id) if progress else None
+        if earlier is not None:  # recognised by a run that was stopped
+            _apply(row, Transcription(**earlier), summary)
+            summary.reused += 1
+            continue
+        try:
+            row_language = language or _row_language(row)
+            audio, absent = row_audio(row)
+        except (MediaError, ValueError) as exc:
+            summary.refused.append((row.id, str(exc)))
+            continue
+        if audio is None:
+            # A silent track is sound without speech; no track at all is no audio.
+            if absent == "audio is silent":
+                summary.no_speech += 1
+            else:
+                summary.no_audio += 1
+        else:
+            pending.append((row, audio, row_language))
         if len(pending) >= chunk_size:
-            _fill_chunk(pending, recognizer, language, summary)
+            _fill_chunk(pending, recognizer, summary, progress)
             pending = []
     if pending:
-        _fill_chunk(pending, recognizer, language, summary)
+        _fill_chunk(pending, recognizer, summary, progress)
     return summary
 
 
 def _fill_chunk(
-    pending: list[tuple[ManifestRow, np.ndarray]], recognizer: SpeechRecognizer, language: str | None,
-    summary: FillSummary,
+    pending: list[tuple[ManifestRow, np.ndarray, str | None]], recognizer: SpeechRecognizer, summary: FillSummary,
+    progress: TranscriptProgress | None,
 ) -> None:  # fmt: skip
-    languages = [language or _row_language(row) for row, _ in pending]
-    results = recognizer.transcribe([audio for _, audio in pending], languages)
-    for (row, _), result in zip(pending, results, strict=True):
-        if not result.text:
-            summary.no_speech += 1
-            continue
-        row.transcript = result.text
-        row.extra["transcript_source"] = result.source
-        row.extra["transcript_language"] = result.language
-        channels = row.extra.get("channels")
-        if isinstance(channels, list) and "text" not in channels:
-            row.extra["channels"] = [c for c in ("audio", "video", "text") if c in channels or c == "text"]
-        if row.extra.get("explanation_source"):
-            # An explanation an adapter derived from the channels the row had says there are no words:
-            # with words it would be false, so it goes (the labels stay) and the row says why.
-            row.explanation = None
-            row.extra.pop("evidence", None)
-            row.extra["explanation_dropped"] = "written before the transcript was recognised"
-        summary.filled += 1
+    results = recognizer.transcribe([audio for _, audio, _ in pending], [lang for _, _, lang in pending])
+    if progress is not None:
+        progress.record([(row.id, asdict(result)) for (row, _, _), result in zip(pending, results, strict=True)])
+    for (row, _, _), result in zip(pending, results, strict=True):
+        _apply(row, result, summary)
+
+
+def _apply(row: ManifestRow, result: Transcription, summary: FillSummary) -> None:
+    if not result.text:
+        summary.no_speech += 1
+        return
+    row.transcript = result.text
+    row.extra["transcript_source"] = result.source
+    row.extra["transcript_language"] = result.language
+    channels = row.extra.get("channels")
+    if isinstance(channels, list) and "text" not in channels:
+        row.extra["channels"] = [c for c in ("audio", "video", "text") if c in channels or c == "text"]
+    if row.extra.get("explanation_source"):
+        # An explanation an adapter derived from the channels the row had says there are no words:
+        # with words it would be false, so it goes (the labels stay) and the row says why.
+        row.explanation = None
+        row.extra.pop("evidence", None)
+        row.extra["explanation_dropped"] = "written before the transcript was recognised"
+    summary.filled += 1
 
 
 def _row_language(row: ManifestRow) -> str | None:
+    """The row's ``extra.language``, checked (ValueError naming the field), or None."""
     language = row.extra.get("language") if isinstance(row.extra, dict) else None
-    return language if isinstance(language, str) and language else None
+    if not isinstance(language, str) or not language:
+        return None
+    return check_language(language, f"row {row.id}: field 'extra.language'")
 
 
 def fill_manifest_transcripts(
-    manifest: str | Path, out: str | Path, recognizer: SpeechRecognizer | None = None, language: str | None = None
+    manifest: str | Path, out: str | Path, recognizer: SpeechRecognizer | None = None, language: str | None = None,
+    chunk_size: int = 64,
 ) -> FillSummary:
     """Read a manifest, fill its missing transcripts, and write the result to ``out``.
 
     Media paths are rewritten relative to ``out``'s folder, so the new manifest resolves the same
-    files wherever it is written.
+    files wherever it is written. A line of the manifest that is not a valid row is listed in
+    ``refused`` (by its line) and left out of ``out``. The clips recognised are recorded as they are
+    decoded (:mod:`affect_llm.features.asr_progress`): a run that is killed and started again on the
+    same manifest recognises only the clips not yet done.
 
     Returns:
         The :class:`FillSummary`.
 
     Raises:
         FileNotFoundError: If ``manifest`` does not exist.
-        ManifestError: If a row of it is invalid.
+        ValueError: If ``language`` is not one Whisper decodes.
     """
-    rows = load_manifest(manifest)
-    summary = fill_missing_transcripts(rows, recognizer, language)
+    if language is not None:
+        check_language(language, "--language")
+    recognizer = recognizer or SpeechRecognizer()
+    reader = ManifestReader(manifest)
+    rows = list(reader)
+    progress = TranscriptProgress.for_manifest(manifest, out, language, recognizer.source)
+    summary = fill_missing_transcripts(rows, recognizer, language, chunk_size, progress)
+    summary.refused[:0] = [(f"{Path(manifest).name}:{issue.line}", f"field {issue.field!r}: {issue.reason}")
+                           for issue in reader.issues]
     base = Path(out).parent.resolve()
     written = []
     for row in rows:
@@ -323,4 +382,5 @@ def fill_manifest_transcripts(
                 data[name] = os.path.relpath(path.resolve(), base)
         written.append(data)
     write_manifest(written, out)
+    progress.finish()
     return summary
