@@ -40,10 +40,11 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     # the config's own checks: each names the file, line or key at fault.
     from affect_llm.data.polish_set import PolishDataError
     from affect_llm.evaluation.judge.protocol import JudgeError
-    from affect_llm.generation.vllm_worker import VLLMUnavailableError
+    from affect_llm.generation.vllm_worker import VLLMEngineError, VLLMUnavailableError
 
     return (UsageError, ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            PermissionError, ModuleNotFoundError, JudgeError, VLLMUnavailableError, PolishDataError)
+            PermissionError, ModuleNotFoundError, JudgeError, VLLMUnavailableError, VLLMEngineError,
+            PolishDataError)
 
 
 def _os_message(error: OSError) -> str:

@@ -165,4 +165,22 @@ def engine_options_from_arguments(args: argparse.Namespace) -> dict[str, Any]:
         options["vllm_python"] = args.vllm_python
     if options and args.backend != "vllm":
         raise UsageError(f"--engine-arg and --vllm-python need --backend vllm (got --backend {args.backend})")
+    if args.backend == "vllm":
+        _engine_precision(args, options)
     return options
+
+
+def _engine_precision(args: argparse.Namespace, options: dict[str, Any]) -> None:
+    """vLLM decodes in its engine's dtype, not the one the checkpoint loads in: ``--dtype`` goes to the
+    engine too, and 4-bit NF4 (a bitsandbytes hold of the HF backend) is vLLM's own option."""
+    from affect_llm.cli.errors import UsageError
+
+    if getattr(args, "load_in_4bit", None):
+        raise UsageError("--load-in-4bit holds the hf backend's LLM in NF4; with --backend vllm the engine "
+                         "quantizes: --engine-arg quantization=bitsandbytes (or a checkpoint quantized for vLLM)")
+    dtype = getattr(args, "dtype", None)
+    if dtype is None:
+        return
+    if options.get("dtype", dtype) != dtype:
+        raise UsageError(f"--dtype {dtype} and --engine-arg dtype={options['dtype']} disagree; give one")
+    options["dtype"] = dtype

@@ -478,7 +478,10 @@ def explain_manifest(
             "decoding": decoding.as_dict(),
             # --dtype and --load-in-4bit change answers (4-bit visibly): a rerun in another precision
             # must not append to these rows as if they were its own.
-            "precision": _run_precision(getattr(active.model.config, "precision", None), backend_options or {}),
+            # The vLLM engine's precision options are recorded, defaults included: it, not the loaded
+            # checkpoint, does the arithmetic of decoding.
+            "precision": _run_precision(getattr(active.model.config, "precision", None),
+                                        getattr(active, "engine_options", {})),
         }
         standardiser = None
         if active.model.config.audio_speaker_normalisation:

