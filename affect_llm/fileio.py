@@ -154,15 +154,18 @@ def append_whole(fd: int, data: bytes, path: str | Path | None = None) -> None:
         path: The file's name, for the error (``os.write`` errors name none).
     """
     start = os.lseek(fd, 0, os.SEEK_END)
+    view = memoryview(data)
     try:
-        view = memoryview(data)
         while view:
             # os.write may write part of the buffer (a size limit reached): go on until it raises.
             view = view[os.write(fd, view) :]
         os.fsync(fd)
     except BaseException as error:
-        # Shrinking a file needs no free space: this works on a full disk.
-        os.ftruncate(fd, start)
+        # A signal after the last byte was written (Ctrl-C, SIGTERM during the fsync) leaves whole lines,
+        # which are kept: they are finished work. A part written, or a disk that refused the fsync, is cut.
+        if view or isinstance(error, OSError):
+            # Shrinking a file needs no free space: this works on a full disk.
+            os.ftruncate(fd, start)
         if isinstance(error, OSError) and error.filename is None and path is not None:
             raise OSError(error.errno, error.strerror, str(path)) from error
         raise

@@ -52,6 +52,35 @@ def test_append_is_whole_or_nothing_when_the_file_size_limit_is_hit(tmp_path: Pa
     assert out.read_bytes() == b'{"id": 1}\n'
 
 
+def test_lines_written_whole_are_kept_when_a_signal_lands_in_the_fsync(tmp_path: Path, monkeypatch) -> None:
+    """SIGTERM raised while the fsync runs (seen under load in `explain`): the rows are whole and stay;
+    a disk that refuses the fsync still has them cut. The signal's timing is simulated: fsync raises."""
+    import os
+
+    from affect_llm import fileio
+
+    out = tmp_path / "rows.jsonl"
+    out.write_bytes(b'{"id": 1}\n')
+    fd = os.open(out, os.O_WRONLY | os.O_APPEND)
+
+    def interrupted(_fd: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fileio.os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fileio.append_whole(fd, b'{"id": 2}\n')
+    assert out.read_bytes() == b'{"id": 1}\n{"id": 2}\n'
+
+    def refused(_fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(fileio.os, "fsync", refused)
+    with pytest.raises(OSError):
+        fileio.append_whole(fd, b'{"id": 3}\n', out)
+    os.close(fd)
+    assert out.read_bytes() == b'{"id": 1}\n{"id": 2}\n'
+
+
 def test_a_torn_last_line_is_cut_in_place(tmp_path: Path) -> None:
     out = tmp_path / "rows.jsonl"
     out.write_bytes(b'{"id": 1}\n{"id": 2}\n{"id": 3, "te')
