@@ -80,6 +80,12 @@ def rl_arm(steps: int | None) -> float:
     """
     timing = OUT / "rl_seconds.json"
     trained_before = Path("runs/embedded_rl/stages/rl/stage_done.json").is_file()
+    if trained_before and not timing.is_file():
+        # Timing the --resume below would time a stage that is already done (seconds), and the
+        # supervised arm would get those seconds instead of the RL arm's training time.
+        raise SystemExit("runs/embedded_rl was trained outside this script, so its wall time is unknown and the "
+                         "supervised arm cannot be given the same: move runs/embedded_rl aside and run this "
+                         "script again (it trains the RL arm itself and records its time)")
     started = time.perf_counter()
     cli("train", "training/embedded_rl.yaml", *([f"stages.0.steps={steps}"] if steps else []), "--resume")
     seconds = time.perf_counter() - started
@@ -175,6 +181,8 @@ def main() -> int:
     parser.add_argument("--table-only", action="store_true", help="print the table of arms already run")
     parser.add_argument("--rl-steps", type=int, help="steps of the RL stage (default: training/embedded_rl.yaml's)")
     args = parser.parse_args()
+    if args.rl_steps is not None and args.rl_steps < 1:
+        parser.error(f"--rl-steps must be at least 1, got {args.rl_steps}")
     if not args.table_only:
         if not (SUPERVISED / "final").is_dir():
             print(f"{SUPERVISED}/final is missing: run scripts/quickstart.sh first", file=sys.stderr)
