@@ -236,6 +236,24 @@ def die_with_parent(_worker_id: int = 0) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(1)
+    quiet_abandoned_handovers()
+
+
+def quiet_abandoned_handovers() -> None:
+    """In a worker: say nothing when the parent drops a tensor handover half-way.
+
+    A worker hands its tensors over by file descriptor through a thread (multiprocessing's
+    ``resource_sharer``) that reports every error to ``sys.excepthook``. A parent that ends (Ctrl-C,
+    SIGTERM, an error) resets the connection, and the worker printed a ConnectionResetError traceback
+    after the parent's own last line. Any other error is reported as before.
+    """
+    report = sys.excepthook
+
+    def hook(kind: type[BaseException], error: BaseException, trace: Any) -> None:
+        if not issubclass(kind, (ConnectionError, EOFError)):
+            report(kind, error, trace)
+
+    sys.excepthook = hook
 
 
 def decode_batches(

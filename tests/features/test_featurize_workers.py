@@ -4,6 +4,8 @@ without holding features, and encoder fingerprints that follow the weight files.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -189,3 +191,16 @@ def test_a_decode_worker_dies_with_its_parent(tmp_path: Path) -> None:
     else:
         os.kill(worker, signal.SIGKILL)
         pytest.fail(f"worker {worker} outlived its parent")
+
+
+def test_a_worker_says_nothing_of_a_handover_its_parent_dropped() -> None:
+    """The worker's tensor handover thread reports to sys.excepthook: a reset connection (the parent
+    ended mid-handover) prints nothing after the parent's last line; any other error still prints."""
+    code = ("import sys\nfrom affect_llm.features.decode import quiet_abandoned_handovers\n"
+            "quiet_abandoned_handovers()\n"
+            "for error in (ConnectionResetError(104, 'Connection reset by peer'), EOFError(), ValueError('real')):\n"
+            "    sys.excepthook(type(error), error, None)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "ConnectionResetError" not in done.stderr and "EOFError" not in done.stderr
+    assert "ValueError: real" in done.stderr
