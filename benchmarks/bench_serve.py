@@ -42,10 +42,20 @@ MODEL = "affect-embedded"
 QUESTIONS = (None, "How does the person feel, and why?")
 
 
+DEFAULT_MODEL = ROOT / "runs" / "embedded" / "final"
+
+
 def embedded_checkpoint(requested: Path, work: Path) -> tuple[Path, str]:
-    """The checkpoint to serve and a sentence saying what it is."""
+    """The checkpoint to serve and a sentence saying what it is: the one asked for, or, when the default
+    (the quickstart's) is not there, the embedded parts untrained.
+
+    Raises:
+        SystemExit: A ``--model`` given on the command line that is not a checkpoint.
+    """
     if (requested / "affect_checkpoint.json").is_file():
         return requested, f"{requested} (trained)"
+    if requested != DEFAULT_MODEL:
+        raise SystemExit(f"--model {requested}: not an affect-llm checkpoint (no affect_checkpoint.json)")
     import yaml
 
     from affect_llm.loading.build import build_model
@@ -90,7 +100,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=ROOT / "runs" / "embedded" / "final")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=4, help="requests per client, back to back")
     parser.add_argument("--clips", type=int, default=8, help="distinct clips (x2 questions = distinct requests)")
