@@ -113,6 +113,8 @@ def _adapter_options(args: argparse.Namespace) -> dict:
 def _prepare(args: argparse.Namespace) -> int:
     from affect_llm.data.adapters import prepare
 
+    if args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a folder; give the manifest file to write")
     summary = prepare(
         args.name, args.root, args.out, keep_missing=args.keep_missing, strict=args.strict,
         **_adapter_options(args),

@@ -120,3 +120,15 @@ def test_malformed_csv_lines_are_recorded_and_every_other_line_prepared(tmp_path
     assert summary["skipped"] == [{"where": "train-label.csv:3", "reason": "field 'valence' holds 'n/a', not a number"}]
     assert summary["num_rows"] == 1
     capsys.readouterr()
+
+
+def test_an_output_that_is_a_folder_is_named_before_any_work(tmp_path: Path, capsys) -> None:
+    from affect_llm.cli.main import main
+
+    (tmp_path / "ann.csv").write_text("clip,file\nx,a.wav\n")
+    assert main(["data", "prepare", "generic", "--root", str(tmp_path), "--annotations", "ann.csv",
+                 "--map", "id=clip,audio=file", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"--out {tmp_path} is a folder; give the manifest file to write")
+    (tmp_path / "m.jsonl").write_text("")
+    assert main(["data", "transcribe", str(tmp_path / "m.jsonl"), "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder" in capsys.readouterr().err
