@@ -322,7 +322,7 @@ class MediaStore:
 
     def _recognise(self, row: ManifestRow) -> Transcription | None:
         assert self.recognizer is not None
-        audio = row_audio(row)
+        audio, _ = row_audio(row)  # the clip passed the media checks before it got here
         if audio is None or len(audio) == 0:
             return None
         self.stats.recognised += 1
