@@ -110,11 +110,16 @@ def _adapter_options(args: argparse.Namespace) -> dict:
     return {}
 
 
+def _refuse_folder_out(out: Path) -> None:
+    """Before any work: a manifest cannot be written over a folder."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give the manifest file to write")
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from affect_llm.data.adapters import prepare
 
-    if args.out.is_dir():
-        raise UsageError(f"--out {args.out} is a folder; give the manifest file to write")
+    _refuse_folder_out(args.out)
     summary = prepare(
         args.name, args.root, args.out, keep_missing=args.keep_missing, strict=args.strict,
         **_adapter_options(args),
@@ -202,8 +207,7 @@ def _transcribe(args: argparse.Namespace) -> int:
 
     if args.chunk_size < 1:
         raise UsageError(f"--chunk-size must be at least 1, got {args.chunk_size}")
-    if args.out.is_dir():
-        raise UsageError(f"--out {args.out} is a folder; give the manifest file to write")
+    _refuse_folder_out(args.out)
     summary = fill_manifest_transcripts(args.manifest, args.out, language=args.language, chunk_size=args.chunk_size)
     for row_id, reason in summary.refused:
         print(f"refused {row_id}: {reason}", file=sys.stderr)

@@ -127,11 +127,11 @@ def read_csv_rows(path: Path, result: BuildResult | None = None) -> Iterator[tup
                          "save the file as UTF-8") from exc
     reader = csv.DictReader(io.StringIO(text, newline=""))
     for row in reader:
+        columns = len(reader.fieldnames or ())
         # DictReader puts surplus cells in a list under the key None and fills absent ones with None.
-        width = len(reader.fieldnames or ()) + len(row.get(None) or ()) - sum(v is None for v in row.values())
-        if width != len(reader.fieldnames or ()):
-            problem = (f"{width} cells where the header has {len(reader.fieldnames or ())} columns "
-                       "(an unquoted comma, or a line cut short)")
+        width = columns + len(row.get(None) or ()) - sum(v is None for v in row.values())
+        if width != columns:
+            problem = f"{width} cells where the header has {columns} columns (an unquoted comma, or a line cut short)"
             if result is None:
                 raise ValueError(f"{path}:{reader.line_num}: {problem}")
             result.skip(f"{path.name}:{reader.line_num}", problem)
