@@ -64,6 +64,20 @@ def test_meld_reports_missing_clip_in_summary(tmp_path: Path) -> None:
     assert kept.num_rows == 3
 
 
+def test_meld_test_clip_under_the_final_videos_prefix_is_found_when_the_plain_name_is_absent(tmp_path: Path) -> None:
+    header = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime"
+    _csv(tmp_path / "test_sent_emo.csv", header, "1,Hey.,Rachel,Joy,positive,1,0,1,1,0,1",
+         "2,Oh.,Ross,Sadness,negative,1,1,1,1,1,2")
+    folder = tmp_path / "MELD.Raw" / "output_repeated_splits_test"
+    prefixed = _touch(folder / "final_videos_testdia1_utt0.mp4")
+    plain = _touch(folder / "dia1_utt1.mp4")
+    _touch(folder / "final_videos_testdia1_utt1.mp4")  # beside a plain name: the plain one is read
+    result = build_dataset("meld", tmp_path)
+    assert [(r.id, r.media_path("video")) for r in result.rows] == [
+        ("meld/test/dia1_utt0", prefixed), ("meld/test/dia1_utt1", plain)]
+    assert result.missing == []
+
+
 def test_ravdess_parses_file_name_fields_and_pairs_modalities(tmp_path: Path) -> None:
     actor = tmp_path / "Actor_12"
     actor.mkdir()
@@ -173,7 +187,7 @@ def test_generic_mapping_from_csv(tmp_path: Path) -> None:
     out = tmp_path / "m.jsonl"
     summary = prepare("generic", tmp_path, out, annotations="ann.csv", mapping=mapping, labels_sep=";")
     (row,) = load_manifest(out)
-    assert row.labels == ["happy", "excited"] and row.split == "val" and row.extra == {"spk": "7"}
+    assert row.labels == ["happy", "excited"] and row.split == "val" and row.extra == {"annotation": "ann.csv:2", "spk": "7"}
     assert row.media_path("audio").resolve() == (tmp_path / "a" / "c1.wav").resolve()
     assert summary.missing == [{"id": "c2", "field": "audio", "path": str(tmp_path / "a" / "c2.wav")}]
     with pytest.raises(ValueError, match="not a manifest field"):
@@ -211,7 +225,7 @@ def test_strict_prepare_refuses_a_repeated_id(tmp_path: Path) -> None:
     make_wav(tmp_path / "a.wav", seconds=0.3)
     mapping = parse_mapping("id=clip,audio=file,labels=emo")
     out = tmp_path / "m.jsonl"
-    with pytest.raises(RefusedInputError, match="id c1: duplicate id"):
+    with pytest.raises(RefusedInputError, match=r"ann.csv:3: duplicate id c1 \(the first row with it, ann.csv:2, is kept\)"):
         prepare("generic", tmp_path, out, annotations="ann.csv", mapping=mapping, strict=True)
     assert not out.exists()
     summary = prepare("generic", tmp_path, out, annotations="ann.csv", mapping=mapping)

@@ -166,15 +166,24 @@ def _is_file(path: Path) -> bool:
 def drop_repeated_ids(result: BuildResult) -> None:
     """Keep the first row of each id; record the others (a manifest's ids are unique). A second
     call finds nothing to drop."""
-    seen: set[str] = set()
+    first: dict[str, ManifestRow] = {}
     kept = []
     for row in result.rows:
-        if row.id in seen:
-            result.skip(f"id {row.id}", "duplicate id (the first row with it is kept)")
+        if row.id in first:
+            # Named by its annotation line where the adapter records one, so the line can be mended.
+            kept_from = _annotation(first[row.id])
+            result.skip(_annotation(row) or f"id {row.id}",
+                        f"duplicate id {row.id} (the first row with it{f', {kept_from},' if kept_from else ''} is kept)")
         else:
-            seen.add(row.id)
+            first[row.id] = row
             kept.append(row)
     result.rows = kept
+
+
+def _annotation(row: ManifestRow) -> str | None:
+    """The ``file:line`` a row was built from, where its adapter records it (``extra.annotation``)."""
+    where = row.extra.get("annotation")
+    return where if isinstance(where, str) else None
 
 
 def write_prepared(

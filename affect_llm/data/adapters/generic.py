@@ -158,5 +158,6 @@ def _row(rec: dict[str, Any], mapping: dict[str, str], root: Path, labels_sep: s
         arousal=_number(values.get("arousal"), where, "arousal"),
         split=str(values.get("split") or "train"),
         source=str(values.get("source") or source),
-        extra={k: v for k, v in rec.items() if k not in mapping.values()},
+        # The annotation's file:line, unless the file has a column of that name itself.
+        extra={"annotation": where} | {k: v for k, v in rec.items() if k not in mapping.values()},
     )

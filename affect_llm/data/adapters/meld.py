@@ -9,7 +9,9 @@ Published layout (``--root`` is the folder holding the CSVs and ``MELD.Raw`` or 
 
 CSV columns: ``Sr No., Utterance, Speaker, Emotion, Sentiment, Dialogue_ID, Utterance_ID,
 Season, Episode, StartTime, EndTime``. Clips are looked up by file name inside the folder of
-their split (the three splits reuse the same ``dia/utt`` numbers).
+their split (the three splits reuse the same ``dia/utt`` numbers). Users of the published test
+archive report clips there named ``final_videos_testdia{d}_utt{u}.mp4``; such a file is used when the
+plain name is absent, and never in place of a plain one.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ SPLITS = {
     "val": ("dev_sent_emo.csv", ("dev_splits_complete", "dev_splits", "dev")),
     "test": ("test_sent_emo.csv", ("output_repeated_splits_test", "test_splits", "test")),
 }
+TEST_PREFIX = "final_videos_test"
 COLUMNS = ("Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID")
 
 
@@ -68,7 +71,7 @@ def build(root: Path) -> BuildResult:
                 result.skip(f"{csv_path.name}:{line}", f"field(s) {empty} empty: the clip cannot be named")
                 continue
             stem = f"dia{rec['Dialogue_ID']}_utt{rec['Utterance_ID']}"
-            video = clips.get(stem, default_dir / f"{stem}.mp4")
+            video = clips.get(stem) or clips.get(f"{TEST_PREFIX}{stem}") or default_dir / f"{stem}.mp4"
             row = ManifestRow(
                 id=f"meld/{split}/{stem}",
                 video=str(video),
