@@ -18,7 +18,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +141,8 @@ def finish_folder_swap(target: Path, marker: str, keep_old: bool = False) -> Non
         return
 
 
-def append_whole(fd: int, data: bytes, path: str | Path | None = None) -> None:
+def append_whole(fd: int, data: bytes, path: str | Path | None = None,
+                 kept: Callable[[], None] | None = None) -> None:
     """Append ``data`` to an open file in full or not at all, then fsync.
 
     A write that fails part-way (disk full, file size limit, a signal) is cut back to where it
@@ -152,6 +153,8 @@ def append_whole(fd: int, data: bytes, path: str | Path | None = None) -> None:
             :class:`OutputLock`).
         data: The bytes to add at the end.
         path: The file's name, for the error (``os.write`` errors name none).
+        kept: Called once ``data`` stays in the file: after the fsync, or before the error of a
+            signal that landed after the last byte was written (the caller counts what it wrote).
     """
     start = os.lseek(fd, 0, os.SEEK_END)
     view = memoryview(data)
@@ -166,9 +169,13 @@ def append_whole(fd: int, data: bytes, path: str | Path | None = None) -> None:
         if view or isinstance(error, OSError):
             # Shrinking a file needs no free space: this works on a full disk.
             os.ftruncate(fd, start)
+        elif kept is not None:
+            kept()
         if isinstance(error, OSError) and error.filename is None and path is not None:
             raise OSError(error.errno, error.strerror, str(path)) from error
         raise
+    if kept is not None:
+        kept()
 
 
 def cut_torn_tail(path: Path) -> int:

@@ -66,19 +66,22 @@ def test_lines_written_whole_are_kept_when_a_signal_lands_in_the_fsync(tmp_path:
     def interrupted(_fd: int) -> None:
         raise KeyboardInterrupt
 
+    counted: list[bytes] = []  # what the caller counts as written (explain's run summary)
     monkeypatch.setattr(fileio.os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        fileio.append_whole(fd, b'{"id": 2}\n')
-    assert out.read_bytes() == b'{"id": 1}\n{"id": 2}\n'
+        fileio.append_whole(fd, b'{"id": 2}\n', kept=lambda: counted.append(b"2"))
+    assert out.read_bytes() == b'{"id": 1}\n{"id": 2}\n' and counted == [b"2"]
 
     def refused(_fd: int) -> None:
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(fileio.os, "fsync", refused)
     with pytest.raises(OSError):
-        fileio.append_whole(fd, b'{"id": 3}\n', out)
+        fileio.append_whole(fd, b'{"id": 3}\n', out, kept=lambda: counted.append(b"3"))
+    monkeypatch.undo()
+    fileio.append_whole(fd, b'{"id": 4}\n', out, kept=lambda: counted.append(b"4"))
     os.close(fd)
-    assert out.read_bytes() == b'{"id": 1}\n{"id": 2}\n'
+    assert out.read_bytes() == b'{"id": 1}\n{"id": 2}\n{"id": 4}\n' and counted == [b"2", b"4"]
 
 
 def test_a_torn_last_line_is_cut_in_place(tmp_path: Path) -> None:

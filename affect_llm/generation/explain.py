@@ -316,8 +316,8 @@ class BatchExplainer:
             summary.count_refused(refused)
             lines = [line for line in lines if not line.get("refused")]
         append_whole(fd, "".join(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n"
-                                 for line in lines).encode("utf-8"), summary.out_path)
-        summary.count_rows(lines)
+                                 for line in lines).encode("utf-8"), summary.out_path,
+                     kept=lambda: summary.count_rows(lines))
         if self.failed_batches_in_a_row >= STOP_AFTER_FAILED_BATCHES:
             error = next(line["error"] for line in lines if not line.get("refused"))
             raise GenerationStoppedError(
