@@ -55,9 +55,6 @@ def stage_inputs(config: TrainConfig, index: int, manifest_hashes: dict[str, str
     """
     settings = asdict(config.train)
     data = asdict(config.data)
-    # A stage that starts from a named checkpoint depends on that checkpoint's content, not its path.
-    starts = {stage.name: checkpoint_fingerprint(stage.init) for stage in config.stages[: index + 1]
-              if stage.init not in ("base", "previous") and Path(stage.init).is_dir()}
     return {
         "seed": config.seed,
         "prompt_version": config.prompt_version,
@@ -70,8 +67,18 @@ def stage_inputs(config: TrainConfig, index: int, manifest_hashes: dict[str, str
         "train": {key: settings[key] for key in RESULT_SETTINGS},
         "global_batch": config.train.batch_size * config.train.grad_accum * world_size,
         "stages": [_result_fields(stage) for stage in config.stages[: index + 1]],
-        "init_checkpoints": starts,
+        "init_checkpoints": init_fingerprints(config, index),
     }
+
+
+def init_fingerprints(config: TrainConfig, index: int) -> dict[str, str]:
+    """Fingerprints of the named checkpoints that stage ``index`` and the stages before it start from.
+
+    A stage that starts from a named checkpoint depends on that checkpoint's content, not its path;
+    a checkpoint records these too, so its own fingerprint changes when what it grew from changed.
+    """
+    return {stage.name: checkpoint_fingerprint(stage.init) for stage in config.stages[: index + 1]
+            if stage.init not in ("base", "previous") and Path(stage.init).is_dir()}
 
 
 def changed_keys(recorded: Any, wanted: Any, prefix: str = "") -> list[str]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from affect_llm.loading.checkpoint import META_FILE
 from affect_llm.memory import peak_resident_mib, release_free_memory, trim_heap
+from affect_llm.training.inputs import init_fingerprints
 from affect_llm.training.state import save_training_state
 
 if TYPE_CHECKING:
@@ -136,6 +137,7 @@ def keep_if_best(recipe: CurriculumRecipe, stage: Any, stage_dir: Path, model: A
     metadata = {
         "stage": stage.name, "step": step, rule.key: validation.value, **validation.metadata,
         "trainable": stage.trainable, "config": recipe.config.to_dict(), "manifests": recipe.manifest_hashes(),
+        "init_checkpoints": init_fingerprints(recipe.config, recipe.config.stages.index(stage)),
     }
     recipe.save_checkpoint(model, processor, stage_dir / "best", metadata)
     return {rule.key: validation.value, "step": step}

@@ -12,7 +12,12 @@ from safetensors.torch import load_file, save_file
 from trainhelpers import read_losses, tiny_config
 
 from affect_llm.hashing import file_sha256
-from affect_llm.loading.checkpoint import CheckpointError, load_checkpoint, read_metadata
+from affect_llm.loading.checkpoint import (
+    CheckpointError,
+    checkpoint_fingerprint,
+    load_checkpoint,
+    read_metadata,
+)
 from affect_llm.training.config import TrainConfig
 from affect_llm.training.inputs import StaleStageError, stage_inputs
 from affect_llm.training.logging import RunLogger
@@ -226,6 +231,17 @@ def test_continuing_a_saved_adapter_says_when_the_lora_block_differs(
         assert model.language_model.peft_config["default"].lora_dropout == 0.0  # the saved adapter's
         messages = [record.getMessage() for record in caplog.records]
         assert any("dropout 0.0 (config: 0.1)" in message for message in messages) is warned, messages
+
+
+def test_a_checkpoint_records_the_checkpoint_it_grew_from(finished_run: Path, synth_manifest: Path,
+                                                          feature_cache: Path, tmp_path: Path) -> None:
+    """A checkpoint trained from a named init records that init's fingerprint, so its own fingerprint
+    (what explain outputs and later stages check) changes when the init was retrained."""
+    raw = tiny_config(synth_manifest, tmp_path / "run", feature_cache, stages=2)
+    raw["stages"] = [{**raw["stages"][1], "init": str(finished_run / "final")}]
+    final = CurriculumRecipe(TrainConfig.from_dict(raw, TASKS)).run()
+    assert read_metadata(final)["init_checkpoints"] == {"reason": checkpoint_fingerprint(finished_run / "final")}
+    assert read_metadata(finished_run / "final")["init_checkpoints"] == {}
 
 
 def test_an_init_that_is_no_checkpoint_is_refused_before_any_stage_trains(synth_manifest: Path, tmp_path: Path) -> None:
