@@ -178,6 +178,20 @@ def append_whole(fd: int, data: bytes, path: str | Path | None = None,
         kept()
 
 
+def parse_yaml(text: str | bytes, where: str | Path) -> Any:
+    """YAML text parsed; a syntax error is a ValueError naming ``where``, the line and the column
+    (PyYAML's own message names only ``<byte string>``)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ValueError(f"{where}: not valid YAML{at}: {problem}") from error
+
+
 def cut_torn_tail(path: Path) -> int:
     """Remove an unfinished last line (a crash mid-write) in place; returns the bytes removed.
 

@@ -152,6 +152,9 @@ def _check(args: argparse.Namespace) -> int:
     from affect_llm.fileio import OutputLock
 
     out = _check_dir(args)
+    if out.exists() and not out.is_dir():
+        # Refused before the scan: the reports are written only once every row was checked.
+        raise UsageError(f"--out {out} is a file; data check writes a folder (report.md, clean.jsonl, ...)")
     with OutputLock(out):
         report = check_manifest(args.manifest, out, policy=MediaPolicy(min_sample_rate=args.min_sample_rate))
     print(f"{report.num_rows} rows: {report.num_good} good, {report.num_bad} quarantined; report in {out}")

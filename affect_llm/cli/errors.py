@@ -42,8 +42,8 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from affect_llm.evaluation.judge.protocol import JudgeError
     from affect_llm.generation.vllm_worker import VLLMEngineError, VLLMUnavailableError
 
-    return (UsageError, ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            PermissionError, ModuleNotFoundError, JudgeError, VLLMUnavailableError, VLLMEngineError,
+    return (UsageError, ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError,
+            IsADirectoryError, PermissionError, ModuleNotFoundError, JudgeError, VLLMUnavailableError, VLLMEngineError,
             PolishDataError)
 
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from affect_llm.fileio import parse_yaml
 from affect_llm.hashing import bytes_sha256
 
 ANSWER_KEYS: tuple[str, ...] = ("labels", "explanation", "evidence")
@@ -107,7 +106,7 @@ def prompt_from_text(name: str, version: str, text: str, sha256: str, where: str
 
 
 def _parse(name: str, version: str, raw: bytes, path: Path) -> PromptFile:
-    data = yaml.safe_load(raw)
+    data = parse_yaml(raw, f"prompt file {path}")
     if not isinstance(data, dict):
         raise ValueError(f"prompt file {path} must hold a YAML mapping, got {type(data).__name__}")
     return PromptFile(name=name, version=version, sha256=bytes_sha256(raw), data=data, path=path,

@@ -15,8 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
-
+from affect_llm.fileio import parse_yaml
 from affect_llm.loading.spec import ModelSpec
 from affect_llm.modeling.trainable import TRAINABLE_GROUPS, LoraSettings, attention_name_problem
 from affect_llm.precision import resolve_training_precision
@@ -364,12 +363,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 if not key.lstrip("-").isdigit() or not -len(node) <= int(key) < len(node):
                     raise ValueError(f"override {override!r}: {where} is not an index of a list of {len(node)}")
                 if last:
-                    node[int(key)] = yaml.safe_load(text)
+                    node[int(key)] = parse_yaml(text, f"override {override!r}")
                 else:
                     node = node[int(key)]
             elif isinstance(node, dict):
                 if last:
-                    node[key] = yaml.safe_load(text)
+                    node[key] = parse_yaml(text, f"override {override!r}")
                 else:
                     node = node.setdefault(key, {})
             else:
@@ -383,7 +382,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, task_names
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: training config not found")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = parse_yaml(path.read_text(), path) or {}
     raw = apply_overrides(raw, overrides or [])
     if task_names is None:
         from affect_llm.prompts import load_prompt

@@ -4,6 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
+import pytest
 from datahelpers import row, write_jsonl
 
 from affect_llm.cli import data as data_cli
@@ -25,6 +26,17 @@ def test_check_exit_code_follows_bad_rows(tmp_path: Path, media_dir: Path, capsy
     assert "m.jsonl:2: error: video: file not found" in capsys.readouterr().out
     assert _run(["data", "check", str(manifest), "--out", str(tmp_path / "out"), "--allow-bad"]) == 0
     assert json.loads((tmp_path / "out" / "report.json").read_text())["num_bad"] == 1
+
+
+def test_check_refuses_an_out_that_is_a_file_before_reading_any_row(tmp_path: Path) -> None:
+    from affect_llm.cli.errors import UsageError
+
+    manifest = write_jsonl(tmp_path / "m.jsonl", [row("a", video="gone.mp4")])
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine\n")
+    with pytest.raises(UsageError, match=f"--out {taken} is a file"):
+        _run(["data", "check", str(manifest), "--out", str(taken)])
+    assert taken.read_text() == "mine\n"
 
 
 def test_prepare_writes_manifest_and_warns_about_missing_media(tmp_path: Path, capsys) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -130,6 +131,24 @@ def test_training_conflicts_take_their_share_and_leave_the_test_set_alone() -> N
 def test_a_conflict_share_outside_its_range_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="train_conflict_share"):
         generate_synthetic_set(tmp_path, num_train=4, num_val=0, num_test_per_cue=0, train_conflict_share=1.0)
+
+
+def test_a_bad_seed_leaves_an_existing_set_whole(synth_dir, tmp_path) -> None:
+    """Parameters are checked before anything on disk is cleared: a typo cannot delete a set."""
+    copy = tmp_path / "set"
+    shutil.copytree(synth_dir, copy)
+    before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        generate_synthetic_set(copy, seed=-1, num_train=4, num_val=0, num_test_per_cue=0)
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before
+
+
+def test_a_manifest_it_did_not_write_is_never_replaced(tmp_path) -> None:
+    theirs = tmp_path / "manifest.jsonl"
+    theirs.write_text('{"id": "mine"}\n')
+    with pytest.raises(FileExistsError, match="a manifest that data synth did not write"):
+        generate_synthetic_set(tmp_path, num_train=4, num_val=0, num_test_per_cue=0)
+    assert theirs.read_text() == '{"id": "mine"}\n' and not (tmp_path / "media").exists()
 
 
 def test_mp4_decodes_with_face_frames(synth_dir) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
 from affect_llm.loading.build import build_model
@@ -87,3 +90,13 @@ def test_a_prompt_version_without_channels_states_none(tmp_path):
                                    prompt_version="v3")
     assert processor.prompt.ref == load_prompt("tasks", "v3").ref
     assert "Has:" not in processor.build_messages("reason", ["audio"])[1]["content"]
+
+
+def test_a_prompt_file_that_is_not_yaml_is_named_with_its_line(tmp_path: Path) -> None:
+    from affect_llm.prompts import load_prompt
+
+    broken = tmp_path / "tasks" / "v1.yaml"
+    broken.parent.mkdir()
+    broken.write_text("system: [unclosed\n")
+    with pytest.raises(ValueError, match=rf"prompt file {broken}: not valid YAML at line 2, column 1"):
+        load_prompt("tasks", "v1", root=tmp_path)

@@ -166,6 +166,7 @@ def test_overrides_after_a_flag_are_taken_and_other_words_refused(
     ("stages.5.steps=2", "override 'stages.5.steps=2': stages.5 is not an index of a list of 2"),
     ("stages.align.steps=2", "stages.align is not an index of a list of 2"),
     ("train.batch_size.x=1", "override 'train.batch_size.x=1': train.batch_size is a value (4), not a mapping"),
+    ("train.batch_size=[4", "override 'train.batch_size=[4': not valid YAML at line 1, column 3"),
 ])
 def test_a_bad_run_setting_or_override_path_is_a_usage_error_naming_it(
     tmp_path: Path, no_model_builds: None, capsys: pytest.CaptureFixture[str], override: str, message: str
@@ -173,6 +174,16 @@ def test_a_bad_run_setting_or_override_path_is_a_usage_error_naming_it(
     config = write_config(tmp_path / "config.yaml", _raw(tmp_path))
     assert main(["train", str(config), override, "--check", "--config-only"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_config_that_is_not_yaml_is_a_usage_error_naming_the_file_and_line(
+    tmp_path: Path, no_model_builds: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("seed: 0\nrun_dir: [x\n")
+    assert main(["train", str(config), "--check", "--config-only"]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: not valid YAML at line 3, column 1" in err and "internal error" not in err
 
 
 def test_override_is_validated(tmp_path: Path, no_model_builds: None) -> None:

@@ -142,11 +142,14 @@ def generate_synthetic_set(
         Path to ``out_dir/manifest.jsonl``.
 
     Raises:
-        ValueError: If a size is negative, ``train_conflict_share`` is outside [0, 1) or ``workers`` < 1.
+        ValueError: If the seed or a size is negative, ``train_conflict_share`` is outside [0, 1) or
+            ``workers`` < 1; nothing on disk is touched.
+        FileExistsError: If ``out_dir`` holds a manifest that this generator did not write.
         RuntimeError: If espeak-ng, sox or ffmpeg fails for a sample.
     """
     per_missing = num_test_per_cue if num_test_per_missing is None else num_test_per_missing
     for name, value in (
+        ("seed", seed),
         ("num_train", num_train),
         ("num_val", num_val),
         ("num_test_per_cue", num_test_per_cue),
@@ -174,13 +177,18 @@ def generate_synthetic_set(
         stamp["train_conflict_share"] = train_conflict_share  # absent at 0: earlier sets stay valid
     if manifest.is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
         return manifest
+    if manifest.exists() and not stamp_path.is_file():
+        # Only a folder this generator wrote is ever cleared: another manifest there is someone's data.
+        raise FileExistsError(f"{manifest}: a manifest that data synth did not write (no {STAMP_NAME} beside it); "
+                              "choose another --out")
+    # Planned before anything on disk is removed, so a bad parameter leaves an existing set whole.
+    specs = plan_samples(seed, num_train, num_val, num_test_per_cue, per_missing, train_conflict_share)
     media = out_dir / "media"
     if stamp_path.is_file() and media.is_dir():
         # A set built with other parameters: drop its media so no stale clip survives.
         shutil.rmtree(media)
     media.mkdir(parents=True, exist_ok=True)
     manifest.unlink(missing_ok=True)
-    specs = plan_samples(seed, num_train, num_val, num_test_per_cue, per_missing, train_conflict_share)
     jobs = [(spec, out_dir) for spec in specs]
     if workers == 1 or len(specs) <= 1:
         rows = [_render_job(job) for job in jobs]
