@@ -33,6 +33,7 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType({
     "manifest": "error",          # invalid JSON or UTF-8, unknown key, value of the wrong type, no id
     "duplicate_id": "error",      # a later row with an id already used (the first one is kept)
     "no_content": "error",        # no media and no transcript: nothing to reason about
+    "channel_without_medium": "error",  # extra.channels lists a channel no field of the row carries
     "no_split": "warning",        # no split: used by explain and chat, never taken into training
     # files
     "missing": "error",

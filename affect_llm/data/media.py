@@ -369,6 +369,27 @@ def _faces(frames: np.ndarray, field_name: str, how: _Decoding, meta: dict, issu
     return faces
 
 
+def _channels_leave_nothing(row: ManifestRow, policy: MediaPolicy, issues: list[Issue]) -> bool:
+    """Judge ``extra.channels`` against the row's media: a channel listed without the medium that
+    carries it is an error (the evaluation would hold the answer to a channel the model never got);
+    True when the listed channels leave the model nothing (``no_content``)."""
+    channels = row.channels
+    if channels is None:
+        return False
+    carried = {"audio": bool(row.audio or row.video), "video": bool(row.video or row.image),
+               "text": bool(row.transcript)}
+    unbacked = [channel for channel in channels if not carried[channel]]
+    if unbacked:
+        issues.append(policy.issue("channel_without_medium", "extra.channels",
+                                   f"lists {unbacked}, which no field of the row carries (audio: 'audio' or "
+                                   "'video'; video: 'video' or 'image'; text: 'transcript')"))
+    if any(carried[channel] for channel in channels):
+        return False
+    issues.append(policy.issue("no_content", "extra.channels",
+                               f"{list(channels)} leaves the model no medium and no words"))
+    return True
+
+
 def decode_row(
     row: ManifestRow,
     *,
@@ -390,6 +411,8 @@ def decode_row(
     issues: list[Issue] = []
     if not row.modalities() and not row.transcript:
         issues.append(how.policy.issue("no_content", None, "no media and no transcript"))
+        return MediaItem(meta=meta), issues
+    if _channels_leave_nothing(row, how.policy, issues):
         return MediaItem(meta=meta), issues
     frames = _frames(row, how, meta, issues)
     audio = _audio(row, how, frames is not None, meta, issues)

@@ -140,7 +140,13 @@ class AffectPipeline:
 
         Returns:
             The parsed answer, the raw text, the parse status, and the media checks' ``warnings``.
+
+        Raises:
+            ValueError: If nothing is given (no medium, no words), or the checks refuse the media.
         """
+        if not (video or audio or image) and not (transcript and transcript.strip()):
+            # Without a clip the prompt would say "Has: nothing" and the model would answer anyway.
+            raise ValueError("nothing to reason about: give a video, audio, image or transcript")
         self.attach(video, audio, image, transcript)
         raw = self.ask(question, task)
         parsed = parse_answer(raw, require_labels="labels" in self.processor.prompt.task_keys(task))

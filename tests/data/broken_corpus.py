@@ -152,6 +152,11 @@ LINES: tuple[tuple[str, dict | bytes, str, str | None], ...] = (
     ("FLAC cut short", _row("cut_flac", audio="cut_whole.flac"), "error", "undecodable"),
     ("speech after 5 s of silence", _row("late_voice", audio="late_voice.wav"), "ok", None),
     ("M4A audio in the video field", _row("m4a_as_video", video="voice.m4a"), "error", "wrong_kind"),
+    ("extra.channels listing no channel", _row("no_channels", audio="good.wav", extra={"channels": []}),
+     "error", "no_content"),
+    ("extra.channels listing a face the row has no frames for",
+     _row("face_claimed", audio="good.wav", transcript="I did it!", extra={"channels": ["audio", "video"]}),
+     "error", "channel_without_medium"),
 )
 
 

@@ -138,6 +138,15 @@ def test_blank_words_and_empty_paths_are_no_channel(pipe, clip):
     assert "text" in pipe._request("How?", "reason").absent
 
 
+def test_a_call_with_nothing_to_reason_about_is_refused(pipe, clip):
+    """No medium and no words: the prompt would say the clip has nothing and the model answer anyway."""
+    pipe.attach(audio=clip["audio"])
+    for nothing in ({}, {"video": "", "transcript": "  "}):
+        with pytest.raises(ValueError, match="nothing to reason about"):
+            pipe(**nothing)
+    assert pipe.media.modalities == ("audio",)  # the clip attached before stays
+
+
 def test_a_conversation_past_the_context_is_refused_and_kept(pipe, clip):
     from affect_llm.generation.pipeline import ContextLengthError
 
