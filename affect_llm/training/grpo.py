@@ -207,6 +207,12 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     return (rewards - mean) / (std + eps)
 
 
+def groups_with_signal(rewards: torch.Tensor) -> float:
+    """The share of ``(B, G)`` groups whose rewards are not all equal: only those have advantages, so
+    a policy right (or wrong) on every sample of most clips learns from few of them."""
+    return float((rewards.amax(dim=1) > rewards.amin(dim=1)).float().mean())
+
+
 def grpo_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,

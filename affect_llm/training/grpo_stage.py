@@ -38,6 +38,7 @@ from affect_llm.training.grpo import (
     Rollouts,
     completion_logprobs,
     group_advantages,
+    groups_with_signal,
     media_token_ids,
     policy_loss_backward,
     sample_rollouts,
@@ -172,6 +173,7 @@ class GrpoStage:
         scores = self._score(items, rollouts.texts, group)
         totals = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
         advantages = group_advantages(totals.view(len(items), group)).flatten()
+        signal = groups_with_signal(totals.view(len(items), group))
         if self.settings.advantages == "positive":
             advantages = advantages.clamp(min=0.0)
         advantages = advantages.to(self.accelerator.device)
@@ -206,6 +208,7 @@ class GrpoStage:
             record["grpo/reference_reward"] = float(totals[~is_sampled].mean())
             record["grpo/reference_advantage"] = float(advantages[~is_sampled.to(advantages.device)].mean())
         record["grpo/loss"] = loss
+        record["grpo/groups_with_signal"] = signal
         # Every process's means, averaged: each reward over the processes that scored it.
         return self._average_over_processes(record)
 

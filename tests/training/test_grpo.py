@@ -11,6 +11,7 @@ from affect_llm.training.grpo import (
     completion_logprobs,
     completion_token_mask,
     group_advantages,
+    groups_with_signal,
     grpo_loss,
     policy_loss_backward,
     sample_rollouts,
@@ -23,6 +24,7 @@ def test_advantages_are_normalised_within_each_group():
     adv = group_advantages(rewards)
     assert torch.allclose(adv[0], torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-3)
     assert torch.equal(adv[1], torch.zeros(4))  # equal rewards teach nothing
+    assert groups_with_signal(rewards) == 0.5
 
 
 def test_completion_mask_stops_after_the_first_end_token():

@@ -151,7 +151,8 @@ def test_a_reference_in_the_group_teaches_what_sampling_never_finds(tmp_path: Pa
         assert done.returncode == 0, done.stderr[-3000:]
         runs[name] = _rewards(folder / "run")
     plain, guided = runs["plain"], runs["guided"]
-    assert all(r["reward/format"] == 0.0 and r["grpo/loss"] == 0.0 for r in plain.values())
+    assert all(r["reward/format"] == 0.0 and r["grpo/loss"] == 0.0 and r["grpo/groups_with_signal"] == 0.0
+               for r in plain.values())
     assert not any(key.startswith("grpo/reference") for key in plain[1])
     # The logged rewards are the sampled answers' (0 at first), the references' apart (all right: 1).
     assert np.mean([guided[s]["reward/format"] for s in range(1, 21)]) <= 0.1
