@@ -324,15 +324,26 @@ class TrainConfig:
 
     def init_problems(self) -> list[str]:
         """Stages whose ``init`` names a checkpoint folder that is not there (the run would train the
-        stages before it and only then fail)."""
-        from affect_llm.loading.checkpoint import META_FILE
+        stages before it and only then fail), or one trained with another prompt than the config's:
+        the stage would go on in the checkpoint's prompt while the run recorded the config's."""
+        from affect_llm.loading.checkpoint import META_FILE, read_metadata
+        from affect_llm.prompts import load_prompt
 
         problems = []
         for index, stage in enumerate(self.stages):
             start = self.start_point(index)
-            if start not in ("base", "previous") and not (Path(start) / META_FILE).is_file():
+            if start in ("base", "previous"):
+                continue
+            if not (Path(start) / META_FILE).is_file():
                 problems.append(f"stage {stage.name!r}: init={start!r} is not an affect-llm checkpoint folder "
                                 f"(no {META_FILE}); use previous, base or a checkpoint's folder")
+                continue
+            saved = read_metadata(start).get("prompt")
+            wanted = load_prompt("tasks", self.prompt_version).ref
+            if saved and saved != wanted:
+                problems.append(f"stage {stage.name!r}: init={start!r} was trained with prompt {saved}, the config "
+                                f"asks for {wanted}; set prompt_version to the checkpoint's version (or its file "
+                                "was edited since)")
         return problems
 
     def start_point(self, index: int) -> str:

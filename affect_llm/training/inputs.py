@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from affect_llm.loading.checkpoint import checkpoint_fingerprint
+from affect_llm.prompts import load_prompt
 from affect_llm.training.config import StageConfig, TrainConfig
 
 INPUTS_FILE = "stage_inputs.json"
@@ -57,7 +58,9 @@ def stage_inputs(config: TrainConfig, index: int, manifest_hashes: dict[str, str
     data = asdict(config.data)
     return {
         "seed": config.seed,
-        "prompt_version": config.prompt_version,
+        # The prompt file the version resolves to (the newest when none is named), with its hash: a
+        # new version or an edited file changes what every stage learns to answer.
+        "prompt": load_prompt("tasks", config.prompt_version).ref,
         "model": asdict(config.model),
         "lora": asdict(config.lora) if config.lora else None,
         # Cached features are rounded to 16 bits; features computed in the step are not.

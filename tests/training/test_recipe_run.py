@@ -19,7 +19,7 @@ from affect_llm.loading.checkpoint import (
     read_metadata,
 )
 from affect_llm.training.config import TrainConfig
-from affect_llm.training.inputs import StaleStageError, stage_inputs
+from affect_llm.training.inputs import StaleStageError, changed_keys, stage_inputs
 from affect_llm.training.logging import RunLogger
 from affect_llm.training.recipe import CurriculumRecipe
 
@@ -242,6 +242,29 @@ def test_a_checkpoint_records_the_checkpoint_it_grew_from(finished_run: Path, sy
     final = CurriculumRecipe(TrainConfig.from_dict(raw, TASKS)).run()
     assert read_metadata(final)["init_checkpoints"] == {"reason": checkpoint_fingerprint(finished_run / "final")}
     assert read_metadata(finished_run / "final")["init_checkpoints"] == {}
+
+
+def test_an_init_trained_with_another_prompt_is_refused_and_a_new_prompt_makes_stages_stale(
+    finished_run: Path, synth_manifest: Path, feature_cache: Path, tmp_path: Path
+) -> None:
+    """The stage would go on in the checkpoint's prompt while the run recorded the config's; and a
+    stage on disk records the prompt file it was trained with, so another version is not reused."""
+    from affect_llm.prompts import load_prompt
+
+    saved = read_metadata(finished_run / "final")["prompt"]
+    assert saved == load_prompt("tasks").ref
+    raw = tiny_config(synth_manifest, tmp_path / "run", feature_cache, stages=2)
+    raw["stages"] = [{**raw["stages"][1], "init": str(finished_run / "final")}]
+    assert TrainConfig.from_dict(raw, TASKS).init_problems() == []
+    raw["prompt_version"] = "v4"
+    config = TrainConfig.from_dict(raw, TASKS)
+    assert config.init_problems() == [
+        f"stage 'reason': init='{finished_run / 'final'}' was trained with prompt {saved}, the config asks for "
+        f"{load_prompt('tasks', 'v4').ref}; set prompt_version to the checkpoint's version (or its file was "
+        "edited since)"]
+    newest = stage_inputs(TrainConfig.from_dict({**raw, "prompt_version": None}, TASKS), 0, {})
+    older = stage_inputs(config, 0, {})
+    assert newest["prompt"] == saved and changed_keys(older, newest) == ["prompt"]
 
 
 def test_an_init_that_is_no_checkpoint_is_refused_before_any_stage_trains(synth_manifest: Path, tmp_path: Path) -> None:
