@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from affect_llm.cli.errors import UsageError
+from affect_llm.cli.errors import NOTHING_KEPT, UsageError
 from affect_llm.cli.options import add_strict_argument
 
 DATASETS = ("cremad", "generic", "iemocap", "meld", "mer2023", "mer2024", "mercaption", "polish", "ravdess")
@@ -156,7 +156,14 @@ def _check(args: argparse.Namespace) -> int:
         # Refused before the scan: the reports are written only once every row was checked.
         raise UsageError(f"--out {out} is a file; data check writes a folder (report.md, clean.jsonl, ...)")
     with OutputLock(out):
-        report = check_manifest(args.manifest, out, policy=MediaPolicy(min_sample_rate=args.min_sample_rate))
+        try:
+            report = check_manifest(args.manifest, out, policy=MediaPolicy(min_sample_rate=args.min_sample_rate))
+        except KeyboardInterrupt as stop:
+            # The verdicts are written once every row is checked: a stopped check starts over.
+            earlier = " (the reports there are an earlier run's)" if (out / "report.json").exists() else ""
+            setattr(stop, NOTHING_KEPT, f"data check writes its reports only at the end: nothing of this run is in "
+                                        f"{out}{earlier}; run it again to check from the start")
+            raise
     print(f"{report.num_rows} rows: {report.num_good} good, {report.num_bad} quarantined; report in {out}")
     for issue in report.issues[:20]:
         print(

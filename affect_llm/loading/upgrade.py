@@ -40,6 +40,17 @@ def upgrade_checkpoint(old: str | Path, new: str | Path) -> Path:
     tmp = new.with_name(new.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        _write_upgraded(old, tmp, meta)
+    except BaseException:
+        # A half-converted folder is of no use: nothing but ``new`` (whole) is left behind.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.replace(tmp, new)
+    return new
+
+
+def _write_upgraded(old: Path, tmp: Path, meta: dict[str, Any]) -> None:
     stored = meta["stored"]
     config = json.loads((old / "config.json").read_text())
     if "vision_config" in config:
@@ -55,17 +66,23 @@ def upgrade_checkpoint(old: str | Path, new: str | Path) -> Path:
     new_meta.update(format_version=FORMAT_VERSION, precision=config["precision"], upgraded_from=str(old))
     (tmp / META_FILE).write_text(json.dumps(new_meta, indent=2, sort_keys=True, default=str) + "\n")
     share_written_weights(tmp)
-    os.replace(tmp, new)
-    return new
 
 
 def _read_v1_meta(old: Path) -> dict[str, Any]:
     meta_path = old / META_FILE
     if not meta_path.is_file():
         raise CheckpointError(f"{meta_path}: not an affect-llm checkpoint (no {META_FILE})")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{meta_path}: not readable as JSON ({error}); the checkpoint's metadata is damaged") from error
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path}: holds a {type(meta).__name__}, not the checkpoint's metadata object")
     if meta.get("format_version") != 1:
         raise CheckpointError(f"{meta_path}: format_version {meta.get('format_version')}; only format 1 is upgraded")
+    stored = meta.get("stored")
+    if not isinstance(stored, list) or not all(isinstance(entry, str) for entry in stored):
+        raise CheckpointError(f"{meta_path}: field 'stored' must list what the checkpoint holds, got {stored!r}")
     return meta
 
 

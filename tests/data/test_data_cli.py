@@ -144,3 +144,25 @@ def test_an_output_that_is_a_folder_is_named_before_any_work(tmp_path: Path, cap
     (tmp_path / "m.jsonl").write_text("")
     assert main(["data", "transcribe", str(tmp_path / "m.jsonl"), "--out", str(tmp_path)]) == 2
     assert f"--out {tmp_path} is a folder" in capsys.readouterr().err
+
+
+def test_a_stopped_check_says_that_nothing_of_it_was_kept(tmp_path: Path, media_dir: Path) -> None:
+    """data check writes its reports once every row is checked: SIGTERM must not promise a resume."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    manifest = write_jsonl(tmp_path / "m.jsonl", [row(f"c{i}", video=str(media_dir / "av.mp4")) for i in range(400)])
+    proc = subprocess.Popen([sys.executable, "-m", "affect_llm.cli.main", "data", "check", str(manifest),
+                             "--out", str(tmp_path / "out")], stderr=subprocess.PIPE, text=True)
+    lock = tmp_path / "out.lock"  # held while the rows are checked
+    deadline = time.monotonic() + 120
+    while not lock.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "nothing of this run is in" in err and "finished work is kept" not in err
+    assert not (tmp_path / "out" / "report.json").exists()

@@ -114,3 +114,27 @@ def test_upgrade_cli(format1_checkpoint, tmp_path):
                            str(tmp_path / "new")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "new" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"format_version": 1', "not readable as JSON"),
+    ("[1]", "holds a list, not the checkpoint's metadata object"),
+    ('{"format_version": 1}', "field 'stored' must list what the checkpoint holds, got None"),
+])
+def test_damaged_metadata_is_named_and_nothing_is_left_behind(tmp_path, text, message):
+    damaged = tmp_path / "old"
+    damaged.mkdir()
+    (damaged / "affect_checkpoint.json").write_text(text)
+    with pytest.raises(CheckpointError, match=message):
+        upgrade_checkpoint(damaged, tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
+
+
+def test_a_conversion_that_fails_leaves_no_half_written_folder(format1_checkpoint, tmp_path):
+    checkpoint, _ = format1_checkpoint
+    copy = tmp_path / "old"
+    shutil.copytree(checkpoint, copy)
+    (copy / "projectors.safetensors").unlink()
+    with pytest.raises(FileNotFoundError):
+        upgrade_checkpoint(copy, tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
