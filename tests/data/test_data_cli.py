@@ -76,7 +76,8 @@ def test_prepare_records_annotations_that_give_no_row_and_goes_on(tmp_path: Path
     assert main(argv) == 0
     summary = json.loads((tmp_path / "m.jsonl.summary.json").read_text())
     expected = [("ann.jsonl:2", "invalid JSON"), ("ann.jsonl:3", "column for 'valence' holds 'high', not a number"),
-                ("ann.jsonl:5", "column(s) ['wav', 'v'] not found"), ("id x1", "duplicate id")]
+                ("ann.jsonl:5", "column(s) ['wav', 'v'] not found"),
+                ("ann.jsonl:4", "duplicate id x1 (the first row with it, ann.jsonl:1, is kept)")]
     assert len(summary["skipped"]) == len(expected)
     for item, (where, reason) in zip(summary["skipped"], expected, strict=True):
         assert item["where"] == where and item["reason"].startswith(reason)
