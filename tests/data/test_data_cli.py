@@ -147,23 +147,19 @@ def test_an_output_that_is_a_folder_is_named_before_any_work(tmp_path: Path, cap
     assert f"--out {tmp_path} is a folder" in capsys.readouterr().err
 
 
-def test_a_stopped_check_says_that_nothing_of_it_was_kept(tmp_path: Path, media_dir: Path) -> None:
-    """data check writes its reports once every row is checked: SIGTERM must not promise a resume."""
-    import signal
-    import subprocess
-    import sys
-    import time
+def test_a_stopped_check_says_that_nothing_of_it_was_kept(tmp_path: Path, monkeypatch, capsys) -> None:
+    """data check writes its reports once every row is checked: SIGTERM must not promise a resume.
+    The signal is simulated where it lands (the scan raises Terminated, as the SIGTERM handler makes
+    it do): a real signal's timing against a scan of a few seconds is not reliable on loaded cores."""
+    from affect_llm.cli.errors import Terminated
+    from affect_llm.cli.main import main
+    from affect_llm.data import check
 
-    manifest = write_jsonl(tmp_path / "m.jsonl", [row(f"c{i}", video=str(media_dir / "av.mp4")) for i in range(400)])
-    proc = subprocess.Popen([sys.executable, "-m", "affect_llm.cli.main", "data", "check", str(manifest),
-                             "--out", str(tmp_path / "out")], stderr=subprocess.PIPE, text=True)
-    lock = tmp_path / "out.lock"  # held while the rows are checked
-    deadline = time.monotonic() + 120
-    while not lock.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
-    assert "nothing of this run is in" in err and "finished work is kept" not in err
-    assert not (tmp_path / "out" / "report.json").exists()
+    def stopped(*_args, **_kwargs):
+        raise Terminated
+
+    manifest = write_jsonl(tmp_path / "m.jsonl", [row("a", video="gone.mp4")])
+    monkeypatch.setattr(check, "check_manifest", stopped)
+    assert main(["data", "check", str(manifest), "--out", str(tmp_path / "out")]) == 143
+    err = capsys.readouterr().err
+    assert f"nothing of this run is in {tmp_path / 'out'};" in err and "finished work is kept" not in err
