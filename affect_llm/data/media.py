@@ -369,13 +369,14 @@ def _faces(frames: np.ndarray, field_name: str, how: _Decoding, meta: dict, issu
     return faces
 
 
-def _channels_leave_nothing(row: ManifestRow, policy: MediaPolicy, issues: list[Issue]) -> bool:
-    """Judge ``extra.channels`` against the row's media: a channel listed without the medium that
-    carries it is an error (the evaluation would hold the answer to a channel the model never got);
-    True when the listed channels leave the model nothing (``no_content``)."""
+def _channel_issues(row: ManifestRow, policy: MediaPolicy) -> list[Issue]:
+    """Judge ``extra.channels`` against the row's fields: a channel listed without the medium that
+    carries it is an error (the evaluation would hold the answer to a channel the model never got),
+    and listed channels that leave the model nothing are ``no_content``."""
+    issues: list[Issue] = []
     channels = row.channels
     if channels is None:
-        return False
+        return issues
     carried = {"audio": bool(row.audio or row.video), "video": bool(row.video or row.image),
                "text": bool(row.transcript)}
     unbacked = [channel for channel in channels if not carried[channel]]
@@ -383,11 +384,10 @@ def _channels_leave_nothing(row: ManifestRow, policy: MediaPolicy, issues: list[
         issues.append(policy.issue("channel_without_medium", "extra.channels",
                                    f"lists {unbacked}, which no field of the row carries (audio: 'audio' or "
                                    "'video'; video: 'video' or 'image'; text: 'transcript')"))
-    if any(carried[channel] for channel in channels):
-        return False
-    issues.append(policy.issue("no_content", "extra.channels",
-                               f"{list(channels)} leaves the model no medium and no words"))
-    return True
+    if not any(carried[channel] for channel in channels):
+        issues.append(policy.issue("no_content", "extra.channels",
+                                   f"{list(channels)} leaves the model no medium and no words"))
+    return issues
 
 
 def decode_row(
@@ -412,13 +412,16 @@ def decode_row(
     if not row.modalities() and not row.transcript:
         issues.append(how.policy.issue("no_content", None, "no media and no transcript"))
         return MediaItem(meta=meta), issues
-    if _channels_leave_nothing(row, how.policy, issues):
-        return MediaItem(meta=meta), issues
+    channel_issues = _channel_issues(row, how.policy)
+    if any(issue.code == "no_content" for issue in channel_issues):
+        return MediaItem(meta=meta), issues + channel_issues
     frames = _frames(row, how, meta, issues)
     audio = _audio(row, how, frames is not None, meta, issues)
     faces = None
     if frames is not None and detect_faces:
         faces = _faces(frames, meta["frames_source"], how, meta, issues)
+    # After the media's own issues: a missing or broken file is the first thing a refusal names.
+    issues.extend(channel_issues)
     meta["issues"] = [issue.to_dict() for issue in issues]
     return MediaItem(audio=audio, video=frames, face=faces, meta=meta), issues
 
