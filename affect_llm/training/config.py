@@ -330,6 +330,7 @@ class TrainConfig:
         from affect_llm.prompts import load_prompt
 
         problems = []
+        wanted: str | None = None  # read once, and only when a stage starts from a checkpoint
         for index, stage in enumerate(self.stages):
             start = self.start_point(index)
             if start in ("base", "previous"):
@@ -339,7 +340,7 @@ class TrainConfig:
                                 f"(no {META_FILE}); use previous, base or a checkpoint's folder")
                 continue
             saved = read_metadata(start).get("prompt")
-            wanted = load_prompt("tasks", self.prompt_version).ref
+            wanted = wanted or load_prompt("tasks", self.prompt_version).ref
             if saved and saved != wanted:
                 problems.append(f"stage {stage.name!r}: init={start!r} was trained with prompt {saved}, the config "
                                 f"asks for {wanted}; set prompt_version to the checkpoint's version (or its file "
