@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--allow-bad", action="store_true", help="exit 0 even when rows are quarantined")
     check.add_argument("--min-sample-rate", type=int, default=None,
                        help="audio below this rate is an error (default: none; below 16000 Hz is a warning)")
-    check.set_defaults(func=_check, log_file=lambda args: _check_dir(args) / "check.log")
+    check.set_defaults(func=_check, log_file=_check_log)
 
     synth = sub.add_parser("synth", help="generate the synthetic cue-controlled dataset")
     synth.add_argument("--out", type=Path, required=True)
@@ -146,11 +146,21 @@ def _check_dir(args: argparse.Namespace) -> Path:
     return args.out or args.manifest.with_name(args.manifest.name + ".check")
 
 
+def _check_log(args: argparse.Namespace) -> Path:
+    # A manifest that is not there gets no report folder made beside it for the log of its refusal:
+    # the error sends the log to the default place (cli.main.log_path).
+    if args.out is None and not args.manifest.is_file():
+        raise FileNotFoundError(f"manifest not found: {args.manifest}")
+    return _check_dir(args) / "check.log"
+
+
 def _check(args: argparse.Namespace) -> int:
     from affect_llm.data.check import check_manifest
     from affect_llm.data.issues import MediaPolicy
+    from affect_llm.data.manifest import ManifestReader
     from affect_llm.fileio import OutputLock
 
+    ManifestReader(args.manifest)  # a missing manifest is named before the report folder is made
     out = _check_dir(args)
     if out.exists() and not out.is_dir():
         # Refused before the scan: the reports are written only once every row was checked.

@@ -22,6 +22,7 @@ EXIT_GENERATION_STOPPED = 6  # explain: generation failed for several batches in
 EXIT_INTERNAL = 70  # a bug: the message says where the traceback is
 EXIT_INTERRUPTED = 130  # Ctrl-C
 EXIT_TERMINATED = 143  # SIGTERM (a batch scheduler's time limit, scancel, preemption)
+EXIT_READER_GONE = 141  # what reads standard output closed it (`| head`), as a process ended by SIGPIPE
 
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 

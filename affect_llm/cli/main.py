@@ -16,6 +16,7 @@ import argparse
 import importlib
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from affect_llm.cli.console import Console
-from affect_llm.cli.errors import EXIT_USAGE, Terminated, UsageError, classify, one_line
+from affect_llm.cli.errors import EXIT_READER_GONE, EXIT_USAGE, Terminated, UsageError, classify, one_line
 from affect_llm.memory import bound_onednn_primitive_cache
 
 SUBCOMMAND_MODULES = (
@@ -117,6 +118,29 @@ def _fail(prog: str, error: BaseException, console: Console | None, debug: bool)
     return code
 
 
+def stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it (``affect-llm ... | head``).
+
+    Linux and macOS report that as an error condition when the pipe is polled for writing. A broken
+    pipe elsewhere (a judge server's socket) leaves standard output writable and stays an error.
+    """
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, ValueError, OSError):  # no real file behind stdout (a test's capture), or no poll
+        return False
+
+
+def _quiet_on_closed_stdout() -> int:
+    # Output nobody reads is not an error: end as `cat | head` does. Standard output is pointed at
+    # the null device so that the interpreter's final flush does not raise the same error again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_READER_GONE
+
+
 def _terminated_handler(owner: int):
     """SIGTERM raised as :class:`Terminated` in the process that ran ``main`` (pid ``owner``). A
     forked child (a DataLoader worker) inherits the handler: there SIGTERM ends the process as it
@@ -156,7 +180,15 @@ def _main(argv: list[str] | None) -> int:
     level = logging.INFO if getattr(args, "log_level", None) == "info" else logging.WARNING
     with Console(log_path(args), verbose=args.verbose, terminal_level=level) as console:
         try:
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+            if sys.stdout is not None:  # inside the try: a reader that left shows here, not at exit
+                sys.stdout.flush()
+            return code
+        except BrokenPipeError as error:
+            if stdout_reader_gone():
+                console.log_exception("standard output was closed by its reader", error)
+                return _quiet_on_closed_stdout()
+            return _fail(prog, error, console, args.debug)
         except (Exception, KeyboardInterrupt) as error:  # every way a command ends badly gets one line
             return _fail(prog, error, console, args.debug)
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,6 +69,10 @@ def test_missing_files(tmp_path: Path, checkpoint: Path, capsys) -> None:
     for argv, expected in cases:
         code, err = _run(argv, capsys)
         assert code == errors.EXIT_USAGE and expected in _one_line(err), argv
+    # Without --out, the report folder would be made beside the manifest: a missing one gets none.
+    code, err = _run(["data", "check", str(tmp_path / "gone.jsonl")], capsys)
+    assert code == errors.EXIT_USAGE and f"manifest not found: {tmp_path / 'gone.jsonl'}" in _one_line(err)
+    assert not (tmp_path / "gone.jsonl.check").exists()
 
 
 def test_bad_config_names_the_key(tmp_path: Path, capsys) -> None:
@@ -177,3 +184,21 @@ def test_a_read_only_target_is_a_user_error():
 
     code, message = errors.classify(OSError(errnos.EROFS, "Read-only file system", "/ro/merged.tmp"))
     assert code == errors.EXIT_USAGE and message.startswith("cannot write /ro/merged.tmp: read-only file system")
+
+
+def test_output_closed_by_its_reader_ends_quietly(tmp_path: Path) -> None:
+    """`affect-llm data check m.jsonl | head` where head has already gone: the real command in its own
+    process, its standard output a pipe whose reading end is closed before it prints anything."""
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "transcript": "What a lovely day!", "labels": ["happy"]}) + "\n")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "affect_llm.cli.main", "data", "check", str(manifest)],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert done.returncode == errors.EXIT_READER_GONE, done.stderr
+    assert done.stderr == ""  # no "internal error", no "Exception ignored ... BrokenPipeError"
+    assert (tmp_path / "m.jsonl.check" / "report.json").exists()  # the check itself finished
+    assert "standard output was closed by its reader" in (tmp_path / "m.jsonl.check" / "check.log").read_text()
