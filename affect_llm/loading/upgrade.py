@@ -70,6 +70,10 @@ def _write_upgraded(old: Path, tmp: Path, meta: dict[str, Any]) -> None:
 
 def _read_v1_meta(old: Path) -> dict[str, Any]:
     meta_path = old / META_FILE
+    if not old.exists():
+        raise CheckpointError(f"{old}: no such checkpoint folder")
+    if not old.is_dir():
+        raise CheckpointError(f"{old}: a file, not a checkpoint folder")
     if not meta_path.is_file():
         raise CheckpointError(f"{meta_path}: not an affect-llm checkpoint (no {META_FILE})")
     try:

@@ -130,6 +130,15 @@ def test_damaged_metadata_is_named_and_nothing_is_left_behind(tmp_path, text, me
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
 
 
+def test_a_missing_or_file_checkpoint_is_named_as_such(tmp_path):
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'gone'}: no such checkpoint folder"):
+        upgrade_checkpoint(tmp_path / "gone", tmp_path / "new")
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="a file, not a checkpoint folder"):
+        upgrade_checkpoint(tmp_path / "weights.bin", tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_conversion_that_fails_leaves_no_half_written_folder(format1_checkpoint, tmp_path):
     checkpoint, _ = format1_checkpoint
     copy = tmp_path / "old"
