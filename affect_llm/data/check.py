@@ -193,6 +193,11 @@ def _write_outputs(report: CheckReport, good: list[ManifestRow], out_dir: Path) 
     atomic_write_bytes(out_dir / "report.md", render_markdown(report).encode("utf-8"))
 
 
+def _cell(text: str | None) -> str:
+    # Ids and reasons come from the user's manifest: a "|" or a line break in one would split the row.
+    return " ".join((text or "").split()).replace("|", "\\|")
+
+
 def render_markdown(report: CheckReport) -> str:
     """A human-readable report: counts, then a table of issues by line."""
     lines = [
@@ -202,15 +207,19 @@ def render_markdown(report: CheckReport) -> str:
         f"- rows: {report.num_rows}, good: {report.num_good}, quarantined: {report.num_bad}, "
         f"warnings: {len(report.warnings())}",
     ]
-    for key, stats in report.to_dict()["durations"].items():
+    summary = report.to_dict()
+    for key, stats in summary["durations"].items():
         lines.append(
             f"- {key}: {stats['count']} clips, {stats['total']:.1f} s total, "
             f"{stats['min']:.2f}-{stats['max']:.2f} s"
         )
+    counts = summary["counts"]
+    for severity in ("errors", "warnings"):  # how many of each kind, before the rows that show them
+        if counts[severity]:
+            lines.append(f"- {severity}: " + ", ".join(f"`{code}` {n}" for code, n in counts[severity].items()))
     lines += ["", "| line | id | field | severity | code | reason |", "|---:|---|---|---|---|---|"]
     for i in report.issues:
-        reason = i.reason.replace("|", "\\|")
-        lines.append(f"| {i.line} | {i.id or ''} | {i.field or ''} | {i.severity} | {i.code} | {reason} |")
+        lines.append(f"| {i.line} | {_cell(i.id)} | {_cell(i.field)} | {i.severity} | {i.code} | {_cell(i.reason)} |")
     if not report.issues:
         lines.append("| | | | | | no issues |")
     return "\n".join(lines) + "\n"

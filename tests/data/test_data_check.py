@@ -76,7 +76,19 @@ def test_check_reports_each_bad_row_by_line_and_keeps_good_rows(tmp_path: Path, 
     saved = json.loads((out / "report.json").read_text())
     assert saved["num_good"] == 4 and saved["num_bad"] == len(expected)
     assert saved["counts"]["errors"]["duplicate_id"] == 1
-    assert "| 4 | truncated | video | error |" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "| 4 | truncated | video | error |" in markdown
+    assert "- errors: " in markdown and "`duplicate_id` 1" in markdown  # each kind counted
+
+
+def test_the_markdown_table_keeps_one_row_per_issue_whatever_the_ids_hold(tmp_path: Path) -> None:
+    manifest = write_jsonl(tmp_path / "m.jsonl", [row("take|1", video="gone|1.mp4"), row("b", video="gone.mp4")])
+    out = tmp_path / "out"
+    check_manifest(manifest, out)
+    table = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 2  # the header, then one row per missing file
+    assert all(line.replace("\\|", "").count("|") == 7 for line in table)  # six cells each
+    assert table[1].startswith("| 1 | take\\|1 | video | error | missing |")
 
 
 def test_check_of_clean_manifest_has_no_errors(tmp_path: Path, media_dir: Path) -> None:
