@@ -60,6 +60,19 @@ class Rollouts:
         )
 
 
+    def select(self, rows: Sequence[int]) -> Rollouts:
+        """The given rows, in that order (the same prompt width ``P``)."""
+        if list(rows) == list(range(len(self.texts))):
+            return self
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.input_ids.device)
+        row_media = tuple(self.row_media[i] for i in rows)
+        return Rollouts(
+            input_ids=self.input_ids[index], attention_mask=self.attention_mask[index],
+            completion_mask=self.completion_mask[index], media=MediaInputs.concat(row_media).to(self.input_ids.device),
+            texts=[self.texts[i] for i in rows], prompt_length=self.prompt_length, row_media=row_media,
+        )
+
+
 def repeat_media(media: list[MediaInputs], times: int) -> MediaInputs:
     """One batch holding each item's media ``times`` times, item-major (the rows' order)."""
     return MediaInputs.concat([item for item in media for _ in range(times)])
@@ -211,6 +224,19 @@ def groups_with_signal(rewards: torch.Tensor) -> float:
     """The share of ``(B, G)`` groups whose rewards are not all equal: only those have advantages, so
     a policy right (or wrong) on every sample of most clips learns from few of them."""
     return float((rewards.amax(dim=1) > rewards.amin(dim=1)).float().mean())
+
+
+def rows_of_groups_with_signal(rewards: torch.Tensor) -> list[int]:
+    """Rollout rows (prompt-major) of the ``(B, G)`` groups whose rewards are not all equal.
+
+    A group of equal rewards has advantages of 0 and adds nothing to the policy gradient, only tokens
+    to the average it is taken over. When no group has a signal, the first group's rows are returned
+    all the same: every process of a distributed run must take part in the backward that
+    synchronises gradients, and a group of zero advantages takes part without moving the policy.
+    """
+    prompts, group = rewards.shape
+    kept = (rewards.amax(dim=1) > rewards.amin(dim=1)).nonzero().flatten().tolist() or [0]
+    return [prompt * group + member for prompt in kept for member in range(group)]
 
 
 def grpo_loss(

@@ -38,6 +38,12 @@ class GrpoSettings:
             samples (several emotions for channels that disagree) are still learned; when the policy
             answers as well, its advantage is near 0 and it changes nothing. Requires rows that record
             the task's answer, as every row a stage trains on does.
+        skip_flat_groups: Score only the groups whose rewards differ (dynamic sampling's filter, as in
+            DAPO, Yu et al. 2025). A group of equal rewards (every answer right, or every one wrong)
+            has advantages of 0: it adds no policy gradient, but its scoring forward and backward
+            cost as much as any other's and its tokens dilute the average the loss is taken over.
+            Skipped, the step costs less and the groups that differ carry the whole step; the KL
+            term (``beta``) then covers the scored groups only.
         micro_batch: Rollouts per scoring forward and backward (0: all of the step's at once).
             The scoring pass holds every layer's activations for its rows, so this bounds the
             stage's memory; the gradient is the same (each part is averaged over the whole step's
@@ -54,6 +60,7 @@ class GrpoSettings:
     val_samples: int = 32
     advantages: str = "normalised"
     reference_in_group: bool = False
+    skip_flat_groups: bool = False
     micro_batch: int = 0
 
     def __post_init__(self) -> None:
@@ -70,6 +77,7 @@ class GrpoSettings:
         if self.advantages not in ("normalised", "positive"):
             raise ValueError(f"grpo.advantages={self.advantages!r}; expected 'normalised' or 'positive'")
         check_flag(self.reference_in_group, "grpo.reference_in_group")
+        check_flag(self.skip_flat_groups, "grpo.skip_flat_groups")
         if self.micro_batch < 0:
             raise ValueError(f"grpo.micro_batch={self.micro_batch}: rollouts per scoring pass, >= 0 (0: all at once)")
         if self.max_new_tokens < 1 or self.val_samples < 0:

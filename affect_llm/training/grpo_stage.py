@@ -41,6 +41,7 @@ from affect_llm.training.grpo import (
     groups_with_signal,
     media_token_ids,
     policy_loss_backward,
+    rows_of_groups_with_signal,
     sample_rollouts,
     with_reference_answers,
 )
@@ -176,6 +177,10 @@ class GrpoStage:
         signal = groups_with_signal(totals.view(len(items), group))
         if self.settings.advantages == "positive":
             advantages = advantages.clamp(min=0.0)
+        scored, scored_advantages = rollouts, advantages
+        if self.settings.skip_flat_groups:  # groups of equal rewards add no gradient: not scored at all
+            kept = rows_of_groups_with_signal(totals.view(len(items), group))
+            scored, scored_advantages = rollouts.select(kept), advantages[kept]
         advantages = advantages.to(self.accelerator.device)
 
         def reference_logprobs(part: Rollouts) -> torch.Tensor:
@@ -188,7 +193,7 @@ class GrpoStage:
                 self.accelerator.backward(loss)
 
         loss, parts = policy_loss_backward(
-            self.model, rollouts, advantages, self.settings.micro_batch, backward,
+            self.model, scored, scored_advantages.to(self.accelerator.device), self.settings.micro_batch, backward,
             reference_logprobs if reference is not None else None,
             clip_epsilon=self.settings.clip_epsilon, beta=self.settings.beta, autocast=self.accelerator.autocast,
             temperature=self.settings.temperature,
@@ -209,6 +214,7 @@ class GrpoStage:
             record["grpo/reference_advantage"] = float(advantages[~is_sampled.to(advantages.device)].mean())
         record["grpo/loss"] = loss
         record["grpo/groups_with_signal"] = signal
+        record["grpo/rows_scored"] = float(scored.input_ids.shape[0])
         # Every process's means, averaged: each reward over the processes that scored it.
         return self._average_over_processes(record)
 

@@ -234,3 +234,26 @@ def test_micro_batch_is_not_part_of_what_a_stage_resumes_from(tmp_path: Path) ->
     assert stage_inputs(TrainConfig.from_dict(raw, tasks), 1, {}) == before
     raw["stages"][1]["grpo"]["group_size"] = 4
     assert stage_inputs(TrainConfig.from_dict(raw, tasks), 1, {}) != before
+    grouped = stage_inputs(TrainConfig.from_dict(raw, tasks), 1, {})
+    raw["stages"][1]["grpo"]["skip_flat_groups"] = True  # changes the step's gradient: a new stage
+    assert stage_inputs(TrainConfig.from_dict(raw, tasks), 1, {}) != grouped
+
+
+def test_flat_groups_skipped_are_not_scored(tmp_path: Path) -> None:
+    """With grpo.skip_flat_groups, through the real CLI, each step scores only the rows of the groups
+    whose rewards differ (one group when none do), and logs how many it scored."""
+    true, noise = tone_manifests(tmp_path, per_label=4, val_per_label=1)
+    raw = grpo_config(tmp_path, true, noise, steps=6)
+    # After the format stage: well-formed answers, labels at chance, so some groups differ and some not.
+    raw["stages"][1]["grpo"].update(group_size=4, max_new_tokens=32, skip_flat_groups=True)
+    raw["train"].update(batch_size=4, checkpoint_every=0, eval_every=0)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    done = _train(tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = _rewards(tmp_path / "run")
+    assert sorted(records) == list(range(1, 7))
+    clips, group = raw["train"]["batch_size"], raw["stages"][1]["grpo"]["group_size"]
+    differing = {step: round(r["grpo/groups_with_signal"] * clips) for step, r in records.items()}
+    for step, record in records.items():
+        assert record["grpo/rows_scored"] == max(differing[step], 1) * group, record
+    assert any(0 < n < clips for n in differing.values()), differing  # some steps skipped groups
