@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from affect_llm.cli.errors import NOTHING_KEPT, UsageError
+from affect_llm.cli.errors import UsageError
 from affect_llm.cli.options import add_strict_argument
 
 DATASETS = ("cremad", "generic", "iemocap", "meld", "mer2023", "mer2024", "mercaption", "polish", "ravdess")
@@ -166,15 +166,11 @@ def _check(args: argparse.Namespace) -> int:
         # Refused before the scan: the reports are written only once every row was checked.
         raise UsageError(f"--out {out} is a file; data check writes a folder (report.md, clean.jsonl, ...)")
     with OutputLock(out):
-        try:
-            report = check_manifest(args.manifest, out, policy=MediaPolicy(min_sample_rate=args.min_sample_rate))
-        except KeyboardInterrupt as stop:
-            # The verdicts are written once every row is checked: a stopped check starts over.
-            earlier = " (the reports there are an earlier run's)" if (out / "report.json").exists() else ""
-            setattr(stop, NOTHING_KEPT, f"data check writes its reports only at the end: nothing of this run is in "
-                                        f"{out}{earlier}; run it again to check from the start")
-            raise
+        # A stopped check keeps the rows it checked (in the report folder): the same command goes on.
+        report = check_manifest(args.manifest, out, policy=MediaPolicy(min_sample_rate=args.min_sample_rate))
     print(f"{report.num_rows} rows: {report.num_good} good, {report.num_bad} quarantined; report in {out}")
+    if report.rows_reused:
+        print(f"{report.rows_reused} rows' media were checked by the stopped run before this one and not decoded again")
     for issue in report.issues[:20]:
         print(
             f"  {Path(report.manifest).name}:{issue.line}: {issue.severity}: {issue.field or 'row'}: {issue.reason}"

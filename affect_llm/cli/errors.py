@@ -31,11 +31,6 @@ class UsageError(Exception):
     """A command-line mistake; the message names it and what to do."""
 
 
-# Attribute a command sets on the KeyboardInterrupt / Terminated it lets through when a stopped run
-# keeps nothing: the sentence said instead of "finished work is kept".
-NOTHING_KEPT = "affect_llm_nothing_kept"
-
-
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the process is, so that it unwinds as from Ctrl-C: locks released,
     summaries written, finished work kept. Batch schedulers send it at a time limit or a cancel."""
@@ -94,8 +89,7 @@ def classify(error: BaseException) -> tuple[int, str]:
     from affect_llm.generation.explain_summary import GenerationStoppedError
 
     if isinstance(error, KeyboardInterrupt):
-        # A command that keeps nothing of a stopped run says so (NOTHING_KEPT) instead of promising a resume.
-        after = getattr(error, NOTHING_KEPT, None) or "finished work is kept, run the same command again to go on"
+        after = "finished work is kept, run the same command again to go on"
         if isinstance(error, Terminated):
             return EXIT_TERMINATED, f"terminated (SIGTERM); {after}"
         return EXIT_INTERRUPTED, f"interrupted; {after}"

@@ -11,6 +11,9 @@ and for audio the sample rate, channels, NaN/inf, length and silence. Outputs, i
 - ``clean.jsonl``: the good rows, a valid manifest whose relative media paths are rewritten to
   resolve from ``out_dir``.
 
+A stopped check keeps the rows it has checked (:mod:`affect_llm.data.check_journal`): run again on
+the same folder, it decodes only the rest.
+
 An issue is an ``error`` (the row is quarantined) or a ``warning`` (reported, row kept), as
 :data:`affect_llm.data.issues.SEVERITY` says.
 """
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from affect_llm.data.check_journal import CheckJournal
 from affect_llm.data.issues import Issue, MediaPolicy
 from affect_llm.data.manifest import MEDIA_FIELDS, ManifestReader, ManifestRow, row_from_dict, write_manifest
 from affect_llm.data.validation import inspect_row
@@ -47,6 +51,7 @@ class CheckReport:
         bad_lines: Lines of the quarantined rows.
         durations: Per modality, seconds of each good medium that has a duration.
         outputs: Paths of the files written.
+        rows_reused: Rows whose verdict an earlier, stopped run of the check had journaled.
     """
 
     manifest: str
@@ -57,6 +62,7 @@ class CheckReport:
     bad_lines: list[int] = field(default_factory=list)
     durations: dict[str, list[float]] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
+    rows_reused: int = 0
 
     @property
     def num_bad(self) -> int:
@@ -125,7 +131,8 @@ def check_manifest(
 
     Args:
         path: The manifest.
-        out_dir: Where to write outputs; None writes nothing.
+        out_dir: Where to write outputs, and meanwhile the journal of the rows checked, which a
+            stopped check leaves there for the next run to go on from; None writes nothing.
         policy: Severity adjustments (``min_sample_rate`` for ``--min-sample-rate``).
 
     Returns:
@@ -136,23 +143,37 @@ def check_manifest(
     """
     reader = ManifestReader(path)
     report = CheckReport(manifest=str(reader.path), manifest_sha256=file_sha256(reader.path))
+    journal = None if out_dir is None else CheckJournal(Path(out_dir), report.manifest_sha256, policy).open()
     good: list[ManifestRow] = []
     refused = 0
-    for row in reader:
-        # Lines refused since the last good row come first: the report stays in line order.
+    try:
+        for row in reader:
+            # Lines refused since the last good row come first: the report stays in line order.
+            for issue in reader.issues[refused:]:
+                report.add(issue.line, [issue])
+            refused = len(reader.issues)
+            verdict = journal.verdict(row) if journal is not None else None
+            if verdict is None:
+                verdict = _inspected(row, policy)
+                if journal is not None:
+                    journal.record(row, verdict)
+            issues, meta = verdict
+            if report.add(row.line, issues):
+                good.append(row)
+                _record_durations(meta, report.durations)
         for issue in reader.issues[refused:]:
             report.add(issue.line, [issue])
-        refused = len(reader.issues)
-        issues, meta = _inspected(row, policy)
-        if report.add(row.line, issues):
-            good.append(row)
-            _record_durations(meta, report.durations)
-    for issue in reader.issues[refused:]:
-        report.add(issue.line, [issue])
+    except BaseException:
+        if journal is not None:  # stopped (Ctrl-C, SIGTERM) or failed: the rows checked so far are kept
+            journal.flush()
+            journal.close()
+        raise
     report.num_rows = reader.num_lines
     report.num_good = len(good)
-    if out_dir is not None:
+    if journal is not None:
+        report.rows_reused = journal.reused
         _write_outputs(report, good, Path(out_dir))
+        journal.remove()
     return report
 
 

@@ -147,19 +147,29 @@ def test_an_output_that_is_a_folder_is_named_before_any_work(tmp_path: Path, cap
     assert f"--out {tmp_path} is a folder" in capsys.readouterr().err
 
 
-def test_a_stopped_check_says_that_nothing_of_it_was_kept(tmp_path: Path, monkeypatch, capsys) -> None:
-    """data check writes its reports once every row is checked: SIGTERM must not promise a resume.
-    The signal is simulated where it lands (the scan raises Terminated, as the SIGTERM handler makes
-    it do): a real signal's timing against a scan of a few seconds is not reliable on loaded cores."""
+def test_a_stopped_check_keeps_the_rows_it_checked(tmp_path: Path, monkeypatch, capsys) -> None:
+    """SIGTERM during the scan, through the CLI's main: exit 143, the rows checked so far kept, and the
+    same command goes on from them. The signal is simulated where it lands (the second row's
+    inspection raises Terminated, as the SIGTERM handler makes it do): a real signal's timing against
+    a scan of a few seconds is not reliable on loaded cores."""
     from affect_llm.cli.errors import Terminated
     from affect_llm.cli.main import main
     from affect_llm.data import check
 
-    def stopped(*_args, **_kwargs):
-        raise Terminated
+    inspect, calls = check._inspected, []
 
-    manifest = write_jsonl(tmp_path / "m.jsonl", [row("a", video="gone.mp4")])
-    monkeypatch.setattr(check, "check_manifest", stopped)
+    def stopped_at_the_second_row(row, policy):
+        calls.append(row.id)
+        if len(calls) == 2:
+            raise Terminated
+        return inspect(row, policy)
+
+    manifest = write_jsonl(tmp_path / "m.jsonl", [row("a", video="gone.mp4"), row("b", transcript="Fine.")])
+    monkeypatch.setattr(check, "_inspected", stopped_at_the_second_row)
     assert main(["data", "check", str(manifest), "--out", str(tmp_path / "out")]) == 143
-    err = capsys.readouterr().err
-    assert f"nothing of this run is in {tmp_path / 'out'};" in err and "finished work is kept" not in err
+    assert "finished work is kept, run the same command again to go on" in capsys.readouterr().err
+    monkeypatch.setattr(check, "_inspected", inspect)
+    assert main(["data", "check", str(manifest), "--out", str(tmp_path / "out")]) == 1  # row a: no file
+    out = capsys.readouterr().out
+    assert "2 rows: 1 good, 1 quarantined" in out
+    assert "1 rows' media were checked by the stopped run before this one and not decoded again" in out
