@@ -18,6 +18,7 @@ puts the supervised checkpoint and both arms side by side with the targets.
     python scripts/compare_rl.py                   # both arms, then the table
     python scripts/compare_rl.py --table-only      # the table from arms already run
     python scripts/compare_rl.py --rl-steps 20     # a shorter RL stage (the other arm follows its time)
+    python scripts/compare_rl.py --rl-override stages.0.grpo.skip_flat_groups=true   # a setting of the RL arm
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def sft_step_seconds() -> float:
     return median_step_seconds(calibration, "sft_more", skip=1)
 
 
-def rl_arm(steps: int | None) -> float:
+def rl_arm(steps: int | None, overrides: list[str]) -> float:
     """Train the RL arm (or find it trained) and return its wall time in seconds.
 
     The time is stored beside the arm's outputs when it trains, so a rerun that finds the stage done
@@ -87,7 +88,7 @@ def rl_arm(steps: int | None) -> float:
                          "supervised arm cannot be given the same: move runs/embedded_rl aside and run this "
                          "script again (it trains the RL arm itself and records its time)")
     started = time.perf_counter()
-    cli("train", "training/embedded_rl.yaml", *([f"stages.0.steps={steps}"] if steps else []), "--resume")
+    cli("train", "training/embedded_rl.yaml", *([f"stages.0.steps={steps}"] if steps else []), *overrides, "--resume")
     seconds = time.perf_counter() - started
     if trained_before and timing.is_file():
         return float(json.loads(timing.read_text())["rl"])
@@ -180,6 +181,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table-only", action="store_true", help="print the table of arms already run")
     parser.add_argument("--rl-steps", type=int, help="steps of the RL stage (default: training/embedded_rl.yaml's)")
+    parser.add_argument("--rl-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of the RL arm's config, as `affect-llm train` takes it "
+                             "(stages.0.grpo.skip_flat_groups=true); repeatable")
     args = parser.parse_args()
     if args.rl_steps is not None and args.rl_steps < 1:
         parser.error(f"--rl-steps must be at least 1, got {args.rl_steps}")
@@ -188,7 +192,7 @@ def main() -> int:
             print(f"{SUPERVISED}/final is missing: run scripts/quickstart.sh first", file=sys.stderr)
             return 2
         OUT.mkdir(parents=True, exist_ok=True)
-        rl_seconds = rl_arm(args.rl_steps)
+        rl_seconds = rl_arm(args.rl_steps, args.rl_override)
         steps = max(1, round(rl_seconds / sft_step_seconds()))
         started = time.perf_counter()
         cli("train", str(sft_config(steps)), "--resume")
