@@ -24,6 +24,7 @@ Shape letters: B requests, L prompt tokens, D LLM width.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -109,9 +110,17 @@ class WorkerEngine:
 
     def _request(self, message: dict[str, Any]) -> dict[str, Any]:
         assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write((json.dumps(message) + "\n").encode())
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
+        try:
+            self.process.stdin.write((json.dumps(message) + "\n").encode())
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            # The worker is gone before it read the request (it died at once): said below. Closing
+            # drops the unsent bytes, which would otherwise fail again when the pipe is collected.
+            with contextlib.suppress(BrokenPipeError):
+                self.process.stdin.close()
+            line = b""
+        else:
+            line = self.process.stdout.readline()
         if not line:
             code = self.process.wait()
             raise VLLMEngineError(f"the vLLM worker ({self.python}) exited with code {code}: {self._log_tail()}")
@@ -148,7 +157,8 @@ def _stop_worker(process: subprocess.Popen, tmp: tempfile.TemporaryDirectory) ->
     """End of input makes the worker leave its loop; wait for vLLM's own shutdown, then clean up."""
     if process.poll() is None:
         if process.stdin is not None:
-            process.stdin.close()
+            with contextlib.suppress(BrokenPipeError):  # a worker that died since has nothing to be told
+                process.stdin.close()
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:

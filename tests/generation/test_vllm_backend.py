@@ -90,6 +90,25 @@ def test_a_worker_that_cannot_start_vllm_is_a_user_error_quoting_its_output(tiny
         "ModuleNotFoundError: No module named 'torch'")
 
 
+def test_a_worker_gone_before_it_reads_its_request_is_named_with_its_exit(tmp_path):
+    """A worker that dies at once may be gone before the first request is written: the write then
+    meets a closed pipe, which must read as the worker's exit and last words, not an internal error.
+    Here the worker has exited for certain before the request, so the write always meets the closed pipe."""
+    from affect_llm.generation.vllm_worker import VLLMEngineError
+
+    log = tmp_path / "worker.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(["sh", "-c", "echo 'ImportError: no vllm' >&2; exit 3"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+    process.wait()
+    engine = WorkerEngine.__new__(WorkerEngine)  # the engine's parts that _request reads, without starting one
+    engine.python, engine.process, engine.log_path = "/opt/py/bin/python", process, log
+    with pytest.raises(VLLMEngineError, match=r"the vLLM worker \(/opt/py/bin/python\) exited with code 3: "
+                                              r"ImportError: no vllm$"):
+        engine._request({"llm": "x", "options": {}})
+    assert process.stdin.closed  # nothing left to fail again when the pipe is collected
+
+
 def test_precision_flags_reach_the_vllm_engine_or_are_refused(tiny_checkpoint, tmp_path):
     import argparse
 
