@@ -117,11 +117,14 @@ def _relocate(row: ManifestRow, out_dir: Path) -> ManifestRow:
     return row_from_dict(data, path=out_dir / "clean.jsonl", line=row.line)
 
 
-def _record_durations(meta: dict[str, Any], durations: dict[str, list[float]]) -> None:
-    if meta.get("video_seconds") is not None:
-        durations.setdefault("video", []).append(float(meta["video_seconds"]))
-    if meta.get("audio_file_seconds") is not None:
-        durations.setdefault("audio", []).append(float(meta["audio_file_seconds"]))
+# Medium -> the key of its duration in the inspection's metadata: all of it the report keeps.
+DURATION_KEYS = {"video": "video_seconds", "audio": "audio_file_seconds"}
+
+
+def _verdict(row: ManifestRow, policy: MediaPolicy | None) -> tuple[list[Issue], dict[str, float]]:
+    """The row's issues and the seconds of each of its media that has a duration (what is journaled)."""
+    issues, meta = _inspected(row, policy)
+    return issues, {medium: float(meta[key]) for medium, key in DURATION_KEYS.items() if meta.get(key) is not None}
 
 
 def check_manifest(
@@ -154,13 +157,14 @@ def check_manifest(
             refused = len(reader.issues)
             verdict = journal.verdict(row) if journal is not None else None
             if verdict is None:
-                verdict = _inspected(row, policy)
+                verdict = _verdict(row, policy)
                 if journal is not None:
                     journal.record(row, verdict)
-            issues, meta = verdict
+            issues, seconds = verdict
             if report.add(row.line, issues):
                 good.append(row)
-                _record_durations(meta, report.durations)
+                for medium, value in seconds.items():
+                    report.durations.setdefault(medium, []).append(value)
         for issue in reader.issues[refused:]:
             report.add(issue.line, [issue])
     except BaseException:

@@ -35,7 +35,8 @@ CHECKS_VERSION = 1
 # Verdicts held in memory before they are appended: one fsync per this many rows.
 ROWS_PER_APPEND = 32
 
-Verdict = tuple[list[Issue], dict[str, Any]]
+# A row's media issues, and the seconds of each of its media that has a duration.
+Verdict = tuple[list[Issue], dict[str, float]]
 
 
 def media_stamp(row: ManifestRow) -> dict[str, list[int] | None]:
@@ -117,12 +118,12 @@ class CheckJournal:
         if entry is None or entry["id"] != row.id or entry["media"] != media_stamp(row):
             return None
         self.reused += 1
-        return [Issue(**issue) for issue in entry["issues"]], entry["meta"]
+        return [Issue(**issue) for issue in entry["issues"]], entry["seconds"]
 
     def record(self, row: ManifestRow, verdict: Verdict) -> None:
-        issues, meta = verdict
+        issues, seconds = verdict
         self._pending.append({"line": row.line, "id": row.id, "media": media_stamp(row),
-                              "issues": [issue.to_dict() for issue in issues], "meta": _durations(meta)})
+                              "issues": [issue.to_dict() for issue in issues], "seconds": seconds})
         if len(self._pending) >= ROWS_PER_APPEND:
             self.flush()
 
@@ -143,8 +144,3 @@ class CheckJournal:
         self.close()
         self.path.unlink(missing_ok=True)
 
-
-def _durations(meta: dict[str, Any]) -> dict[str, Any]:
-    # The report keeps only the durations of a row's media; the rest of the inspection's metadata
-    # is not needed to write it again.
-    return {key: meta[key] for key in ("video_seconds", "audio_file_seconds") if meta.get(key) is not None}

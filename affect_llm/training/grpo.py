@@ -48,27 +48,19 @@ class Rollouts:
 
     def rows(self, start: int, stop: int) -> Rollouts:
         """Rows ``start:stop`` (the same prompt width ``P``), their media batched on the rows' device."""
-        if start == 0 and stop >= len(self.texts):
-            return self
-        device = self.input_ids.device
-        return Rollouts(
-            input_ids=self.input_ids[start:stop], attention_mask=self.attention_mask[start:stop],
-            completion_mask=self.completion_mask[start:stop],
-            # Per row, not a slice of ``media``: a row without a channel has no entry in that batch.
-            media=MediaInputs.concat(self.row_media[start:stop]).to(device), texts=self.texts[start:stop],
-            prompt_length=self.prompt_length, row_media=self.row_media[start:stop],
-        )
-
+        return self.select(range(start, min(stop, len(self.texts))))
 
     def select(self, rows: Sequence[int]) -> Rollouts:
-        """The given rows, in that order (the same prompt width ``P``)."""
+        """The given rows, in that order (the same prompt width ``P``), their media batched on the rows' device."""
         if list(rows) == list(range(len(self.texts))):
             return self
-        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.input_ids.device)
+        device = self.input_ids.device
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=device)
+        # Per row, not a slice of ``media``: a row without a channel has no entry in that batch.
         row_media = tuple(self.row_media[i] for i in rows)
         return Rollouts(
             input_ids=self.input_ids[index], attention_mask=self.attention_mask[index],
-            completion_mask=self.completion_mask[index], media=MediaInputs.concat(row_media).to(self.input_ids.device),
+            completion_mask=self.completion_mask[index], media=MediaInputs.concat(row_media).to(device),
             texts=[self.texts[i] for i in rows], prompt_length=self.prompt_length, row_media=row_media,
         )
 
@@ -220,10 +212,15 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     return (rewards - mean) / (std + eps)
 
 
+def _differing_groups(rewards: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` True for each of the ``(B, G)`` groups whose rewards are not all equal."""
+    return rewards.amax(dim=1) > rewards.amin(dim=1)
+
+
 def groups_with_signal(rewards: torch.Tensor) -> float:
     """The share of ``(B, G)`` groups whose rewards are not all equal: only those have advantages, so
     a policy right (or wrong) on every sample of most clips learns from few of them."""
-    return float((rewards.amax(dim=1) > rewards.amin(dim=1)).float().mean())
+    return float(_differing_groups(rewards).float().mean())
 
 
 def rows_of_groups_with_signal(rewards: torch.Tensor) -> list[int]:
@@ -235,7 +232,7 @@ def rows_of_groups_with_signal(rewards: torch.Tensor) -> list[int]:
     synchronises gradients, and a group of zero advantages takes part without moving the policy.
     """
     prompts, group = rewards.shape
-    kept = (rewards.amax(dim=1) > rewards.amin(dim=1)).nonzero().flatten().tolist() or [0]
+    kept = _differing_groups(rewards).nonzero().flatten().tolist() or [0]
     return [prompt * group + member for prompt in kept for member in range(group)]
 
 

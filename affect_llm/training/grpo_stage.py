@@ -173,13 +173,14 @@ class GrpoStage:
             group = sampled + 1
         scores = self._score(items, rollouts.texts, group)
         totals = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
-        advantages = group_advantages(totals.view(len(items), group)).flatten()
-        signal = groups_with_signal(totals.view(len(items), group))
+        grouped = totals.view(len(items), group)
+        advantages = group_advantages(grouped).flatten()
+        signal = groups_with_signal(grouped)
         if self.settings.advantages == "positive":
             advantages = advantages.clamp(min=0.0)
         scored, scored_advantages = rollouts, advantages
         if self.settings.skip_flat_groups:  # groups of equal rewards add no gradient: not scored at all
-            kept = rows_of_groups_with_signal(totals.view(len(items), group))
+            kept = rows_of_groups_with_signal(grouped)
             scored, scored_advantages = rollouts.select(kept), advantages[kept]
         advantages = advantages.to(self.accelerator.device)
 
