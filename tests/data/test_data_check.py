@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 from datahelpers import make_wav, row, write_jsonl
 
+from affect_llm.data.check import _inspected as _inspect_row
 from affect_llm.data.check import check_manifest
 from affect_llm.data.issues import MediaPolicy
 from affect_llm.data.manifest import load_manifest
@@ -110,14 +111,29 @@ def test_min_sample_rate_turns_low_rate_audio_into_an_error(tmp_path: Path) -> N
 class _Counted:
     """``check._inspected`` that counts the rows it inspects and raises ``stop`` before the row ``stop_at``."""
 
-    def __init__(self, inspect, stop_at: int | None = None, stop: type[BaseException] = KeyboardInterrupt) -> None:
-        self.inspect, self.stop_at, self.stop, self.ids = inspect, stop_at, stop, []
+    def __init__(self, stop_at: int | None = None, stop: type[BaseException] = KeyboardInterrupt) -> None:
+        self.stop_at, self.stop, self.ids = stop_at, stop, []
 
     def __call__(self, row, policy):
         if self.stop_at is not None and len(self.ids) + 1 == self.stop_at:
             raise self.stop
         self.ids.append(row.id)
-        return self.inspect(row, policy)
+        return _inspect_row(row, policy)
+
+
+def _check_counted(monkeypatch, manifest: Path, out: Path, stop_at: int | None = None,
+                   stop: type[BaseException] = KeyboardInterrupt):
+    """``check_manifest`` with its inspections counted; stopped (``stop`` raised) before row ``stop_at``
+    when given. Returns the counter and the report (None when stopped)."""
+    from affect_llm.data import check
+
+    counted = _Counted(stop_at, stop)
+    monkeypatch.setattr(check, "_inspected", counted)
+    if stop_at is None:
+        return counted, check_manifest(manifest, out)
+    with pytest.raises(stop):
+        check_manifest(manifest, out)
+    return counted, None
 
 
 def _reports_equal(one: Path, other: Path) -> None:
@@ -131,24 +147,16 @@ def test_a_stopped_check_goes_on_from_the_rows_it_checked(tmp_path: Path, media_
     """Stopped after five rows (as Ctrl-C or SIGTERM stop it), run again: only the rest are decoded,
     and the reports are those of a check that was never stopped."""
     from affect_llm.cli.errors import Terminated
-    from affect_llm.data import check
     from affect_llm.data.check_journal import JOURNAL_NAME
 
     manifest = _seeded_manifest(tmp_path, media_dir)
-    straight = _Counted(check._inspected)
-    monkeypatch.setattr(check, "_inspected", straight)
-    check_manifest(manifest, tmp_path / "straight")
-    stopped = _Counted(straight.inspect, stop_at=6, stop=Terminated)
-    monkeypatch.setattr(check, "_inspected", stopped)
-    with pytest.raises(Terminated):
-        check_manifest(manifest, tmp_path / "out")
+    straight, _ = _check_counted(monkeypatch, manifest, tmp_path / "straight")
+    stopped, _ = _check_counted(monkeypatch, manifest, tmp_path / "out", stop_at=6, stop=Terminated)
     journal = tmp_path / "out" / JOURNAL_NAME
     assert len(journal.read_text().splitlines()) == 1 + 5  # its header, then the five rows checked
     assert not (tmp_path / "out" / "report.json").exists()
 
-    again = _Counted(stopped.inspect)
-    monkeypatch.setattr(check, "_inspected", again)
-    report = check_manifest(manifest, tmp_path / "out")
+    again, report = _check_counted(monkeypatch, manifest, tmp_path / "out")
     assert stopped.ids == straight.ids[:5] and again.ids == straight.ids[5:]
     assert report.rows_reused == 5 and not journal.exists()
     _reports_equal(tmp_path / "straight", tmp_path / "out")
@@ -156,52 +164,33 @@ def test_a_stopped_check_goes_on_from_the_rows_it_checked(tmp_path: Path, media_
 
 def test_a_row_whose_file_changed_or_a_changed_manifest_is_checked_again(tmp_path: Path, media_dir: Path,
                                                                            monkeypatch) -> None:
-    from affect_llm.data import check
-
     manifest = _seeded_manifest(tmp_path, media_dir)
-    inspect = check._inspected
-    monkeypatch.setattr(check, "_inspected", _Counted(inspect, stop_at=3))
-    with pytest.raises(KeyboardInterrupt):
-        check_manifest(manifest, tmp_path / "out")
+    _check_counted(monkeypatch, manifest, tmp_path / "out", stop_at=3)
     # The good video, journaled as good, is replaced by the truncated one: its verdict must not stand.
     shutil.copy(tmp_path / "truncated.mp4", tmp_path / "good.mp4")
-    again = _Counted(inspect)
-    monkeypatch.setattr(check, "_inspected", again)
-    report = check_manifest(manifest, tmp_path / "out")
+    again, report = _check_counted(monkeypatch, manifest, tmp_path / "out")
     assert "good_video" in again.ids and "missing" not in again.ids and report.rows_reused == 1
     assert 1 in report.bad_lines
 
-    monkeypatch.setattr(check, "_inspected", _Counted(inspect, stop_at=3))
-    with pytest.raises(KeyboardInterrupt):
-        check_manifest(manifest, tmp_path / "out2")
+    _check_counted(monkeypatch, manifest, tmp_path / "out2", stop_at=3)
     with manifest.open("a") as handle:
         handle.write(json.dumps(row("late", transcript="One more.")) + "\n")
-    again = _Counted(inspect)
-    monkeypatch.setattr(check, "_inspected", again)
-    report = check_manifest(manifest, tmp_path / "out2")
+    again, report = _check_counted(monkeypatch, manifest, tmp_path / "out2")
     assert again.ids[:2] == ["good_video", "missing"] and report.rows_reused == 0
 
 
 def test_a_line_cut_by_a_kill_is_dropped_and_the_rows_before_it_kept(tmp_path: Path, media_dir: Path,
                                                                         monkeypatch) -> None:
     """SIGKILL can land in the middle of an append: the journal's whole lines stand, the cut one goes."""
-    from affect_llm.data import check
     from affect_llm.data.check_journal import JOURNAL_NAME
 
     manifest = _seeded_manifest(tmp_path, media_dir)
-    inspect = check._inspected
-    monkeypatch.setattr(check, "_inspected", _Counted(inspect, stop_at=4))
-    with pytest.raises(KeyboardInterrupt):
-        check_manifest(manifest, tmp_path / "out")
+    _check_counted(monkeypatch, manifest, tmp_path / "out", stop_at=4)
     journal = tmp_path / "out" / JOURNAL_NAME
     whole = journal.read_bytes()
     journal.write_bytes(whole + b'{"line": 5, "id": "na')
-    monkeypatch.setattr(check, "_inspected", _Counted(inspect, stop_at=3))
-    with pytest.raises(KeyboardInterrupt):
-        check_manifest(manifest, tmp_path / "out")
+    _check_counted(monkeypatch, manifest, tmp_path / "out", stop_at=3)
     lines = journal.read_text().splitlines()
     assert len(lines) == 1 + 3 + 2 and all(json.loads(line) for line in lines)  # appended after the cut
-    again = _Counted(inspect)
-    monkeypatch.setattr(check, "_inspected", again)
-    report = check_manifest(manifest, tmp_path / "out")
+    again, report = _check_counted(monkeypatch, manifest, tmp_path / "out")
     assert report.rows_reused == 5 and again.ids[0] == "stereo8k" and not journal.exists()
