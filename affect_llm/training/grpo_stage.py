@@ -56,8 +56,8 @@ if TYPE_CHECKING:
     from affect_llm.training.recipe import CurriculumRecipe
 
 logger = logging.getLogger(__name__)
-# A reinforcement stage keeps the checkpoint of the highest mean validation reward.
-VAL_REWARD = BestRule("val_reward", higher_is_better=True)
+# A reinforcement stage keeps the checkpoint of the highest mean validation reward, the later one of equals.
+VAL_REWARD = BestRule("val_reward", higher_is_better=True, later_wins_ties=True)
 
 
 class PromptItems(Dataset):

@@ -39,10 +39,14 @@ class BestRule:
     Attributes:
         key: Its name in the checkpoint metadata and the stage summary (``val_loss``, ``val_reward``).
         higher_is_better: True for rewards, False for losses.
+        later_wins_ties: Keep the later step when its figure equals the best. A mean reward over a
+            few validation clips saturates: with every greedy answer right from the first validation
+            on, the earliest checkpoint would be kept whatever the stage learned after it.
     """
 
     key: str
     higher_is_better: bool = False
+    later_wins_ties: bool = False
 
     def start(self, stage_dir: Path, resume: bool) -> dict[str, Any]:
         """The best so far: a resumed stage's kept checkpoint, or none."""
@@ -68,6 +72,8 @@ class BestRule:
             return not (value is None and best["step"] is not None and step < best["step"])
         if value is None:
             return False
+        if self.later_wins_ties and value == best[self.key]:
+            return best["step"] is None or step > best["step"]
         return value > best[self.key] if self.higher_is_better else value < best[self.key]
 
 

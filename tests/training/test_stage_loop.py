@@ -6,6 +6,7 @@ import json
 import shutil
 
 from affect_llm.loading.checkpoint import META_FILE
+from affect_llm.training.grpo_stage import VAL_REWARD
 from affect_llm.training.stage_loop import BestRule
 
 LOSS = BestRule("val_loss")
@@ -19,6 +20,15 @@ def test_a_loss_keeps_the_lowest_and_a_reward_the_highest() -> None:
     assert REWARD.improves({"val_reward": 0.4, "step": 10}, 0.6, 20)
     assert not REWARD.improves({"val_reward": 0.6, "step": 20}, 0.5, 30)
     assert not REWARD.improves({"val_reward": 0.6, "step": 20}, None, 30)
+
+
+def test_a_reinforcement_stage_keeps_the_later_of_equal_rewards_and_a_loss_the_earlier() -> None:
+    # Every validation answer right from the first validation on: the stage's later steps still count.
+    assert VAL_REWARD.improves({"val_reward": 1.0, "step": 10}, 1.0, 20)
+    assert not VAL_REWARD.improves({"val_reward": 1.0, "step": 20}, 1.0, 10)  # never back to an earlier step
+    assert not VAL_REWARD.improves({"val_reward": 1.0, "step": 20}, 0.9, 30)
+    assert not REWARD.improves({"val_reward": 1.0, "step": 10}, 1.0, 20)
+    assert not LOSS.improves({"val_loss": 1.5, "step": 10}, 1.5, 20)
 
 
 def test_without_a_validation_figure_the_latest_step_is_kept_never_an_earlier_one() -> None:
