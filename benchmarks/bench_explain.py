@@ -22,6 +22,8 @@ grows in place), at batch 1 and at the largest batch, without stopping at the en
 work stays equal; their tokens are checked against ``generate``'s up to the first end of turn. They run
 on the layers as the hf backend holds them on a CPU, packed for oneDNN (``--plain-weights``: not), so
 ``1 sb`` is also the one-clip loop with packed weights; the ``generate`` rows before them run plain.
+With ``--compile`` and packed layers, a ``1 pc`` row decodes compiled on the packed layers, as
+``explain --compile`` does on a CPU.
 The largest ``sb`` batch's time is split into its prompts' forward (up to the first tokens) and its
 decoding steps, whose weight matmuls (2 FLOPs per weight and row) are set against the machine's
 float32 matmul rate, measured after the runs: how far from compute-bound a batched step is. The
@@ -107,6 +109,28 @@ def featurized_requests(model, processor, work: Path, count: int) -> tuple[list[
         items.append({**processor.encode_text(messages), "media": media})
         requests.append(GenerationRequest(messages, media))
     return items, requests
+
+
+def compile_decoding(args: argparse.Namespace, model, processor, items: list[dict], compiled: dict) -> None:
+    """Compile the decoding step before timing: the first compile, and the recompile with dynamic
+    shapes at the second prompt length."""
+    lengths: dict[int, dict] = {}
+    for item in items:
+        lengths.setdefault(len(item["input_ids"]), item)
+    started = time.perf_counter()
+    run_once(model, processor, list(lengths.values())[:3], 1, args.max_new_tokens, compiled)
+    print(f"      compiling the decoding step took {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def time_batch_1_variant(args: argparse.Namespace, model, processor, items: list[dict], key: str, row: str,
+                         what: str, extra: dict, dynamic: list, rates: dict, bandwidths: dict, decodes: dict) -> None:
+    """One clip at a time with ``extra`` generate arguments: its row, and its tokens against the loop's."""
+    tokens: list = []
+    bandwidths[key], decodes[key] = [], []
+    seconds = timed(args, model, processor, items, 1, f"batch 1 {what}", extra, tokens, bandwidths[key],
+                    decoding=decodes[key])
+    rates[key] = report_row(row, len(items), args.max_new_tokens, seconds, rates["1"])
+    print(f"      {what}: tokens equal to the dynamic cache's: {tokens == dynamic}")
 
 
 def read_bandwidth(mebibytes: int = 1024, repeats: int = 5) -> float:
@@ -480,23 +504,12 @@ def main(argv: list[str] | None = None) -> int:
                         decoding=decodes.get(str(batch_size)))
         rates[str(batch_size)] = report_row(str(batch_size), len(items), args.max_new_tokens, seconds, rates.get("1"))
     variants = {"1s": ("1 st", "static cache", {"cache_implementation": "static"})} if args.static_cache else {}
+    compiled = compiled_decoding(next(model.parameters()).device)  # as ``explain --compile`` decodes
     if args.compile:
-        compiled = compiled_decoding(next(model.parameters()).device)  # as ``explain --compile`` decodes
         variants["1c"] = ("1 cc", "static cache, compiled decoding", compiled)
-        # The compile, and the recompile with dynamic shapes at the second prompt length, happen here.
-        lengths = {}
-        for item in items:
-            lengths.setdefault(len(item["input_ids"]), item)
-        started = time.perf_counter()
-        run_once(model, processor, list(lengths.values())[:3], 1, args.max_new_tokens, compiled)
-        print(f"      compiling the decoding step took {time.perf_counter() - started:.0f} s", flush=True)
+        compile_decoding(args, model, processor, items, compiled)
     for key, (row, what, extra) in variants.items():
-        tokens: list = []
-        bandwidths[key], decodes[key] = [], []
-        seconds = timed(args, model, processor, items, 1, f"batch 1 {what}", extra, tokens, bandwidths[key],
-                        decoding=decodes[key])
-        rates[key] = report_row(row, len(items), args.max_new_tokens, seconds, rates["1"])
-        print(f"      {what}: tokens equal to the dynamic cache's: {tokens == dynamic}")
+        time_batch_1_variant(args, model, processor, items, key, row, what, extra, dynamic, rates, bandwidths, decodes)
     largest = str(max(batch_sizes))
     eos = processor.tokenizer.eos_token_id
     # Counted on the plain layers: packed ones keep their weights in buffers, not parameters.
@@ -515,6 +528,11 @@ def main(argv: list[str] | None = None) -> int:
         rates[key] = report_row(size + " sb", len(items), args.max_new_tokens, seconds, rates["1"])
         print(f"      stream_batch: tokens equal to the loop's up to the end of turn: "
               f"{same_until_end_of_turn(tokens, dynamic, eos)}")
+    if args.compile and packed:
+        compile_decoding(args, model, processor, items, compiled)
+        variants["1pc"] = ("1 pc", "packed, static cache, compiled decoding", compiled)
+        time_batch_1_variant(args, model, processor, items, "1pc", *variants["1pc"], dynamic, rates, bandwidths,
+                             decodes)
     if args.static_cache and largest != "1":
         seconds = timed(args, model, processor, items, int(largest), f"batch {largest} static cache",
                         {"cache_implementation": "static"})

@@ -7,7 +7,7 @@ leaves the batch, and the KV cache grows in place. Greedy answers are those of `
 not depend on which clips share its batch. Compiled decoding (``DecodingSettings.compile``) goes
 through ``model.generate`` with a static cache, which keeps every row to the end of the batch.
 On a CPU the LLM's linear layers run packed for oneDNN (:mod:`~affect_llm.generation.packed_linear`:
-the same tokens, 1.35x to 1.5x faster on the measured cores) except while decoding is compiled.
+the same tokens, 1.35x to 1.5x faster on the measured cores), compiled decoding included.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from transformers import (
 from affect_llm.generation.absent_evidence import AbsentChannelLogitsProcessor, guards_for
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
 from affect_llm.generation.batch_stream import BatchItem, TokenCollector, stream_batch
-from affect_llm.generation.packed_linear import pack_linear_layers, unpack_linear_layers
+from affect_llm.generation.packed_linear import pack_linear_layers
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.trainable import is_peft_wrapped, is_quantized, merge_lora_for_inference
 from affect_llm.processing.processor import AffectProcessor, batch_to_device
@@ -82,19 +82,8 @@ class HFBackend:
         self.device = next(model.parameters()).device
         self.pack_weights = (pack_weights and self.device.type == "cpu" and not is_peft_wrapped(model)
                              and not is_quantized(model.language_model))
-        self._packed = False
-        self._hold_weights(compiled=False)  # the server's scheduler decodes with stream_batch directly
-
-    def _hold_weights(self, compiled: bool) -> None:
-        """Packed weights for eager decoding, plain ones for compiled decoding (inductor refuses the
-        packed op); the switch happens once per change of mode, bit for bit."""
-        if not self.pack_weights or compiled != self._packed:
-            return
-        if compiled:
-            unpack_linear_layers(self.model.language_model)
-        else:
+        if self.pack_weights:  # here, not per call: the server's scheduler decodes with stream_batch directly
             pack_linear_layers(self.model.language_model)
-        self._packed = not compiled
 
     def _batch(self, requests: list[GenerationRequest]) -> dict[str, Any]:
         items = [{**self.processor.encode_text(r.messages), "media": r.media} for r in requests]
@@ -121,7 +110,6 @@ class HFBackend:
     def generate(self, requests: list[GenerationRequest], settings: DecodingSettings) -> list[str]:
         if not requests:
             return []
-        self._hold_weights(settings.compile)
         if settings.compile:
             output = self.model.generate(**self._batch(requests), **self._generate_kwargs(requests, settings))
             return self.processor.tokenizer.batch_decode(output, skip_special_tokens=True)
@@ -137,7 +125,6 @@ class HFBackend:
         out of memory) is raised here instead of leaving the reader waiting for ever; closing the
         iterator early (Ctrl-C in the chat) stops generation at the next token and waits for it.
         """
-        self._hold_weights(settings.compile)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=False, skip_special_tokens=True)
         stop = Event()
         failures: list[BaseException] = []

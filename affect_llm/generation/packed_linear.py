@@ -7,7 +7,9 @@ multiplies 32 rows at about half the rate oneDNN reaches on weights it reordered
 (``torch.ops.mkldnn._reorder_linear_weight``, the layout inductor gives frozen weights).
 :func:`pack_linear_layers` swaps every plain ``nn.Linear`` of the LLM for a :class:`PackedLinear`
 holding that layout; :func:`unpack_linear_layers` swaps them back, bit for bit (``to_dense``), for
-what cannot run packed: compiled decoding (inductor's lowering asserts on the op) and training.
+training. The packed matmul is the custom op ``affect_llm::packed_linear``, which ``torch.compile``
+calls as it stands: inductor's own lowering of oneDNN's op asserts on weights it did not freeze
+itself, and without packing, compiled decoding reads its weights through MKL at a fifth of the speed.
 
 Packing is for inference only (no autograd through the op) and for float32 weights on a CPU;
 a LoRA adapter must be merged first (peft's layers read their base layer's weight).
@@ -17,6 +19,17 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+@torch.library.custom_op("affect_llm::packed_linear", mutates_args=())
+def packed_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ W.T + bias`` with ``W`` in oneDNN's reordered layout; opaque to ``torch.compile``."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, "none", [None], "")
+
+
+@packed_linear.register_fake
+def _packed_linear_shape(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], packed_weight.shape[0]))  # (..., out_features)
 
 
 def packing_available() -> bool:
@@ -47,7 +60,7 @@ class PackedLinear(nn.Module):
         if torch.is_grad_enabled() and x.requires_grad:
             raise RuntimeError("PackedLinear is for inference: unpack_linear_layers() before training")
         bias = None if self.bias is None else self.bias.detach()
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, bias, "none", [None], "")
+        return packed_linear(x, self.packed_weight, bias)
 
     def unpacked(self) -> nn.Linear:
         """The plain layer again, with the same weights to the bit."""

@@ -70,3 +70,13 @@ def test_the_hf_backend_decodes_packed_with_the_same_greedy_answers() -> None:
     assert packed.generate(requests, settings) == plain.generate(requests, settings)
     # Streaming (the chat) goes through generate() on the same packed layers.
     assert "".join(packed.stream(requests[0], settings)) == plain.generate(requests[:1], settings)[0]
+
+
+def test_a_compiled_graph_keeps_the_packed_matmul_and_its_products() -> None:
+    """Compiled decoding runs on packed weights: inductor calls the custom op as it stands."""
+    torch.manual_seed(0)
+    layer = PackedLinear(nn.Linear(48, 80))
+    x = torch.randn(3, 48)
+    compiled = torch.compile(layer, fullgraph=True)  # fullgraph: a graph break would fail here
+    with torch.no_grad():
+        assert torch.equal(compiled(x), layer(x))
