@@ -80,9 +80,8 @@ class HFBackend:
         self.model = model.eval()
         self.processor = processor
         self.device = next(model.parameters()).device
-        self.pack_weights = (pack_weights and self.device.type == "cpu" and not is_peft_wrapped(model)
-                             and not is_quantized(model.language_model))
-        if self.pack_weights:  # here, not per call: the server's scheduler decodes with stream_batch directly
+        if (pack_weights and self.device.type == "cpu" and not is_peft_wrapped(model)
+                and not is_quantized(model.language_model)):
             pack_linear_layers(self.model.language_model)
 
     def _batch(self, requests: list[GenerationRequest]) -> dict[str, Any]:
