@@ -82,6 +82,7 @@ class HFBackend:
         self.device = next(model.parameters()).device
         if (pack_weights and self.device.type == "cpu" and not is_peft_wrapped(model)
                 and not is_quantized(model.language_model)):
+            # Here, not per call: the server's scheduler decodes with stream_batch directly.
             pack_linear_layers(self.model.language_model)
 
     def _batch(self, requests: list[GenerationRequest]) -> dict[str, Any]:
