@@ -13,17 +13,17 @@ tokens per second over the whole run, and decoding steps per second, the tokens 
 first over the time after its prompt's forward (timed by a streamer in the same runs). A decoding
 step reads every weight once, as the bound assumes; the prompt's forward, one pass over about 120
 tokens at once (the reason prompt with its media), is compute-bound and is not what the bound
-describes. ``--static-cache`` adds a batch-1 row with a static KV cache, ``--compile`` one with the static cache and a compiled decoding step
-(``explain --compile``; compiled before timing); both have their answers checked equal to the
-dynamic cache's under greedy decoding. The LoRA adapter is folded into the weights as the hf backend
+describes. ``--static-cache`` adds a batch-1 row with a static KV cache, ``--compile`` one with the
+static cache and transformers' compiled decoding step (``generate`` with ``compile_config``; compiled
+before timing); both have their answers checked equal to the dynamic cache's under greedy decoding. The LoRA adapter is folded into the weights as the hf backend
 does (``--keep-adapter``: generate with it attached). The ``sb`` rows decode as the hf backend's
 batches do (``stream_batch``: the shared prompt prefix computed once per batch, a KV cache that
 grows in place), at batch 1 and at the largest batch, without stopping at the end of turn so the
 work stays equal; their tokens are checked against ``generate``'s up to the first end of turn. They run
 on the layers as the hf backend holds them on a CPU, packed for oneDNN (``--plain-weights``: not), so
 ``1 sb`` is also the one-clip loop with packed weights; the ``generate`` rows before them run plain.
-With ``--compile`` and packed layers, a ``1 pc`` row decodes compiled on the packed layers, as
-``explain --compile`` does on a CPU.
+With ``--compile``, a ``1 sc`` row decodes as ``explain --compile`` does: ``stream_batch``'s loop with
+its decoding step compiled over a static cache (``CompiledDecoder``), on the packed layers on a CPU.
 The largest ``sb`` batch's time is split into its prompts' forward (up to the first tokens) and its
 decoding steps, whose weight matmuls (2 FLOPs per weight and row) are set against the machine's
 float32 matmul rate, measured after the runs: how far from compute-bound a batched step is. The
@@ -264,9 +264,10 @@ def run_once(model, processor, items: list[dict], batch_size: int, new_tokens: i
 
 
 def run_stream_once(model, processor, requests: list, batch_size: int, new_tokens: int,
-                    outputs: list | None = None, prefills: list | None = None) -> float:
+                    outputs: list | None = None, prefills: list | None = None, decoder=None) -> float:
     """Seconds to decode ``new_tokens`` for every request as the hf backend batches (``stream_batch``);
-    ``prefills`` (batch 1) gets the run's seconds up to each clip's first token, summed."""
+    ``prefills`` (batch 1) gets the run's seconds up to each clip's first token, summed; ``decoder``:
+    its compiled decoding step (as ``explain --compile`` decodes)."""
     from affect_llm.generation.backend import DecodingSettings
     from affect_llm.generation.batch_stream import BatchItem, stream_batch
 
@@ -278,7 +279,7 @@ def run_stream_once(model, processor, requests: list, batch_size: int, new_token
         sinks = [TimedCollector() for _ in batch]
         call_started = time.perf_counter()
         stream_batch(model, processor, [BatchItem(request, settings, sink, stop_at_eos=False)
-                                        for request, sink in zip(batch, sinks, strict=True)])
+                                        for request, sink in zip(batch, sinks, strict=True)], decoder=decoder)
         prefill += sinks[0].first - call_started
         if any(len(sink.tokens) != new_tokens for sink in sinks):
             raise SystemExit(f"bench_explain: stream_batch decoded other than {new_tokens} tokens")
@@ -400,7 +401,7 @@ def raw_explain(checkpoint: Path, work: Path, clips: int, batch_size: int, new_t
 
 def timed(args, model, processor, items, batch_size: int, what: str, extra: dict | None = None,
           outputs: list | None = None, bandwidths: list | None = None, requests: list | None = None,
-          decoding: list | None = None, prompt_seconds: list | None = None) -> float:
+          decoding: list | None = None, prompt_seconds: list | None = None, decoder=None) -> float:
     """Median seconds of ``args.repeats`` runs (the first one's tokens go to ``outputs``).
 
     ``bandwidths`` collects the read bandwidth measured right after each run: the speed of shared
@@ -409,7 +410,8 @@ def timed(args, model, processor, items, batch_size: int, what: str, extra: dict
     ``decoding`` (batch 1) collects each run's decoding steps per second: the tokens after each
     clip's first over the time after its prompt's forward, which reads the weights once per token
     as the bound assumes (the prompt's forward is compute-bound and is left out). ``prompt_seconds``
-    collects each run's seconds up to the first token of each batch, summed.
+    collects each run's seconds up to the first token of each batch, summed. ``decoder``: stream_batch's
+    compiled decoding step.
     """
     times = []
     prefills: list | None = prompt_seconds if prompt_seconds is not None else [] if decoding is not None else None
@@ -417,7 +419,7 @@ def timed(args, model, processor, items, batch_size: int, what: str, extra: dict
         kept = outputs if repeat == 0 else None
         if requests is not None:
             times.append(run_stream_once(model, processor, requests, batch_size, args.max_new_tokens, kept,
-                                         prefills))
+                                         prefills, decoder))
         else:
             times.append(run_once(model, processor, items, batch_size, args.max_new_tokens, extra, kept, prefills))
         if decoding is not None:
@@ -471,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from machine import describe_cpu
 
+    from affect_llm.generation.batch_stream import cache_argument
+    from affect_llm.generation.compiled_step import CompiledDecoder
     from affect_llm.generation.hf_backend import compiled_decoding
     from affect_llm.generation.packed_linear import pack_linear_layers
     from affect_llm.loading.checkpoint import load_checkpoint
@@ -528,11 +532,21 @@ def main(argv: list[str] | None = None) -> int:
         rates[key] = report_row(size + " sb", len(items), args.max_new_tokens, seconds, rates["1"])
         print(f"      stream_batch: tokens equal to the loop's up to the end of turn: "
               f"{same_until_end_of_turn(tokens, dynamic, eos)}")
-    if args.compile and packed:
-        compile_decoding(args, model, processor, items, compiled)
-        variants["1pc"] = ("1 pc", "packed, static cache, compiled decoding", compiled)
-        time_batch_1_variant(args, model, processor, items, "1pc", *variants["1pc"], dynamic, rates, bandwidths,
-                             decodes)
+    if args.compile:
+        # As ``explain --compile`` decodes: stream_batch's loop, its decoding step compiled over a static cache.
+        decoder = CompiledDecoder(model.language_model, cache_argument(model.language_model))
+        lengths = {len(item["input_ids"]): request for item, request in zip(items, requests, strict=True)}
+        started = time.perf_counter()
+        run_stream_once(model, processor, list(lengths.values()), 1, args.max_new_tokens, decoder=decoder)
+        print(f"      compiling stream_batch's decoding step took {time.perf_counter() - started:.0f} s", flush=True)
+        tokens, key = [], "1sc"
+        bandwidths[key], decodes[key] = [], []
+        variants[key] = ("1 sc", "as explain --compile decodes", {})
+        seconds = timed(args, model, processor, items, 1, "batch 1 as explain --compile decodes", outputs=tokens,
+                        bandwidths=bandwidths[key], requests=requests, decoding=decodes[key], decoder=decoder)
+        rates[key] = report_row("1 sc", len(items), args.max_new_tokens, seconds, rates["1"])
+        print(f"      compiled stream_batch: tokens equal to the loop's up to the end of turn: "
+              f"{same_until_end_of_turn(tokens, dynamic, eos)}")
     if args.static_cache and largest != "1":
         seconds = timed(args, model, processor, items, int(largest), f"batch {largest} static cache",
                         {"cache_implementation": "static"})

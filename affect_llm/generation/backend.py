@@ -34,9 +34,11 @@ class DecodingSettings:
             (:mod:`affect_llm.generation.absent_explanation`; HF backends only, vLLM takes no
             per-step hook); off, the model's own words are kept.
         compile: Decode with a static KV cache and a compiled decoding step (``torch.compile``;
-            on a CPU with inductor's C++ wrapper). Greedy answers are unchanged; the first batch
-            pays a compile of a few minutes on a CPU (seconds once inductor has cached it), and a
-            new prompt length or batch size one more. Worth it for batch jobs; the hf backend only.
+            on a CPU with inductor's C++ wrapper; batches through
+            :class:`~affect_llm.generation.compiled_step.CompiledDecoder`). Greedy answers are
+            unchanged; the first batch pays a compile of one to a few minutes on a CPU (seconds
+            once inductor has cached it), and a new batch size or static cache length one more.
+            Worth it for batch jobs; the hf backend only.
     """
 
     max_new_tokens: int = 160

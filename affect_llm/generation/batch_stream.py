@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal, Protocol
 
 import torch
 
 from affect_llm.generation.absent_evidence import AbsentChannelGuard, guards_for
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
+from affect_llm.generation.compiled_step import CompiledDecoder
 from affect_llm.generation.kv_cache import GrowingCache
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.processing.processor import AffectProcessor, batch_to_device
@@ -185,6 +187,7 @@ def stream_batch(
     processor: AffectProcessor,
     items: list[BatchItem],
     eos_token_id: int | None = None,
+    decoder: CompiledDecoder | None = None,
 ) -> BatchStats:
     """Decode a batch, handing each token to its request's sink as soon as it is chosen.
 
@@ -193,6 +196,9 @@ def stream_batch(
         processor: Its processor.
         items: The requests; rows already cancelled are ended before the prefill.
         eos_token_id: End-of-turn token (default: the tokenizer's, as ``HFBackend`` uses).
+        decoder: Decode through its compiled step over a static cache (the prompt's forward stays
+            eager); rows that end then stay in the batch, their steps not handed out, until the last
+            one ends.
 
     Returns:
         Counts of rows and steps, and each request's finish reason.
@@ -205,13 +211,25 @@ def stream_batch(
     samplers = {i: _Sampler(items[i].settings, _guard(processor, items[i])) for i in live}
     produced = dict.fromkeys(live, 0)
     cache = GrowingCache()
-    cached = {_cache_argument(model.language_model): cache, "use_cache": True, "logits_to_keep": 1}
+    cached = {cache_argument(model.language_model): cache, "use_cache": True, "logits_to_keep": 1}
     out, mask, positions = _prefill(model, processor, [items[i] for i in live], cache, cached)  # (B, L), (B, 1)
+    step = model.language_model
+    if decoder is not None:
+        budget = max(items[i].settings.max_new_tokens for i in live)
+        static, length = decoder.static_copy(cache, len(live), budget)
+        cached = {"use_cache": True, "logits_to_keep": 1}
+        # The whole cache's length at once: the mask's shape never changes (causality hides what is unwritten).
+        mask = torch.cat([mask, mask.new_ones(len(live), length - mask.shape[-1])], dim=-1)  # (B, length)
+        step = partial(decoder.step, static)
+    ended: list[int] = []  # rows that stay in a static batch after they ended
     while True:
         logits = out.logits[:, -1, :]  # (B, V)
         next_ids, keep = [], []
         for row, index in enumerate(live):
             item = items[index]
+            if index in ended:
+                next_ids.append(eos if eos is not None else 0)
+                continue
             token = samplers[index](logits[row])
             reason = _step_end(item, token, eos, produced[index])
             if reason is None:
@@ -221,20 +239,24 @@ def stream_batch(
             if reason is not None:
                 stats.finished[index] = reason
                 item.sink.end(reason)
+                ended.append(index)
+                next_ids.append(token)
             else:
                 next_ids.append(token)
                 keep.append(row)
         if not keep:
             return stats
-        if len(keep) < len(live):
-            # Rows that ended leave the batch and the cache: later steps cost only the live ones.
-            cache.batch_select_indices(torch.tensor(keep, device=mask.device))
-            mask, positions = mask[keep], positions[keep]
-            live = [live[row] for row in keep]
-        mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)  # (B, L + 1)
+        if decoder is None:
+            if len(keep) < len(live):
+                # Rows that ended leave the batch and the cache: later steps cost only the live ones.
+                cache.batch_select_indices(torch.tensor(keep, device=mask.device))
+                mask, positions = mask[keep], positions[keep]
+                live = [live[row] for row in keep]
+                next_ids = [next_ids[row] for row in keep]
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)  # (B, L + 1)
         positions = positions + 1
         step_ids = torch.tensor(next_ids, device=mask.device)[:, None]  # (B, 1)
-        out = model.language_model(input_ids=step_ids, attention_mask=mask, position_ids=positions, **cached)
+        out = step(input_ids=step_ids, attention_mask=mask, position_ids=positions, **cached)
         stats.steps += 1
         stats.row_steps += len(live)
 
@@ -246,7 +268,7 @@ def _guard(processor: AffectProcessor, item: BatchItem) -> AbsentChannelGuard | 
                       settings.guard_absent_explanation)[0]
 
 
-def _cache_argument(language_model: torch.nn.Module) -> str:
+def cache_argument(language_model: torch.nn.Module) -> str:
     """``cache`` where the LLM's forward takes it, else the older ``past_key_values``."""
     base = language_model.get_base_model() if hasattr(language_model, "get_base_model") else language_model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"

@@ -4,8 +4,10 @@ A batch decodes through :func:`~affect_llm.generation.batch_stream.stream_batch`
 every clip shares (system prompt, chat header) is computed once, a row that reaches its end of turn
 leaves the batch, and the KV cache grows in place. Greedy answers are those of ``model.generate``
 (tested); sampling draws from each request's own seeded generator, so a clip's sampled answer does
-not depend on which clips share its batch. Compiled decoding (``DecodingSettings.compile``) goes
-through ``model.generate`` with a static cache, which keeps every row to the end of the batch.
+not depend on which clips share its batch. Compiled decoding (``DecodingSettings.compile``) runs the
+same loop with the decoding step compiled over a static cache
+(:class:`~affect_llm.generation.compiled_step.CompiledDecoder`), which keeps every row to the end of
+the batch; ``model.generate`` compiles instead for an LLM with sliding-window layers.
 On a CPU the LLM's linear layers run packed for oneDNN (:mod:`~affect_llm.generation.packed_linear`:
 the same tokens, 1.35x to 1.5x faster on the measured cores), compiled decoding included.
 """
@@ -27,7 +29,8 @@ from transformers import (
 
 from affect_llm.generation.absent_evidence import AbsentChannelLogitsProcessor, guards_for
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
-from affect_llm.generation.batch_stream import BatchItem, TokenCollector, stream_batch
+from affect_llm.generation.batch_stream import BatchItem, TokenCollector, cache_argument, stream_batch
+from affect_llm.generation.compiled_step import CompiledDecoder, supports_static_copy
 from affect_llm.generation.packed_linear import pack_linear_layers
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.trainable import is_peft_wrapped, is_quantized, merge_lora_for_inference
@@ -80,6 +83,7 @@ class HFBackend:
         self.model = model.eval()
         self.processor = processor
         self.device = next(model.parameters()).device
+        self._decoder: CompiledDecoder | None = None
         if (pack_weights and self.device.type == "cpu" and not is_peft_wrapped(model)
                 and not is_quantized(model.language_model)):
             # Here, not per call: the server's scheduler decodes with stream_batch directly.
@@ -110,13 +114,22 @@ class HFBackend:
     def generate(self, requests: list[GenerationRequest], settings: DecodingSettings) -> list[str]:
         if not requests:
             return []
-        if settings.compile:
+        decoder = self._compiled_decoder() if settings.compile else None
+        if settings.compile and decoder is None:
             output = self.model.generate(**self._batch(requests), **self._generate_kwargs(requests, settings))
             return self.processor.tokenizer.batch_decode(output, skip_special_tokens=True)
         sinks = [TokenCollector() for _ in requests]
         stream_batch(self.model, self.processor,
-                     [BatchItem(request, settings, sink) for request, sink in zip(requests, sinks, strict=True)])
+                     [BatchItem(request, settings, sink) for request, sink in zip(requests, sinks, strict=True)],
+                     decoder=decoder)
         return [self.processor.tokenizer.decode(sink.tokens, skip_special_tokens=True) for sink in sinks]
+
+    def _compiled_decoder(self) -> CompiledDecoder | None:
+        """The compiled decoding step of this backend's LLM, made on first use (None: its layers do not
+        suit a copied static cache, and ``model.generate`` compiles instead)."""
+        if self._decoder is None and supports_static_copy(self.model.language_model.config):
+            self._decoder = CompiledDecoder(self.model.language_model, cache_argument(self.model.language_model))
+        return self._decoder
 
     def stream(self, request: GenerationRequest, settings: DecodingSettings) -> Iterator[str]:
         """Yield text pieces as they are generated (one request; the chat uses this).

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from torch._dynamo.utils import counters
 
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
 from affect_llm.generation.batch_stream import (
     BatchItem,
     IncrementalDetokenizer,
+    cache_argument,
     shared_prefix_length,
     stream_batch,
 )
+from affect_llm.generation.compiled_step import CompiledDecoder
 from affect_llm.generation.hf_backend import HFBackend
 from affect_llm.generation.kv_cache import GrowingLayer
 from affect_llm.loading.build import build_model
@@ -136,3 +139,27 @@ def test_detokenized_pieces_never_split_a_character(parts) -> None:
     pieces = [detokenizer.push(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
     pieces.append(detokenizer.flush())
     assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+
+
+def test_compiled_decoding_gives_each_row_the_eager_tokens(parts) -> None:
+    """Rows with their own budgets, one cancelled, one sampling: with the compiled step over a static cache
+    every row gets the eager loop's tokens and finish reason. The second batch's shorter prompts fit a
+    shorter static cache (a second graph); the third batch goes back to the first cache, whose steps
+    skip all but the guards that tell the two graphs apart."""
+    model, processor, requests = parts
+    settings = [DecodingSettings(max_new_tokens=3), DecodingSettings(max_new_tokens=9),
+                DecodingSettings(max_new_tokens=6, do_sample=True, seed=5), DecodingSettings(max_new_tokens=9)]
+    decoder = CompiledDecoder(model.language_model, cache_argument(model.language_model), length_step=64)
+    graphs = counters["stats"]["unique_graphs"]
+    for indices in ([0, 1, 2, 3], [1, 0, 1, 0], [0, 1, 2, 3]):
+        eager = [Sink(cancel_after=4 if i == 3 else None) for i in range(4)]
+        compiled = [Sink(cancel_after=4 if i == 3 else None) for i in range(4)]
+        run(parts, settings, eager, indices)
+        chosen = [requests[i] for i in indices]
+        stats = stream_batch(model, processor, [BatchItem(r, s, k) for r, s, k in zip(chosen, settings, compiled,
+                                                                                     strict=True)], decoder=decoder)
+        assert [s.tokens for s in compiled] == [s.tokens for s in eager]
+        assert [s.reason for s in compiled] == [s.reason for s in eager] == ["length", "length", "length", "cancelled"]
+        assert stats.steps == 8  # rows stay in a static batch until the last one ends
+    assert len(decoder._caches) == 2, decoder._caches.keys()
+    assert counters["stats"]["unique_graphs"] - graphs == 2
