@@ -111,6 +111,18 @@ def featurized_requests(model, processor, work: Path, count: int) -> tuple[list[
     return items, requests
 
 
+def generate_compiled(device: torch.device) -> dict:
+    """``generate`` arguments of transformers' own compiled decoding: a static KV cache and how to compile
+    (on CUDA its defaults, CUDA graphs; on a CPU inductor with its C++ wrapper, as ``explain --compile``)."""
+    from transformers import CompileConfig
+
+    if device.type == "cuda":
+        return {"cache_implementation": "static", "compile_config": CompileConfig()}
+    config = CompileConfig(mode=None, options={"cpp_wrapper": True})
+    config._compile_all_devices = True  # transformers' switch for compiling off-GPU
+    return {"cache_implementation": "static", "compile_config": config}
+
+
 def compile_decoding(args: argparse.Namespace, model, processor, items: list[dict], compiled: dict) -> None:
     """Compile the decoding step before timing: the first compile, and the recompile with dynamic
     shapes at the second prompt length."""
@@ -475,7 +487,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from affect_llm.generation.batch_stream import cache_argument
     from affect_llm.generation.compiled_step import CompiledDecoder
-    from affect_llm.generation.hf_backend import compiled_decoding
     from affect_llm.generation.packed_linear import pack_linear_layers
     from affect_llm.loading.checkpoint import load_checkpoint
     from affect_llm.modeling.trainable import merge_lora_for_inference
@@ -508,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
                         decoding=decodes.get(str(batch_size)))
         rates[str(batch_size)] = report_row(str(batch_size), len(items), args.max_new_tokens, seconds, rates.get("1"))
     variants = {"1s": ("1 st", "static cache", {"cache_implementation": "static"})} if args.static_cache else {}
-    compiled = compiled_decoding(next(model.parameters()).device)  # as ``explain --compile`` decodes
+    compiled = generate_compiled(next(model.parameters()).device)
     if args.compile:
         variants["1c"] = ("1 cc", "static cache, compiled decoding", compiled)
         compile_decoding(args, model, processor, items, compiled)

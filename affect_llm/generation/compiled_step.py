@@ -74,23 +74,10 @@ class CompiledDecoder:
         device = next(language_model.parameters()).device
         self._compiled = torch.compile(language_model.__call__, **compile_options(device))
         self._caches: dict[tuple[int, int], StaticCache] = {}
-        self._warm: set[int] = set()  # ids of the caches whose graph has been chosen once with every guard
 
     def step(self, cache: StaticCache, **inputs: Any) -> Any:
-        """One decoding step on ``cache`` (one of :meth:`static_copy`'s): the LLM's output.
-
-        The first step on each cache checks every guard of the compiled graph (and compiles for its
-        shapes); later steps on it check only the guards that tell the graphs apart
-        (``skip_guard_eval_unsafe``). The full check read every parameter's and cache tensor's
-        metadata, 1.3 ms of an 18 ms step of the embedded LLM on a CPU; within one cache nothing it
-        checks can change (the same model, cache tensors and input shapes).
-        """
-        if id(cache) not in self._warm:
-            output = self._compiled(**inputs, **{self.cache_argument: cache})
-            self._warm.add(id(cache))
-            return output
-        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-            return self._compiled(**inputs, **{self.cache_argument: cache})
+        """One decoding step on ``cache`` (one of :meth:`static_copy`'s): the LLM's output."""
+        return self._compiled(**inputs, **{self.cache_argument: cache})
 
     def static_copy(self, cache: Cache, rows: int, budget: int) -> tuple[StaticCache, int]:
         """A static cache holding ``cache``'s keys and values, with room for ``budget`` more positions.

@@ -144,8 +144,7 @@ def test_detokenized_pieces_never_split_a_character(parts) -> None:
 def test_compiled_decoding_gives_each_row_the_eager_tokens(parts) -> None:
     """Rows with their own budgets, one cancelled, one sampling: with the compiled step over a static cache
     every row gets the eager loop's tokens and finish reason. The second batch's shorter prompts fit a
-    shorter static cache (a second graph); the third batch goes back to the first cache, whose steps
-    skip all but the guards that tell the two graphs apart."""
+    shorter static cache (a second graph); the third batch goes back to the first cache and graph."""
     model, processor, requests = parts
     settings = [DecodingSettings(max_new_tokens=3), DecodingSettings(max_new_tokens=9),
                 DecodingSettings(max_new_tokens=6, do_sample=True, seed=5), DecodingSettings(max_new_tokens=9)]

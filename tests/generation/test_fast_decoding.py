@@ -67,3 +67,26 @@ def test_compile_is_refused_where_it_would_not_apply(small_manifest, tiny_checkp
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_streamed_compiled_answer_is_the_eager_one() -> None:
+    """The chat's path: one request streamed through the compiled step, text equal to the eager batch's."""
+    model, processor = build_model(SPEC, seed=0)
+    backend = HFBackend(model, processor)
+    request = noise_requests(processor, count=1)[0]
+    eager = backend.generate([request], DecodingSettings(max_new_tokens=12))
+    pieces = list(backend.stream(request, DecodingSettings(max_new_tokens=12, compile=True)))
+    assert len(pieces) > 1  # handed over as decoded, not at the end
+    assert "".join(pieces) == eager[0]
+
+
+def test_only_full_attention_layers_take_the_copied_static_cache() -> None:
+    """A sliding-window layer keeps only its window: such an LLM decodes eagerly instead."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    from affect_llm.generation.compiled_step import supports_static_copy
+
+    small = {"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1,
+             "num_hidden_layers": 2, "vocab_size": 64}
+    assert supports_static_copy(LlamaConfig(**small))
+    assert not supports_static_copy(Qwen2Config(**small, use_sliding_window=True, sliding_window=8, max_window_layers=0))

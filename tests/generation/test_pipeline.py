@@ -108,13 +108,13 @@ def test_chat_refuses_what_the_checks_refuse_and_notes_their_warnings(pipe, synt
 
 def test_a_failure_inside_generation_is_raised_not_waited_for(pipe, clip, monkeypatch):
     """Generation streams from a thread; its error must reach the caller. There is no GPU here to run
-    out of memory, so the failure is injected into ``generate``."""
+    out of memory, so the failure is injected into the model's merging of the media into the prompt."""
     pipe.attach(**clip)
 
-    def out_of_memory(**kwargs):
+    def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory (injected)")
 
-    monkeypatch.setattr(pipe.backend.model, "generate", out_of_memory)
+    monkeypatch.setattr(pipe.backend.model, "embed_inputs", out_of_memory)
     with pytest.raises(RuntimeError, match="out of memory"):
         pipe.ask("How does the speaker feel?")
     assert pipe.messages == []  # nothing half-answered joins the history
