@@ -14,8 +14,7 @@ the one call that repeats: the LLM's forward on one token per row, with every sh
 - The attention mask spans the whole static cache from the first step: the prompt's padding masked,
   every later position open (causality hides the positions not written yet). Its shape is that of
   the cache, so no step changes a shape.
-- Static caches are kept per (rows, length) and reused: a new cache would be a new set of tensors
-  for the compiled graph's guards.
+- The last static cache is reused while batches keep its number of rows and length.
 
 Under greedy decoding the tokens are those of the eager loop (tested on a tiny model). Rows that end
 stay in the batch until the last one ends (a static cache has a fixed batch); their steps are not
@@ -73,7 +72,10 @@ class CompiledDecoder:
         self.length_step = length_step
         device = next(language_model.parameters()).device
         self._compiled = torch.compile(language_model.__call__, **compile_options(device))
-        self._caches: dict[tuple[int, int], StaticCache] = {}
+        # The last batch's cache, reused while batches keep its shape (a new one is allocated, not compiled
+        # again, when they change back: the graph reads the cache as an input). One at a time: a batch of 64
+        # rows of the embedded LLM at 512 positions holds 2.4 GB.
+        self._cache: tuple[tuple[int, int], StaticCache] | None = None
 
     def step(self, cache: StaticCache, **inputs: Any) -> Any:
         """One decoding step on ``cache`` (one of :meth:`static_copy`'s): the LLM's output."""
@@ -90,10 +92,10 @@ class CompiledDecoder:
                              "layer keeps only its window): use model.generate with a static cache")
         filled = cache.get_seq_length()
         length = -(-(filled + budget) // self.length_step) * self.length_step
-        static = self._caches.get((rows, length))
-        if static is None:
-            static = StaticCache(config=self.language_model.config, max_cache_len=length)
-            self._caches[(rows, length)] = static
+        if self._cache is None or self._cache[0] != (rows, length):
+            self._cache = None  # released before the next one is allocated
+            self._cache = ((rows, length), StaticCache(config=self.language_model.config, max_cache_len=length))
+        static = self._cache[1]
         for source, target in zip(cache.layers, static.layers, strict=True):
             if not target.is_initialized:
                 target.lazy_initialization(source.keys, source.values)

@@ -144,7 +144,8 @@ def test_detokenized_pieces_never_split_a_character(parts) -> None:
 def test_compiled_decoding_gives_each_row_the_eager_tokens(parts) -> None:
     """Rows with their own budgets, one cancelled, one sampling: with the compiled step over a static cache
     every row gets the eager loop's tokens and finish reason. The second batch's shorter prompts fit a
-    shorter static cache (a second graph); the third batch goes back to the first cache and graph."""
+    shorter static cache (a second graph); the third batch goes back to the first shape, in a new cache,
+    and the first graph."""
     model, processor, requests = parts
     settings = [DecodingSettings(max_new_tokens=3), DecodingSettings(max_new_tokens=9),
                 DecodingSettings(max_new_tokens=6, do_sample=True, seed=5), DecodingSettings(max_new_tokens=9)]
@@ -160,5 +161,4 @@ def test_compiled_decoding_gives_each_row_the_eager_tokens(parts) -> None:
         assert [s.tokens for s in compiled] == [s.tokens for s in eager]
         assert [s.reason for s in compiled] == [s.reason for s in eager] == ["length", "length", "length", "cancelled"]
         assert stats.steps == 8  # rows stay in a static batch until the last one ends
-    assert len(decoder._caches) == 2, decoder._caches.keys()
     assert counters["stats"]["unique_graphs"] - graphs == 2
