@@ -57,7 +57,8 @@ def add_compile_argument(parser: argparse.ArgumentParser) -> None:
     """``--compile``: static KV cache and a compiled decoding step (hf backend)."""
     parser.add_argument("--compile", action="store_true",
                         help="static KV cache and a compiled decoding step (torch.compile): same greedy "
-                             "answers, faster per token after a one-time compile of a few minutes on a CPU")
+                             "answers, faster per token after a compile of one to a few minutes on a CPU "
+                             "(once more at the first other batch size or context length)")
 
 
 def check_compile_argument(args: argparse.Namespace, checkpoint: str | Path) -> None:

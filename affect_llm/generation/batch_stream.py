@@ -11,8 +11,9 @@ it cancelled) is removed from the batch and from the KV cache (``batch_select_in
 steps compute only the live rows. The cache is a :class:`~affect_llm.generation.kv_cache.GrowingCache`:
 each step writes into room reserved ahead instead of copying the whole cache.
 
-Under greedy decoding the tokens are those of :class:`~affect_llm.generation.hf_backend.HFBackend`
-(the same positions, mask and cache; tested). Sampling is seeded per request with its own
+Under greedy decoding the tokens are those of transformers' ``model.generate`` on the left-padded
+batch (the same positions and mask; tested), under a generation config that changes no logits
+(``generate`` would also apply a checkpoint's repetition penalty, for one; this loop does not). Sampling is seeded per request with its own
 generator, so a request samples the same tokens whatever it is batched with.
 
 Shape letters: B live rows, L prompt tokens, V vocabulary, D LLM width.
@@ -108,7 +109,7 @@ class BatchStats:
 
 class _Sampler:
     """Next-token choice of one row: argmax, or a draw from its own seeded generator, held to the
-    request's channel guard (``HFBackend`` holds the same one)."""
+    request's channel guard (the one ``AbsentChannelLogitsProcessor`` holds for ``generate``)."""
 
     def __init__(self, settings: DecodingSettings, guard: AbsentChannelGuard | None = None) -> None:
         self.settings = settings
@@ -195,7 +196,7 @@ def stream_batch(
         model: The composite model (LoRA attached or merged).
         processor: Its processor.
         items: The requests; rows already cancelled are ended before the prefill.
-        eos_token_id: End-of-turn token (default: the tokenizer's, as ``HFBackend`` uses).
+        eos_token_id: End-of-turn token (default: the tokenizer's).
         decoder: Decode through its compiled step over a static cache (the prompt's forward stays
             eager); rows that end then stay in the batch, their steps not handed out, until the last
             one ends.
@@ -213,17 +214,18 @@ def stream_batch(
     cache = GrowingCache()
     cached = {cache_argument(model.language_model): cache, "use_cache": True, "logits_to_keep": 1}
     out, mask, positions = _prefill(model, processor, [items[i] for i in live], cache, cached)  # (B, L), (B, 1)
+    logits = out.logits[:, -1, :]  # (B, V)
+    del out  # it holds the growing cache, which the compiled step no longer needs
     step = model.language_model
     if decoder is not None:
         budget = max(items[i].settings.max_new_tokens for i in live)
         static, length = decoder.static_copy(cache, len(live), budget)
-        cached = {"use_cache": True, "logits_to_keep": 1}
+        cache, cached = static, {"use_cache": True, "logits_to_keep": 1}  # the growing cache released
         # The whole cache's length at once: the mask's shape never changes (causality hides what is unwritten).
         mask = torch.cat([mask, mask.new_ones(len(live), length - mask.shape[-1])], dim=-1)  # (B, length)
         step = partial(decoder.step, static)
     ended: list[int] = []  # rows that stay in a static batch after they ended
     while True:
-        logits = out.logits[:, -1, :]  # (B, V)
         next_ids, keep = [], []
         for row, index in enumerate(live):
             item = items[index]
@@ -256,7 +258,7 @@ def stream_batch(
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)  # (B, L + 1)
         positions = positions + 1
         step_ids = torch.tensor(next_ids, device=mask.device)[:, None]  # (B, 1)
-        out = step(input_ids=step_ids, attention_mask=mask, position_ids=positions, **cached)
+        logits = step(input_ids=step_ids, attention_mask=mask, position_ids=positions, **cached).logits[:, -1, :]
         stats.steps += 1
         stats.row_steps += len(live)
 
@@ -299,7 +301,7 @@ class IncrementalDetokenizer:
     """Token ids -> text pieces, holding back a piece that ends inside a multi-byte character.
 
     Args:
-        tokenizer: The checkpoint's tokenizer; special tokens are skipped, as ``HFBackend`` decodes.
+        tokenizer: The checkpoint's tokenizer; special tokens are skipped, as whole answers are decoded.
     """
 
     def __init__(self, tokenizer: Any) -> None:

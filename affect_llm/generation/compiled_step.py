@@ -5,15 +5,19 @@ step still passes through ``generate``'s own loop (input preparation, logits pro
 criteria, the mask grown by one column, so its shape changes every step and the graph is compiled
 again with dynamic shapes): at batch 1 on the measured CPU that loop cost about as much per token as
 the compiled graph saved. :class:`CompiledDecoder` keeps the loop in ``stream_batch`` and compiles
-the one call that repeats: the LLM's forward on one token per row, with every shape fixed.
+the one call that repeats: the LLM's forward on one token per row, whose shapes stay fixed over a
+batch.
 
 - The prompt's forward runs eagerly into ``stream_batch``'s own growing cache (its length differs
   from prompt to prompt, and compiling it would compile once per length); its keys and values are
   then copied into a :class:`~transformers.StaticCache` whose length is rounded up to a multiple of
-  ``length_step``, so clips of different prompt lengths reuse one graph.
+  ``length_step``.
 - The attention mask spans the whole static cache from the first step: the prompt's padding masked,
   every later position open (causality hides the positions not written yet). Its shape is that of
-  the cache, so no step changes a shape.
+  the cache, so no step of a batch changes a shape.
+- The first batch's shape compiles a static graph; the first other shape (rows or cache length)
+  compiles once more with symbolic sizes, and that graph serves every shape after it: a chat whose
+  context grows turn by turn, or a batch job's smaller last batch, compiles twice in all.
 - The last static cache is reused while batches keep its number of rows and length.
 
 Under greedy decoding the tokens are those of the eager loop (tested on a tiny model). Rows that end
@@ -23,11 +27,16 @@ handed out.
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
 import torch
+from torch._dynamo.exc import FailOnRecompileLimitHit
 from transformers import CompileConfig, StaticCache
 from transformers.cache_utils import Cache
+
+logger = logging.getLogger(__name__)
 
 # Static cache lengths are rounded up to this: clips whose prompt and budget fall in one step share a graph.
 DEFAULT_LENGTH_STEP = 128
@@ -42,7 +51,9 @@ def compile_options(device: torch.device) -> dict[str, Any]:
     """
     if device.type == "cuda":
         return CompileConfig().to_dict()
-    return {"fullgraph": True, "dynamic": False, "options": {"cpp_wrapper": True}}
+    # dynamic=None: the first shape compiles static, the first change once more with symbolic rows and
+    # length, which then serves every shape (a chat's growing context, a batch job's last, smaller batch).
+    return {"fullgraph": True, "dynamic": None, "options": {"cpp_wrapper": True}}
 
 
 def static_layers(config: Any) -> list:
@@ -57,7 +68,7 @@ def supports_static_copy(config: Any) -> bool:
 
 
 class CompiledDecoder:
-    """The LLM's decoding step compiled once for fixed shapes, and the static caches it reads.
+    """The LLM's decoding step, compiled, and the static cache it reads.
 
     Args:
         language_model: The LLM (a LoRA adapter merged first, or packed linear layers: both compile).
@@ -76,10 +87,26 @@ class CompiledDecoder:
         # again, when they change back: the graph reads the cache as an input). One at a time: a batch of 64
         # rows of the embedded LLM at 512 positions holds 2.4 GB.
         self._cache: tuple[tuple[int, int], StaticCache] | None = None
+        self._eager = False  # dynamo refused to compile again
+        # One batch at a time: the static cache is shared (a chat turn still decoding in its thread
+        # while the next starts would write into the cache the new turn just filled).
+        self.lock = threading.Lock()
 
     def step(self, cache: StaticCache, **inputs: Any) -> Any:
-        """One decoding step on ``cache`` (one of :meth:`static_copy`'s): the LLM's output."""
-        return self._compiled(**inputs, **{self.cache_argument: cache})
+        """One decoding step on ``cache`` (one of :meth:`static_copy`'s): the LLM's output.
+
+        Where dynamo refuses to compile once more (its recompile limit, which counts every graph of
+        the LLM's forward in the process), the step runs eagerly on the same cache, with a warning:
+        the same tokens, more slowly, instead of a failed batch.
+        """
+        inputs[self.cache_argument] = cache
+        if not self._eager:
+            try:
+                return self._compiled(**inputs)
+            except FailOnRecompileLimitHit as refused:
+                logger.warning("compiled decoding: %s; decoding eagerly from here on", str(refused).splitlines()[0])
+                self._eager = True
+        return self.language_model(**inputs)
 
     def static_copy(self, cache: Cache, rows: int, budget: int) -> tuple[StaticCache, int]:
         """A static cache holding ``cache``'s keys and values, with room for ``budget`` more positions.

@@ -3,7 +3,7 @@
 Every answer decodes through :func:`~affect_llm.generation.batch_stream.stream_batch`: the prompt
 prefix every clip shares (system prompt, chat header) is computed once, a row that reaches its end
 of turn leaves the batch, and the KV cache grows in place. Greedy answers are those of
-``model.generate`` (tested); sampling draws from each request's own seeded generator, so a clip's
+``model.generate`` where the checkpoint's generation config changes no logits (tested); sampling draws from each request's own seeded generator, so a clip's
 sampled answer does not depend on which clips share its batch. Compiled decoding
 (``DecodingSettings.compile``) runs the same loop with its decoding step compiled over a static cache
 (:class:`~affect_llm.generation.compiled_step.CompiledDecoder`), which keeps every row to the end of
@@ -74,10 +74,20 @@ class HFBackend:
         if not requests:
             return []
         sinks = [TokenCollector() for _ in requests]
-        stream_batch(self.model, self.processor,
-                     [BatchItem(request, settings, sink) for request, sink in zip(requests, sinks, strict=True)],
-                     decoder=self._decoder_for(settings))
+        self._decode([BatchItem(request, settings, sink) for request, sink in zip(requests, sinks, strict=True)],
+                     settings)
         return [self.processor.tokenizer.decode(sink.tokens, skip_special_tokens=True) for sink in sinks]
+
+    def _decode(self, items: list[BatchItem], settings: DecodingSettings) -> None:
+        """One batch through ``stream_batch`` (without autograd), compiled where ``settings`` ask."""
+        decoder = self._decoder_for(settings)
+        if decoder is None:
+            stream_batch(self.model, self.processor, items)
+            return
+        # Held for the whole batch: a stream whose reader left (a chat turn interrupted during the
+        # compile) may still be decoding when the next turn starts.
+        with decoder.lock:
+            stream_batch(self.model, self.processor, items, decoder=decoder)
 
     def _decoder_for(self, settings: DecodingSettings) -> CompiledDecoder | None:
         """The compiled decoding step of this backend's LLM when ``settings`` ask for it, made on first use."""
@@ -104,9 +114,8 @@ class HFBackend:
         failures: list[BaseException] = []
 
         def run() -> None:
-            try:  # stream_batch runs without autograd
-                stream_batch(self.model, self.processor, [BatchItem(request, settings, sink)],
-                             decoder=self._decoder_for(settings))
+            try:
+                self._decode([BatchItem(request, settings, sink)], settings)
             except BaseException as exc:  # noqa: BLE001 (handed to the reading thread, which raises it)
                 failures.append(exc)
             finally:

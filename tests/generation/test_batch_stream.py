@@ -141,24 +141,47 @@ def test_detokenized_pieces_never_split_a_character(parts) -> None:
     assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
 
 
-def test_compiled_decoding_gives_each_row_the_eager_tokens(parts) -> None:
-    """Rows with their own budgets, one cancelled, one sampling: with the compiled step over a static cache
-    every row gets the eager loop's tokens and finish reason. The second batch's shorter prompts fit a
-    shorter static cache (a second graph); the third batch goes back to the first shape, in a new cache,
-    and the first graph."""
+def _compare_compiled(parts, decoder: CompiledDecoder, indices: list[int]) -> None:
+    """One batch through the eager loop and through ``decoder``: the same tokens and finish reasons."""
     model, processor, requests = parts
     settings = [DecodingSettings(max_new_tokens=3), DecodingSettings(max_new_tokens=9),
                 DecodingSettings(max_new_tokens=6, do_sample=True, seed=5), DecodingSettings(max_new_tokens=9)]
+    settings = settings[:len(indices)]
+    eager = [Sink(cancel_after=4 if i == 3 else None) for i in range(len(indices))]
+    compiled = [Sink(cancel_after=4 if i == 3 else None) for i in range(len(indices))]
+    run(parts, settings, eager, indices)
+    chosen = [requests[i] for i in indices]
+    stats = stream_batch(model, processor, [BatchItem(r, s, k) for r, s, k in zip(chosen, settings, compiled,
+                                                                                 strict=True)], decoder=decoder)
+    assert [s.tokens for s in compiled] == [s.tokens for s in eager]
+    assert [s.reason for s in compiled] == [s.reason for s in eager]
+    assert stats.steps == max(len(s.tokens) for s in compiled) - 1  # rows stay in a static batch to the last end
+
+
+def test_compiled_decoding_gives_each_row_the_eager_tokens(parts) -> None:
+    """Rows with their own budgets, one cancelled, one sampling: with the compiled step over a static cache
+    every row gets the eager loop's tokens and finish reason. The first batch compiles a static graph;
+    the second's shorter prompts fit a shorter cache and compile once more with the length symbolic, a
+    graph that serves the first shape again; a batch of fewer rows compiles a third, rows symbolic too."""
+    model, _, _ = parts
     decoder = CompiledDecoder(model.language_model, cache_argument(model.language_model), length_step=64)
     graphs = counters["stats"]["unique_graphs"]
-    for indices in ([0, 1, 2, 3], [1, 0, 1, 0], [0, 1, 2, 3]):
-        eager = [Sink(cancel_after=4 if i == 3 else None) for i in range(4)]
-        compiled = [Sink(cancel_after=4 if i == 3 else None) for i in range(4)]
-        run(parts, settings, eager, indices)
-        chosen = [requests[i] for i in indices]
-        stats = stream_batch(model, processor, [BatchItem(r, s, k) for r, s, k in zip(chosen, settings, compiled,
-                                                                                     strict=True)], decoder=decoder)
-        assert [s.tokens for s in compiled] == [s.tokens for s in eager]
-        assert [s.reason for s in compiled] == [s.reason for s in eager] == ["length", "length", "length", "cancelled"]
-        assert stats.steps == 8  # rows stay in a static batch until the last one ends
-    assert counters["stats"]["unique_graphs"] - graphs == 2
+    for indices in ([0, 1, 2, 3], [1, 0, 1, 0], [0, 1, 2, 3], [2, 3]):  # the second batch's prompts are shorter
+        _compare_compiled(parts, decoder, indices)
+    assert counters["stats"]["unique_graphs"] - graphs == 3  # static; length symbolic; rows too
+    assert not decoder._eager
+
+
+def test_where_dynamo_refuses_to_compile_again_the_step_runs_eagerly(parts) -> None:
+    """Past dynamo's recompile limit (it counts every graph of the LLM's forward in the process) a
+    batch is not lost: the same tokens, eagerly, from the refused step on."""
+    import torch
+
+    # A model of its own: the graphs compiled for the shared one would serve these shapes.
+    model, processor = build_model(SPEC, seed=0)
+    own = (model.eval(), processor, parts[2])
+    decoder = CompiledDecoder(model.language_model, cache_argument(model.language_model), length_step=8)
+    with torch._dynamo.config.patch(recompile_limit=1):  # at most one graph of the LLM's forward here
+        for indices in ([0, 1, 2, 3], [1, 0, 1, 0]):
+            _compare_compiled(own, decoder, indices)
+    assert decoder._eager
