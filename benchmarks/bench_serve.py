@@ -21,6 +21,7 @@ request (greedy decoding), and prints p50 / p95 latency, requests/s of both phas
 
     python benchmarks/bench_serve.py                              # 32 x 4, about 3 minutes on 2 cores
     python benchmarks/bench_serve.py --model runs/embedded/final --clients 8 --requests 2
+    python benchmarks/bench_serve.py --compile      # the server with --compile (its compile timed apart)
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=8, help="distinct clips (x2 questions = distinct requests)")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench_serve")
+    parser.add_argument("--compile", action="store_true", help="serve with --compile (compiled before it answers)")
     args = parser.parse_args(argv)
     from openai import OpenAI
 
@@ -113,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     bodies = distinct_requests(args.work, args.clips)
     started = time.perf_counter()
     with ServerProcess(checkpoint, "--no-asr", "--served-model-name", MODEL, "--max-batch", str(args.clients),
-                       "--max-queue", str(4 * args.clients), threads=2) as server:
+                       "--max-queue", str(4 * args.clients), *(["--compile"] if args.compile else []), threads=2,
+                       startup_s=1800 if args.compile else 180) as server:
+        print(f"server answering {time.perf_counter() - started:.1f} s after its start"
+              f"{' (compiled decoding, compiled ahead)' if args.compile else ''}", flush=True)
         client = OpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=600)
         for body in bodies:  # decode and cache every clip once, outside the timed phases
             timed(client, body, 1)

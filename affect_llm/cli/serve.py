@@ -3,6 +3,7 @@
     affect-llm serve --model runs/embedded/final                  # http://127.0.0.1:8000, page at /
     affect-llm serve --model CKPT --host 0.0.0.0 --api-key KEY    # beyond this machine: a key is required
     affect-llm serve --model CKPT --allowed-media-dir /data/clips # clients may name file:// media there
+    affect-llm serve --model CKPT --compile                       # compiled decoding, compiled before serving
 
 ``POST /v1/chat/completions`` takes text, ``input_audio``, ``image_url``, ``video_url`` and
 ``audio_url`` parts; ``GET /v1/models``; ``GET /health``.
@@ -15,9 +16,11 @@ import os
 
 from affect_llm.cli.errors import UsageError
 from affect_llm.cli.options import (
+    add_compile_argument,
     add_engine_arguments,
     add_evidence_argument,
     add_precision_arguments,
+    check_compile_argument,
     engine_options_from_arguments,
     explanation_guard_for,
     positive_int,
@@ -51,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_evidence_argument(parser)
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     add_precision_arguments(parser)
+    add_compile_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -64,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     # Errors are raised, not printed: the command line's one error line and its log file say them.
     if not Path(args.model).is_dir():
         raise UsageError(f"{args.model}: no such checkpoint folder; give a folder written by `affect-llm train`")
+    check_compile_argument(args, args.model)
     options = ServeOptions(
         checkpoint=args.model, model_name=args.served_model_name, backend=args.backend, host=args.host,
         port=args.port, api_key=args.api_key, max_request_mb=args.max_request_mb, max_media_mb=args.max_media_mb,
@@ -72,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         default_max_tokens=args.max_new_tokens, max_tokens_limit=args.max_tokens_limit, asr=args.asr,
         null_absent_evidence=args.null_absent_evidence,
         guard_absent_explanation=explanation_guard_for(args), models_dir=Path(args.models_dir) if args.models_dir else None,
+        compile=args.compile,
     )
     engine = engine_options_from_arguments(args)
     try:

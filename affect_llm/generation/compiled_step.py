@@ -15,9 +15,12 @@ batch.
 - The attention mask spans the whole static cache from the first step: the prompt's padding masked,
   every later position open (causality hides the positions not written yet). Its shape is that of
   the cache, so no step of a batch changes a shape.
-- The first batch's shape compiles a static graph; the first other shape (rows or cache length)
-  compiles once more with symbolic sizes, and that graph serves every shape after it: a chat whose
-  context grows turn by turn, or a batch job's smaller last batch, compiles twice in all.
+- By default the first batch's shape compiles a static graph; the first other shape (rows or cache
+  length) compiles once more with symbolic sizes, and that graph serves every shape after it: a chat
+  whose context grows turn by turn, or a batch job's smaller last batch, compiles twice in all. A
+  server, whose batches take every size, compiles with symbolic sizes from the start
+  (``dynamic=True``) and ahead of its first request (:meth:`HFBackend.compile_ahead
+  <affect_llm.generation.hf_backend.HFBackend.compile_ahead>`).
 - The last static cache is reused while batches keep its number of rows and length.
 
 Under greedy decoding the tokens are those of the eager loop (tested on a tiny model). Rows that end
@@ -42,18 +45,24 @@ logger = logging.getLogger(__name__)
 DEFAULT_LENGTH_STEP = 128
 
 
-def compile_options(device: torch.device) -> dict[str, Any]:
+def compile_options(device: torch.device, dynamic: bool | None = None) -> dict[str, Any]:
     """``torch.compile`` arguments for the decoding step on ``device``.
 
     On CUDA, transformers' defaults for static-cache decoding (CUDA graphs). On a CPU, inductor with
     its C++ wrapper: the graph's two hundred small kernel and matmul calls per step are made from C++
     instead of Python.
+
+    Args:
+        device: Where the LLM runs.
+        dynamic: ``torch.compile``'s: None compiles the first shape static and the first change once
+            more with the changed sizes symbolic, which then serves every shape (a chat's growing
+            context, a batch job's last, smaller batch); True makes every size symbolic from the start
+            but one row, which dynamo always compiles apart.
     """
     if device.type == "cuda":
-        return CompileConfig().to_dict()
-    # dynamic=None: the first shape compiles static, the first change once more with symbolic rows and
-    # length, which then serves every shape (a chat's growing context, a batch job's last, smaller batch).
-    return {"fullgraph": True, "dynamic": None, "options": {"cpp_wrapper": True}}
+        options = CompileConfig().to_dict()
+        return options if dynamic is None else {**options, "dynamic": dynamic}
+    return {"fullgraph": True, "dynamic": dynamic, "options": {"cpp_wrapper": True}}
 
 
 def static_layers(config: Any) -> list:
@@ -74,15 +83,18 @@ class CompiledDecoder:
         language_model: The LLM (a LoRA adapter merged first, or packed linear layers: both compile).
         cache_argument: The name its forward takes the cache by (``past_key_values`` in older transformers).
         length_step: Static cache lengths are multiples of this.
+        dynamic: Symbolic sizes from the first compile (True) or from the first change (None); see
+            :func:`compile_options`.
     """
 
     def __init__(self, language_model: torch.nn.Module, cache_argument: str = "cache",
-                 length_step: int = DEFAULT_LENGTH_STEP) -> None:
+                 length_step: int = DEFAULT_LENGTH_STEP, dynamic: bool | None = None) -> None:
         self.language_model = language_model
         self.cache_argument = cache_argument
         self.length_step = length_step
+        self.dynamic = dynamic
         device = next(language_model.parameters()).device
-        self._compiled = torch.compile(language_model.__call__, **compile_options(device))
+        self._compiled = torch.compile(language_model.__call__, **compile_options(device, dynamic))
         # The last batch's cache, reused while batches keep its shape (a new one is allocated, not compiled
         # again, when they change back: the graph reads the cache as an input). One at a time: a batch of 64
         # rows of the embedded LLM at 512 positions holds 2.4 GB.

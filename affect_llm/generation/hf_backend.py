@@ -24,6 +24,7 @@ import torch
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
 from affect_llm.generation.batch_stream import (
     BatchItem,
+    BatchStats,
     IncrementalDetokenizer,
     TokenCollector,
     cache_argument,
@@ -74,24 +75,48 @@ class HFBackend:
         if not requests:
             return []
         sinks = [TokenCollector() for _ in requests]
-        self._decode([BatchItem(request, settings, sink) for request, sink in zip(requests, sinks, strict=True)],
-                     settings)
+        self.decode([BatchItem(request, settings, sink) for request, sink in zip(requests, sinks, strict=True)],
+                    settings.compile)
         return [self.processor.tokenizer.decode(sink.tokens, skip_special_tokens=True) for sink in sinks]
 
-    def _decode(self, items: list[BatchItem], settings: DecodingSettings) -> None:
-        """One batch through ``stream_batch`` (without autograd), compiled where ``settings`` ask."""
-        decoder = self._decoder_for(settings)
+    @torch.no_grad()
+    def decode(self, items: list[BatchItem], compile: bool = False) -> BatchStats:
+        """One batch through ``stream_batch``, its decoding step compiled where ``compile`` asks (the
+        server's scheduler calls this with requests of mixed settings)."""
+        decoder = self._decoder_for(compile)
         if decoder is None:
-            stream_batch(self.model, self.processor, items)
-            return
+            return stream_batch(self.model, self.processor, items)
         # Held for the whole batch: a stream whose reader left (a chat turn interrupted during the
         # compile) may still be decoding when the next turn starts.
         with decoder.lock:
-            stream_batch(self.model, self.processor, items, decoder=decoder)
+            return stream_batch(self.model, self.processor, items, decoder=decoder)
 
-    def _decoder_for(self, settings: DecodingSettings) -> CompiledDecoder | None:
-        """The compiled decoding step of this backend's LLM when ``settings`` ask for it, made on first use."""
-        if not settings.compile:
+    def compile_ahead(self, max_new_tokens: int = 2) -> bool:
+        """Compile the decoding step now, for batches of every size, instead of at the first requests.
+
+        A server's batches take any number of rows and any context length; compiled with symbolic
+        sizes from the start, two graphs serve them all (dynamo compiles one row apart from several):
+        both are made here on a short text-only prompt, once with one row and once with two.
+
+        Returns:
+            Whether the step compiled (False where the LLM decodes eagerly: sliding-window layers).
+        """
+        if self._decoder_for(True, dynamic=True) is None:
+            return False
+        settings = DecodingSettings(max_new_tokens=max(2, max_new_tokens), null_absent_evidence=False,
+                                    guard_absent_explanation=False, compile=True)
+        request = GenerationRequest(self.processor.build_messages("reason", (), None, "Say hello."),
+                                    absent=("audio", "video", "text"))
+        for rows in (1, 2):
+            # Without the end of turn: every row decodes its budget, so the compiled step runs.
+            self.decode([BatchItem(request, settings, TokenCollector(), stop_at_eos=False) for _ in range(rows)],
+                        compile=True)
+        return True
+
+    def _decoder_for(self, compile: bool, dynamic: bool | None = None) -> CompiledDecoder | None:
+        """The compiled decoding step of this backend's LLM when ``compile`` asks for it, made on first use
+        (with ``dynamic`` as :func:`~affect_llm.generation.compiled_step.compile_options` takes it)."""
+        if not compile:
             return None
         if not supports_static_copy(self.model.language_model.config):
             if not self._warned_eager:
@@ -100,7 +125,8 @@ class HFBackend:
                 self._warned_eager = True
             return None
         if self._decoder is None:
-            self._decoder = CompiledDecoder(self.model.language_model, cache_argument(self.model.language_model))
+            self._decoder = CompiledDecoder(self.model.language_model, cache_argument(self.model.language_model),
+                                            dynamic=dynamic)
         return self._decoder
 
     def stream(self, request: GenerationRequest, settings: DecodingSettings) -> Iterator[str]:
@@ -115,7 +141,7 @@ class HFBackend:
 
         def run() -> None:
             try:
-                self._decode([BatchItem(request, settings, sink)], settings)
+                self.decode([BatchItem(request, settings, sink)], settings.compile)
             except BaseException as exc:  # noqa: BLE001 (handed to the reading thread, which raises it)
                 failures.append(exc)
             finally:

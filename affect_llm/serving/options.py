@@ -43,6 +43,9 @@ class ServeOptions:
             (the hf backend; vLLM takes no per-step hook).
         media_cache_clips: Decoded clips kept in memory (by content hash).
         models_dir: Where embedded models were prepared.
+        compile: Decode through a compiled step over a static cache (the hf backend), compiled for
+            every batch size before the server answers (:meth:`HFBackend.compile_ahead
+            <affect_llm.generation.hf_backend.HFBackend.compile_ahead>`).
     """
 
     checkpoint: str
@@ -64,6 +67,7 @@ class ServeOptions:
     asr: bool = True
     media_cache_clips: int = 128
     models_dir: Path | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in ("hf", "vllm"):
@@ -71,6 +75,8 @@ class ServeOptions:
         if not is_loopback(self.host) and not self.api_key:
             raise ValueError(f"host={self.host}: binding beyond this machine needs --api-key (or AFFECT_LLM_API_KEY), "
                              "so that nobody else can use the server without it")
+        if self.compile and self.backend != "hf":
+            raise ValueError(f"compile is for the hf backend (the {self.backend} backend compiles in its engine)")
         if self.allowed_media_dir is not None and not Path(self.allowed_media_dir).is_dir():
             raise ValueError(f"allowed_media_dir={self.allowed_media_dir}: no such folder")
         for name in ("max_batch", "max_queue", "default_max_tokens", "max_tokens_limit", "media_cache_clips"):

@@ -22,10 +22,13 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from affect_llm.generation.backend import DecodingSettings, GenerationBackend, GenerationRequest
-from affect_llm.generation.batch_stream import BatchItem, IncrementalDetokenizer, stream_batch
+from affect_llm.generation.batch_stream import BatchItem, IncrementalDetokenizer
+
+if TYPE_CHECKING:
+    from affect_llm.generation.hf_backend import HFBackend
 
 logger = logging.getLogger(__name__)
 # A batch waits up to this many windows for requests admitted but still reading their media: clients
@@ -135,12 +138,13 @@ class SchedulerStats:
 BatchRunner = Callable[[list[Job]], int]
 
 
-def hf_runner(backend: GenerationBackend) -> BatchRunner:
-    """Batches through :func:`stream_batch`: tokens stream, finished and cancelled rows leave."""
+def hf_runner(backend: HFBackend, compile: bool = False) -> BatchRunner:
+    """Batches through :func:`stream_batch`: tokens stream, finished and cancelled rows leave (with
+    ``compile``, the compiled step keeps them to the batch's end, their tokens no longer sent)."""
 
     def run(jobs: list[Job]) -> int:
         items = [BatchItem(j.request, j.settings, j.channel, j.stop_at_eos) for j in jobs]
-        return stream_batch(backend.model, backend.processor, items).row_steps
+        return backend.decode(items, compile).row_steps
 
     return run
 

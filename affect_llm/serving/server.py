@@ -47,7 +47,12 @@ def build_service(options: ServeOptions, precision: Precision | None = None,
                                  MediaOptions.of_checkpoint(read_metadata(options.checkpoint)))
     limits = MediaLimits(options.max_media_bytes(), options.allowed_media_dir)
     store = MediaStore(featurizer, recognizer, limits, max_clips=options.media_cache_clips)
-    runner = hf_runner(backend) if options.backend == "hf" else whole_answer_runner(backend)
+    if options.compile:
+        # Before /health answers: the first requests would otherwise wait for the compile.
+        print("affect-llm serve: compiling the decoding step for every batch size (one to a few minutes on "
+              "a CPU, seconds once inductor has cached it)", file=sys.stderr, flush=True)
+        backend.compile_ahead()
+    runner = hf_runner(backend, options.compile) if options.backend == "hf" else whole_answer_runner(backend)
     scheduler = Scheduler(runner, options.max_batch, options.batch_window_ms / 1000, options.max_queue)
     return ChatService(backend, store, scheduler, options)
 

@@ -172,6 +172,20 @@ def test_compiled_decoding_gives_each_row_the_eager_tokens(parts) -> None:
     assert not decoder._eager
 
 
+def test_compiled_ahead_as_a_server_does_every_later_batch_finds_its_graph(parts) -> None:
+    """``HFBackend.compile_ahead`` (``serve --compile``) compiles with symbolic sizes, one row and then
+    two; later batches of other row counts and prompt lengths get the eager tokens from those two graphs."""
+    model, processor = build_model(SPEC, seed=0)  # of its own: the shared model's graphs would serve it
+    backend = HFBackend(model.eval(), processor)
+    graphs = counters["stats"]["unique_graphs"]
+    assert backend.compile_ahead()
+    assert counters["stats"]["unique_graphs"] - graphs == 2
+    own = (backend.model, processor, parts[2])
+    for indices in ([1, 2, 3], [3], [2, 0, 3, 1], [0]):
+        _compare_compiled(own, backend._decoder, indices)
+    assert counters["stats"]["unique_graphs"] - graphs == 2 and not backend._decoder._eager
+
+
 def test_where_dynamo_refuses_to_compile_again_the_step_runs_eagerly(parts) -> None:
     """Past dynamo's recompile limit (it counts every graph of the LLM's forward in the process) a
     batch is not lost: the same tokens, eagerly, from the refused step on."""
