@@ -20,10 +20,11 @@ does (``--keep-adapter``: generate with it attached). The ``sb`` rows decode as 
 batches do (``stream_batch``: the shared prompt prefix computed once per batch, a KV cache that
 grows in place), at batch 1 and at the largest batch, without stopping at the end of turn so the
 work stays equal; their tokens are checked against ``generate``'s up to the first end of turn. They run
-on the layers as the hf backend holds them on a CPU, packed for oneDNN (``--plain-weights``: not), so
-``1 sb`` is also the one-clip loop with packed weights; the ``generate`` rows before them run plain.
+on the layers as the hf backend holds them on a CPU for that many rows: packed for oneDNN where
+that measures faster at those rows on these cores (``--weights packed`` or ``plain`` force one), so
+``1 sb`` is also the one-clip loop on the backend's weights; the ``generate`` rows before them run plain.
 With ``--compile``, a ``1 sc`` row decodes as ``explain --compile`` does: ``stream_batch``'s loop with
-its decoding step compiled over a static cache (``CompiledDecoder``), on the packed layers on a CPU.
+its decoding step compiled over a static cache (``CompiledDecoder``), on the layers of ``1 sb``.
 The largest ``sb`` batch's time is split into its prompts' forward (up to the first tokens) and its
 decoding steps, whose weight matmuls (2 FLOPs per weight and row) are set against the machine's
 float32 matmul rate, measured after the runs: how far from compute-bound a batched step is. The
@@ -451,6 +452,36 @@ def report_row(name: str, clips: int, new_tokens: int, seconds: float, baseline:
     return clips_per_s
 
 
+class BackendLayouts:
+    """The LLM's linear layers laid out as the hf backend holds them for a number of rows: packed for
+    oneDNN where :func:`measure_packing` finds it faster at those rows (measured once per row count),
+    or as ``--weights`` forces."""
+
+    def __init__(self, language_model: torch.nn.Module, choice: str) -> None:
+        self.language_model, self.choice = language_model, choice
+        self.decisions: dict[int, bool] = {}
+
+    def hold(self, rows: int) -> None:
+        from affect_llm.generation.packed_linear import (
+            measure_packing,
+            pack_linear_layers,
+            unpack_linear_layers,
+        )
+
+        unpack_linear_layers(self.language_model)  # bit for bit: the measurement times the plain weights
+        if rows not in self.decisions:
+            if self.choice == "measured":
+                probe = measure_packing(self.language_model, rows)
+                self.decisions[rows] = bool(probe and probe.pays)
+                described = probe.describe() if probe else "plain (no oneDNN)"
+            else:
+                self.decisions[rows] = self.choice == "packed"
+                described = f"{self.choice} (--weights {self.choice})"
+            print(f"      the hf backend's layers for {described}", flush=True)
+        if self.decisions[rows]:
+            pack_linear_layers(self.language_model)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -471,8 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice); on a machine shared with other work, "
                              "fewer threads than cores avoid threads waiting on each other at every layer")
-    parser.add_argument("--plain-weights", action="store_true",
-                        help="keep the plain linear layers for the hf backend's rows too (default: packed, as it runs)")
+    parser.add_argument("--weights", choices=("measured", "packed", "plain"), default="measured",
+                        help="the hf backend's rows: linear layers packed for oneDNN where that measures faster "
+                             "at their rows (default, as the backend chooses), or always packed, or plain")
     parser.add_argument("--vllm-model", type=Path, default=None,
                         help="merged checkpoint (affect-llm merge) for vLLM rows, batch 1 and all clips at once")
     parser.add_argument("--vllm-python", default=None,
@@ -487,7 +519,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from affect_llm.generation.batch_stream import cache_argument
     from affect_llm.generation.compiled_step import CompiledDecoder
-    from affect_llm.generation.packed_linear import pack_linear_layers
     from affect_llm.loading.checkpoint import load_checkpoint
     from affect_llm.modeling.trainable import merge_lora_for_inference
 
@@ -529,11 +560,10 @@ def main(argv: list[str] | None = None) -> int:
     eos = processor.tokenizer.eos_token_id
     # Counted on the plain layers: packed ones keep their weights in buffers, not parameters.
     weights, counts = weight_bytes_per_token(model), weight_counts_per_token(model)
-    # The hf backend's own layers from here on: packed for oneDNN on a CPU (the same tokens).
-    packed = 0 if args.plain_weights else pack_linear_layers(model.language_model)
-    print(f"      linear layers packed for oneDNN from here on (as the hf backend holds them): {packed}")
+    layouts = BackendLayouts(model.language_model, args.weights)
     batch_prompts: list[float] = []  # the largest batch's seconds to its first tokens, per run
     for size in sorted({"1", largest}, key=int):
+        layouts.hold(int(size))  # the hf backend's own layers for this many rows (the same tokens)
         tokens, key = [], size + "b"
         if size == "1":
             bandwidths[key], decodes[key] = [], []
@@ -545,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{same_until_end_of_turn(tokens, dynamic, eos)}")
     if args.compile:
         # As ``explain --compile`` decodes: stream_batch's loop, its decoding step compiled over a static cache.
+        layouts.hold(1)
         decoder = CompiledDecoder(model.language_model, cache_argument(model.language_model))
         lengths = {len(item["input_ids"]): request for item, request in zip(items, requests, strict=True)}
         started = time.perf_counter()

@@ -462,7 +462,8 @@ def explain_manifest(
         if settings.retry_failed:
             retried = drop_failed_rows(Path(out_path))
             logger.info("%s: %d failed or refused rows removed to explain again", out_path, len(retried))
-        active = load_backend(backend, str(checkpoint), models_dir, precision=precision, **(backend_options or {}))
+        active = load_backend(backend, str(checkpoint), models_dir, precision=precision, rows=settings.batch_size,
+                              **(backend_options or {}))
         # Every backend holds the loaded model and processor (.model, .processor): its encoders compute the features.
         options = MediaOptions.of_checkpoint(meta, num_frames, settings.decode_workers)
         cache = FeatureCache(feature_cache) if feature_cache else None

@@ -9,7 +9,9 @@ sampled answer does not depend on which clips share its batch. Compiled decoding
 (:class:`~affect_llm.generation.compiled_step.CompiledDecoder`), which keeps every row to the end of
 the batch. A streamed answer (the chat) is a batch of one whose tokens are handed over as they come.
 On a CPU the LLM's linear layers run packed for oneDNN (:mod:`~affect_llm.generation.packed_linear`:
-the same tokens, 1.35x to 1.5x faster on the measured cores), compiled decoding included.
+the same tokens) where that measures faster at load time for the rows the caller decodes: 1.35x to
+1.5x faster on the AMD EPYC cores, slower at one row on an Intel Xeon without AMX, where MKL's plain
+matmul is ahead.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from affect_llm.generation.batch_stream import (
     stream_batch,
 )
 from affect_llm.generation.compiled_step import CompiledDecoder, supports_static_copy
-from affect_llm.generation.packed_linear import pack_linear_layers
+from affect_llm.generation.packed_linear import PackingProbe, measure_packing, pack_linear_layers
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.trainable import is_peft_wrapped, is_quantized, merge_lora_for_inference
 from affect_llm.processing.processor import AffectProcessor
@@ -49,14 +51,20 @@ class HFBackend:
             a 4-bit LLM): the same answers under greedy decoding, without two extra matmuls per
             adapted layer and token.
         pack_weights: On a CPU, lay the LLM's float32 linear weights out for oneDNN (a 4- or 8-bit LLM, or
-            one with its adapter still attached, stays as it is).
+            one with its adapter still attached, stays as it is); None: where it measures faster at
+            ``rows`` (:func:`~affect_llm.generation.packed_linear.measure_packing`, about a second).
+        rows: Rows the backend will mostly decode at once (``explain``'s batch size; 1 for a chat),
+            at which packing is measured.
+
+    Attributes:
+        packing: The measurement behind the choice (None where it was not measured).
     """
 
     name = "hf"
 
     def __init__(
         self, model: AffectForConditionalGeneration, processor: AffectProcessor, merge_lora: bool = True,
-        pack_weights: bool = True,
+        pack_weights: bool | None = None, rows: int = 1,
     ) -> None:
         if merge_lora:
             merge_lora_for_inference(model)
@@ -65,10 +73,15 @@ class HFBackend:
         self.device = next(model.parameters()).device
         self._decoder: CompiledDecoder | None = None
         self._warned_eager = False
-        if (pack_weights and self.device.type == "cpu" and not is_peft_wrapped(model)
+        self.packing: PackingProbe | None = None
+        if (pack_weights is not False and self.device.type == "cpu" and not is_peft_wrapped(model)
                 and not is_quantized(model.language_model)):
-            # Here, not per call: the server's scheduler decodes with stream_batch directly.
-            pack_linear_layers(self.model.language_model)
+            if pack_weights is None:
+                self.packing = measure_packing(self.model.language_model, rows)
+                if self.packing is not None:
+                    logger.info("LLM weights: %s", self.packing.describe())
+            if pack_weights or (self.packing is not None and self.packing.pays):
+                pack_linear_layers(self.model.language_model)
 
     @torch.no_grad()
     def generate(self, requests: list[GenerationRequest], settings: DecodingSettings) -> list[str]:

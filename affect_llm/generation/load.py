@@ -15,13 +15,16 @@ BACKENDS = ("hf", "vllm")
 
 def load_backend(
     name: str, checkpoint: str | Path, models_dir: Path | None = None, precision: Precision | None = None,
-    **engine_options: Any,
+    rows: int = 1, **engine_options: Any,
 ) -> GenerationBackend:
     """Build a backend by name from a checkpoint folder.
 
     Args:
         name: ``hf`` (the composite model's own ``generate``) or ``vllm`` (prompt embeddings into vLLM).
         precision: How to hold the weights; None follows what the checkpoint records.
+        rows: Rows ``hf`` will mostly decode at once (a batch job's batch size, 1 for a chat): on a CPU
+            its weight layout is chosen by measuring at this many (:class:`HFBackend
+            <affect_llm.generation.hf_backend.HFBackend>`).
         **engine_options: vLLM engine options (``vllm_python``, ``dtype``, ``gpu_memory_utilization``, ...).
 
     Raises:
@@ -35,7 +38,7 @@ def load_backend(
         from affect_llm.loading.checkpoint import load_checkpoint
 
         model, processor = load_checkpoint(checkpoint, models_dir, precision=precision, device=device)
-        return HFBackend(model, processor)
+        return HFBackend(model, processor, rows=rows)
     if name == "vllm":
         from affect_llm.generation.vllm_backend import VLLMBackend
         from affect_llm.loading.checkpoint import load_prompt_embedder, served_llm_dir

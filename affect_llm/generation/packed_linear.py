@@ -11,14 +11,28 @@ training. The packed matmul is the custom op ``affect_llm::packed_linear``, whic
 calls as it stands: inductor's own lowering of oneDNN's op asserts on weights it did not freeze
 itself, and without packing, compiled decoding reads its weights through MKL at a fifth of the speed.
 
+Whether packing pays depends on the cores and on how many rows a step multiplies: on the Intel
+Xeon without AMX this project was also measured on, MKL multiplies one row faster than oneDNN (whose
+call costs about 20 us more; a one-row decoding step of the embedded LLM 11 ms plain against 18 ms
+packed) while oneDNN is ahead from 8 rows on. :func:`measure_packing` times both layouts on the
+LLM's own layer shapes, at the rows the caller will decode, so the hf backend packs only where it is
+faster there.
+
 Packing is for inference only (no autograd through the op) and for float32 weights on a CPU;
 a LoRA adapter must be merged first (peft's layers read their base layer's weight).
 """
 
 from __future__ import annotations
 
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 def _packed_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -83,6 +97,86 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+def _packable(module: nn.Module) -> bool:
+    # type(), not isinstance: subclasses (quantized, adapter layers) compute something else.
+    return type(module) is nn.Linear and module.weight.device.type == "cpu" and module.weight.dtype == torch.float32
+
+
+@dataclass(frozen=True)
+class PackingProbe:
+    """Both layouts timed on one module's linear layers (:func:`measure_packing`).
+
+    Attributes:
+        rows: Rows multiplied per call.
+        plain_ms / packed_ms: One pass over every layer (each shape timed once, counted per layer),
+            through ``nn.Linear``'s matmul and through the packed op; medians over the rounds.
+        margin: How much faster packed must be to pay (its reorder and a second code path).
+    """
+
+    rows: int
+    plain_ms: float
+    packed_ms: float
+    margin: float = 0.05
+
+    @property
+    def pays(self) -> bool:
+        return self.packed_ms < (1 - self.margin) * self.plain_ms
+
+    def describe(self) -> str:
+        return (f"{self.rows} row(s) through the linear layers: {self.packed_ms:.1f} ms packed for oneDNN against "
+                f"{self.plain_ms:.1f} ms plain, measured now: {'packed' if self.pays else 'plain'}")
+
+
+def _seconds_per_call(call: Callable[[], object], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter() - start) / calls
+
+
+@torch.no_grad()
+def measure_packing(module: nn.Module, rows: int = 1, rounds: int = 7) -> PackingProbe | None:
+    """Time ``rows`` rows through ``module``'s packable linear layers, plain and packed, on these cores.
+
+    One layer of each weight shape is timed (a few calls per round, the two layouts in turn) and
+    counted once per layer of that shape: about 0.2 s for the embedded LLM at one row.
+
+    Returns:
+        The two times, or None where nothing could be packed (no oneDNN, no float32 CPU layer).
+    """
+    if not packing_available():
+        return None
+    shapes: dict[tuple[int, ...], tuple[nn.Linear, int]] = {}
+    for child in module.modules():
+        if _packable(child):
+            layer, count = shapes.get(tuple(child.weight.shape), (child, 0))
+            shapes[tuple(child.weight.shape)] = (layer, count + 1)
+    if not shapes:
+        return None
+    plain_s = packed_s = 0.0
+    for layer, count in shapes.values():
+        weight = layer.weight.detach()
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        x = torch.randn(rows, weight.shape[1])
+        # A few milliseconds a round for the embedded LLM's small layers; a tiny test model's stay at 50 calls.
+        calls = min(50, max(3, math.ceil(4e6 / weight.numel())))
+
+        def plain_call(x: torch.Tensor = x, weight: torch.Tensor = weight) -> torch.Tensor:
+            return F.linear(x, weight)
+
+        def packed_call(x: torch.Tensor = x, packed: torch.Tensor = packed) -> torch.Tensor:
+            return torch.ops.affect_llm.packed_linear(x, packed, None)
+
+        plain_call(), packed_call()  # first calls choose their kernels
+        plain_times, packed_times = [], []
+        for _ in range(rounds):  # in turn: the cores' speed drifts
+            plain_times.append(_seconds_per_call(plain_call, calls))
+            packed_times.append(_seconds_per_call(packed_call, calls))
+        plain_s += count * statistics.median(plain_times)
+        packed_s += count * statistics.median(packed_times)
+    return PackingProbe(rows, 1000 * plain_s, 1000 * packed_s)
+
+
 def pack_linear_layers(module: nn.Module) -> int:
     """Replace every float32 ``nn.Linear`` on the CPU under ``module`` by a :class:`PackedLinear`.
 
@@ -97,8 +191,7 @@ def pack_linear_layers(module: nn.Module) -> int:
     packed = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            # type(), not isinstance: subclasses (quantized, adapter layers) compute something else.
-            if type(child) is nn.Linear and child.weight.device.type == "cpu" and child.weight.dtype == torch.float32:
+            if _packable(child):
                 setattr(parent, name, PackedLinear(child, shared_weight=counts.get(id(child.weight), 0) > 1))
                 packed += 1
     if packed:

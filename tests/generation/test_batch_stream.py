@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from torch._dynamo.utils import counters
 
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
@@ -163,6 +164,7 @@ def test_compiled_decoding_gives_each_row_the_eager_tokens(parts) -> None:
     every row gets the eager loop's tokens and finish reason. The first batch compiles a static graph;
     the second's shorter prompts fit a shorter cache and compile once more with the length symbolic, a
     graph that serves the first shape again; a batch of fewer rows compiles a third, rows symbolic too."""
+    torch._dynamo.reset()  # no graph of an earlier test serves these shapes
     model, _, _ = parts
     decoder = CompiledDecoder(model.language_model, cache_argument(model.language_model), length_step=64)
     graphs = counters["stats"]["unique_graphs"]
@@ -175,7 +177,8 @@ def test_compiled_decoding_gives_each_row_the_eager_tokens(parts) -> None:
 def test_compiled_ahead_as_a_server_does_every_later_batch_finds_its_graph(parts) -> None:
     """``HFBackend.compile_ahead`` (``serve --compile``) compiles with symbolic sizes, one row and then
     two; later batches of other row counts and prompt lengths get the eager tokens from those two graphs."""
-    model, processor = build_model(SPEC, seed=0)  # of its own: the shared model's graphs would serve it
+    torch._dynamo.reset()  # no graph of an earlier test serves these shapes
+    model, processor = build_model(SPEC, seed=0)
     backend = HFBackend(model.eval(), processor)
     graphs = counters["stats"]["unique_graphs"]
     assert backend.compile_ahead()
@@ -189,9 +192,7 @@ def test_compiled_ahead_as_a_server_does_every_later_batch_finds_its_graph(parts
 def test_where_dynamo_refuses_to_compile_again_the_step_runs_eagerly(parts) -> None:
     """Past dynamo's recompile limit (it counts every graph of the LLM's forward in the process) a
     batch is not lost: the same tokens, eagerly, from the refused step on."""
-    import torch
-
-    # A model of its own: the graphs compiled for the shared one would serve these shapes.
+    torch._dynamo.reset()  # dynamo's cache empty: its limit counts this test's graphs only
     model, processor = build_model(SPEC, seed=0)
     own = (model.eval(), processor, parts[2])
     decoder = CompiledDecoder(model.language_model, cache_argument(model.language_model), length_step=8)

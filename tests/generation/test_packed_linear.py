@@ -11,6 +11,7 @@ from affect_llm.generation.backend import DecodingSettings
 from affect_llm.generation.hf_backend import HFBackend
 from affect_llm.generation.packed_linear import (
     PackedLinear,
+    measure_packing,
     pack_linear_layers,
     packing_available,
     unpack_linear_layers,
@@ -63,7 +64,7 @@ def test_the_hf_backend_decodes_packed_with_the_same_greedy_answers() -> None:
     packed_model, _ = build_model(SPEC, seed=0)
     settings = DecodingSettings(max_new_tokens=12)
     plain = HFBackend(plain_model, processor, pack_weights=False)
-    packed = HFBackend(packed_model, processor)
+    packed = HFBackend(packed_model, processor, pack_weights=True)
     assert not any(isinstance(m, PackedLinear) for m in plain_model.modules())
     assert any(isinstance(m, PackedLinear) for m in packed_model.language_model.modules())
     requests = noise_requests(processor)
@@ -80,3 +81,17 @@ def test_a_compiled_graph_keeps_the_packed_matmul_and_its_products() -> None:
     compiled = torch.compile(layer, fullgraph=True)  # fullgraph: a graph break would fail here
     with torch.no_grad():
         assert torch.equal(compiled(x), layer(x))
+
+
+def test_the_hf_backend_packs_where_packing_measures_faster_at_its_rows() -> None:
+    """Left to measure (the default), the backend times both layouts on its LLM's own layers at the rows
+    it was told to expect and holds the faster one; which one depends on the cores, so the test checks
+    that the choice follows the measurement, and that a model with nothing to pack is not measured."""
+    for rows in (1, 16):
+        model, processor = build_model(SPEC, seed=0)
+        backend = HFBackend(model, processor, rows=rows)
+        probe = backend.packing
+        assert probe is not None and probe.rows == rows and probe.plain_ms > 0 and probe.packed_ms > 0
+        assert probe.pays == (probe.packed_ms < 0.95 * probe.plain_ms)
+        assert any(isinstance(m, PackedLinear) for m in model.language_model.modules()) == probe.pays
+    assert measure_packing(nn.Sequential(nn.Embedding(4, 4), nn.LayerNorm(4))) is None
