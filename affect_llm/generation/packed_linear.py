@@ -9,7 +9,8 @@ multiplies 32 rows at about half the rate oneDNN reaches on weights it reordered
 holding that layout; :func:`unpack_linear_layers` swaps them back, bit for bit (``to_dense``), for
 training. The packed matmul is the custom op ``affect_llm::packed_linear``, which ``torch.compile``
 calls as it stands: inductor's own lowering of oneDNN's op asserts on weights it did not freeze
-itself, and without packing, compiled decoding reads its weights through MKL at a fifth of the speed.
+itself, and on the AMD EPYC cores compiled decoding without packing read its weights through MKL at a
+fifth of the speed.
 
 Whether packing pays depends on the cores and on how many rows a step multiplies: on the Intel
 Xeon without AMX this project was also measured on, MKL multiplies one row faster than oneDNN (whose
