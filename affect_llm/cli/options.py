@@ -53,12 +53,15 @@ def explanation_guard_for(args: argparse.Namespace) -> bool:
     return True
 
 
-def add_compile_argument(parser: argparse.ArgumentParser) -> None:
-    """``--compile``: static KV cache and a compiled decoding step (hf backend)."""
+def add_compile_argument(parser: argparse.ArgumentParser, ahead: bool = False) -> None:
+    """``--compile``: static KV cache and a compiled decoding step (hf backend); ``ahead``: the server's,
+    compiled before it answers."""
+    when = ("compiled for every batch size before the server answers (one to a few minutes on a CPU)" if ahead
+            else "after a compile of one to a few minutes on a CPU (once more at the first other batch size "
+                 "or context length)")
     parser.add_argument("--compile", action="store_true",
-                        help="static KV cache and a compiled decoding step (torch.compile): same greedy "
-                             "answers, faster per token after a compile of one to a few minutes on a CPU "
-                             "(once more at the first other batch size or context length)")
+                        help=f"static KV cache and a compiled decoding step (torch.compile): same greedy "
+                             f"answers, faster per token, {when}")
 
 
 def check_compile_argument(args: argparse.Namespace, checkpoint: str | Path) -> None:

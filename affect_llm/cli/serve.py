@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_evidence_argument(parser)
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     add_precision_arguments(parser)
-    add_compile_argument(parser)
+    add_compile_argument(parser, ahead=True)
     parser.set_defaults(func=run)
 
 
