@@ -80,15 +80,22 @@ class CompiledDecoder:
     """The LLM's decoding step, compiled, and the static cache it reads.
 
     Args:
-        language_model: The LLM (a LoRA adapter merged first, or packed linear layers: both compile).
+        language_model: The LLM (a LoRA adapter merged first, or packed linear layers: both compile),
+            every layer attending to the whole context (:func:`supports_static_copy`).
         cache_argument: The name its forward takes the cache by (``past_key_values`` in older transformers).
         length_step: Static cache lengths are multiples of this.
         dynamic: Symbolic sizes from the first compile (True) or from the first change (None); see
             :func:`compile_options`.
+
+    Raises:
+        ValueError: For an LLM with sliding-window layers, whose static copy would not hold the context.
     """
 
     def __init__(self, language_model: torch.nn.Module, cache_argument: str = "cache",
                  length_step: int = DEFAULT_LENGTH_STEP, dynamic: bool | None = None) -> None:
+        if not supports_static_copy(language_model.config):
+            raise ValueError("compiled decoding in stream_batch needs full-attention layers (a sliding window "
+                             "layer keeps only its window): use model.generate with a static cache")
         self.language_model = language_model
         self.cache_argument = cache_argument
         self.length_step = length_step
@@ -126,9 +133,6 @@ class CompiledDecoder:
         Returns:
             The cache and its length (a multiple of ``length_step``).
         """
-        if not supports_static_copy(self.language_model.config):
-            raise ValueError("compiled decoding in stream_batch needs full-attention layers (a sliding window "
-                             "layer keeps only its window): use model.generate with a static cache")
         filled = cache.get_seq_length()
         length = -(-(filled + budget) // self.length_step) * self.length_step
         if self._cache is None or self._cache[0] != (rows, length):

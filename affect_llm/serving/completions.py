@@ -62,14 +62,13 @@ def decoding_settings(chat: ChatCompletionRequest, options: ServeOptions) -> Dec
     guard = options.guard_absent_explanation and backend_holds_explanation_rule(options.backend)
     if not chat.temperature:
         return DecodingSettings(max_new_tokens=budget, null_absent_evidence=options.null_absent_evidence,
-                                guard_absent_explanation=guard, compile=options.compile)
+                                guard_absent_explanation=guard)
     # Without a seed each request samples anew (a client asking twice for variety gets it); with one,
     # the same request gives the same answer.
     seed = chat.seed if chat.seed is not None else secrets.randbits(63)
     return DecodingSettings(max_new_tokens=budget, do_sample=True, temperature=chat.temperature,
                             top_p=chat.top_p or 1.0, seed=seed,
-                            null_absent_evidence=options.null_absent_evidence, guard_absent_explanation=guard,
-                            compile=options.compile)
+                            null_absent_evidence=options.null_absent_evidence, guard_absent_explanation=guard)
 
 
 async def _disconnected(request: Request) -> None:
