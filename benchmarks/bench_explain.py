@@ -24,7 +24,8 @@ on the layers as the hf backend holds them on a CPU for that many rows: packed f
 that measures faster at those rows on these cores (``--weights packed`` or ``plain`` force one), so
 ``1 sb`` is also the one-clip loop on the backend's weights; the ``generate`` rows before them run plain.
 With ``--compile``, a ``1 sc`` row decodes as ``explain --compile`` does: ``stream_batch``'s loop with
-its decoding step compiled over a static cache (``CompiledDecoder``), on the layers of ``1 sb``.
+its decoding step compiled over a static cache (``CompiledDecoder``), on the layers of ``1 sb``; and a
+row at the largest batch, on the layers of its ``sb`` row (as ``explain --compile --batch-size N``).
 The largest ``sb`` batch's time is split into its prompts' forward (up to the first tokens) and its
 decoding steps, whose weight matmuls (2 FLOPs per weight and row) are set against the machine's
 float32 matmul rate, measured after the runs: how far from compute-bound a batched step is. The
@@ -482,6 +483,29 @@ class BackendLayouts:
             pack_linear_layers(self.language_model)
 
 
+def compiled_batch_row(args: argparse.Namespace, model, processor, items: list[dict], requests: list,
+                       layouts: BackendLayouts, batch_size: int, loop_tokens: list, rates: dict[str, float]) -> None:
+    """The ``sc`` row at ``batch_size``: as ``explain --compile --batch-size N`` decodes, on the layers the
+    backend holds for N rows, with a decoder of its own (a process explains at one batch size), compiled
+    on a first batch before timing."""
+    from affect_llm.generation.batch_stream import cache_argument
+    from affect_llm.generation.compiled_step import CompiledDecoder
+
+    layouts.hold(batch_size)
+    decoder = CompiledDecoder(model.language_model, cache_argument(model.language_model))
+    started = time.perf_counter()
+    run_stream_once(model, processor, requests[:batch_size], batch_size, args.max_new_tokens, decoder=decoder)
+    print(f"      compiling the decoding step for {batch_size} rows took {time.perf_counter() - started:.0f} s",
+          flush=True)
+    tokens: list = []
+    seconds = timed(args, model, processor, items, batch_size, f"batch {batch_size} as explain --compile decodes",
+                    outputs=tokens, requests=requests, decoder=decoder)
+    key = f"{batch_size}c"
+    rates[key] = report_row(f"{batch_size} sc", len(items), args.max_new_tokens, seconds, rates["1"])
+    print(f"      compiled stream_batch: tokens equal to the loop's up to the end of turn: "
+          f"{same_until_end_of_turn(tokens, loop_tokens, processor.tokenizer.eos_token_id)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -589,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         rates[key] = report_row("1 sc", len(items), args.max_new_tokens, seconds, rates["1"])
         print(f"      compiled stream_batch: tokens equal to the loop's up to the end of turn: "
               f"{same_until_end_of_turn(tokens, dynamic, eos)}")
+        if largest != "1":
+            compiled_batch_row(args, model, processor, items, requests, layouts, int(largest), dynamic, rates)
     if args.static_cache and largest != "1":
         seconds = timed(args, model, processor, items, int(largest), f"batch {largest} static cache",
                         {"cache_implementation": "static"})
@@ -611,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"batch 1: {100 * shares['1']:.0f}% of the bound with each prompt's forward (best variant "
           f"{100 * max(shares.values()):.0f}%); decoding steps alone {100 * decode_shares['1']:.0f}% (best variant "
           f"{100 * max(decode_shares.values()):.0f}%; target >= 60%)")
-    best_batch = max(rates[largest], rates.get(largest + "s", 0.0), rates[largest + "b"])
+    best_batch = max(rates[largest], rates.get(largest + "s", 0.0), rates[largest + "b"], rates.get(largest + "c", 0.0))
     print(f"batch {largest} / one-clip loop: {best_batch / rates['1']:.2f}x (target >= 15x at batch 32); "
           f"against the one-clip loop as the hf backend runs it (1 sb): {rates[largest + 'b'] / rates['1b']:.2f}x")
     if batch_prompts:

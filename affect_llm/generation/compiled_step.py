@@ -39,6 +39,8 @@ from torch._dynamo.exc import FailOnRecompileLimitHit
 from transformers import CompileConfig, StaticCache
 from transformers.cache_utils import Cache
 
+from affect_llm.generation.grouped_attention import use_grouped_decoding_attention
+
 logger = logging.getLogger(__name__)
 
 # Static cache lengths are rounded up to this: clips whose prompt and budget fall in one step share a graph.
@@ -81,7 +83,9 @@ class CompiledDecoder:
 
     Args:
         language_model: The LLM (a LoRA adapter merged first, or packed linear layers: both compile),
-            every layer attending to the whole context (:func:`supports_static_copy`).
+            every layer attending to the whole context (:func:`supports_static_copy`). One that attends
+            with sdpa over grouped key/value heads is switched to
+            :func:`~affect_llm.generation.grouped_attention.grouped_decoding_attention` (same answers).
         cache_argument: The name its forward takes the cache by (``past_key_values`` in older transformers).
         length_step: Static cache lengths are multiples of this.
         dynamic: Symbolic sizes from the first compile (True) or from the first change (None); see
@@ -96,6 +100,9 @@ class CompiledDecoder:
         if not supports_static_copy(language_model.config):
             raise ValueError("compiled decoding in stream_batch needs full-attention layers (a sliding window "
                              "layer keeps only its window): use model.generate with a static cache")
+        # Under compilation transformers' sdpa would expand the grouped key/value heads of the whole static
+        # cache in every layer of every step; this attention reads them as stored (the same answers).
+        use_grouped_decoding_attention(language_model)
         self.language_model = language_model
         self.cache_argument = cache_argument
         self.length_step = length_step
