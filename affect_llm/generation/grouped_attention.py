@@ -10,12 +10,14 @@ compiled decoding step over a static cache then copies the whole cache, expanded
 layer of every step: for the embedded LLM (9 query heads, 3 key/value heads) at 32 rows and 384
 positions, 1.7 GB written per step, which made compiled batches of 32 slower than eager ones. This
 module registers transformers' sdpa attention under another name, with the eager folding also under
-compilation; everything else goes to transformers' own function unchanged, so the answers are those
-of ``sdpa``.
+compilation; everything else goes to transformers' own function unchanged. Where transformers folds
+eagerly (5.25, tested here), the eager outputs are sdpa's bit for bit; a release that expands the heads
+under a mask eagerly too gives the same attention to float rounding.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -44,9 +46,10 @@ def grouped_decoding_attention(module: torch.nn.Module, query: torch.Tensor, key
     """
     groups = getattr(module, "num_key_value_groups", 1)
     # Without a mask transformers' sdpa reads the groups itself (``enable_gqa``), compiled or not; with one,
-    # eagerly, it folds them as below.
+    # eagerly, it folds them as below. Other devices (XPU, MPS, NPU) and a forced ``enable_gqa`` keep its choices.
     if (groups == 1 or query.shape[2] != 1 or attention_mask is None or kwargs.get("position_bias") is not None
-            or kwargs.get("softcap") is not None):
+            or kwargs.get("softcap") is not None or query.device.type not in ("cpu", "cuda")
+            or os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA", "0") == "1"):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     batch, heads, _, width = query.shape
@@ -55,7 +58,8 @@ def grouped_decoding_attention(module: torch.nn.Module, query: torch.Tensor, key
     if mask is not None and mask.shape[1] != 1:  # per head: (B, H, 1, L) -> (B, K, G, L)
         mask = mask.reshape(mask.shape[0], heads // groups, groups, mask.shape[-1])
     out = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
-    return out.reshape(batch, heads, 1, width).transpose(1, 2).contiguous(), None  # (B, 1, H, D)
+    # The batch and width of the output: SDPA broadcasts a batch of 1, and values may be narrower than keys.
+    return out.reshape(out.shape[0], heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None  # (B, 1, H, D)
 
 
 def use_grouped_decoding_attention(language_model: torch.nn.Module) -> bool:

@@ -22,23 +22,38 @@ class Layer(torch.nn.Module):
     is_causal = True
 
 
-def inputs(query_tokens: int, per_head_mask: bool):
-    """(B, H, Q, D) queries over (B, K, L, D) keys and values, with the first row's first positions masked."""
+def inputs(query_tokens: int, per_head_mask: bool, additive: bool = False):
+    """(B, H, Q, D) queries over (B, K, L, D) keys and values; the first row's first positions masked,
+    per head a different number of them (head h: h + 1), or the same for every head."""
     generator = torch.Generator().manual_seed(0)
     query = torch.randn(2, 6, query_tokens, 8, generator=generator)
     key, value = (torch.randn(2, 2, 12, 8, generator=generator) for _ in range(2))
     mask = torch.ones(2, 6 if per_head_mask else 1, query_tokens, 12, dtype=torch.bool)
-    mask[0, ..., :4] = False
+    for head in range(mask.shape[1]):
+        mask[0, head, :, : head + 1 if per_head_mask else 4] = False
+    if additive:
+        mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
     return query, key, value, mask
 
 
-@pytest.mark.parametrize("per_head_mask", [False, True])
-def test_one_query_token_gets_sdpa_output_exactly(per_head_mask: bool) -> None:
-    query, key, value, mask = inputs(1, per_head_mask)
+def expanded_reference(query, key, value, mask, scale: float) -> torch.Tensor:
+    """Attention over the key/value heads expanded to one per query head (head h reads head h // G)."""
+    groups = query.shape[1] // key.shape[1]
+    key, value = (x.repeat_interleave(groups, dim=1) for x in (key, value))
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
+    return out.transpose(1, 2)  # (B, Q, H, D)
+
+
+@pytest.mark.parametrize(("per_head_mask", "additive"), [(False, False), (True, False), (True, True)])
+def test_one_query_token_gets_sdpa_output(per_head_mask: bool, additive: bool) -> None:
+    """Each query head attends over its own group's keys under its own mask: transformers' eager sdpa's
+    output exactly (5.25 folds the groups eagerly as well), the expanded computation's to rounding."""
+    query, key, value, mask = inputs(1, per_head_mask, additive)
     ours, _ = grouped_decoding_attention(Layer(), query, key, value, mask, scaling=0.3)
     theirs, _ = sdpa_attention_forward(Layer(), query, key, value, mask, scaling=0.3)
     assert ours.shape == (2, 1, 6, 8)  # (B, Q, H, D)
     assert torch.equal(ours, theirs)
+    torch.testing.assert_close(ours, expanded_reference(query, key, value, mask, 0.3))
 
 
 def test_several_query_tokens_are_sdpa_own() -> None:
