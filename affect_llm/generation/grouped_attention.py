@@ -54,8 +54,8 @@ def grouped_decoding_attention(module: torch.nn.Module, query: torch.Tensor, key
                                       is_causal=is_causal, **kwargs)
     batch, heads, _, width = query.shape
     folded = query.reshape(batch, heads // groups, groups, width)  # (B, K, G, D): a group's heads as positions
-    mask = attention_mask
-    if mask is not None and mask.shape[1] != 1:  # per head: (B, H, 1, L) -> (B, K, G, L)
+    mask = attention_mask  # not None here: without one sdpa reads the groups itself
+    if mask.shape[1] != 1:  # per head: (B, H, 1, L) -> (B, K, G, L)
         mask = mask.reshape(mask.shape[0], heads // groups, groups, mask.shape[-1])
     out = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
     # The batch and width of the output: SDPA broadcasts a batch of 1, and values may be narrower than keys.
