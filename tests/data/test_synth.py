@@ -13,7 +13,13 @@ import pytest
 import soundfile as sf
 
 from affect_llm.data.synth import MISSING_LAYOUTS, generate_synthetic_set, plan_samples
-from affect_llm.data.synth.face import render_background_frames, render_face_frames, sample_face_style
+from affect_llm.data.synth.face import (
+    GEOMETRY_RANGES,
+    render_background_frames,
+    render_face_frames,
+    sample_face_geometry,
+    sample_face_style,
+)
 from affect_llm.data.synth.text import (
     CHANNELS,
     EMOTIONS,
@@ -306,3 +312,83 @@ def test_reference_text_for_absent_channels() -> None:
     assert explanation_for(full) == (
         "The voice is low, slow and quiet, which suggests sadness; the face is neutral and the words are neutral."
     )
+
+
+def test_face_geometry_keeps_each_levels_description() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        sad, angry = sample_face_geometry("sad", rng), sample_face_geometry("angry", rng)
+        happy, neutral = sample_face_geometry("happy", rng), sample_face_geometry("neutral", rng)
+        surprised = sample_face_geometry("surprised", rng)
+        # "down-turned mouth and raised inner brows"; "lowered, inward-slanted brows and a tight mouth"
+        assert sad["brow_inner"] > sad["brow_outer"] and sad["mouth_curve"] < 0
+        assert angry["brow_inner"] < angry["brow_outer"] and angry["mouth_w"] < happy["mouth_w"]
+        assert happy["mouth_curve"] > 0 and abs(neutral["mouth_curve"]) <= 1
+        assert surprised["eye_h"] > neutral["eye_h"] and surprised["brow_inner"] > neutral["brow_inner"]
+    with pytest.raises(ValueError, match="unknown face level 'bored'"):
+        sample_face_geometry("bored", rng)
+
+
+def test_without_a_geometry_a_face_is_drawn_as_before() -> None:
+    from affect_llm.data.synth import face
+
+    style = sample_face_style(np.random.default_rng(5))
+    for level in GEOMETRY_RANGES:
+        fixed = face._FEATURES[level]
+        assert all(low <= fixed[name] <= high for name, (low, high) in GEOMETRY_RANGES[level].items()), level
+        assert np.array_equal(render_face_frames(level, style, 2), render_face_frames(level, style, 2, fixed))
+    other = sample_face_geometry("sad", np.random.default_rng(1))
+    assert not np.array_equal(render_face_frames("sad", style, 1), render_face_frames("sad", style, 1, other))
+
+
+class _ReadsEveryFaceHappy:
+    """A face reader (test double: the real one needs the embedded FER weights) that reads every
+    frame as happy, and counts the frames it saw."""
+
+    identity = "reads-happy#1"
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def __call__(self, frames: np.ndarray) -> list[str]:
+        assert frames.ndim == 4 and frames.shape[-1] == 3 and frames.dtype == np.uint8
+        self.frames += len(frames)
+        return ["happy"] * len(frames)
+
+
+def test_a_face_reader_redraws_faces_until_read_and_changes_nothing_else(tmp_path) -> None:
+    from affect_llm.data.synth.generate import FACE_CANDIDATES, MAX_FACE_BATCHES
+
+    reader = _ReadsEveryFaceHappy()
+    manifest = generate_synthetic_set(tmp_path / "read", seed=3, workers=2, face_reader=reader, **SIZES)
+    read, plain = _rows(manifest), _rows(generate_synthetic_set(tmp_path / "plain", seed=3, workers=1, **SIZES))
+    assert reader.frames > 0
+    assert json.loads((tmp_path / "read" / "synth_stamp.json").read_text())["faces_read_by"] == "reads-happy#1"
+    faces = 0
+    for row, before in zip(read, plain, strict=True):
+        extra, old = row["extra"], before["extra"]
+        # Words, voice, labels and explanations are the same draws; only a drawn face changes.
+        for key in ("labels", "transcript", "explanation", "split", "id"):
+            assert row[key] == before[key], (row["id"], key)
+        assert extra["cues"] == old["cues"] and extra.get("prosody") == old.get("prosody")
+        if extra["cues"]["face"] is None or row["image"] is None:
+            assert "face_geometry" not in extra and extra.get("face_style") == old.get("face_style")
+            continue
+        faces += 1
+        level = extra["cues"]["face"]
+        # Read as drawn at the first candidate, or every candidate tried and the last one kept.
+        expected = 1 if level == "happy" else FACE_CANDIDATES * MAX_FACE_BATCHES
+        assert extra["face_draws"] == expected, row["id"]
+        assert set(extra["face_geometry"]) == set(GEOMETRY_RANGES[level])
+        # The still image is the frame the reader judged, drawn from the recorded style and geometry.
+        style = face_style_from(extra["face_style"])
+        drawn = render_face_frames(level, style, 1, extra["face_geometry"])[0]
+        png = cv2.cvtColor(cv2.imread(str(tmp_path / "read" / row["image"])), cv2.COLOR_BGR2RGB)
+        assert np.array_equal(png, drawn), row["id"]
+    assert faces > 0
+
+
+def face_style_from(recorded: dict):
+    from affect_llm.data.synth.face import FaceStyle
+
+    return FaceStyle(**{key: tuple(value) if isinstance(value, list) else value for key, value in recorded.items()})

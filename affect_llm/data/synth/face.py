@@ -7,6 +7,7 @@ rendering is a pure function and the pixels repeat for a seed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -75,13 +76,31 @@ def sample_face_style(rng: np.random.Generator) -> FaceStyle:
     )
 
 
-def render_face_frames(level: str, style: FaceStyle, num_frames: int) -> np.ndarray:
+def sample_face_geometry(level: str, rng: np.random.Generator) -> dict[str, float]:
+    """Draw brow, eye and mouth geometry for ``level`` within what its description says.
+
+    Every draw keeps the words the explanations use for the level true (a sad face's inner brows
+    stay above its outer ones and its mouth turns down; an angry face's brows slant inward over a
+    tight mouth), so any of them can stand for the level.
+
+    Raises:
+        ValueError: If ``level`` is unknown.
+    """
+    if level not in GEOMETRY_RANGES:
+        raise ValueError(f"unknown face level {level!r}; expected one of {sorted(GEOMETRY_RANGES)}")
+    return {name: round(float(rng.uniform(low, high)), 2) for name, (low, high) in GEOMETRY_RANGES[level].items()}
+
+
+def render_face_frames(level: str, style: FaceStyle, num_frames: int,
+                       geometry: Mapping[str, float] | None = None) -> np.ndarray:
     """Render a short clip of one face with slight motion.
 
     Args:
         level: ``happy``, ``sad``, ``angry``, ``surprised`` or ``neutral``.
         style: Appearance from ``sample_face_style``.
         num_frames: Number of frames ``K``.
+        geometry: Brow, eye and mouth geometry from ``sample_face_geometry``; the level's fixed
+            geometry when None.
 
     Returns:
         uint8 RGB frames ``(K, IMAGE_SIZE, IMAGE_SIZE, 3)``.
@@ -93,7 +112,7 @@ def render_face_frames(level: str, style: FaceStyle, num_frames: int) -> np.ndar
         raise ValueError(f"unknown face level {level!r}; expected one of {sorted(_FEATURES)}")
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    canvas = _draw_face(level, style)  # (2H, 2W, 3)
+    canvas = _draw_face(level, style, _FEATURES[level] if geometry is None else geometry)  # (2H, 2W, 3)
     size = IMAGE_SIZE * _SCALE
     frames = []
     for k in range(num_frames):
@@ -142,7 +161,7 @@ def render_background_frames(style: FaceStyle, num_frames: int) -> np.ndarray:
     return np.stack(frames)  # (K, H, W, 3)
 
 
-def _draw_face(level: str, style: FaceStyle) -> np.ndarray:
+def _draw_face(level: str, style: FaceStyle, feat: Mapping[str, float]) -> np.ndarray:
     s = _SCALE
     size = IMAGE_SIZE * s
     img = np.empty((size, size, 3), dtype=np.uint8)
@@ -153,7 +172,6 @@ def _draw_face(level: str, style: FaceStyle) -> np.ndarray:
     th = style.thickness * s
     cv2.ellipse(img, (cx, cy), (hw, hh), 0, 0, 360, style.skin, -1, cv2.LINE_AA)
     cv2.ellipse(img, (cx, cy), (hw, hh), 0, 0, 360, ink, th, cv2.LINE_AA)
-    feat = _FEATURES[level]
     eye_dx, eye_y = int(hw * 0.42), cy - int(hh * 0.2)
     for side in (-1, 1):
         ex = cx + side * eye_dx
@@ -167,14 +185,14 @@ def _draw_face(level: str, style: FaceStyle) -> np.ndarray:
         cv2.line(img, outer, inner, ink, th + s, cv2.LINE_AA)
     nose_top, nose_bottom = (cx, cy - int(hh * 0.02)), (cx - 3 * s, cy + int(hh * 0.18))
     cv2.line(img, nose_top, nose_bottom, ink, max(2, th // 2), cv2.LINE_AA)
-    _draw_mouth(img, level, (cx, cy + int(hh * 0.48)), th, ink)
+    _draw_mouth(img, level, feat, (cx, cy + int(hh * 0.48)), th, ink)
     return img
 
 
-def _draw_mouth(img: np.ndarray, level: str, center: tuple[int, int], th: int, ink: tuple) -> None:
+def _draw_mouth(img: np.ndarray, level: str, feat: Mapping[str, float], center: tuple[int, int], th: int,
+                ink: tuple) -> None:
     s = _SCALE
     mx, my = center
-    feat = _FEATURES[level]
     half = int(feat["mouth_w"] * s)
     if level == "surprised":
         cv2.ellipse(img, (mx, my), (int(8 * s), int(11 * s)), 0, 0, 360, (90, 20, 30), -1, cv2.LINE_AA)
@@ -194,4 +212,19 @@ _FEATURES: dict[str, dict[str, float]] = {
     "sad": {"eye_w": 7, "eye_h": 4, "brow_outer": 9, "brow_inner": 18, "mouth_w": 13, "mouth_curve": -9},
     "angry": {"eye_w": 7, "eye_h": 4, "brow_outer": 14, "brow_inner": 6, "mouth_w": 9, "mouth_curve": -2},
     "surprised": {"eye_w": 8, "eye_h": 8, "brow_outer": 20, "brow_inner": 21, "mouth_w": 8, "mouth_curve": 0},
+}
+
+# Ranges of each level's geometry for ``sample_face_geometry``, base-resolution pixels. They hold
+# the fixed geometry above and stay within each level's description.
+GEOMETRY_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "neutral": {"eye_w": (6, 8), "eye_h": (4, 6), "brow_outer": (9, 14), "brow_inner": (9, 14), "mouth_w": (10, 15),
+                "mouth_curve": (-1, 1)},
+    "happy": {"eye_w": (6, 8), "eye_h": (3, 5), "brow_outer": (11, 15), "brow_inner": (11, 15), "mouth_w": (14, 20),
+              "mouth_curve": (8, 14)},
+    "sad": {"eye_w": (7, 9), "eye_h": (2, 5), "brow_outer": (3, 11), "brow_inner": (16, 26), "mouth_w": (8, 14),
+            "mouth_curve": (-16, -8)},
+    "angry": {"eye_w": (6, 8), "eye_h": (2, 4), "brow_outer": (14, 24), "brow_inner": (0, 6), "mouth_w": (6, 11),
+              "mouth_curve": (-8, -2)},
+    "surprised": {"eye_w": (7, 9), "eye_h": (7, 10), "brow_outer": (18, 28), "brow_inner": (18, 28), "mouth_w": (8, 8),
+                  "mouth_curve": (0, 0)},
 }
