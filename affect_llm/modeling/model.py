@@ -28,7 +28,7 @@ from affect_llm.modeling.pretrained import (
     load_language_model,
     save_affect_checkpoint,
 )
-from affect_llm.modeling.projectors import MediaProjector
+from affect_llm.modeling.projectors import EXPRESSION_LOGITS_GAIN, MediaProjector
 from affect_llm.precision import Precision
 
 
@@ -117,6 +117,7 @@ class AffectForConditionalGeneration(AffectPreTrainedModel, GenerationMixin):
                 llm_dim,
                 config.num_tokens(modality),
                 normalize_items=not expression_logits,
+                input_gain=EXPRESSION_LOGITS_GAIN if expression_logits else 1.0,
             )
         self.post_init()
 

@@ -79,3 +79,36 @@ def test_the_face_features_are_part_of_the_cache_key(tmp_path) -> None:
     assert logits.shape[-1] == num_labels and pooled.shape[-1] > num_labels
     # The FER encoder's pooled output ends with the logits: the two reads agree where they overlap.
     assert torch.allclose(pooled[..., -num_labels:], logits)
+
+
+def test_a_few_logits_move_the_projector_as_fast_as_a_pooled_output() -> None:
+    from affect_llm.modeling.projectors import EXPRESSION_LOGITS_GAIN, MediaProjector
+
+    logits_model, _ = build_model(ModelSpec(face_encoder="tiny:fer", face_features="expression_logits"))
+    assert logits_model.projectors["face"].input_gain == EXPRESSION_LOGITS_GAIN
+    assert build_model(ModelSpec(face_encoder="tiny:fer"))[0].projectors["face"].input_gain == 1.0
+
+    # Same projector, same start, same Adam steps towards tokens much larger than it starts with
+    # (as trained projectors end): with the gain, it gets there several times faster.
+    torch.manual_seed(0)
+    features = torch.randn(32, 2, 7)  # (N, T, 7) standardised logits
+    mask = torch.ones(32, 2, dtype=torch.bool)
+    # Tokens that depend on the features (a fixed linear map), ten times the size the projector starts at.
+    target = (features.mean(1) @ torch.randn(7, 2 * 64)).reshape(32, 2, 64) * 10 / 7**0.5
+    reached, losses = {}, {}
+    for gain in (1.0, EXPRESSION_LOGITS_GAIN):
+        torch.manual_seed(1)
+        projector = MediaProjector("mlp", 7, 64, 2, normalize_items=False, input_gain=gain)
+        for layer in projector.proj:
+            if isinstance(layer, nn.Linear):
+                nn.init.normal_(layer.weight, std=0.02)  # as the model initialises projectors
+        optimizer = torch.optim.Adam(projector.parameters(), lr=5e-3)
+        for _ in range(30):
+            loss = (projector(features, mask) - target).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        reached[gain] = float(projector(features, mask).norm(dim=-1).mean())
+        losses[gain] = float(loss)
+    assert reached[EXPRESSION_LOGITS_GAIN] > 2 * reached[1.0], reached
+    assert losses[EXPRESSION_LOGITS_GAIN] < 0.75 * losses[1.0], losses
