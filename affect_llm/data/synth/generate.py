@@ -170,7 +170,9 @@ def generate_synthetic_set(
         face_reader: Draws every face until this reader reads the emotion it was drawn with
             (``FaceReader``), so that a face encoder's expression features carry the face's emotion
             for drawings as they do for photos. Each face gets a geometry within what its
-            description says; every other choice is the same as without a reader.
+            description says; every other choice is the same as without a reader. Which face is
+            kept depends on the reader's arithmetic: on other cores a near tie between two
+            expressions can keep another face.
 
     Returns:
         Path to ``out_dir/manifest.jsonl``.
