@@ -195,10 +195,9 @@ def _synth(args: argparse.Namespace) -> int:
     reader = None
     if args.faces_read_by is not None:
         from affect_llm.features.face_reader import ExpressionReader
-        from affect_llm.paths import models_dir
+        from affect_llm.references import resolve_model_path
 
-        folder = Path(args.faces_read_by)
-        reader = ExpressionReader(folder if folder.is_dir() else models_dir() / args.faces_read_by)
+        reader = ExpressionReader(resolve_model_path(args.faces_read_by))
     manifest = generate_synthetic_set(
         out_dir=args.out,
         seed=args.seed,

@@ -25,7 +25,7 @@ import math
 import multiprocessing
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -302,8 +302,8 @@ def plan_samples(
 def _redraw_face_until_read(spec: SampleSpec, reader: FaceReader, rng: np.random.Generator) -> SampleSpec:
     """``spec`` with the first drawn face (style and geometry) that ``reader`` reads as its level.
 
-    The reader sees the clip's first frame, the one the still image keeps; the later frames only
-    move it a little. A face no batch of candidates gets read as drawn keeps the last candidate,
+    The reader sees the clip's first frame, the one the still image keeps; the later frames rotate
+    it a little, which can move an encoder's reading (they are not read). A face no batch of candidates gets read as drawn keeps the last candidate,
     and its ``face_draws`` says how many were tried.
     """
     level = spec.cues["face"]
@@ -314,13 +314,10 @@ def _redraw_face_until_read(spec: SampleSpec, reader: FaceReader, rng: np.random
         for (style, geometry), read in zip(candidates, reader(frames), strict=True):
             draws += 1
             if read == level:
-                return _with_face(spec, style, geometry, draws)
-    return _with_face(spec, style, geometry, draws)
+                return replace(spec, face_style=style, face_geometry=geometry, face_draws=draws)
+    return replace(spec, face_style=style, face_geometry=geometry, face_draws=draws)
 
 
-def _with_face(spec: SampleSpec, style: FaceStyle, geometry: dict[str, float], draws: int) -> SampleSpec:
-    return SampleSpec(spec.id, spec.split, spec.cue, spec.cues, spec.transcript, spec.spoken, spec.prosody, style,
-                      spec.media, spec.seconds, geometry, draws)
 
 
 def _plan_one(sample_id: str, split: str, cue: str, emotion: str, rng: np.random.Generator) -> SampleSpec:
