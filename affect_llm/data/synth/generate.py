@@ -133,8 +133,9 @@ class FaceReader(Protocol):
 
 # Faces a FaceReader is shown at once, and at most this many batches per face before the last
 # candidate is kept unread (recorded as such). With the ranges of face.GEOMETRY_RANGES the embedded
-# FER encoder reads a random draw as drawn for 0.13 (neutral) to 0.91 (happy) of them; choosing the
-# quickstart's 1,080 clips took about 100 s on 2 cores (about 9 ms a candidate).
+# FER encoder reads a random draw as drawn for 0.13 (neutral) to 0.91 (happy) of them; a candidate
+# costs about 9 ms on 2 cores (draw, crop, encoder), and the quickstart's 1,080 clips took 154 s to
+# plan and render (alone on the cores, the reader included).
 FACE_CANDIDATES = 16
 MAX_FACE_BATCHES = 8
 
