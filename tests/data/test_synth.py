@@ -385,7 +385,18 @@ def test_a_face_reader_redraws_faces_until_read_and_changes_nothing_else(tmp_pat
         drawn = render_face_frames(level, style, 1, extra["face_geometry"])[0]
         png = cv2.cvtColor(cv2.imread(str(tmp_path / "read" / row["image"])), cv2.COLOR_BGR2RGB)
         assert np.array_equal(png, drawn), row["id"]
+        assert extra["face_still"] is True
     assert faces > 0
+
+
+def test_a_still_face_repeats_its_first_frame() -> None:
+    style = sample_face_style(np.random.default_rng(4))
+    geometry = sample_face_geometry("angry", np.random.default_rng(5))
+    moving = render_face_frames("angry", style, 6, geometry)
+    still = render_face_frames("angry", style, 6, geometry, still=True)
+    assert still.shape == moving.shape
+    assert all(np.array_equal(frame, moving[0]) for frame in still)
+    assert not all(np.array_equal(frame, moving[0]) for frame in moving)
 
 
 def face_style_from(recorded: dict):

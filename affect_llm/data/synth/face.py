@@ -92,8 +92,8 @@ def sample_face_geometry(level: str, rng: np.random.Generator) -> dict[str, floa
 
 
 def render_face_frames(level: str, style: FaceStyle, num_frames: int,
-                       geometry: Mapping[str, float] | None = None) -> np.ndarray:
-    """Render a short clip of one face with slight motion.
+                       geometry: Mapping[str, float] | None = None, still: bool = False) -> np.ndarray:
+    """Render a short clip of one face with slight motion, or held still.
 
     Args:
         level: ``happy``, ``sad``, ``angry``, ``surprised`` or ``neutral``.
@@ -101,6 +101,7 @@ def render_face_frames(level: str, style: FaceStyle, num_frames: int,
         num_frames: Number of frames ``K``.
         geometry: Brow, eye and mouth geometry from ``sample_face_geometry``; the level's fixed
             geometry when None.
+        still: Every frame is the first (no wobble, no drift).
 
     Returns:
         uint8 RGB frames ``(K, IMAGE_SIZE, IMAGE_SIZE, 3)``.
@@ -115,7 +116,7 @@ def render_face_frames(level: str, style: FaceStyle, num_frames: int,
     canvas = _draw_face(level, style, _FEATURES[level] if geometry is None else geometry)  # (2H, 2W, 3)
     size = IMAGE_SIZE * _SCALE
     frames = []
-    for k in range(num_frames):
+    for k in range(1 if still else num_frames):
         # Small rotation wobble plus drift: a face that moves a little, like a real talking head.
         angle = style.angle + 1.5 * np.sin(k * 1.3)
         matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, 1.0)
@@ -124,6 +125,8 @@ def render_face_frames(level: str, style: FaceStyle, num_frames: int,
             canvas, matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=style.background
         )
         frames.append(cv2.resize(moved, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA))
+    if still:
+        return np.repeat(frames[0][None], num_frames, axis=0)  # (K, H, W, 3)
     return np.stack(frames)  # (K, H, W, 3)
 
 

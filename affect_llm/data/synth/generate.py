@@ -100,6 +100,8 @@ class SampleSpec:
         face_geometry: Brow, eye and mouth geometry of a face drawn for a ``FaceReader``; None: the
             level's fixed geometry.
         face_draws: Faces drawn until the reader read the level (0 without a reader).
+        face_still: The clip holds its first frame (a face a reader judged: see
+            ``_redraw_face_until_read``).
     """
 
     id: str
@@ -114,6 +116,7 @@ class SampleSpec:
     seconds: float | None = None
     face_geometry: dict[str, float] | None = None
     face_draws: int = 0
+    face_still: bool = False
 
 
 class FaceReader(Protocol):
@@ -132,12 +135,13 @@ class FaceReader(Protocol):
 
 
 # Faces a FaceReader is shown at once, and at most this many batches per face before the last
-# candidate is kept unread (recorded as such). With the ranges of face.GEOMETRY_RANGES the embedded
-# FER encoder reads a random draw as drawn for 0.13 (neutral) to 0.91 (happy) of them; a candidate
-# costs about 9 ms on 2 cores (draw, crop, encoder), and the quickstart's 1,080 clips took 154 s to
-# plan and render (alone on the cores, the reader included).
-FACE_CANDIDATES = 16
-MAX_FACE_BATCHES = 8
+# candidate is kept unread (recorded as such). With the ranges of face.GEOMETRY_RANGES and its
+# margin, the embedded FER encoder read the quickstart set's faces as drawn after 1.2 (happy), 4.4
+# (surprised), 8.6 (angry), 16.4 (neutral) and 31.3 (sad) draws on average; 1 sad face of 147 ran
+# out at 128. Which candidate is kept does not depend on the batch size (they are drawn and judged
+# in order); small batches waste fewer reads.
+FACE_CANDIDATES = 4
+MAX_FACE_BATCHES = 64
 
 
 def generate_synthetic_set(
@@ -303,9 +307,12 @@ def plan_samples(
 def _redraw_face_until_read(spec: SampleSpec, reader: FaceReader, rng: np.random.Generator) -> SampleSpec:
     """``spec`` with the first drawn face (style and geometry) that ``reader`` reads as its level.
 
-    The reader sees the clip's first frame, the one the still image keeps; the later frames rotate
-    it a little, which can move an encoder's reading (they are not read). A face no batch of candidates gets read as drawn keeps the last candidate,
-    and its ``face_draws`` says how many were tried.
+    The reader sees the clip's first frame, the one the still image keeps, and the clip holds that
+    frame: the embedded FER encoder's reading of a drawn face moved with a pixel of drift (of faces
+    whose first frame it read as drawn, 0 to 0.35 read so in all of 8 moving frames; 1.00 held
+    still), so a moving clip would show the encoder faces it never judged. A face no batch of
+    candidates gets read as drawn keeps the last candidate, and its ``face_draws`` says how many were
+    tried.
     """
     level = spec.cues["face"]
     draws = 0
@@ -315,8 +322,8 @@ def _redraw_face_until_read(spec: SampleSpec, reader: FaceReader, rng: np.random
         for (style, geometry), read in zip(candidates, reader(frames), strict=True):
             draws += 1
             if read == level:
-                return replace(spec, face_style=style, face_geometry=geometry, face_draws=draws)
-    return replace(spec, face_style=style, face_geometry=geometry, face_draws=draws)
+                return replace(spec, face_style=style, face_geometry=geometry, face_draws=draws, face_still=True)
+    return replace(spec, face_style=style, face_geometry=geometry, face_draws=draws, face_still=True)
 
 
 
@@ -420,6 +427,7 @@ def render_sample(spec: SampleSpec, out_dir: Path) -> dict:
     if spec.face_geometry is not None:
         extra["face_geometry"] = dict(spec.face_geometry)
         extra["face_draws"] = spec.face_draws
+        extra["face_still"] = spec.face_still
     if spec.transcript is None:
         # No words by design: speech recognition must not give this clip a transcript.
         extra["transcript_source"] = "none"

@@ -68,7 +68,8 @@ def render_media(spec: SampleSpec, out_dir: Path) -> RenderedMedia:
     if face_level is None:
         frames = render_background_frames(spec.face_style, num_frames)  # (K, H, W, 3)
     else:
-        frames = render_face_frames(face_level, spec.face_style, num_frames, spec.face_geometry)  # (K, H, W, 3)
+        frames = render_face_frames(face_level, spec.face_style, num_frames, spec.face_geometry,
+                                    still=spec.face_still)  # (K, H, W, 3)
     png = out_dir / rel["png"]
     if not cv2.imwrite(str(png), cv2.cvtColor(frames[0], cv2.COLOR_RGB2BGR)):
         raise RuntimeError(f"OpenCV could not write {png}")
