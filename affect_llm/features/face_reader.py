@@ -10,6 +10,7 @@ those features the meaning they have for photos.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,7 @@ class ExpressionReader:
         self.model = FerMiniXceptionModel.from_pretrained(folder).eval()
         self.cropper = FaceCropper()
         self.min_margin = min_margin
+        self._process = os.getpid()
         weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
         self.identity = f"{folder.name}#" + "+".join(file_sha256(path)[:12] for path in weights)
         if min_margin:
@@ -63,6 +65,11 @@ class ExpressionReader:
     def __call__(self, frames: np.ndarray) -> list[str]:
         """The expression on each uint8 RGB frame ``(N, H, W, 3)``, in the set's face level names, or
         ``UNSURE`` where it does not lead the runner-up by ``min_margin``."""
+        if os.getpid() != self._process:
+            # A forked worker (data synth's rendering pool): torch's OpenMP threads do not survive
+            # fork, so it runs on one thread, as DataLoader workers do.
+            torch.set_num_threads(1)
+            self._process = os.getpid()
         crops, _ = self.cropper.crop_frames(frames)
         pixels = prepare_faces(crops, self.model.config.image_size, self.model.config.num_channels)
         top = self.model.logits(pixels).softmax(-1).topk(2, dim=-1)

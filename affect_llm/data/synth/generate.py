@@ -225,18 +225,25 @@ def generate_synthetic_set(
         raise FileExistsError(f"{manifest}: a manifest that data synth did not write (no {STAMP_NAME} beside it); "
                               "choose another --out")
     # Planned before anything on disk is removed, so a bad parameter leaves an existing set whole.
-    specs = plan_samples(seed, num_train, num_val, num_test_per_cue, per_missing, train_conflict_share, face_reader)
+    specs = plan_samples(seed, num_train, num_val, num_test_per_cue, per_missing, train_conflict_share)
     media = out_dir / "media"
     if stamp_path.is_file() and media.is_dir():
         # A set built with other parameters: drop its media so no stale clip survives.
         shutil.rmtree(media)
     media.mkdir(parents=True, exist_ok=True)
     manifest.unlink(missing_ok=True)
-    jobs = [(spec, out_dir) for spec in specs]
+    # Faces are chosen where they are rendered, in the workers: each face draws from a random stream
+    # of its own ([seed, 2, index]), so which one is kept does not depend on the worker.
+    jobs = [(spec, out_dir, [seed, 2, index]) for index, spec in enumerate(specs)]
     if workers == 1 or len(specs) <= 1:
-        rows = [_render_job(job) for job in jobs]
+        _use_face_reader(face_reader)
+        try:
+            rows = [_render_job(job) for job in jobs]
+        finally:
+            _use_face_reader(None)
     else:
-        with _pool_context().Pool(min(workers, len(specs))) as pool:
+        # The reader reaches the workers through fork (initializer arguments are not pickled there).
+        with _pool_context().Pool(min(workers, len(specs)), _use_face_reader, (face_reader,)) as pool:
             rows = pool.map(_render_job, jobs, chunksize=4)
     stamp_path.write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
     tmp = manifest.with_suffix(".jsonl.tmp")
@@ -253,7 +260,6 @@ def plan_samples(
     num_test_per_cue: int,
     num_test_per_missing: int | None = None,
     train_conflict_share: float = 0.0,
-    face_reader: FaceReader | None = None,
 ) -> list[SampleSpec]:
     """Decide every sample (cues, sentence, prosody, face, media) from ``seed`` alone.
 
@@ -267,8 +273,6 @@ def plan_samples(
         num_test_per_cue: Test samples per cue subset.
         num_test_per_missing: Test samples per missing-channel subset (``num_test_per_cue`` when None).
         train_conflict_share: Share of training and validation samples with disagreeing channels.
-        face_reader: Draw each face until it reads as drawn (``generate_synthetic_set``); the
-            faces then come from a random stream of their own, so every other choice is unchanged.
 
     Returns:
         Specs in manifest order: train, val, test (subset by subset).
@@ -297,10 +301,7 @@ def plan_samples(
     for index, ((split, cue), emotion) in enumerate(zip(groups, emotion_of, strict=True)):
         counters[split] = counters.get(split, 0) + 1
         sample_id = f"synth-{split}-{counters[split] - 1:04d}"
-        spec = _plan_one(sample_id, split, cue, emotion, np.random.default_rng([seed, 1, index]))
-        if face_reader is not None and spec.cues.get("face") is not None and "png" in spec.media:
-            spec = _redraw_face_until_read(spec, face_reader, np.random.default_rng([seed, 2, index]))
-        specs.append(spec)
+        specs.append(_plan_one(sample_id, split, cue, emotion, np.random.default_rng([seed, 1, index])))
     return specs
 
 
@@ -382,14 +383,26 @@ def _channel_levels(cue: str, emotion: str, rng: np.random.Generator) -> dict[st
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
-    # fork avoids re-importing the caller's __main__ (spawn breaks unguarded scripts); workers
-    # only run numpy/OpenCV and subprocesses, which are safe after fork.
+    # fork avoids re-importing the caller's __main__ (spawn breaks unguarded scripts) and hands
+    # the workers the face reader without pickling it; workers run numpy/OpenCV, subprocesses and
+    # the reader (which runs torch on one thread in a forked process).
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
-def _render_job(job: tuple[SampleSpec, Path]) -> dict:
-    spec, out_dir = job
+# The rendering process's face reader (``_use_face_reader``); None: faces as planned.
+_face_reader: FaceReader | None = None
+
+
+def _use_face_reader(reader: FaceReader | None) -> None:
+    global _face_reader
+    _face_reader = reader
+
+
+def _render_job(job: tuple[SampleSpec, Path, list[int]]) -> dict:
+    spec, out_dir, face_seed = job
+    if _face_reader is not None and spec.cues.get("face") is not None and "png" in spec.media:
+        spec = _redraw_face_until_read(spec, _face_reader, np.random.default_rng(face_seed))
     return render_sample(spec, out_dir)
 
 
