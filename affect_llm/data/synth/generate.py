@@ -100,8 +100,6 @@ class SampleSpec:
         face_geometry: Brow, eye and mouth geometry of a face drawn for a ``FaceReader``; None: the
             level's fixed geometry.
         face_draws: Faces drawn until the reader read the level (0 without a reader).
-        face_still: The clip holds its first frame (a face a reader judged: see
-            ``_redraw_face_until_read``).
     """
 
     id: str
@@ -116,7 +114,12 @@ class SampleSpec:
     seconds: float | None = None
     face_geometry: dict[str, float] | None = None
     face_draws: int = 0
-    face_still: bool = False
+
+    @property
+    def face_still(self) -> bool:
+        """The clip holds its first frame: every face drawn for a reader (it has its own geometry) is
+        held still, so the clip shows the encoder only the face it judged (``_redraw_face_until_read``)."""
+        return self.face_geometry is not None
 
 
 class FaceReader(Protocol):
@@ -323,10 +326,8 @@ def _redraw_face_until_read(spec: SampleSpec, reader: FaceReader, rng: np.random
         for (style, geometry), read in zip(candidates, reader(frames), strict=True):
             draws += 1
             if read == level:
-                return replace(spec, face_style=style, face_geometry=geometry, face_draws=draws, face_still=True)
-    return replace(spec, face_style=style, face_geometry=geometry, face_draws=draws, face_still=True)
-
-
+                return replace(spec, face_style=style, face_geometry=geometry, face_draws=draws)
+    return replace(spec, face_style=style, face_geometry=geometry, face_draws=draws)
 
 
 def _plan_one(sample_id: str, split: str, cue: str, emotion: str, rng: np.random.Generator) -> SampleSpec:
