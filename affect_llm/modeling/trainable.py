@@ -140,9 +140,24 @@ def attention_name_problem(implementation: str) -> str | None:
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     known = sorted({"eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()})
-    if implementation in known or "/" in implementation:
+    if implementation in known or implementation == "auto" or "/" in implementation:
         return None
-    return f"expected one of {known} or a kernels-hub repository (org/name)"
+    return f"expected auto, one of {known} or a kernels-hub repository (org/name)"
+
+
+def resolve_training_attention(implementation: str | None, precision: str) -> str | None:
+    """``auto``: the attention kernel that trains fastest for ``precision`` on this machine.
+
+    On a CPU under bf16 or fp16 autocast the matmul form (``eager``): torch's CPU flash kernel runs
+    its bf16 backward far below the machine's matmul rate. Everywhere else ``sdpa``: in float32 on a
+    CPU the flash kernel trains faster than matmul attention and keeps no score matrices (the figures
+    are in ``training/embedded.yaml``), and on a GPU it is the fused kernel. Other names pass through.
+    """
+    if implementation != "auto":
+        return implementation
+    import torch
+
+    return "eager" if precision in ("bf16", "fp16") and not torch.cuda.is_available() else "sdpa"
 
 
 def set_llm_attention(model: AffectForConditionalGeneration, implementation: str | None) -> str:
@@ -162,14 +177,38 @@ def set_llm_attention(model: AffectForConditionalGeneration, implementation: str
     return base.config._attn_implementation
 
 
-def enable_gradient_checkpointing(model: AffectForConditionalGeneration) -> None:
-    """Checkpoint the LLM's layers; non-reentrant so frozen encoders and inputs without grad work."""
+def enable_gradient_checkpointing(model: AffectForConditionalGeneration, share: float = 1.0) -> int:
+    """Checkpoint the LLM's layers; non-reentrant so frozen encoders and inputs without grad work.
+
+    Args:
+        model: The model whose LLM layers recompute their activations in the backward pass.
+        share: Share of the layers that do, spread evenly through the stack (0 to 1); the others keep
+            their activations, which costs memory and saves their second forward.
+
+    Returns:
+        How many layers are checkpointed.
+    """
     llm = model.language_model
     if hasattr(llm, "activation_checkpointing_enable"):
         llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:  # peft wrapper: forwards the older name to the base model
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.language_model.config.use_cache = False
+    layers = llm.get_decoder().layers
+    chosen = checkpointed_layers(len(layers), share)
+    for index, layer in enumerate(layers):
+        # transformers reads the flag per layer instance (GradientCheckpointingLayer), as the
+        # compiled forward below does.
+        layer.gradient_checkpointing = index in chosen
+    return len(chosen)
+
+
+def checkpointed_layers(num_layers: int, share: float) -> set[int]:
+    """Indices of ``round(share * num_layers)`` layers spread evenly: 0.5 of 30 -> 0, 2, ..., 28."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share of checkpointed layers {share!r}; expected 0 to 1")
+    count = round(share * num_layers)
+    return {index * num_layers // count for index in range(count)}
 
 
 def compile_llm_layers(model: AffectForConditionalGeneration) -> int:

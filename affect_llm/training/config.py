@@ -17,9 +17,20 @@ from typing import Any, Literal, get_args
 
 from affect_llm.fileio import parse_yaml
 from affect_llm.loading.spec import ModelSpec
-from affect_llm.modeling.trainable import TRAINABLE_GROUPS, LoraSettings, attention_name_problem
+from affect_llm.modeling.trainable import (
+    TRAINABLE_GROUPS,
+    LoraSettings,
+    attention_name_problem,
+    resolve_training_attention,
+)
 from affect_llm.precision import resolve_training_precision
-from affect_llm.training.config_values import build_section, check_flag, check_whole, number
+from affect_llm.training.config_values import (
+    build_section,
+    check_flag,
+    check_whole,
+    checkpointed_share,
+    number,
+)
 from affect_llm.training.grpo_config import GrpoSettings
 
 Order = Literal["shuffle", "easy_to_hard"]
@@ -65,7 +76,8 @@ class StageConfig:
             clips per process and step, ``train.grad_accum`` not applied).
         grpo: Settings of a ``grpo`` stage (defaults when omitted); only for that kind.
         gradient_checkpointing: This stage's ``train.gradient_checkpointing`` (None: that setting).
-            A stage of short answers runs fastest without it; one of long answers needs it to fit.
+            A stage of short answers runs fastest without it; one of long answers needs it (or a
+            share of the layers) to fit.
         compile: This stage's ``train.compile`` (None: that setting).
     """
 
@@ -83,7 +95,7 @@ class StageConfig:
     group_lr: dict[str, float] = field(default_factory=dict)
     kind: StageKind = "supervised"
     grpo: GrpoSettings | None = None
-    gradient_checkpointing: bool | None = None
+    gradient_checkpointing: bool | float | None = None
     compile: bool | None = None
 
     def __post_init__(self) -> None:
@@ -98,7 +110,9 @@ class StageConfig:
             raise ValueError(f"{where}: grpo settings given for a {self.kind} stage; add kind: grpo")
         for key in ("gradient_checkpointing", "compile"):
             value = getattr(self, key)
-            if value is not None:
+            if value is not None and key == "gradient_checkpointing":
+                checkpointed_share(value, f"{where}: {key}")
+            elif value is not None:
                 check_flag(value, f"{where}: {key}")
             if value is not None and self.kind == "grpo":
                 raise ValueError(f"{where}: {key} is a supervised stage's setting; a grpo stage does not use it")
@@ -193,18 +207,20 @@ class TrainSettings:
             the machine loading the config multiplies bf16 natively, else ``no``
             (:func:`affect_llm.precision.resolve_training_precision`; resolved here, so the run
             records and fingerprints what it used).
-        gradient_checkpointing: Checkpoint LLM layers (a stage may override it).
+        gradient_checkpointing: Recompute the LLM layers' activations in the backward pass instead
+            of keeping them (a stage may override it): true for every layer, or the share of the
+            layers (0 to 1, spread evenly through the stack) where memory allows keeping the others.
         compile: Compile each LLM decoder layer (``torch.compile``, dynamic shapes) in supervised
             stages (a stage may override it): the elementwise work between the matmuls (norms,
             rotary, activations, residuals) fuses into a few kernels. The first steps pay the
             compile (about 30 s on a CPU for the embedded LLM); worth it for runs of more than a
             few minutes.
         attention: The LLM's attention implementation while supervised stages train (``eager``,
-            ``sdpa``, ``flash_attention_2``, ...; None keeps the one the model loaded with).
-            Explaining and serving keep theirs. On a CPU the matmul form (``eager``) trains
-            faster than ``sdpa``, whose CPU flash kernel runs its bf16 backward well below the
-            machine's matmul rate (``training/embedded.yaml`` gives the figures); on GPUs keep
-            ``sdpa`` or ``flash_attention_2``.
+            ``sdpa``, ``flash_attention_2``, ...; None keeps the one the model loaded with), or
+            ``auto`` (resolved here, with ``precision``): ``eager`` on a CPU under bf16 or fp16
+            autocast, whose flash kernel runs its bf16 backward well below the machine's matmul
+            rate, ``sdpa`` elsewhere (:func:`affect_llm.modeling.trainable.resolve_training_attention`;
+            ``training/embedded.yaml`` gives the figures). Explaining and serving keep theirs.
         packed_rows: Pack each micro-batch's samples into at most this many rows, each sample
             attending only to itself (:mod:`affect_llm.processing.packing`); 0 pads every sample to
             the batch's longest. The same samples and loss on fewer positions: worth it where answer
@@ -223,7 +239,7 @@ class TrainSettings:
     batch_size: int = 8
     grad_accum: int = 1
     precision: TrainingPrecision = "no"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | float = False
     compile: bool = False
     attention: str | None = None
     packed_rows: int = 0
@@ -249,7 +265,9 @@ class TrainSettings:
         problem = None if self.attention is None else attention_name_problem(self.attention)
         if problem:
             raise ValueError(f"train.attention={self.attention!r}: {problem}")
-        for key in ("gradient_checkpointing", "compile", "tensorboard", "wandb"):
+        self.attention = resolve_training_attention(self.attention, self.precision)
+        checkpointed_share(self.gradient_checkpointing, "train.gradient_checkpointing")
+        for key in ("compile", "tensorboard", "wandb"):
             check_flag(getattr(self, key), f"train.{key}")
         for key in ("batch_size", "grad_accum", "log_every", "checkpoint_every", "eval_every", "val_max_samples",
                     "packed_rows"):

@@ -31,6 +31,16 @@ def check_flag(value: Any, where: str) -> None:
         raise ValueError(f"{where}={value!r}; expected true or false")
 
 
+def checkpointed_share(value: Any, where: str) -> float:
+    """``gradient_checkpointing``: true (every LLM layer), false (none) or the share of the layers
+    (0 to 1) that recompute their activations in the backward pass."""
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float) and 0.0 <= value <= 1.0:
+        return float(value)
+    raise ValueError(f"{where}={value!r}; expected true, false or a share of the LLM's layers from 0 to 1")
+
+
 def check_whole(value: Any, where: str) -> None:
     """A YAML integer (``true`` is one to Python, and is refused)."""
     if not isinstance(value, int) or isinstance(value, bool):

@@ -48,6 +48,7 @@ from affect_llm.modeling.trainable import (
 )
 from affect_llm.processing.processor import AffectProcessor, batch_to_device
 from affect_llm.training.config import StageConfig, TrainConfig
+from affect_llm.training.config_values import checkpointed_share
 from affect_llm.training.data_check import load_splits, stage_data_problems
 from affect_llm.training.inputs import StaleStageError, check_inputs, record_inputs, stage_inputs
 from affect_llm.training.loader import StageItems, batch_loader
@@ -79,7 +80,7 @@ logger = logging.getLogger(__name__)
 SPEAKER_STATISTICS_FILE = "speaker_statistics.safetensors"
 
 
-def _stage_or_run(stage_value: bool | None, run_value: bool) -> bool:
+def _stage_or_run(stage_value: bool | float | None, run_value: bool | float) -> bool | float:
     """A stage's own loop setting where it gives one, else the run's (``train``)."""
     return run_value if stage_value is None else stage_value
 
@@ -268,8 +269,9 @@ class CurriculumRecipe:
         summary = {"stage": stage.name, "groups": counts, "losses": [], "llm_weights": llm_weight_summary(model)}
         # Each stage's model is loaded afresh (setup_model): nothing an earlier stage turned on carries over.
         summary["gradient_checkpointing"] = _stage_or_run(stage.gradient_checkpointing, settings.gradient_checkpointing)
-        if summary["gradient_checkpointing"]:
-            enable_gradient_checkpointing(model)
+        share = checkpointed_share(summary["gradient_checkpointing"], f"stage {stage.name!r}: gradient_checkpointing")
+        if share:
+            summary["checkpointed_layers"] = enable_gradient_checkpointing(model, share)
         summary["attention"] = set_llm_attention(model, settings.attention)
         if _stage_or_run(stage.compile, settings.compile):
             summary["compiled_layers"] = compile_llm_layers(model)

@@ -8,6 +8,7 @@ import torch
 from affect_llm.modeling.trainable import (
     LoraSettings,
     apply_lora,
+    checkpointed_layers,
     compile_counts,
     compile_llm_layers,
     enable_gradient_checkpointing,
@@ -39,6 +40,39 @@ def test_gradient_checkpointing_trains_with_frozen_encoders(tiny_model, raw_medi
     model(**batch).loss.backward()
     assert model.projectors["audio"].queries.grad is not None
     assert any(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
+
+
+def test_checkpointed_layers_are_spread_evenly():
+    assert checkpointed_layers(30, 0.5) == set(range(0, 30, 2))
+    assert checkpointed_layers(30, 1.0) == set(range(30))
+    assert checkpointed_layers(30, 0.0) == set()
+    assert checkpointed_layers(4, 0.25) == {0}
+    with pytest.raises(ValueError, match="expected 0 to 1"):
+        checkpointed_layers(4, 2.0)
+
+
+def test_a_share_of_checkpointed_layers_keeps_the_loss_and_gradients(tiny_lora_model, raw_media):
+    """Recomputing some layers and keeping the others' activations is the same arithmetic."""
+    model, processor = tiny_lora_model
+    set_trainable(model, ["projectors", "lora"])
+    model.train()
+    batch = _perceive_batch(processor, raw_media)
+    layers = model.language_model.get_decoder().layers
+
+    def loss_and_gradients() -> tuple[float, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, gradients = loss_and_gradients()
+    assert enable_gradient_checkpointing(model, 0.5) == len(layers) // 2
+    assert [layer.gradient_checkpointing for layer in layers][:2] == [True, False]
+    half_loss, half_gradients = loss_and_gradients()
+    assert half_loss == pytest.approx(loss, rel=1e-6)
+    assert half_gradients.keys() == gradients.keys()
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(half_gradients[name], gradient, rtol=1e-5, atol=1e-7)
 
 
 def test_attention_switch_keeps_the_loss_and_gradients_and_names_a_bad_value(tiny_lora_model, raw_media):

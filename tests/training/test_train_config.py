@@ -158,7 +158,10 @@ def test_overrides_after_a_flag_are_taken_and_other_words_refused(
 
 @pytest.mark.parametrize(("override", "message"), [
     ('train.compile="false"', "train.compile='false'; expected true or false"),
-    ("train.gradient_checkpointing=maybe", "train.gradient_checkpointing='maybe'; expected true or false"),
+    ("train.gradient_checkpointing=maybe",
+     "train.gradient_checkpointing='maybe'; expected true, false or a share of the LLM's layers from 0 to 1"),
+    ("train.gradient_checkpointing=1.5",
+     "train.gradient_checkpointing=1.5; expected true, false or a share of the LLM's layers from 0 to 1"),
     ("train.batch_size=four", "train.batch_size='four'; expected a whole number"),
     ("train.attention=1", "train.attention=1; expected the name of an attention implementation"),
     ("train.packed_rows=-1", "train.packed_rows=-1; expected 0 (pad) or a number of rows"),
@@ -192,9 +195,24 @@ def test_override_is_validated(tmp_path: Path, no_model_builds: None) -> None:
 
 
 def test_a_misspelt_attention_kernel_is_named_when_the_config_loads(tmp_path: Path, no_model_builds: None) -> None:
-    with pytest.raises(ValueError, match=r"train.attention='flash_attention2': expected one of .*'eager'"):
+    with pytest.raises(ValueError, match=r"train.attention='flash_attention2': expected auto, one of .*'eager'"):
         _load(tmp_path, _raw(tmp_path), ["train.attention=flash_attention2"])
     assert _load(tmp_path, _raw(tmp_path), ["train.attention=eager"]).train.attention == "eager"
+
+
+@pytest.mark.parametrize(("precision", "cuda", "expected"), [
+    ("no", False, "sdpa"), ("bf16", False, "eager"), ("fp16", False, "eager"), ("bf16", True, "sdpa"),
+])
+def test_auto_attention_is_matmul_only_under_cpu_autocast(
+    tmp_path: Path, no_model_builds: None, monkeypatch: pytest.MonkeyPatch, precision: str, cuda: bool, expected: str
+) -> None:
+    """Resolved once as the config loads, beside the precision, so the run records the kernel it used
+    (the CUDA answer is patched in: this machine has none)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    config = _load(tmp_path, _raw(tmp_path), ["train.attention=auto", f"train.precision={precision}"])
+    assert config.train.attention == expected
 
 
 def test_auto_precision_is_bf16_only_where_the_machine_multiplies_bf16_natively(
