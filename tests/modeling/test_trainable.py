@@ -42,6 +42,14 @@ def test_gradient_checkpointing_trains_with_frozen_encoders(tiny_model, raw_medi
     assert any(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
 
 
+def _loss_and_gradients(model, batch) -> tuple[float, dict[str, torch.Tensor]]:
+    """One forward and backward from zeroed gradients: the loss and every gradient, copied."""
+    model.zero_grad()
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
 def test_checkpointed_layers_are_spread_evenly():
     assert checkpointed_layers(30, 0.5) == set(range(0, 30, 2))
     assert checkpointed_layers(30, 1.0) == set(range(30))
@@ -59,16 +67,10 @@ def test_a_share_of_checkpointed_layers_keeps_the_loss_and_gradients(tiny_lora_m
     batch = _perceive_batch(processor, raw_media)
     layers = model.language_model.get_decoder().layers
 
-    def loss_and_gradients() -> tuple[float, dict[str, torch.Tensor]]:
-        model.zero_grad()
-        loss = model(**batch).loss
-        loss.backward()
-        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    loss, gradients = loss_and_gradients()
+    loss, gradients = _loss_and_gradients(model, batch)
     assert enable_gradient_checkpointing(model, 0.5) == len(layers) // 2
     assert [layer.gradient_checkpointing for layer in layers][:2] == [True, False]
-    half_loss, half_gradients = loss_and_gradients()
+    half_loss, half_gradients = _loss_and_gradients(model, batch)
     assert half_loss == pytest.approx(loss, rel=1e-6)
     assert half_gradients.keys() == gradients.keys()
     for name, gradient in gradients.items():
@@ -80,17 +82,11 @@ def test_attention_switch_keeps_the_loss_and_gradients_and_names_a_bad_value(tin
     model, processor = tiny_lora_model
     batch = _perceive_batch(processor, raw_media)
 
-    def loss_and_gradients() -> tuple[float, dict[str, torch.Tensor]]:
-        model.zero_grad()
-        loss = model(**batch).loss
-        loss.backward()
-        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
     assert set_llm_attention(model, None) == "sdpa"  # None keeps what the model loaded with
-    loss, gradients = loss_and_gradients()
+    loss, gradients = _loss_and_gradients(model, batch)
     assert set_llm_attention(model, "eager") == "eager"
     assert model.language_model.get_base_model().config._attn_implementation == "eager"
-    eager_loss, eager_gradients = loss_and_gradients()
+    eager_loss, eager_gradients = _loss_and_gradients(model, batch)
     assert eager_loss == pytest.approx(loss, rel=1e-5)
     assert eager_gradients.keys() == gradients.keys()
     for name, grad in gradients.items():
