@@ -14,10 +14,12 @@ from affect_llm.cli.options import (
     add_compile_argument,
     add_evidence_argument,
     add_precision_arguments,
+    add_sampling_arguments,
     check_compile_argument,
     positive_int,
     precision_from_arguments,
     require_checkpoint,
+    sampling_from_arguments,
 )
 
 HELP = "commands: /attach video=PATH audio=PATH image=PATH transcript=TEXT | /reset | /help | /quit"
@@ -32,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image")
     parser.add_argument("--transcript")
     parser.add_argument("--max-new-tokens", type=positive_int, default=160)
+    add_sampling_arguments(parser, seed_default=None,
+                           seed_help="with --sample: seed of every answer's draws, so that the same conversation "
+                                     "gets the same answers (default: each answer samples anew)")
     parser.add_argument("--models-dir", default=None)
     add_evidence_argument(parser)
     add_compile_argument(parser)
@@ -87,11 +92,16 @@ def _attach(pipe, fields: dict[str, str]) -> None:
     _announce(pipe, modalities)
 
 
-def _reply(pipe, question: str) -> None:
+def _reply(pipe, question: str, fresh_seed: bool = False) -> None:
     """Stream one answer. Ctrl-C stops the answer, not the chat; a conversation past the model's
-    context is refused and the chat goes on."""
+    context is refused and the chat goes on. ``fresh_seed``: sampling draws a new seed for this answer."""
+    import dataclasses
+    import secrets
+
     from affect_llm.generation.pipeline import ContextLengthError
 
+    if fresh_seed:
+        pipe.decoding = dataclasses.replace(pipe.decoding, seed=secrets.randbits(63))
     try:
         pieces = pipe.stream(question)
         print("model> ", end="", flush=True)
@@ -113,10 +123,10 @@ def run(args: argparse.Namespace) -> int:
 
     require_checkpoint(args.model)
     check_compile_argument(args, args.model)
-    pipe = AffectPipeline(args.model, DecodingSettings(max_new_tokens=args.max_new_tokens,
-                                                            null_absent_evidence=args.null_absent_evidence,
-                                                            guard_absent_explanation=args.guard_absent_explanation,
-                                                            compile=args.compile),
+    decoding = DecodingSettings(max_new_tokens=args.max_new_tokens, **sampling_from_arguments(args),
+                                null_absent_evidence=args.null_absent_evidence,
+                                guard_absent_explanation=args.guard_absent_explanation, compile=args.compile)
+    pipe = AffectPipeline(args.model, decoding,
                           Path(args.models_dir) if args.models_dir else None,
                           precision=precision_from_arguments(args, args.model))
     clip = {k: getattr(args, k) for k in ATTACH_FIELDS if getattr(args, k)}
@@ -155,4 +165,4 @@ def run(args: argparse.Namespace) -> int:
             # A mistyped command (/atach, /clear) would otherwise reach the model as a question.
             print(f"[error] unknown command {line.split()[0]}; {HELP}", flush=True)
         else:
-            _reply(pipe, line)
+            _reply(pipe, line, fresh_seed=args.sample and args.seed is None)

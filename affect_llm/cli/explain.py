@@ -10,6 +10,7 @@ from affect_llm.cli.options import (
     add_engine_arguments,
     add_evidence_argument,
     add_precision_arguments,
+    add_sampling_arguments,
     add_strict_argument,
     check_compile_argument,
     engine_options_from_arguments,
@@ -17,6 +18,7 @@ from affect_llm.cli.options import (
     positive_int,
     precision_from_arguments,
     require_checkpoint,
+    sampling_from_arguments,
 )
 
 SHOWN_PROBLEMS = 10
@@ -40,9 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, default=None,
                         help="explain at most N clips not yet in --out (a rerun with the same limit takes the next N)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=160)
-    parser.add_argument("--sample", action="store_true", help="seeded sampling instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--seed", type=int, default=0)
+    add_sampling_arguments(parser, seed_default=0,
+                           seed_help="with --sample: seed of the draws (default 0: a rerun gives the same answers)")
     parser.add_argument("--decode-workers", type=int, default=1,
                         help="processes decoding clips ahead of generation (0: decode between batches)")
     parser.add_argument("--feature-cache", default=None, help="feature cache folder shared with training")
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     engine_options = engine_options_from_arguments(args)
     settings = ExplainSettings(args.task, args.batch_size, args.split, shard, args.limit, args.strict,
                                args.decode_workers, retry_failed=args.retry_failed)
-    decoding = DecodingSettings(args.max_new_tokens, args.sample, args.temperature, seed=args.seed,
+    decoding = DecodingSettings(args.max_new_tokens, **sampling_from_arguments(args),
                                 null_absent_evidence=args.null_absent_evidence,
                                 guard_absent_explanation=explanation_guard_for(args), compile=args.compile)
     # This shard's share, less what an earlier (interrupted or requeued) run already wrote.

@@ -13,15 +13,54 @@ if TYPE_CHECKING:
     from affect_llm.precision import Precision
 
 
+def _number(text: str, convert: type[int] | type[float], expected: str) -> Any:
+    try:
+        return convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1 (a token budget, a batch size)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _number(text, int, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0 (a sampling temperature)."""
+    value = _number(text, float, "a number")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def probability_mass(text: str) -> float:
+    """argparse type: a share of probability in (0, 1] (nucleus sampling's ``top_p``)."""
+    value = _number(text, float, "a number")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {text}")
+    return value
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, seed_default: int | None,
+                           seed_help: str) -> None:
+    """``--sample`` with ``--temperature``, ``--top-p`` and ``--seed``; without ``--sample`` decoding is
+    greedy and the other three change nothing."""
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=positive_float, default=0.7,
+                        help="with --sample: divides the logits (below 1 sharper, above 1 flatter; default 0.7)")
+    parser.add_argument("--top-p", type=probability_mass, default=0.9,
+                        help="with --sample: draw from the most likely tokens whose probabilities sum to this "
+                             "(default 0.9; 1 keeps every token)")
+    parser.add_argument("--seed", type=int, default=seed_default, help=seed_help)
+
+
+def sampling_from_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``DecodingSettings`` fields ``add_sampling_arguments`` set (seed 0 where none was given)."""
+    return {"do_sample": args.sample, "temperature": args.temperature, "top_p": args.top_p,
+            "seed": args.seed if args.seed is not None else 0}
 
 
 def add_evidence_argument(parser: argparse.ArgumentParser) -> None:

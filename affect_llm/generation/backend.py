@@ -53,6 +53,12 @@ class DecodingSettings:
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"DecodingSettings.max_new_tokens must be a whole number >= 1, got {self.max_new_tokens!r}")
+        # A temperature of 0 or below would divide the logits by nothing or turn them round; a top_p
+        # outside (0, 1] keeps no token or means nothing.
+        if not self.temperature > 0:
+            raise ValueError(f"DecodingSettings.temperature must be above 0, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"DecodingSettings.top_p must be above 0 and at most 1, got {self.top_p!r}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -72,6 +78,20 @@ def answer_decoding(decoding: Any) -> Any:
     if not kept.get("do_sample"):
         kept = {key: value for key, value in kept.items() if key not in _SAMPLING_FIELDS}
     return kept
+
+
+def llm_context_tokens(model: Any) -> int | None:
+    """The context of a model's LLM in tokens (``max_position_embeddings``); None where its config names none."""
+    return getattr(getattr(model.config, "text_config", None), "max_position_embeddings", None)
+
+
+def fits_context(context_tokens: int | None, prompt_tokens: int, budget: int) -> bool:
+    """Whether a prompt and its answer's token budget fit the LLM's context (always, where it is unknown).
+
+    Past the context the model's positions mean nothing, so the chat and the server refuse a turn that
+    could run past it instead of answering from positions it never learned.
+    """
+    return context_tokens is None or prompt_tokens + budget <= context_tokens
 
 
 @dataclass

@@ -14,7 +14,13 @@ from typing import Any
 
 from affect_llm.data.manifest import ManifestRow
 from affect_llm.features.featurize import MediaFeaturizer, MediaOptions
-from affect_llm.generation.backend import DecodingSettings, GenerationBackend, GenerationRequest
+from affect_llm.generation.backend import (
+    DecodingSettings,
+    GenerationBackend,
+    GenerationRequest,
+    fits_context,
+    llm_context_tokens,
+)
 from affect_llm.labels.parse import parse_answer
 from affect_llm.modeling.media import MediaInputs
 from affect_llm.precision import Precision
@@ -49,8 +55,7 @@ class AffectPipeline:
         meta = read_metadata(checkpoint)
         self.featurizer = MediaFeaturizer(self.backend.model, self.processor, None, MediaOptions.of_checkpoint(meta))
         self.decoding = decoding or DecodingSettings()
-        llm_config = getattr(self.backend.model.config, "text_config", None)
-        self.context_tokens: int | None = getattr(llm_config, "max_position_embeddings", None)
+        self.context_tokens = llm_context_tokens(self.backend.model)
         self.reset()
 
     def reset(self) -> None:
@@ -125,11 +130,10 @@ class AffectPipeline:
         self.messages = [*request.messages, {"role": "assistant", "content": "".join(pieces)}]
 
     def _check_context(self, request: GenerationRequest) -> None:
-        # Past the context the model's positions mean nothing: refuse, as the server does.
         if self.context_tokens is None:
             return
         prompt_tokens = len(self.processor.encode_text(request.messages)["input_ids"])
-        if prompt_tokens + self.decoding.max_new_tokens > self.context_tokens:
+        if not fits_context(self.context_tokens, prompt_tokens, self.decoding.max_new_tokens):
             raise ContextLengthError(
                 f"this model's context is {self.context_tokens} tokens; the conversation and media take "
                 f"{prompt_tokens} and the answer may take {self.decoding.max_new_tokens} more")

@@ -21,7 +21,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from affect_llm.generation.absent_explanation import backend_holds_explanation_rule
-from affect_llm.generation.backend import DecodingSettings, GenerationBackend, GenerationRequest
+from affect_llm.generation.backend import (
+    DecodingSettings,
+    GenerationBackend,
+    GenerationRequest,
+    fits_context,
+    llm_context_tokens,
+)
 from affect_llm.modeling.media import MediaInputs
 from affect_llm.processing.processor import absent_channels
 from affect_llm.serving.conversation import (
@@ -88,8 +94,7 @@ class ChatService:
         self.scheduler = scheduler
         self.options = options
         self.modalities = tuple(backend.model.config.modalities)
-        llm_config = getattr(backend.model.config, "text_config", None)
-        self.context_tokens: int | None = getattr(llm_config, "max_position_embeddings", None)
+        self.context_tokens = llm_context_tokens(backend.model)
 
     async def respond(self, chat: ChatCompletionRequest, request: Request) -> Response:
         """The completion (JSON), or a stream of chunks (server-sent events)."""
@@ -141,7 +146,7 @@ class ChatService:
         """Refuse a prompt that, with its token budget, does not fit the LLM's context (400, as OpenAI's
         ``context_length_exceeded``): past it the model's positions mean nothing, and one long prompt
         would hold up every request batched with it."""
-        if self.context_tokens is None or prompt_tokens + budget <= self.context_tokens:
+        if fits_context(self.context_tokens, prompt_tokens, budget):
             return
         field = "max_completion_tokens" if chat.max_completion_tokens else "max_tokens"
         raise ApiError(400, f"this model's context is {self.context_tokens} tokens; the messages and media take "

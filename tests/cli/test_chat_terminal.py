@@ -89,6 +89,14 @@ class Terminal:
         os.close(self.master)
         return code
 
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process.poll() is None:  # a failed assertion: do not leave the chat running
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
 
 def test_chat_session_in_a_pty(chat_assets):
     command = [
@@ -103,8 +111,7 @@ def test_chat_session_in_a_pty(chat_assets):
         "--max-new-tokens",
         "6",
     ]
-    term = Terminal(command)
-    try:
+    with Terminal(command) as term:
         banner = term.read_until(PROMPT)
         assert b"[clip attached: audio; no words]" in banner
         assert b"/attach" in banner and b"/quit" in banner
@@ -138,17 +145,12 @@ def test_chat_session_in_a_pty(chat_assets):
 
         term.type("/quit")
         assert term.close() == 0
-    finally:
-        if term.process.poll() is None:  # a failed assertion above: do not leave the chat running
-            os.killpg(term.process.pid, signal.SIGKILL)
-            term.process.wait()
 
 
 def test_ctrl_c_stops_the_answer_and_not_the_chat(chat_assets):
     command = [sys.executable, "-m", "affect_llm.cli.main", "chat", "--model", str(chat_assets["checkpoint"]),
                "--audio", str(chat_assets["audio"]), "--max-new-tokens", "2000"]
-    term = Terminal(command)
-    try:
+    with Terminal(command) as term:
         term.read_until(PROMPT, timeout=180)
         term.type("/attach audio=")  # an empty value names no file: refused, the clip stays
         assert b"[error] audio= names no file" in term.read_until(PROMPT)
@@ -168,10 +170,47 @@ def test_ctrl_c_stops_the_answer_and_not_the_chat(chat_assets):
         assert b"[/quit or Ctrl-D ends the chat]" in term.read_until(PROMPT)
         term.type("/quit")
         assert term.close() == 0
-    finally:
-        if term.process.poll() is None:
-            os.killpg(term.process.pid, signal.SIGKILL)
-            term.process.wait()
+
+
+def _answers_after_reset(chat_assets, *options: str) -> list[bytes]:
+    """The chat's answers to one question asked twice, the history cleared between them."""
+    command = [sys.executable, "-m", "affect_llm.cli.main", "chat", "--model", str(chat_assets["checkpoint"]),
+               "--audio", str(chat_assets["audio"]), "--max-new-tokens", "8", *options]
+    answers = []
+    with Terminal(command) as term:
+        term.read_until(PROMPT, timeout=180)
+        for _ in range(2):
+            term.type("How does the speaker feel?")
+            answers.append(term.read_until(PROMPT).split(b"model> ", 1)[1].rsplit(PROMPT, 1)[0].strip())
+            term.type("/reset")
+            term.read_until(PROMPT)
+        term.type("/quit")
+        assert term.close() == 0
+    assert all(answers), answers
+    return answers
+
+
+def test_chat_samples_alike_with_a_seed_and_anew_without_one(chat_assets):
+    # The tiny random model's next-token distribution is nearly flat over its whole vocabulary: eight
+    # tokens drawn twice without a shared seed coincide with a vanishing chance.
+    seeded = _answers_after_reset(chat_assets, "--sample", "--temperature", "1.5", "--top-p", "1", "--seed", "3")
+    assert seeded[0] == seeded[1]
+    unseeded = _answers_after_reset(chat_assets, "--sample", "--temperature", "1.5", "--top-p", "1")
+    assert unseeded[0] != unseeded[1]
+    greedy = _answers_after_reset(chat_assets)
+    assert greedy[0] == greedy[1] and greedy[0] != seeded[0]
+
+
+@pytest.mark.parametrize("command", ["chat", "explain"])
+@pytest.mark.parametrize(("option", "value", "reason"), [("--temperature", "0", "must be above 0, got 0"),
+                                                       ("--top-p", "1.5", "must be above 0 and at most 1, got 1.5"),
+                                                       ("--temperature", "warm", "expected a number, got 'warm'")])
+def test_sampling_options_that_mean_nothing_are_refused_before_loading(command, option, value, reason, tmp_path):
+    extra = ["manifest.jsonl", "--out", str(tmp_path / "out.jsonl")] if command == "explain" else []
+    done = subprocess.run([sys.executable, "-m", "affect_llm.cli.main", command, *extra, "--model",
+                           str(tmp_path / "no-checkpoint"), "--sample", option, value],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and f"{option}: {reason}" in done.stderr, done.stderr
 
 
 def test_chat_refuses_an_empty_token_budget(chat_assets):

@@ -159,3 +159,10 @@ def test_a_conversation_past_the_context_is_refused_and_kept(pipe, clip):
 def test_decoding_settings_refuse_an_empty_budget():
     with pytest.raises(ValueError, match="max_new_tokens"):
         DecodingSettings(max_new_tokens=0)
+
+
+@pytest.mark.parametrize(("field", "value"), [("temperature", 0.0), ("temperature", -1.0), ("top_p", 0.0),
+                                              ("top_p", 1.5)])
+def test_decoding_settings_refuse_sampling_parameters_that_mean_nothing(field, value):
+    with pytest.raises(ValueError, match=f"DecodingSettings.{field} must be above 0"):
+        DecodingSettings(**{field: value})
