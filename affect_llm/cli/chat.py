@@ -96,12 +96,12 @@ def _reply(pipe, question: str, fresh_seed: bool = False) -> None:
     """Stream one answer. Ctrl-C stops the answer, not the chat; a conversation past the model's
     context is refused and the chat goes on. ``fresh_seed``: sampling draws a new seed for this answer."""
     import dataclasses
-    import secrets
 
+    from affect_llm.generation.backend import seed_or_fresh
     from affect_llm.generation.pipeline import ContextLengthError
 
     if fresh_seed:
-        pipe.decoding = dataclasses.replace(pipe.decoding, seed=secrets.randbits(63))
+        pipe.decoding = dataclasses.replace(pipe.decoding, seed=seed_or_fresh(None))
     try:
         pieces = pipe.stream(question)
         print("model> ", end="", flush=True)

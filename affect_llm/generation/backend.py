@@ -9,6 +9,7 @@ gives the same text. Backends receive an already loaded model and processor
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -78,6 +79,12 @@ def answer_decoding(decoding: Any) -> Any:
     if not kept.get("do_sample"):
         kept = {key: value for key, value in kept.items() if key not in _SAMPLING_FIELDS}
     return kept
+
+
+def seed_or_fresh(seed: int | None) -> int:
+    """The seed of one sampled answer: the one asked for, which makes the answer reproducible, or a fresh
+    draw, so that asking again without one gives another answer (as OpenAI's API does)."""
+    return seed if seed is not None else secrets.randbits(63)
 
 
 def llm_context_tokens(model: Any) -> int | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +26,7 @@ from affect_llm.generation.backend import (
     GenerationRequest,
     fits_context,
     llm_context_tokens,
+    seed_or_fresh,
 )
 from affect_llm.modeling.media import MediaInputs
 from affect_llm.processing.processor import absent_channels
@@ -69,11 +69,8 @@ def decoding_settings(chat: ChatCompletionRequest, options: ServeOptions) -> Dec
     if not chat.temperature:
         return DecodingSettings(max_new_tokens=budget, null_absent_evidence=options.null_absent_evidence,
                                 guard_absent_explanation=guard)
-    # Without a seed each request samples anew (a client asking twice for variety gets it); with one,
-    # the same request gives the same answer.
-    seed = chat.seed if chat.seed is not None else secrets.randbits(63)
     return DecodingSettings(max_new_tokens=budget, do_sample=True, temperature=chat.temperature,
-                            top_p=chat.top_p or 1.0, seed=seed,
+                            top_p=chat.top_p or 1.0, seed=seed_or_fresh(chat.seed),
                             null_absent_evidence=options.null_absent_evidence, guard_absent_explanation=guard)
 
 
