@@ -8,9 +8,9 @@ multiplies 32 rows at about half the rate oneDNN reaches on weights it reordered
 :func:`pack_linear_layers` swaps every plain ``nn.Linear`` of the LLM for a :class:`PackedLinear`
 holding that layout; :func:`unpack_linear_layers` swaps them back, bit for bit (``to_dense``), for
 training. The packed matmul is the custom op ``affect_llm::packed_linear``, which ``torch.compile``
-calls as it stands: inductor's own lowering of oneDNN's op asserts on weights it did not freeze
-itself, and on the AMD EPYC cores compiled decoding without packing read its weights through MKL at a
-fifth of the speed.
+calls as it stands (inductor's own lowering of oneDNN's op asserts on weights it did not freeze
+itself). Compiled decoding on a CPU no longer uses it: it freezes the plain layers and lays them out
+itself (:mod:`affect_llm.generation.compiled_step`), so packing serves the eager decoding loop.
 
 Whether packing pays depends on the cores and on how many rows a step multiplies: on the Intel
 Xeon without AMX this project was also measured on, MKL multiplies one row faster than oneDNN (whose

@@ -90,3 +90,29 @@ def test_only_full_attention_layers_take_the_copied_static_cache() -> None:
              "num_hidden_layers": 2, "vocab_size": 64}
     assert supports_static_copy(LlamaConfig(**small))
     assert not supports_static_copy(Qwen2Config(**small, use_sliding_window=True, sliding_window=8, max_window_layers=0))
+
+
+def test_compiled_decoding_on_a_cpu_lays_out_the_plain_layers_itself_and_keeps_the_answers() -> None:
+    """On a CPU the compiled step freezes the LLM's weights into its graph (inductor lays them out and
+    autotunes its matmuls): layers packed for the eager loop are unpacked first, the answers are the
+    eager ones, and a weight changed after the compile is not read by the compiled steps (the graph
+    holds its own copy), which is what tells a frozen graph from one that takes the weights as inputs."""
+    from affect_llm.generation.packed_linear import PackedLinear, packing_available
+
+    torch._dynamo.reset()
+    model, processor = build_model(SPEC, seed=0)
+    backend = HFBackend(model, processor, pack_weights=True)
+    packed = any(isinstance(m, PackedLinear) for m in model.language_model.modules())
+    assert packed == packing_available()
+    request = noise_requests(processor, count=1)[0]
+    eager = backend.generate([request], DecodingSettings(max_new_tokens=12))
+    compiled = backend.generate([request], DecodingSettings(max_new_tokens=12, compile=True))
+    assert compiled == eager
+    assert not any(isinstance(m, PackedLinear) for m in model.language_model.modules())
+    with torch.no_grad():  # a different LLM from here on, for the eager forward
+        for layer in model.language_model.model.layers:
+            layer.mlp.down_proj.weight.mul_(-3.0)
+    changed = backend.generate([request], DecodingSettings(max_new_tokens=12))
+    assert changed != eager
+    after = backend.generate([request], DecodingSettings(max_new_tokens=12, compile=True))
+    assert after != changed  # the prompt's forward reads the new weights, the compiled steps the frozen ones
