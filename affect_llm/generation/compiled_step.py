@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from typing import Any
 
 import torch
@@ -57,8 +58,10 @@ logger = logging.getLogger(__name__)
 # Static cache lengths are rounded up to this: clips whose prompt and budget fall in one step share a graph.
 DEFAULT_LENGTH_STEP = 128
 # inductor's settings while the step compiles on a CPU (see the module's docstring). Set around each call
-# rather than passed as ``torch.compile(options=...)``, where this torch's inductor did not freeze.
-CPU_INDUCTOR_SETTINGS = {"freezing": True, "max_autotune": True}
+# rather than passed as ``torch.compile(options=...)``, where this torch's inductor did not freeze. The
+# autotuner's timing tables and choice statistics go to stderr (a chat's terminal) unless turned off.
+CPU_INDUCTOR_SETTINGS = {"freezing": True, "max_autotune": True, "autotune_num_choices_displayed": 0,
+                         "max_autotune_report_choices_stats": False}
 
 
 def compile_options(device: torch.device, dynamic: bool | None = None) -> dict[str, Any]:
@@ -124,8 +127,11 @@ class CompiledDecoder:
         self.dynamic = dynamic
         device = next(language_model.parameters()).device
         self._inductor_settings = CPU_INDUCTOR_SETTINGS if device.type == "cpu" else {}
-        if self._inductor_settings and (unpacked := unpack_linear_layers(language_model)):
-            logger.info("compiled decoding: %d packed linear layers unpacked for inductor to lay out", unpacked)
+        if self._inductor_settings:
+            if unpacked := unpack_linear_layers(language_model):
+                logger.info("compiled decoding: %d packed linear layers unpacked for inductor to lay out", unpacked)
+            # Raised from inside inductor's autotuner (its own use of tensor.storage()), once per process.
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)
         self._compiled = torch.compile(language_model.__call__, **compile_options(device, dynamic))
         # The last batch's cache, reused while batches keep its shape (a new one is allocated, not compiled
         # again, when they change back: the graph reads the cache as an input). One at a time: a batch of 64
