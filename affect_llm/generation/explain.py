@@ -463,6 +463,7 @@ def explain_manifest(
             retried = drop_failed_rows(Path(out_path))
             logger.info("%s: %d failed or refused rows removed to explain again", out_path, len(retried))
         active = load_backend(backend, str(checkpoint), models_dir, precision=precision, rows=settings.batch_size,
+                              compiled=decoding.compile,
                               **(backend_options or {}))
         # Every backend holds the loaded model and processor (.model, .processor): its encoders compute the features.
         options = MediaOptions.of_checkpoint(meta, num_frames, settings.decode_workers)

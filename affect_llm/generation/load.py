@@ -15,7 +15,7 @@ BACKENDS = ("hf", "vllm")
 
 def load_backend(
     name: str, checkpoint: str | Path, models_dir: Path | None = None, precision: Precision | None = None,
-    rows: int = 1, **engine_options: Any,
+    rows: int = 1, compiled: bool = False, **engine_options: Any,
 ) -> GenerationBackend:
     """Build a backend by name from a checkpoint folder.
 
@@ -25,6 +25,9 @@ def load_backend(
         rows: Rows ``hf`` will mostly decode at once (a batch job's batch size, 1 for a chat): on a CPU
             its weight layout is chosen by measuring at this many (:class:`HFBackend
             <affect_llm.generation.hf_backend.HFBackend>`).
+        compiled: Every answer decodes through ``hf``'s compiled step, which on a CPU lays out the weights
+            itself (:mod:`affect_llm.generation.compiled_step`): the eager layout is neither measured nor
+            made.
         **engine_options: vLLM engine options (``vllm_python``, ``dtype``, ``gpu_memory_utilization``, ...).
 
     Raises:
@@ -38,7 +41,7 @@ def load_backend(
         from affect_llm.loading.checkpoint import load_checkpoint
 
         model, processor = load_checkpoint(checkpoint, models_dir, precision=precision, device=device)
-        return HFBackend(model, processor, rows=rows)
+        return HFBackend(model, processor, pack_weights=False if compiled else None, rows=rows)
     if name == "vllm":
         from affect_llm.generation.vllm_backend import VLLMBackend
         from affect_llm.loading.checkpoint import load_prompt_embedder, served_llm_dir

@@ -50,11 +50,12 @@ class AffectPipeline:
 
         if isinstance(precision, str):
             precision = recorded_precision(checkpoint).overridden(dtype=precision)
-        self.backend: GenerationBackend = load_backend("hf", checkpoint, models_dir, precision=precision)
+        self.decoding = decoding or DecodingSettings()
+        self.backend: GenerationBackend = load_backend("hf", checkpoint, models_dir, precision=precision,
+                                                       compiled=self.decoding.compile)
         self.processor = self.backend.processor
         meta = read_metadata(checkpoint)
         self.featurizer = MediaFeaturizer(self.backend.model, self.processor, None, MediaOptions.of_checkpoint(meta))
-        self.decoding = decoding or DecodingSettings()
         self.context_tokens = llm_context_tokens(self.backend.model)
         self.reset()
 

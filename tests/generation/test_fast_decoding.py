@@ -118,3 +118,14 @@ def test_compiled_decoding_on_a_cpu_lays_out_the_plain_layers_itself_and_keeps_t
     assert changed != eager
     after = backend.generate([request], DecodingSettings(max_new_tokens=12, compile=True))
     assert after != changed  # the prompt's forward reads the new weights, the compiled steps the frozen ones
+
+
+def test_a_backend_loaded_for_compiled_decoding_leaves_the_layout_to_the_compiled_step(tiny_checkpoint) -> None:
+    """``explain``, ``chat`` and ``serve`` with ``--compile`` decode every answer through the compiled step,
+    which on a CPU lays out the weights itself: the eager layout is neither measured nor made."""
+    from affect_llm.generation.load import load_backend
+    from affect_llm.generation.packed_linear import PackedLinear
+
+    backend = load_backend("hf", tiny_checkpoint, compiled=True)
+    assert backend.packing is None
+    assert not any(isinstance(m, PackedLinear) for m in backend.model.language_model.modules())
