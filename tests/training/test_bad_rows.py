@@ -95,3 +95,30 @@ def test_a_run_folder_in_use_is_refused(dirty: Path, feature_cache: Path, tmp_pa
     assert proc.returncode == 4
     assert f"is being written by process {os.getpid()}" in proc.stderr.strip().splitlines()[-1]
     assert not (run_dir / "stages").exists()
+
+
+def _two_set_config(first: Path, second: Path, run_dir: Path) -> Path:
+    raw = tiny_config(first, run_dir, None, stages=1)
+    raw["data"]["datasets"]["second"] = {"manifest": str(second)}
+    raw["stages"][0]["datasets"] = {"synth": 1.0, "second": 1.0}
+    return write_config(run_dir.parent / "config.yaml", raw)
+
+
+def test_two_sets_whose_rows_share_ids_are_refused_before_training(dirty: Path, tmp_path: Path) -> None:
+    # A second set with the same ids (here: the same rows, their words changed) would train each shared
+    # id on one set's features with the other's answers; training finds features by id.
+    other = tmp_path / "other.jsonl"
+    rows = [json.loads(line) for line in dirty.read_text().splitlines()[:6]]
+    other.write_text("".join(json.dumps({**row, "transcript": "Other words."}) + "\n" for row in rows))
+    config = _two_set_config(dirty, other, tmp_path / "run")
+    for args in (["--check"], []):
+        proc = _train(config, *args)
+        assert proc.returncode != 0, proc.stdout
+        message = proc.stdout + proc.stderr
+        assert f"datasets 'synth' ({dirty}) and 'second' ({other}) share 6 row ids ('{rows[0]['id']}'" in message
+        assert "--id-prefix" in message and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "stages").exists()
+    # Renamed, the two sets train side by side; one manifest named twice is one set of clips.
+    other.write_text("".join(json.dumps({**row, "id": "other-" + row["id"]}) + "\n" for row in rows))
+    assert _train(config, "--check").returncode == 0
+    assert _train(_two_set_config(dirty, dirty, tmp_path / "run"), "--check").returncode == 0

@@ -24,6 +24,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,6 +51,15 @@ from affect_llm.data.synth.voice import MAX_SECONDS, MIN_SECONDS, Prosody, sampl
 
 GENERATOR_VERSION = 2
 STAMP_NAME = "synth_stamp.json"
+DEFAULT_ID_PREFIX = "synth"
+# An id prefix names media files (media/<id>.wav): letters, digits, '_' and '-', starting with a letter.
+_ID_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+def check_id_prefix(id_prefix: str) -> None:
+    """Raise ``ValueError`` unless ``id_prefix`` can start row ids and media file names."""
+    if not _ID_PREFIX.fullmatch(id_prefix):
+        raise ValueError(f"id_prefix must be a letter followed by letters, digits, '_' or '-', got {id_prefix!r}")
 MANIFEST_NAME = "manifest.jsonl"
 # Clips with a channel missing: which channels are absent, and which media files the clip has.
 MISSING_LAYOUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -162,6 +172,7 @@ def generate_synthetic_set(
     num_test_per_missing: int | None = None,
     train_conflict_share: float = 0.0,
     face_reader: FaceReader | None = None,
+    id_prefix: str = DEFAULT_ID_PREFIX,
 ) -> Path:
     """Write the synthetic set under ``out_dir`` and return the manifest path.
 
@@ -186,13 +197,15 @@ def generate_synthetic_set(
             description says; every other choice is the same as without a reader. Which face is
             kept depends on the reader's arithmetic: on other cores a near tie between two
             expressions can keep another face.
+        id_prefix: Rows are ``<id_prefix>-<split>-<index>``: a second set trained beside the first
+            (another seed) needs ids of its own, since training finds features by id.
 
     Returns:
         Path to ``out_dir/manifest.jsonl``.
 
     Raises:
-        ValueError: If the seed or a size is negative, ``train_conflict_share`` is outside [0, 1) or
-            ``workers`` < 1; nothing on disk is touched.
+        ValueError: If the seed or a size is negative, ``train_conflict_share`` is outside [0, 1),
+            ``workers`` < 1 or ``id_prefix`` is not a file-name word; nothing on disk is touched.
         FileExistsError: If ``out_dir`` holds a manifest that this generator did not write.
         RuntimeError: If espeak-ng, sox or ffmpeg fails for a sample.
     """
@@ -208,6 +221,7 @@ def generate_synthetic_set(
             raise ValueError(f"{name} must be >= 0, got {value}")
     if not 0.0 <= train_conflict_share < 1.0:
         raise ValueError(f"train_conflict_share must be in [0, 1), got {train_conflict_share}")
+    check_id_prefix(id_prefix)
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -226,6 +240,8 @@ def generate_synthetic_set(
         stamp["train_conflict_share"] = train_conflict_share  # absent at 0: earlier sets stay valid
     if face_reader is not None:
         stamp["faces_read_by"] = face_reader.identity
+    if id_prefix != DEFAULT_ID_PREFIX:
+        stamp["id_prefix"] = id_prefix  # absent for the default: earlier sets stay valid
     if manifest.is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
         return manifest
     if manifest.exists() and not stamp_path.is_file():
@@ -233,7 +249,7 @@ def generate_synthetic_set(
         raise FileExistsError(f"{manifest}: a manifest that data synth did not write (no {STAMP_NAME} beside it); "
                               "choose another --out")
     # Planned before anything on disk is removed, so a bad parameter leaves an existing set whole.
-    specs = plan_samples(seed, num_train, num_val, num_test_per_cue, per_missing, train_conflict_share)
+    specs = plan_samples(seed, num_train, num_val, num_test_per_cue, per_missing, train_conflict_share, id_prefix)
     media = out_dir / "media"
     if stamp_path.is_file() and media.is_dir():
         # A set built with other parameters: drop its media so no stale clip survives.
@@ -268,6 +284,7 @@ def plan_samples(
     num_test_per_cue: int,
     num_test_per_missing: int | None = None,
     train_conflict_share: float = 0.0,
+    id_prefix: str = DEFAULT_ID_PREFIX,
 ) -> list[SampleSpec]:
     """Decide every sample (cues, sentence, prosody, face, media) from ``seed`` alone.
 
@@ -281,6 +298,7 @@ def plan_samples(
         num_test_per_cue: Test samples per cue subset.
         num_test_per_missing: Test samples per missing-channel subset (``num_test_per_cue`` when None).
         train_conflict_share: Share of training and validation samples with disagreeing channels.
+        id_prefix: First part of every id (``<id_prefix>-<split>-<index>``).
 
     Returns:
         Specs in manifest order: train, val, test (subset by subset).
@@ -308,7 +326,7 @@ def plan_samples(
     counters: dict[str, int] = {}
     for index, ((split, cue), emotion) in enumerate(zip(groups, emotion_of, strict=True)):
         counters[split] = counters.get(split, 0) + 1
-        sample_id = f"synth-{split}-{counters[split] - 1:04d}"
+        sample_id = f"{id_prefix}-{split}-{counters[split] - 1:04d}"
         specs.append(_plan_one(sample_id, split, cue, emotion, np.random.default_rng([seed, 1, index])))
     return specs
 
