@@ -125,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     check_compile_argument(args, args.model)
     decoding = DecodingSettings(max_new_tokens=args.max_new_tokens, **sampling_from_arguments(args),
                                 null_absent_evidence=args.null_absent_evidence,
-                                guard_absent_explanation=args.guard_absent_explanation, compile=args.compile)
+                                guard_absent_explanation=args.guard_absent_explanation, compile=args.compile,
+                                draft_tokens=args.draft_tokens)
     pipe = AffectPipeline(args.model, decoding,
                           Path(args.models_dir) if args.models_dir else None,
                           precision=precision_from_arguments(args, args.model))

@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
                                args.decode_workers, retry_failed=args.retry_failed)
     decoding = DecodingSettings(args.max_new_tokens, **sampling_from_arguments(args),
                                 null_absent_evidence=args.null_absent_evidence,
-                                guard_absent_explanation=explanation_guard_for(args), compile=args.compile)
+                                guard_absent_explanation=explanation_guard_for(args), compile=args.compile,
+                                draft_tokens=args.draft_tokens)
     # This shard's share, less what an earlier (interrupted or requeued) run already wrote.
     total = pending_count(args.manifest, args.out, settings)
     if total == 0 and args.split is not None:

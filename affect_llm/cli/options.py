@@ -94,13 +94,18 @@ def explanation_guard_for(args: argparse.Namespace) -> bool:
 
 def add_compile_argument(parser: argparse.ArgumentParser, ahead: bool = False) -> None:
     """``--compile``: static KV cache and a compiled decoding step (hf backend); ``ahead``: the server's,
-    compiled before it answers."""
+    compiled before it answers. ``--draft-tokens``: drafted tokens verified a step where one greedy answer
+    decodes eagerly."""
     when = ("compiled for every batch size before the server answers (one to a few minutes on a CPU)" if ahead
             else "after a compile of one to a few minutes on a CPU (once more at the first other batch size "
                  "or context length)")
     parser.add_argument("--compile", action="store_true",
                         help=f"static KV cache and a compiled decoding step (torch.compile): same greedy "
                              f"answers, faster per token, {when}")
+    parser.add_argument("--draft-tokens", type=int, default=8, metavar="N",
+                        help="where one greedy answer decodes without --compile (a chat, batch size 1), verify up "
+                             "to N tokens drafted from earlier answers' n-grams in each step: the same answer in "
+                             "fewer steps; 0: one token a step (default: 8; hf backend)")
 
 
 def check_compile_argument(args: argparse.Namespace, checkpoint: str | Path) -> None:
@@ -109,9 +114,12 @@ def check_compile_argument(args: argparse.Namespace, checkpoint: str | Path) -> 
     Raises:
         UsageError: Naming the flag and what to do instead.
     """
+    from affect_llm.cli.errors import UsageError
+
+    if getattr(args, "draft_tokens", 0) < 0:
+        raise UsageError(f"--draft-tokens {args.draft_tokens}: must be 0 or more")
     if not args.compile:
         return
-    from affect_llm.cli.errors import UsageError
     from affect_llm.loading.checkpoint import recorded_precision
 
     backend = getattr(args, "backend", "hf")

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         default_max_tokens=args.max_new_tokens, max_tokens_limit=args.max_tokens_limit, asr=args.asr,
         null_absent_evidence=args.null_absent_evidence,
         guard_absent_explanation=explanation_guard_for(args), models_dir=Path(args.models_dir) if args.models_dir else None,
-        compile=args.compile,
+        compile=args.compile, draft_tokens=args.draft_tokens,
     )
     engine = engine_options_from_arguments(args)
     try:

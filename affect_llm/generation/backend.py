@@ -40,6 +40,10 @@ class DecodingSettings:
             unchanged; the first batch pays a compile of one to a few minutes on a CPU (seconds
             once inductor has cached it), and a new batch size or static cache length one more.
             Worth it for batch jobs; the hf backend only.
+        draft_tokens: Where one greedy answer decodes without ``compile`` (a chat, ``explain
+            --batch-size 1``), verify up to this many drafted tokens a step
+            (:mod:`~affect_llm.generation.ngram_drafts`): the same answer in fewer reads of the
+            weights; 0 decodes one token a step. The hf backend only.
     """
 
     max_new_tokens: int = 160
@@ -50,10 +54,13 @@ class DecodingSettings:
     null_absent_evidence: bool = True
     guard_absent_explanation: bool = True
     compile: bool = False
+    draft_tokens: int = 8
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"DecodingSettings.max_new_tokens must be a whole number >= 1, got {self.max_new_tokens!r}")
+        if isinstance(self.draft_tokens, bool) or not isinstance(self.draft_tokens, int) or self.draft_tokens < 0:
+            raise ValueError(f"DecodingSettings.draft_tokens must be a whole number >= 0, got {self.draft_tokens!r}")
         # A temperature of 0 or below would divide the logits by nothing or turn them round; a top_p
         # outside (0, 1] keeps no token or means nothing.
         if not self.temperature > 0:
@@ -65,8 +72,9 @@ class DecodingSettings:
         return asdict(self)
 
 
-# Decoding fields that do not change greedy answers: compiled decoding gives the same tokens, and
-# the sampling parameters are not read without sampling.
+# Decoding fields that do not change answers: compiled decoding and verified drafts give the same
+# tokens, and the sampling parameters are not read without sampling.
+_SPEED_FIELDS = ("compile", "draft_tokens")
 _SAMPLING_FIELDS = ("temperature", "top_p", "seed")
 
 
@@ -75,7 +83,7 @@ def answer_decoding(decoding: Any) -> Any:
     as they are: what a resumed run or a merge compares."""
     if not isinstance(decoding, dict):
         return decoding
-    kept = {key: value for key, value in decoding.items() if key != "compile"}
+    kept = {key: value for key, value in decoding.items() if key not in _SPEED_FIELDS}
     if not kept.get("do_sample"):
         kept = {key: value for key, value in kept.items() if key not in _SAMPLING_FIELDS}
     return kept

@@ -32,6 +32,7 @@ from affect_llm.generation.absent_evidence import AbsentChannelGuard, guards_for
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
 from affect_llm.generation.compiled_step import CompiledDecoder
 from affect_llm.generation.kv_cache import GrowingCache
+from affect_llm.generation.ngram_drafts import NgramDrafter
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.processing.processor import AffectProcessor, batch_to_device
 
@@ -189,6 +190,7 @@ def stream_batch(
     items: list[BatchItem],
     eos_token_id: int | None = None,
     decoder: CompiledDecoder | None = None,
+    drafter: NgramDrafter | None = None,
 ) -> BatchStats:
     """Decode a batch, handing each token to its request's sink as soon as it is chosen.
 
@@ -200,6 +202,9 @@ def stream_batch(
         decoder: Decode through its compiled step over a static cache (the prompt's forward stays
             eager); rows that end then stay in the batch, their steps not handed out, until the last
             one ends.
+        drafter: Where one greedy row decodes eagerly and its settings ask for drafts
+            (``DecodingSettings.draft_tokens``), verify its drafts several tokens a step
+            (:func:`_decode_with_drafts`); it also learns from the answer.
 
     Returns:
         Counts of rows and steps, and each request's finish reason.
@@ -216,6 +221,10 @@ def stream_batch(
     out, mask, positions = _prefill(model, processor, [items[i] for i in live], cache, cached)  # (B, L), (B, 1)
     logits = out.logits[:, -1, :]  # (B, V)
     del out  # it holds the growing cache, which the compiled step no longer needs
+    if drafter is not None and decoder is None and len(live) == 1 and _drafts_apply(items[live[0]].settings):
+        _decode_with_drafts(model.language_model, cache, cached, logits[0], positions, items[live[0]],
+                            samplers[live[0]], drafter, eos, stats, live[0])
+        return stats
     step = model.language_model
     if decoder is not None:
         budget = max(items[i].settings.max_new_tokens for i in live)
@@ -261,6 +270,55 @@ def stream_batch(
         logits = step(input_ids=step_ids, attention_mask=mask, position_ids=positions, **cached).logits[:, -1, :]
         stats.steps += 1
         stats.row_steps += len(live)
+
+
+def _drafts_apply(settings: DecodingSettings) -> bool:
+    """Drafts are verified against greedy choices only (sampling would need rejection sampling)."""
+    return settings.draft_tokens > 0 and not settings.do_sample
+
+
+def _decode_with_drafts(lm: torch.nn.Module, cache: GrowingCache, cached: dict[str, Any], logits: torch.Tensor,
+                        positions: torch.Tensor, item: BatchItem, sampler: _Sampler, drafter: NgramDrafter,
+                        eos: int | None, stats: BatchStats, index: int) -> None:
+    """Decode one greedy row, each step feeding the last chosen token and a draft of the next ones.
+
+    The logits after each fed token are checked in order: a draft token stays while it is the token
+    the sampler (argmax under the channel guard) chooses there, and the first choice that differs
+    is the step's last token; the cache's positions past what was kept are cut off. ``logits``
+    ``(V,)`` are the prompt's last position, ``positions`` ``(1, 1)`` its position.
+    """
+    answer: list[int] = []
+    budget = item.settings.max_new_tokens
+    rows, fed = logits[None], []  # rows[j]: logits after the j-th fed token; fed: the draft fed after the first
+    while True:
+        for j in range(len(fed) + 1):
+            token = sampler(rows[j])
+            reason = _step_end(item, token, eos, len(answer))
+            if reason is None:
+                item.sink.put(token)
+                answer.append(token)
+                reason = "length" if len(answer) >= budget else None
+            if reason is not None:
+                stats.finished[index] = reason
+                item.sink.end(reason)
+                drafter.remember(answer + ([token] if reason == "stop" else []))
+                return
+            if j == len(fed) or token != fed[j]:
+                break
+        kept = j  # draft tokens whose choice matched: their keys and values stay in the cache
+        if len(fed) > kept:
+            cache.crop(kept - len(fed))
+        positions = positions[:, kept:kept + 1]  # the position of the last token kept
+        # No draft past the budget: the step's own token may be the last one.
+        draft = drafter.propose(answer, min(item.settings.draft_tokens, budget - len(answer) - 1))
+        ids = torch.tensor([[token, *draft]], device=positions.device)  # (1, 1 + d)
+        positions = positions + torch.arange(1, ids.shape[1] + 1, device=positions.device)  # (1, 1 + d)
+        mask = positions.new_ones(1, cache.get_seq_length() + ids.shape[1])  # one row: nothing padded
+        rows = lm(input_ids=ids, attention_mask=mask, position_ids=positions,
+                  **{**cached, "logits_to_keep": ids.shape[1]}).logits[0]  # (1 + d, V)
+        fed = draft
+        stats.steps += 1
+        stats.row_steps += 1
 
 
 def _guard(processor: AffectProcessor, item: BatchItem) -> AbsentChannelGuard | None:

@@ -68,7 +68,7 @@ def decoding_settings(chat: ChatCompletionRequest, options: ServeOptions) -> Dec
     guard = options.guard_absent_explanation and backend_holds_explanation_rule(options.backend)
     if not chat.temperature:
         return DecodingSettings(max_new_tokens=budget, null_absent_evidence=options.null_absent_evidence,
-                                guard_absent_explanation=guard)
+                                guard_absent_explanation=guard, draft_tokens=options.draft_tokens)
     return DecodingSettings(max_new_tokens=budget, do_sample=True, temperature=chat.temperature,
                             top_p=chat.top_p or 1.0, seed=seed_or_fresh(chat.seed),
                             null_absent_evidence=options.null_absent_evidence, guard_absent_explanation=guard)

@@ -46,6 +46,8 @@ class ServeOptions:
         compile: Decode through a compiled step over a static cache (the hf backend), compiled for
             every batch size before the server answers (:meth:`HFBackend.compile_ahead
             <affect_llm.generation.hf_backend.HFBackend.compile_ahead>`).
+        draft_tokens: Drafted tokens verified a step where one greedy answer decodes eagerly
+            (``DecodingSettings.draft_tokens``); 0: one token a step.
     """
 
     checkpoint: str
@@ -68,6 +70,7 @@ class ServeOptions:
     media_cache_clips: int = 128
     models_dir: Path | None = None
     compile: bool = False
+    draft_tokens: int = 8
 
     def __post_init__(self) -> None:
         if self.backend not in ("hf", "vllm"):
@@ -82,6 +85,8 @@ class ServeOptions:
         for name in ("max_batch", "max_queue", "default_max_tokens", "max_tokens_limit", "media_cache_clips"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.draft_tokens < 0:
+            raise ValueError(f"draft_tokens must be >= 0, got {self.draft_tokens}")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError(f"default_max_tokens={self.default_max_tokens} is over max_tokens_limit={self.max_tokens_limit}")
         for name in ("max_request_mb", "max_media_mb", "batch_window_ms"):

@@ -18,6 +18,7 @@ from affect_llm.generation.batch_stream import (
 from affect_llm.generation.compiled_step import CompiledDecoder
 from affect_llm.generation.hf_backend import HFBackend
 from affect_llm.generation.kv_cache import GrowingLayer
+from affect_llm.generation.ngram_drafts import NgramDrafter
 from affect_llm.loading.build import build_model
 from affect_llm.loading.spec import ModelSpec
 
@@ -57,10 +58,12 @@ def parts():
     return model.eval(), processor, requests
 
 
-def run(parts, settings: list[DecodingSettings], sinks: list[Sink], indices: list[int] | None = None):
+def run(parts, settings: list[DecodingSettings], sinks: list[Sink], indices: list[int] | None = None,
+        drafter: NgramDrafter | None = None):
     model, processor, requests = parts
     chosen = [requests[i] for i in indices] if indices is not None else requests
-    return stream_batch(model, processor, [BatchItem(r, s, k) for r, s, k in zip(chosen, settings, sinks, strict=True)])
+    return stream_batch(model, processor, [BatchItem(r, s, k) for r, s, k in zip(chosen, settings, sinks, strict=True)],
+                        drafter=drafter)
 
 
 def generate_reference(model, processor, requests, max_new_tokens: int) -> list[str]:
@@ -200,3 +203,56 @@ def test_where_dynamo_refuses_to_compile_again_the_step_runs_eagerly(parts) -> N
         for indices in ([0, 1, 2, 3], [1, 0, 1, 0]):
             _compare_compiled(own, decoder, indices)
     assert decoder._eager
+
+
+def test_verified_drafts_give_each_answer_its_one_token_a_step_tokens_in_fewer_steps(parts) -> None:
+    model, processor, requests = parts
+    settings = DecodingSettings(max_new_tokens=24)
+    for index in range(len(requests)):
+        plain = Sink()
+        plain_stats = run(parts, [DecodingSettings(max_new_tokens=24, draft_tokens=0)], [plain], [index],
+                          drafter=NgramDrafter())
+        assert plain_stats.steps == len(plain.tokens) - 1  # one token a step: no drafts asked for
+        knowing = NgramDrafter()
+        knowing.remember(plain.tokens)  # an earlier answer that is this one: every draft holds
+        drafted = Sink()
+        stats = run(parts, [settings], [drafted], [index], drafter=knowing)
+        assert drafted.tokens == plain.tokens and drafted.reason == plain.reason == "length"
+        assert stats.steps <= len(plain.tokens) // 4, stats  # up to 9 tokens a step
+        # Drafts that are always wrong: every step cuts its rejected positions from the cache.
+        wrong = NgramDrafter()
+        wrong.remember([(token + 1) % len(processor.tokenizer) for token in plain.tokens])
+        wrong_sink = Sink()
+        run(parts, [settings], [wrong_sink], [index], drafter=wrong)
+        assert wrong_sink.tokens == plain.tokens
+    # A budget or a cancel inside an accepted draft ends the answer at that token.
+    short, cancelled = Sink(), Sink(cancel_after=3)
+    run(parts, [DecodingSettings(max_new_tokens=5)], [short], [0], drafter=knowing)
+    run(parts, [settings], [cancelled], [0], drafter=knowing)
+    full = Sink()
+    run(parts, [settings], [full], [0])
+    assert short.tokens == full.tokens[:5] and short.reason == "length"
+    assert cancelled.tokens == full.tokens[:3] and cancelled.reason == "cancelled"
+
+
+def test_drafts_are_not_used_where_they_cannot_be_verified(parts) -> None:
+    """Sampling and batches of several rows decode one token a step; so does a row without a drafter."""
+    knowing = NgramDrafter()
+    knowing.remember(list(range(100)))
+    sampled = DecodingSettings(max_new_tokens=10, do_sample=True, seed=3)
+    with_drafter, without = Sink(), Sink()
+    stats = run(parts, [sampled], [with_drafter], [1], drafter=knowing)
+    run(parts, [sampled], [without], [1])
+    assert with_drafter.tokens == without.tokens and stats.steps == 9
+    stats = run(parts, [DecodingSettings(max_new_tokens=10)] * 2, [Sink(), Sink()], [0, 1], drafter=knowing)
+    assert stats.steps == 9
+
+
+def test_the_drafter_proposes_what_followed_the_longest_known_ending() -> None:
+    drafter = NgramDrafter(max_ngram=3, memory_tokens=12)
+    drafter.remember([1, 2, 3, 4, 5, 6])
+    assert drafter.propose([9, 2, 3], 3) == [4, 5, 6]
+    assert drafter.propose([7, 8, 7], 2) == [8, 7]  # the answer itself first: 7 was followed by 8
+    assert drafter.propose([42], 3) == [] and drafter.propose([], 3) == []
+    drafter.remember([10, 11, 12, 13, 14, 15, 16, 17])  # past the memory: the older half is forgotten
+    assert drafter.propose([2, 3], 2) == [] and drafter.propose([12], 2) == [13, 14]

@@ -204,13 +204,14 @@ def test_engine_arguments_are_read_as_json_values():
 
 def test_merge_takes_rows_of_older_versions_and_options_that_leave_answers_alone(small_manifest, tmp_path):
     """Rows without ``precision`` (written before it was recorded) merge with rows that have it, as
-    ``explain`` resumes over them; ``--compile`` and greedy-unused sampling options do not split a run;
+    ``explain`` resumes over them; ``--compile``, ``--draft-tokens`` (recorded since they were added) and
+    greedy-unused sampling options do not split a run;
     failed rows get the advice to retry them."""
     ids = [r["id"] for r in read_rows(small_manifest)]
     base = {"prompt": "tasks@1", "backend": "hf", "task": "reason", "model_fingerprint": "aaa", "parse_status": "ok"}
     greedy = {"max_new_tokens": 8, "do_sample": False, "temperature": 0.7, "seed": 0, "compile": False}
     old = [{**base, "id": i, "decoding": greedy} for i in ids[:2]]
-    new = [{**base, "id": i, "decoding": {**greedy, "compile": True, "seed": 3},
+    new = [{**base, "id": i, "decoding": {**greedy, "compile": True, "seed": 3, "draft_tokens": 8},
             "precision": {"dtype": "float32", "quantization": "none"}} for i in ids[2:]]
     new[0] = {**new[0], "parse_status": "failed", "error": "generation failed: CUDA error"}
     write_rows(old, tmp_path / "a.jsonl")

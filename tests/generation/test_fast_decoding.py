@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,26 @@ def test_compiled_decoding_gives_the_same_answers_through_the_cli(small_manifest
     compiled = _explain(small_manifest, tiny_checkpoint, tmp_path / "compiled.jsonl", "--compile")
     assert [row["raw"] for row in compiled] == [row["raw"] for row in eager]
     assert [row["error"] for row in compiled] == [row["error"] for row in eager]  # the same parse outcome
+
+
+def test_drafted_answers_one_clip_at_a_time_are_those_of_one_token_a_step(small_manifest, tiny_checkpoint,
+                                                                          tmp_path) -> None:
+    """``explain --batch-size 1`` verifies drafts by default; ``--draft-tokens 0`` decodes a token a step.
+    The run asked for drafts resumes over the other's rows: drafts do not change answers."""
+    plain = _explain(small_manifest, tiny_checkpoint, tmp_path / "plain.jsonl", "--batch-size", "1",
+                     "--max-new-tokens", "24", "--draft-tokens", "0")
+    drafted = _explain(small_manifest, tiny_checkpoint, tmp_path / "drafted.jsonl", "--batch-size", "1",
+                       "--max-new-tokens", "24")
+    assert [row["raw"] for row in drafted] == [row["raw"] for row in plain]
+    assert {row["decoding"]["draft_tokens"] for row in drafted} == {8}
+    shutil.copy(tmp_path / "plain.jsonl", tmp_path / "mixed.jsonl")
+    mixed = _explain(small_manifest, tiny_checkpoint, tmp_path / "mixed.jsonl", "--batch-size", "1",
+                     "--max-new-tokens", "24")
+    assert mixed == plain  # every row already there: nothing decoded again
+    command = [sys.executable, "-m", "affect_llm.cli.main", "explain", str(small_manifest), "--model",
+               str(tiny_checkpoint), "--out", str(tmp_path / "bad.jsonl"), "--draft-tokens", "-1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and "--draft-tokens -1: must be 0 or more" in done.stderr
 
 
 @pytest.mark.parametrize(("extra", "message"), [
