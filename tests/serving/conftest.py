@@ -77,8 +77,13 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(answering_checkpoint: Path, clip_dir: Path):
-    """The server on the answering checkpoint: no speech recognition, small limits, clips folder allowed."""
+    """The server on the answering checkpoint: no speech recognition, small limits, clips folder allowed.
+
+    One token a step (``--draft-tokens 0``): the tests of clients that leave need a generation that
+    lasts, and a tiny random model repeats itself, so verified drafts held nearly always and its
+    3000 tokens decoded before a client's 2 s timeout (``tests/serving/test_scheduler.py`` decodes
+    through drafts)."""
     with ServerProcess(answering_checkpoint, "--no-asr", "--allowed-media-dir", str(clip_dir),
                        "--max-request-mb", "4", "--max-media-mb", "2", "--max-tokens-limit", "4096",
-                       "--served-model-name", "affect-tiny") as process:
+                       "--served-model-name", "affect-tiny", "--draft-tokens", "0") as process:
         yield process

@@ -52,3 +52,5 @@ def test_each_backend_decodes_with_the_rules_it_can_hold() -> None:
     assert vllm.null_absent_evidence and not vllm.guard_absent_explanation
     unaided = decoding_settings(chat, ServeOptions(checkpoint="ckpt", backend="hf", guard_absent_explanation=False))
     assert not unaided.guard_absent_explanation
+    assert hf.draft_tokens == 8  # --draft-tokens reaches each greedy request
+    assert decoding_settings(chat, ServeOptions(checkpoint="ckpt", draft_tokens=0)).draft_tokens == 0
