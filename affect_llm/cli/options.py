@@ -28,6 +28,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (a count where 0 turns something off)."""
+    value = _number(text, int, "a whole number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type: a number > 0 (a sampling temperature)."""
     value = _number(text, float, "a number")
@@ -102,7 +110,7 @@ def add_compile_argument(parser: argparse.ArgumentParser, ahead: bool = False) -
     parser.add_argument("--compile", action="store_true",
                         help=f"static KV cache and a compiled decoding step (torch.compile): same greedy "
                              f"answers, faster per token, {when}")
-    parser.add_argument("--draft-tokens", type=int, default=8, metavar="N",
+    parser.add_argument("--draft-tokens", type=non_negative_int, default=8, metavar="N",
                         help="where one greedy answer decodes without --compile (a chat, batch size 1), verify up "
                              "to N tokens drafted from earlier answers' n-grams in each step: the same answer in "
                              "fewer steps; 0: one token a step (default: 8; hf backend)")
@@ -114,12 +122,9 @@ def check_compile_argument(args: argparse.Namespace, checkpoint: str | Path) -> 
     Raises:
         UsageError: Naming the flag and what to do instead.
     """
-    from affect_llm.cli.errors import UsageError
-
-    if getattr(args, "draft_tokens", 0) < 0:
-        raise UsageError(f"--draft-tokens {args.draft_tokens}: must be 0 or more")
     if not args.compile:
         return
+    from affect_llm.cli.errors import UsageError
     from affect_llm.loading.checkpoint import recorded_precision
 
     backend = getattr(args, "backend", "hf")

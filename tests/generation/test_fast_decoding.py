@@ -74,7 +74,7 @@ def test_drafted_answers_one_clip_at_a_time_are_those_of_one_token_a_step(small_
     command = [sys.executable, "-m", "affect_llm.cli.main", "explain", str(small_manifest), "--model",
                str(tiny_checkpoint), "--out", str(tmp_path / "bad.jsonl"), "--draft-tokens", "-1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 2 and "--draft-tokens -1: must be 0 or more" in done.stderr
+    assert done.returncode == 2 and "argument --draft-tokens: must be 0 or more, got -1" in done.stderr
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -54,12 +54,6 @@ STAMP_NAME = "synth_stamp.json"
 DEFAULT_ID_PREFIX = "synth"
 # An id prefix names media files (media/<id>.wav): letters, digits, '_' and '-', starting with a letter.
 _ID_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
-
-
-def check_id_prefix(id_prefix: str) -> None:
-    """Raise ``ValueError`` unless ``id_prefix`` can start row ids and media file names."""
-    if not _ID_PREFIX.fullmatch(id_prefix):
-        raise ValueError(f"id_prefix must be a letter followed by letters, digits, '_' or '-', got {id_prefix!r}")
 MANIFEST_NAME = "manifest.jsonl"
 # Clips with a channel missing: which channels are absent, and which media files the clip has.
 MISSING_LAYOUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -160,6 +154,12 @@ class FaceReader(Protocol):
 # in order); small batches waste fewer reads.
 FACE_CANDIDATES = 4
 MAX_FACE_BATCHES = 64
+
+
+def check_id_prefix(id_prefix: str) -> None:
+    """Raise ``ValueError`` unless ``id_prefix`` can start row ids and media file names."""
+    if not _ID_PREFIX.fullmatch(id_prefix):
+        raise ValueError(f"id_prefix must be a letter followed by letters, digits, '_' or '-', got {id_prefix!r}")
 
 
 def generate_synthetic_set(
