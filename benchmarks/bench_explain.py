@@ -25,7 +25,8 @@ that measures faster at those rows on these cores (``--weights packed`` or ``pla
 ``1 sb`` is also the one-clip loop on the backend's weights; the ``generate`` rows before them run plain.
 With ``--compile``, a ``1 sc`` row decodes as ``explain --compile`` does: ``stream_batch``'s loop with
 its decoding step compiled over a static cache (``CompiledDecoder``), on the layers of ``1 sb``; and a
-row at the largest batch, on the layers of its ``sb`` row (as ``explain --compile --batch-size N``).
+row at the largest batch, on the layers of its ``sb`` row (as ``explain --compile --batch-size N``):
+from ``PACKED_COMPILE_MIN_ROWS`` rows on, a step compiled over packed layers, else over frozen plain ones.
 The largest ``sb`` batch's time is split into its prompts' forward (up to the first tokens) and its
 decoding steps, whose weight matmuls (2 FLOPs per weight and row) are set against the machine's
 float32 matmul rate, measured after the runs: how far from compute-bound a batched step is. The
@@ -502,9 +503,14 @@ def compiled_batch_row(args: argparse.Namespace, model, processor, items: list[d
     on a first batch before timing."""
     from affect_llm.generation.batch_stream import cache_argument
     from affect_llm.generation.compiled_step import CompiledDecoder
+    from affect_llm.generation.hf_backend import PACKED_COMPILE_MIN_ROWS
+    from affect_llm.generation.packed_linear import packed_linear_layers
 
     layouts.hold(batch_size)
-    decoder = CompiledDecoder(model.language_model, cache_argument(model.language_model))
+    # As the hf backend compiles for this many rows: over its packed layers from PACKED_COMPILE_MIN_ROWS on.
+    keep_packed = batch_size >= PACKED_COMPILE_MIN_ROWS and packed_linear_layers(model.language_model) > 0
+    decoder = CompiledDecoder(model.language_model, cache_argument(model.language_model), keep_packed=keep_packed)
+    print(f"      compiled over {'packed' if keep_packed else 'frozen plain'} layers", flush=True)
     started = time.perf_counter()
     run_stream_once(model, processor, requests[:batch_size], batch_size, args.max_new_tokens, decoder=decoder)
     print(f"      compiling the decoding step for {batch_size} rows took {time.perf_counter() - started:.0f} s",

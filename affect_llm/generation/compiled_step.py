@@ -22,15 +22,22 @@ batch.
   (``dynamic=True``) and ahead of its first request (:meth:`HFBackend.compile_ahead
   <affect_llm.generation.hf_backend.HFBackend.compile_ahead>`).
 - The last static cache is reused while batches keep its number of rows and length.
-- On a CPU the step compiles with inductor's freezing and GEMM autotuning
-  (:data:`CPU_INDUCTOR_SETTINGS`): the weights become constants of the graph, laid out once for
-  its matmuls, and each layer shape's matmul is the fastest of inductor's C++ template and MKL's or oneDNN's call,
-  timed at the compile. A decoder therefore serves a model whose weights no longer change (the hf
-  backend's, LoRA merged or attached), and it takes the LLM with plain ``nn.Linear`` layers: layers
-  packed by :func:`~affect_llm.generation.packed_linear.pack_linear_layers` are unpacked first (an
-  opaque op inductor neither freezes nor tunes). On the Zen 4 cores, one row: 16.0 ms a decoding
-  step of the embedded LLM against 29.4 ms compiled over packed layers (its 538 MB of weights read
-  at 34 against 18 GB/s), the same greedy tokens.
+- On a CPU the step compiles in one of two ways, by the rows it will mostly decode:
+  - few rows (``keep_packed`` false): with inductor's freezing and GEMM autotuning
+    (:data:`CPU_INDUCTOR_SETTINGS`): the weights become constants of the graph, laid out once for
+    its matmuls, and each layer shape's matmul is the fastest of inductor's C++ template and MKL's or
+    oneDNN's call, timed at the compile. The LLM's layers packed by
+    :func:`~affect_llm.generation.packed_linear.pack_linear_layers` are unpacked first (an opaque op
+    inductor neither freezes nor tunes). A decoder then serves a model whose weights no longer change
+    (the hf backend's, LoRA merged or attached).
+  - many rows (``keep_packed`` true, the LLM's layers packed): the packed layers stay, the graph
+    calls their oneDNN matmul as it stands, and inductor fuses the work between the matmuls, without
+    freezing.
+  On the Zen 4 cores, the embedded LLM, a decoding step with a static cache rounded to 16 positions
+  (one run each, medians of 3): one row 22.4 ms frozen against 36.3 ms over packed layers (43.5 ms
+  eager); 8 rows 40.6 against 44.0 ms (58.3 eager); 16 rows 106.5 against 58.6 ms; 32 rows 129 ms
+  frozen against about 80 ms over packed layers (about 100 eager). The prompt's forward, eager, runs on whichever layers the LLM
+  holds: packed, it took 3.0 against 3.6 s for 32 prompts. The same greedy tokens in every case.
 
 Under greedy decoding the tokens are those of the eager loop (tested on a tiny model). Rows that end
 stay in the batch until the last one ends (a static cache has a fixed batch); their steps are not
@@ -55,13 +62,18 @@ from affect_llm.generation.packed_linear import unpack_linear_layers
 
 logger = logging.getLogger(__name__)
 
-# Static cache lengths are rounded up to this: clips whose prompt and budget fall in one step share a graph.
-DEFAULT_LENGTH_STEP = 128
+# Static cache lengths are rounded up to this. Every step's attention reads the whole cache, so a coarse
+# step makes it read positions no row has: at 32 rows of the embedded LLM (prompts up to 125 tokens, 48 new
+# ones) a step took about 80 ms over a cache rounded to 176 positions against about 103 ms over 256 (step
+# 128). A new length costs a new cache, not a new graph once sizes are symbolic (see ``dynamic``).
+DEFAULT_LENGTH_STEP = 16
 # inductor's settings while the step compiles on a CPU (see the module's docstring). Set around each call
 # rather than passed as ``torch.compile(options=...)``, where this torch's inductor did not freeze. The
 # autotuner's timing tables and choice statistics go to stderr (a chat's terminal) unless turned off.
 CPU_INDUCTOR_SETTINGS = {"freezing": True, "max_autotune": True, "autotune_num_choices_displayed": 0,
                          "max_autotune_report_choices_stats": False}
+# inductor's settings on a CPU over packed layers: their weights are buffers of an op it does not lower.
+CPU_PACKED_INDUCTOR_SETTINGS = {"freezing": False, "max_autotune": False}
 
 
 def compile_options(device: torch.device, dynamic: bool | None = None) -> dict[str, Any]:
@@ -100,21 +112,24 @@ class CompiledDecoder:
 
     Args:
         language_model: The LLM (a LoRA adapter merged or attached), every layer attending to the whole
-            context (:func:`supports_static_copy`); on a CPU its packed linear layers are unpacked, and
-            its weights are read once, when the step compiles. One that attends
+            context (:func:`supports_static_copy`); on a CPU, unless ``keep_packed``, its packed linear
+            layers are unpacked, and its weights are read once, when the step compiles. One that attends
             with sdpa over grouped key/value heads is switched to
             :func:`~affect_llm.generation.grouped_attention.grouped_decoding_attention` (same answers).
         cache_argument: The name its forward takes the cache by (``past_key_values`` in older transformers).
         length_step: Static cache lengths are multiples of this.
         dynamic: Symbolic sizes from the first compile (True) or from the first change (None); see
             :func:`compile_options`.
+        keep_packed: On a CPU, compile over the LLM's packed linear layers as they are, without
+            freezing (for batches of many rows; see the module's docstring). Ignored elsewhere.
 
     Raises:
         ValueError: For an LLM with sliding-window layers, whose static copy would not hold the context.
     """
 
     def __init__(self, language_model: torch.nn.Module, cache_argument: str = "cache",
-                 length_step: int = DEFAULT_LENGTH_STEP, dynamic: bool | None = None) -> None:
+                 length_step: int = DEFAULT_LENGTH_STEP, dynamic: bool | None = None,
+                 keep_packed: bool = False) -> None:
         if not supports_static_copy(language_model.config):
             raise ValueError("compiled decoding in stream_batch needs full-attention layers (a sliding window "
                              "layer keeps only its window): use model.generate with a static cache")
@@ -126,8 +141,13 @@ class CompiledDecoder:
         self.length_step = length_step
         self.dynamic = dynamic
         device = next(language_model.parameters()).device
-        self._inductor_settings = CPU_INDUCTOR_SETTINGS if device.type == "cpu" else {}
-        if self._inductor_settings:
+        self.on_cpu = device.type == "cpu"
+        self.keep_packed = keep_packed and self.on_cpu
+        self._inductor_settings = {}
+        if self.keep_packed:
+            self._inductor_settings = CPU_PACKED_INDUCTOR_SETTINGS
+        elif self.on_cpu:
+            self._inductor_settings = CPU_INDUCTOR_SETTINGS
             if unpacked := unpack_linear_layers(language_model):
                 logger.info("compiled decoding: %d packed linear layers unpacked for inductor to lay out", unpacked)
             # Raised from inside inductor's autotuner (its own use of tensor.storage()), once per process.
@@ -175,7 +195,7 @@ class CompiledDecoder:
         for source, target in zip(cache.layers, static.layers, strict=True):
             if not target.is_initialized:
                 target.lazy_initialization(source.keys, source.values)
-                if self._inductor_settings:
+                if self.on_cpu:
                     _plain_graph_inputs(target.keys, target.values, target.cumulative_length)
             target.keys[:, :, :filled].copy_(source.keys)
             target.values[:, :, :filled].copy_(source.values)

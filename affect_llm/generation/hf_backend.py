@@ -36,12 +36,22 @@ from affect_llm.generation.batch_stream import (
 )
 from affect_llm.generation.compiled_step import CompiledDecoder, supports_static_copy
 from affect_llm.generation.ngram_drafts import NgramDrafter
-from affect_llm.generation.packed_linear import PackingProbe, measure_packing, pack_linear_layers
+from affect_llm.generation.packed_linear import (
+    PackingProbe,
+    measure_packing,
+    pack_linear_layers,
+    packed_linear_layers,
+)
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.trainable import is_peft_wrapped, is_quantized, merge_lora_for_inference
 from affect_llm.processing.processor import AffectProcessor
 
 logger = logging.getLogger(__name__)
+
+# Rows from which compiled decoding on a CPU runs over the packed layers (where packing pays) instead of
+# freezing plain ones: frozen was ahead at one row, even at 8 and far behind at 16 and 32 (compiled_step's
+# docstring).
+PACKED_COMPILE_MIN_ROWS = 16
 
 
 class HFBackend:
@@ -57,7 +67,8 @@ class HFBackend:
             one with its adapter still attached, stays as it is); None: where it measures faster at
             ``rows`` (:func:`~affect_llm.generation.packed_linear.measure_packing`, about a second).
         rows: Rows the backend will mostly decode at once (``explain``'s batch size; 1 for a chat),
-            at which packing is measured.
+            at which packing is measured; compiled decoding keeps packed layers from
+            ``PACKED_COMPILE_MIN_ROWS`` rows on (:class:`~affect_llm.generation.compiled_step.CompiledDecoder`).
 
     Attributes:
         packing: The measurement behind the choice (None where it was not measured).
@@ -74,6 +85,7 @@ class HFBackend:
         self.model = model.eval()
         self.processor = processor
         self.device = next(model.parameters()).device
+        self.rows = rows
         self._decoder: CompiledDecoder | None = None
         # Learns from every answer this backend decodes, so a chat's or a batch job's later answers
         # draft from its earlier ones.
@@ -144,8 +156,9 @@ class HFBackend:
                 self._warned_eager = True
             return None
         if self._decoder is None:
+            keep_packed = self.rows >= PACKED_COMPILE_MIN_ROWS and packed_linear_layers(self.model.language_model) > 0
             self._decoder = CompiledDecoder(self.model.language_model, cache_argument(self.model.language_model),
-                                            dynamic=dynamic)
+                                            dynamic=dynamic, keep_packed=keep_packed)
         return self._decoder
 
     def stream(self, request: GenerationRequest, settings: DecodingSettings) -> Iterator[str]:

@@ -25,9 +25,10 @@ def load_backend(
         rows: Rows ``hf`` will mostly decode at once (a batch job's batch size, 1 for a chat): on a CPU
             its weight layout is chosen by measuring at this many (:class:`HFBackend
             <affect_llm.generation.hf_backend.HFBackend>`).
-        compiled: Every answer decodes through ``hf``'s compiled step, which on a CPU lays out the weights
-            itself (:mod:`affect_llm.generation.compiled_step`): the eager layout is neither measured nor
-            made.
+        compiled: Every answer decodes through ``hf``'s compiled step. On a CPU, below
+            ``PACKED_COMPILE_MIN_ROWS`` rows it lays out the weights itself
+            (:mod:`affect_llm.generation.compiled_step`), so the eager layout is neither measured nor
+            made; from there on it runs over the packed layers where packing measures faster.
         **engine_options: vLLM engine options (``vllm_python``, ``dtype``, ``gpu_memory_utilization``, ...).
 
     Raises:
@@ -37,11 +38,12 @@ def load_backend(
     if name == "hf":
         if engine_options:
             raise ValueError(f"backend 'hf' takes no engine options (got {sorted(engine_options)})")
-        from affect_llm.generation.hf_backend import HFBackend
+        from affect_llm.generation.hf_backend import PACKED_COMPILE_MIN_ROWS, HFBackend
         from affect_llm.loading.checkpoint import load_checkpoint
 
         model, processor = load_checkpoint(checkpoint, models_dir, precision=precision, device=device)
-        return HFBackend(model, processor, pack_weights=False if compiled else None, rows=rows)
+        frozen = compiled and rows < PACKED_COMPILE_MIN_ROWS
+        return HFBackend(model, processor, pack_weights=False if frozen else None, rows=rows)
     if name == "vllm":
         from affect_llm.generation.vllm_backend import VLLMBackend
         from affect_llm.loading.checkpoint import load_prompt_embedder, served_llm_dir

@@ -214,6 +214,11 @@ def _own_remaining_weights(module: nn.Module) -> None:
                 param.data = param.data.clone()
 
 
+def packed_linear_layers(module: nn.Module) -> int:
+    """How many of ``module``'s linear layers are packed (:func:`pack_linear_layers`)."""
+    return sum(isinstance(child, PackedLinear) for child in module.modules())
+
+
 def unpack_linear_layers(module: nn.Module) -> int:
     """Undo :func:`pack_linear_layers` under ``module``; returns how many layers were restored."""
     restored = 0

@@ -141,6 +141,32 @@ def test_compiled_decoding_on_a_cpu_lays_out_the_plain_layers_itself_and_keeps_t
     assert after != changed  # the prompt's forward reads the new weights, the compiled steps the frozen ones
 
 
+def test_compiled_decoding_of_many_rows_keeps_the_packed_layers_and_the_answers() -> None:
+    """A backend that decodes many rows at once (``explain --compile --batch-size 16`` or more) compiles
+    its step over the layers packed for oneDNN instead of freezing plain ones: the layers stay packed, the
+    graph takes the weights as inputs (a weight changed after the compile is read by the compiled
+    steps), and the answers of a batch are the eager ones."""
+    from affect_llm.generation.hf_backend import PACKED_COMPILE_MIN_ROWS
+    from affect_llm.generation.packed_linear import PackedLinear, packing_available
+
+    if not packing_available():
+        pytest.skip("this torch has no oneDNN packed linear op")
+    torch._dynamo.reset()
+    model, processor = build_model(SPEC, seed=0)
+    backend = HFBackend(model, processor, pack_weights=True, rows=PACKED_COMPILE_MIN_ROWS)
+    requests = noise_requests(processor, count=3)
+    eager = backend.generate(requests, DecodingSettings(max_new_tokens=12))
+    compiled = backend.generate(requests, DecodingSettings(max_new_tokens=12, compile=True))
+    assert compiled == eager
+    assert backend._decoder.keep_packed
+    assert any(isinstance(m, PackedLinear) for m in model.language_model.modules())
+    with torch.no_grad():  # a different LLM from here on
+        model.language_model.model.norm.weight.mul_(-3.0)
+    changed = backend.generate(requests, DecodingSettings(max_new_tokens=12))
+    assert changed != eager
+    assert backend.generate(requests, DecodingSettings(max_new_tokens=12, compile=True)) == changed
+
+
 def test_a_backend_loaded_for_compiled_decoding_leaves_the_layout_to_the_compiled_step(tiny_checkpoint) -> None:
     """``explain``, ``chat`` and ``serve`` with ``--compile`` decode every answer through the compiled step,
     which on a CPU lays out the weights itself: the eager layout is neither measured nor made."""
@@ -150,3 +176,17 @@ def test_a_backend_loaded_for_compiled_decoding_leaves_the_layout_to_the_compile
     backend = load_backend("hf", tiny_checkpoint, compiled=True)
     assert backend.packing is None
     assert not any(isinstance(m, PackedLinear) for m in backend.model.language_model.modules())
+
+
+def test_a_backend_loaded_for_compiled_decoding_of_many_rows_measures_the_packing(tiny_checkpoint) -> None:
+    """From ``PACKED_COMPILE_MIN_ROWS`` rows the compiled step runs over packed layers, so the backend
+    measures packing at those rows as an eager one does."""
+    from affect_llm.generation.hf_backend import PACKED_COMPILE_MIN_ROWS
+    from affect_llm.generation.load import load_backend
+    from affect_llm.generation.packed_linear import packed_linear_layers, packing_available
+
+    backend = load_backend("hf", tiny_checkpoint, compiled=True, rows=PACKED_COMPILE_MIN_ROWS)
+    assert (backend.packing is not None) == packing_available()
+    if backend.packing is not None:
+        assert backend.packing.rows == PACKED_COMPILE_MIN_ROWS
+        assert (packed_linear_layers(backend.model.language_model) > 0) == backend.packing.pays
