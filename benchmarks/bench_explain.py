@@ -6,7 +6,8 @@ Every clip generates exactly ``--max-new-tokens`` tokens (``min_new_tokens`` equ
 batch size does the same work. Batch size 1 is the one-clip-at-a-time loop; the speedup of a batch
 size is its clips/s over that loop's. Medians over ``--repeats``. The machine's read bandwidth is
 measured after every batch-1 run (a sum over a tensor far larger than the caches; the speed of
-shared cores drifts, so each variant's bound is the median over its own runs), and batch-1 decoding is
+shared cores drifts, so each variant's bound is the median over its own runs; the batch-1 target is
+judged against the strictest bound, from the run's highest reading), and batch-1 decoding is
 compared with its bound: bandwidth / bytes of LLM weights read per token (every weight once; the
 input embedding table only when it is not the output matrix too). Two rates are compared with it:
 tokens per second over the whole run, and decoding steps per second, the tokens after each clip's
@@ -672,7 +673,18 @@ def main(argv: list[str] | None = None) -> int:
     one_a_step = [key for key in shares if key != "1sd"]
     print(f"batch 1: {100 * shares['1']:.0f}% of the bound with each prompt's forward (best variant "
           f"{100 * max(shares[k] for k in one_a_step):.0f}%); decoding steps alone {100 * decode_shares['1']:.0f}% "
-          f"(best variant {100 * max(decode_shares[k] for k in one_a_step):.0f}%; target >= 60%)")
+          f"(best variant {100 * max(decode_shares[k] for k in one_a_step):.0f}%)")
+    # The readings of these shared cores swing between runs (about 30 against 55 GB/s on the same sum), and
+    # a variant whose runs met low readings gets a low bound: set against the run's highest reading
+    # instead, every variant meets the same, strictest bound, and the target is judged there.
+    highest = max(b for samples in bandwidths.values() for b in samples)
+    strict = highest / weights
+    best_with = max(rates[k] * args.max_new_tokens for k in one_a_step) / strict
+    best_after = max(statistics.median(decodes[k]) for k in one_a_step) / strict
+    print(f"batch 1 against the run's highest read bandwidth ({highest / 1e9:.2f} GB/s, bound {strict:.1f} "
+          f"tokens/s): best variant {100 * best_with:.0f}% with each prompt's forward, {100 * best_after:.0f}% "
+          f"decoding steps alone (target >= 60%); drafts verified {100 * rates['1sd'] * args.max_new_tokens / strict:.0f}% "
+          f"and {100 * statistics.median(decodes['1sd']) / strict:.0f}% after the prompts")
     print(f"batch 1 with drafts verified: {100 * shares['1sd']:.0f}% of the one-token-a-step bound with each "
           f"prompt's forward, {100 * decode_shares['1sd']:.0f}% after it")
     best_batch = max(rates[largest], rates.get(largest + "s", 0.0), rates[largest + "b"], rates.get(largest + "c", 0.0))
