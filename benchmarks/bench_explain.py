@@ -503,13 +503,11 @@ def compiled_batch_row(args: argparse.Namespace, model, processor, items: list[d
     backend holds for N rows, with a decoder of its own (a process explains at one batch size), compiled
     on a first batch before timing."""
     from affect_llm.generation.batch_stream import cache_argument
-    from affect_llm.generation.compiled_step import CompiledDecoder
-    from affect_llm.generation.hf_backend import PACKED_COMPILE_MIN_ROWS
-    from affect_llm.generation.packed_linear import packed_linear_layers
+    from affect_llm.generation.compiled_step import CompiledDecoder, compiles_over_packed_layers
 
     layouts.hold(batch_size)
-    # As the hf backend compiles for this many rows: over its packed layers from PACKED_COMPILE_MIN_ROWS on.
-    keep_packed = batch_size >= PACKED_COMPILE_MIN_ROWS and packed_linear_layers(model.language_model) > 0
+    # As the hf backend compiles for this many rows.
+    keep_packed = compiles_over_packed_layers(model.language_model, batch_size)
     decoder = CompiledDecoder(model.language_model, cache_argument(model.language_model), keep_packed=keep_packed)
     print(f"      compiled over {'packed' if keep_packed else 'frozen plain'} layers", flush=True)
     started = time.perf_counter()

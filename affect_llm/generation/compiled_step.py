@@ -58,7 +58,7 @@ from transformers import CompileConfig, StaticCache
 from transformers.cache_utils import Cache
 
 from affect_llm.generation.grouped_attention import use_grouped_decoding_attention
-from affect_llm.generation.packed_linear import unpack_linear_layers
+from affect_llm.generation.packed_linear import packed_linear_layers, unpack_linear_layers
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,16 @@ CPU_INDUCTOR_SETTINGS = {"freezing": True, "max_autotune": True, "autotune_num_c
                          "max_autotune_report_choices_stats": False}
 # inductor's settings on a CPU over packed layers: their weights are buffers of an op it does not lower.
 CPU_PACKED_INDUCTOR_SETTINGS = {"freezing": False, "max_autotune": False}
+# Rows from which compiled decoding on a CPU runs over the packed layers (where packing pays) instead of
+# freezing plain ones: frozen was ahead at one row, even at 8 and far behind at 16 and 32 (the module's
+# docstring).
+PACKED_COMPILE_MIN_ROWS = 16
+
+
+def compiles_over_packed_layers(language_model: torch.nn.Module, rows: int) -> bool:
+    """Whether a step compiled for batches of ``rows`` should keep ``language_model``'s packed layers
+    (``CompiledDecoder(keep_packed=...)``): from ``PACKED_COMPILE_MIN_ROWS`` rows on, where layers are packed."""
+    return rows >= PACKED_COMPILE_MIN_ROWS and packed_linear_layers(language_model) > 0
 
 
 def compile_options(device: torch.device, dynamic: bool | None = None) -> dict[str, Any]:

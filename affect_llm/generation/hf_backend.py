@@ -34,24 +34,18 @@ from affect_llm.generation.batch_stream import (
     cache_argument,
     stream_batch,
 )
-from affect_llm.generation.compiled_step import CompiledDecoder, supports_static_copy
-from affect_llm.generation.ngram_drafts import NgramDrafter
-from affect_llm.generation.packed_linear import (
-    PackingProbe,
-    measure_packing,
-    pack_linear_layers,
-    packed_linear_layers,
+from affect_llm.generation.compiled_step import (
+    CompiledDecoder,
+    compiles_over_packed_layers,
+    supports_static_copy,
 )
+from affect_llm.generation.ngram_drafts import NgramDrafter
+from affect_llm.generation.packed_linear import PackingProbe, measure_packing, pack_linear_layers
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.trainable import is_peft_wrapped, is_quantized, merge_lora_for_inference
 from affect_llm.processing.processor import AffectProcessor
 
 logger = logging.getLogger(__name__)
-
-# Rows from which compiled decoding on a CPU runs over the packed layers (where packing pays) instead of
-# freezing plain ones: frozen was ahead at one row, even at 8 and far behind at 16 and 32 (compiled_step's
-# docstring).
-PACKED_COMPILE_MIN_ROWS = 16
 
 
 class HFBackend:
@@ -68,7 +62,8 @@ class HFBackend:
             ``rows`` (:func:`~affect_llm.generation.packed_linear.measure_packing`, about a second).
         rows: Rows the backend will mostly decode at once (``explain``'s batch size; 1 for a chat),
             at which packing is measured; compiled decoding keeps packed layers from
-            ``PACKED_COMPILE_MIN_ROWS`` rows on (:class:`~affect_llm.generation.compiled_step.CompiledDecoder`).
+            ``PACKED_COMPILE_MIN_ROWS`` rows on
+            (:func:`~affect_llm.generation.compiled_step.compiles_over_packed_layers`).
 
     Attributes:
         packing: The measurement behind the choice (None where it was not measured).
@@ -156,9 +151,9 @@ class HFBackend:
                 self._warned_eager = True
             return None
         if self._decoder is None:
-            keep_packed = self.rows >= PACKED_COMPILE_MIN_ROWS and packed_linear_layers(self.model.language_model) > 0
-            self._decoder = CompiledDecoder(self.model.language_model, cache_argument(self.model.language_model),
-                                            dynamic=dynamic, keep_packed=keep_packed)
+            language_model = self.model.language_model
+            self._decoder = CompiledDecoder(language_model, cache_argument(language_model), dynamic=dynamic,
+                                            keep_packed=compiles_over_packed_layers(language_model, self.rows))
         return self._decoder
 
     def stream(self, request: GenerationRequest, settings: DecodingSettings) -> Iterator[str]:

@@ -38,7 +38,8 @@ def load_backend(
     if name == "hf":
         if engine_options:
             raise ValueError(f"backend 'hf' takes no engine options (got {sorted(engine_options)})")
-        from affect_llm.generation.hf_backend import PACKED_COMPILE_MIN_ROWS, HFBackend
+        from affect_llm.generation.compiled_step import PACKED_COMPILE_MIN_ROWS
+        from affect_llm.generation.hf_backend import HFBackend
         from affect_llm.loading.checkpoint import load_checkpoint
 
         model, processor = load_checkpoint(checkpoint, models_dir, precision=precision, device=device)

@@ -146,7 +146,7 @@ def test_compiled_decoding_of_many_rows_keeps_the_packed_layers_and_the_answers(
     its step over the layers packed for oneDNN instead of freezing plain ones: the layers stay packed, the
     graph takes the weights as inputs (a weight changed after the compile is read by the compiled
     steps), and the answers of a batch are the eager ones."""
-    from affect_llm.generation.hf_backend import PACKED_COMPILE_MIN_ROWS
+    from affect_llm.generation.compiled_step import PACKED_COMPILE_MIN_ROWS
     from affect_llm.generation.packed_linear import PackedLinear, packing_available
 
     if not packing_available():
@@ -181,7 +181,7 @@ def test_a_backend_loaded_for_compiled_decoding_leaves_the_layout_to_the_compile
 def test_a_backend_loaded_for_compiled_decoding_of_many_rows_measures_the_packing(tiny_checkpoint) -> None:
     """From ``PACKED_COMPILE_MIN_ROWS`` rows the compiled step runs over packed layers, so the backend
     measures packing at those rows as an eager one does."""
-    from affect_llm.generation.hf_backend import PACKED_COMPILE_MIN_ROWS
+    from affect_llm.generation.compiled_step import PACKED_COMPILE_MIN_ROWS
     from affect_llm.generation.load import load_backend
     from affect_llm.generation.packed_linear import packed_linear_layers, packing_available
 
