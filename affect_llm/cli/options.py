@@ -103,7 +103,7 @@ def explanation_guard_for(args: argparse.Namespace) -> bool:
 def add_compile_argument(parser: argparse.ArgumentParser, ahead: bool = False) -> None:
     """``--compile``: static KV cache and a compiled decoding step (hf backend); ``ahead``: the server's,
     compiled before it answers. ``--draft-tokens``: drafted tokens verified a step where one greedy answer
-    decodes eagerly."""
+    decodes alone."""
     when = ("compiled for every batch size before the server answers (one to a few minutes on a CPU)" if ahead
             else "after a compile of one to a few minutes on a CPU (once more at the first other batch size "
                  "or context length)")
@@ -111,7 +111,7 @@ def add_compile_argument(parser: argparse.ArgumentParser, ahead: bool = False) -
                         help=f"static KV cache and a compiled decoding step (torch.compile): same greedy "
                              f"answers, faster per token, {when}")
     parser.add_argument("--draft-tokens", type=non_negative_int, default=8, metavar="N",
-                        help="where one greedy answer decodes without --compile (a chat, batch size 1), verify up "
+                        help="where one greedy answer decodes alone (a chat, batch size 1), verify up "
                              "to N tokens drafted from earlier answers' n-grams in each step: the same answer in "
                              "fewer steps; 0: one token a step (default: 8; hf backend)")
 

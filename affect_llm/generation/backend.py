@@ -40,10 +40,10 @@ class DecodingSettings:
             unchanged; the first batch pays a compile of one to a few minutes on a CPU (seconds
             once inductor has cached it), and a new batch size or static cache length one more.
             Worth it for batch jobs; the hf backend only.
-        draft_tokens: Where one greedy answer decodes without ``compile`` (a chat, ``explain
-            --batch-size 1``), verify up to this many drafted tokens a step
-            (:mod:`~affect_llm.generation.ngram_drafts`): the same answer in fewer reads of the
-            weights; 0 decodes one token a step. The hf backend only.
+        draft_tokens: Where one greedy answer decodes alone (a chat, ``explain --batch-size 1``, a
+            lone request to the server; with ``compile`` or without), verify up to this many
+            drafted tokens a step (:mod:`~affect_llm.generation.ngram_drafts`): the same answer in
+            fewer reads of the weights; 0 decodes one token a step. The hf backend only.
     """
 
     max_new_tokens: int = 160

@@ -22,11 +22,13 @@ Shape letters: B live rows, L prompt tokens, V vocabulary, D LLM width.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, Protocol
 
 import torch
+from transformers import StaticCache
 
 from affect_llm.generation.absent_evidence import AbsentChannelGuard, guards_for
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
@@ -202,9 +204,10 @@ def stream_batch(
         decoder: Decode through its compiled step over a static cache (the prompt's forward stays
             eager); rows that end then stay in the batch, their steps not handed out, until the last
             one ends.
-        drafter: Where one greedy row decodes eagerly and its settings ask for drafts
+        drafter: Where one greedy row decodes and its settings ask for drafts
             (``DecodingSettings.draft_tokens``), verify its drafts several tokens a step
-            (:func:`_decode_with_drafts`); it also learns from the answer.
+            (:func:`_decode_with_drafts`), eagerly or through ``decoder``'s step; it also learns from
+            the answer.
 
     Returns:
         Counts of rows and steps, and each request's finish reason.
@@ -221,10 +224,6 @@ def stream_batch(
     out, mask, positions = _prefill(model, processor, [items[i] for i in live], cache, cached)  # (B, L), (B, 1)
     logits = out.logits[:, -1, :]  # (B, V)
     del out  # it holds the growing cache, which the compiled step no longer needs
-    if drafter is not None and decoder is None and len(live) == 1 and _drafts_apply(items[live[0]].settings):
-        _decode_with_drafts(model.language_model, cache, cached, logits[0], positions, items[live[0]],
-                            samplers[live[0]], drafter, eos, stats, live[0])
-        return stats
     step = model.language_model
     if decoder is not None:
         budget = max(items[i].settings.max_new_tokens for i in live)
@@ -233,6 +232,10 @@ def stream_batch(
         # The whole cache's length at once: the mask's shape never changes (causality hides what is unwritten).
         mask = torch.cat([mask, mask.new_ones(len(live), length - mask.shape[-1])], dim=-1)  # (B, length)
         step = partial(decoder.step, static)
+    if drafter is not None and len(live) == 1 and _drafts_apply(items[live[0]].settings):
+        _decode_with_drafts(step, cache, cached, logits[0], positions, items[live[0]], samplers[live[0]],
+                            drafter, eos, stats, live[0], static_mask=mask if decoder is not None else None)
+        return stats
     ended: list[int] = []  # rows that stay in a static batch after they ended
     while True:
         next_ids, keep = [], []
@@ -277,15 +280,22 @@ def _drafts_apply(settings: DecodingSettings) -> bool:
     return settings.draft_tokens > 0 and not settings.do_sample
 
 
-def _decode_with_drafts(lm: torch.nn.Module, cache: GrowingCache, cached: dict[str, Any], logits: torch.Tensor,
-                        positions: torch.Tensor, item: BatchItem, sampler: _Sampler, drafter: NgramDrafter,
-                        eos: int | None, stats: BatchStats, index: int) -> None:
+def _decode_with_drafts(step: Callable[..., Any], cache: GrowingCache | StaticCache, cached: dict[str, Any],
+                        logits: torch.Tensor, positions: torch.Tensor, item: BatchItem, sampler: _Sampler,
+                        drafter: NgramDrafter, eos: int | None, stats: BatchStats, index: int,
+                        static_mask: torch.Tensor | None = None) -> None:
     """Decode one greedy row, each step feeding the last chosen token and a draft of the next ones.
 
     The logits after each fed token are checked in order: a draft token stays while it is the token
     the sampler (argmax under the channel guard) chooses there, and the first choice that differs
     is the step's last token; the cache's positions past what was kept are cut off. ``logits``
     ``(V,)`` are the prompt's last position, ``positions`` ``(1, 1)`` its position.
+
+    ``step`` is the LLM's forward, or a compiled decoder's step over the static ``cache`` whose whole
+    length ``static_mask`` ``(1, length)`` spans: cutting positions off a static cache moves its
+    length back, and the next step writes over them (causality hides them until then). A step feeds
+    one token, or one and its draft: compiled, the two make two graphs, the second with its number of
+    tokens symbolic.
     """
     answer: list[int] = []
     budget = item.settings.max_new_tokens
@@ -313,9 +323,15 @@ def _decode_with_drafts(lm: torch.nn.Module, cache: GrowingCache, cached: dict[s
         draft = drafter.propose(answer, min(item.settings.draft_tokens, budget - len(answer) - 1))
         ids = torch.tensor([[token, *draft]], device=positions.device)  # (1, 1 + d)
         positions = positions + torch.arange(1, ids.shape[1] + 1, device=positions.device)  # (1, 1 + d)
-        mask = positions.new_ones(1, cache.get_seq_length() + ids.shape[1])  # one row: nothing padded
-        rows = lm(input_ids=ids, attention_mask=mask, position_ids=positions,
-                  **{**cached, "logits_to_keep": ids.shape[1]}).logits[0]  # (1 + d, V)
+        if static_mask is None:
+            mask = positions.new_ones(1, cache.get_seq_length() + ids.shape[1])  # one row: nothing padded
+            keep = ids.shape[1]
+        else:
+            # 0 keeps every position's logits: one constant for the compiled graph of every draft's length,
+            # and a step without a draft runs the graph of one token a step.
+            mask, keep = static_mask, 0 if ids.shape[1] > 1 else 1
+        rows = step(input_ids=ids, attention_mask=mask, position_ids=positions,
+                    **{**cached, "logits_to_keep": keep}).logits[0]  # (1 + d, V)
         fed = draft
         stats.steps += 1
         stats.row_steps += 1

@@ -8,7 +8,7 @@ sampled answer does not depend on which clips share its batch. Compiled decoding
 (``DecodingSettings.compile``) runs the same loop with its decoding step compiled over a static cache
 (:class:`~affect_llm.generation.compiled_step.CompiledDecoder`), which keeps every row to the end of
 the batch. A streamed answer (the chat) is a batch of one whose tokens are handed over as they come; one
-greedy answer decoded eagerly verifies drafts of its next tokens several at a step
+greedy answer decoded alone, eagerly or compiled, verifies drafts of its next tokens several at a step
 (:mod:`~affect_llm.generation.ngram_drafts`), drawn from the n-grams of the answers decoded before.
 On a CPU the LLM's linear layers run packed for oneDNN (:mod:`~affect_llm.generation.packed_linear`:
 the same tokens) where that measures faster at load time for the rows the caller decodes: 1.35x to
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from queue import Queue
 from threading import Event, Thread
 
@@ -115,28 +116,42 @@ class HFBackend:
         # Held for the whole batch: a stream whose reader left (a chat turn interrupted during the
         # compile) may still be decoding when the next turn starts.
         with decoder.lock:
-            return stream_batch(self.model, self.processor, items, decoder=decoder)
+            return stream_batch(self.model, self.processor, items, decoder=decoder, drafter=self.drafter)
 
-    def compile_ahead(self, max_new_tokens: int = 2) -> bool:
+    def compile_ahead(self, max_new_tokens: int = 2, draft_tokens: int = 0) -> bool:
         """Compile the decoding step now, for batches of every size, instead of at the first requests.
 
         A server's batches take any number of rows and any context length; compiled with symbolic
         sizes from the start, two graphs serve them all (dynamo compiles one row apart from several):
-        both are made here on a short text-only prompt, once with one row and once with two.
+        both are made here on a short text-only prompt, once with one row and once with two. With
+        ``draft_tokens`` (one greedy answer verifying drafts, as a chat's turn does) a third graph, of
+        one row fed a token and its draft, is made too.
 
         Returns:
             Whether the step compiled (False where the LLM decodes eagerly: sliding-window layers).
         """
-        if self._decoder_for(True, dynamic=True) is None:
+        decoder = self._decoder_for(True, dynamic=True)
+        if decoder is None:
             return False
         settings = DecodingSettings(max_new_tokens=max(2, max_new_tokens), null_absent_evidence=False,
-                                    guard_absent_explanation=False, compile=True)
+                                    guard_absent_explanation=False, compile=True, draft_tokens=0)
         request = GenerationRequest(self.processor.build_messages("reason", (), None, "Say hello."),
                                     absent=("audio", "video", "text"))
+        answers: list[list[int]] = []
         for rows in (1, 2):
             # Without the end of turn: every row decodes its budget, so the compiled step runs.
-            self.decode([BatchItem(request, settings, TokenCollector(), stop_at_eos=False) for _ in range(rows)],
-                        compile=True)
+            sinks = [TokenCollector() for _ in range(rows)]
+            self.decode([BatchItem(request, settings, sink, stop_at_eos=False) for sink in sinks], compile=True)
+            answers.extend(sink.tokens for sink in sinks)
+        if draft_tokens:
+            # The same prompt again, drafted from its own answer: the drafts hold, so a step feeds several tokens.
+            warm = NgramDrafter()
+            warm.remember(answers[0])
+            drafted = replace(settings, max_new_tokens=max(4, max_new_tokens), draft_tokens=draft_tokens)
+            with decoder.lock:
+                stream_batch(self.model, self.processor,
+                             [BatchItem(request, drafted, TokenCollector(), stop_at_eos=False)],
+                             decoder=decoder, drafter=warm)
         return True
 
     def _decoder_for(self, compile: bool, dynamic: bool | None = None) -> CompiledDecoder | None:

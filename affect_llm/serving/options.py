@@ -46,8 +46,8 @@ class ServeOptions:
         compile: Decode through a compiled step over a static cache (the hf backend), compiled for
             every batch size before the server answers (:meth:`HFBackend.compile_ahead
             <affect_llm.generation.hf_backend.HFBackend.compile_ahead>`).
-        draft_tokens: Drafted tokens verified a step where one greedy answer decodes eagerly
-            (``DecodingSettings.draft_tokens``); 0: one token a step.
+        draft_tokens: Drafted tokens verified a step where one greedy answer decodes alone
+            (``DecodingSettings.draft_tokens``), compiled or not; 0: one token a step.
     """
 
     checkpoint: str

@@ -52,7 +52,7 @@ def build_service(options: ServeOptions, precision: Precision | None = None,
         # Before /health answers: the first requests would otherwise wait for the compile.
         print("affect-llm serve: compiling the decoding step for every batch size (one to a few minutes on "
               "a CPU, seconds once inductor has cached it)", file=sys.stderr, flush=True)
-        backend.compile_ahead()
+        backend.compile_ahead(draft_tokens=options.draft_tokens)
     runner = hf_runner(backend, options.compile) if options.backend == "hf" else whole_answer_runner(backend)
     scheduler = Scheduler(runner, options.max_batch, options.batch_window_ms / 1000, options.max_queue)
     return ChatService(backend, store, scheduler, options)

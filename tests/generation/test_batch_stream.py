@@ -59,11 +59,11 @@ def parts():
 
 
 def run(parts, settings: list[DecodingSettings], sinks: list[Sink], indices: list[int] | None = None,
-        drafter: NgramDrafter | None = None):
+        drafter: NgramDrafter | None = None, decoder: CompiledDecoder | None = None):
     model, processor, requests = parts
     chosen = [requests[i] for i in indices] if indices is not None else requests
     return stream_batch(model, processor, [BatchItem(r, s, k) for r, s, k in zip(chosen, settings, sinks, strict=True)],
-                        drafter=drafter)
+                        drafter=drafter, decoder=decoder)
 
 
 def generate_reference(model, processor, requests, max_new_tokens: int) -> list[str]:
@@ -179,17 +179,26 @@ def test_compiled_decoding_gives_each_row_the_eager_tokens(parts) -> None:
 
 def test_compiled_ahead_as_a_server_does_every_later_batch_finds_its_graph(parts) -> None:
     """``HFBackend.compile_ahead`` (``serve --compile``) compiles with symbolic sizes, one row and then
-    two; later batches of other row counts and prompt lengths get the eager tokens from those two graphs."""
+    two, and one row verifying a draft; later batches of other row counts and prompt lengths, and one
+    answer verifying drafts of several lengths, get the eager tokens from those three graphs."""
     torch._dynamo.reset()  # no graph of an earlier test serves these shapes
     model, processor = build_model(SPEC, seed=0)
     backend = HFBackend(model.eval(), processor)
     graphs = counters["stats"]["unique_graphs"]
-    assert backend.compile_ahead()
-    assert counters["stats"]["unique_graphs"] - graphs == 2
+    assert backend.compile_ahead(draft_tokens=8)
+    assert counters["stats"]["unique_graphs"] - graphs == 3
     own = (backend.model, processor, parts[2])
     for indices in ([1, 2, 3], [3], [2, 0, 3, 1], [0]):
         _compare_compiled(own, backend._decoder, indices)
-    assert counters["stats"]["unique_graphs"] - graphs == 2 and not backend._decoder._eager
+    request = parts[2][2]
+    plain = Sink()
+    backend.decode([BatchItem(request, DecodingSettings(max_new_tokens=24, draft_tokens=0), plain)])
+    backend.drafter.remember(plain.tokens[:7] + plain.tokens[10:])  # drafts that hold, break, then hold again
+    drafted = Sink()
+    stats = backend.decode([BatchItem(request, DecodingSettings(max_new_tokens=24, compile=True), drafted)],
+                           compile=True)
+    assert drafted.tokens == plain.tokens and stats.steps < len(plain.tokens) // 2
+    assert counters["stats"]["unique_graphs"] - graphs == 3 and not backend._decoder._eager
 
 
 def test_where_dynamo_refuses_to_compile_again_the_step_runs_eagerly(parts) -> None:
@@ -233,6 +242,37 @@ def test_verified_drafts_give_each_answer_its_one_token_a_step_tokens_in_fewer_s
     run(parts, [settings], [full], [0])
     assert short.tokens == full.tokens[:5] and short.reason == "length"
     assert cancelled.tokens == full.tokens[:3] and cancelled.reason == "cancelled"
+
+
+def test_drafts_verified_by_the_compiled_step_give_the_eager_tokens_in_fewer_steps(parts) -> None:
+    """``explain --compile --batch-size 1`` and a compiled chat: drafts verified through the compiled step
+    over its static cache. Rejected drafts are cut from the static cache (its length moved back), every
+    answer keeps the eager loop's tokens, and the step's two graphs (one token; a token and its draft,
+    their count symbolic) serve drafts of every length."""
+    torch._dynamo.reset()
+    model, processor, _ = parts
+    decoder = CompiledDecoder(model.language_model, cache_argument(model.language_model), length_step=8)
+    settings = DecodingSettings(max_new_tokens=24)
+    answers = []
+    for index in (0, 3):  # prompts of two lengths: the second compiles with symbolic sizes
+        plain = Sink()
+        run(parts, [DecodingSettings(max_new_tokens=24, draft_tokens=0)], [plain], [index])
+        answers.append(plain.tokens)
+        knowing = NgramDrafter()
+        knowing.remember(plain.tokens[:9] + plain.tokens[12:])  # drafts that hold, then break at the 10th token
+        drafted = Sink()
+        stats = run(parts, [settings], [drafted], [index], drafter=knowing, decoder=decoder)
+        assert drafted.tokens == plain.tokens and drafted.reason == "length"
+        assert stats.steps < len(plain.tokens) // 2, stats
+        wrong = NgramDrafter()
+        wrong.remember([(token + 1) % len(processor.tokenizer) for token in plain.tokens])
+        wrong_sink = Sink()
+        run(parts, [settings], [wrong_sink], [index], drafter=wrong, decoder=decoder)
+        assert wrong_sink.tokens == plain.tokens
+    short = Sink()
+    run(parts, [DecodingSettings(max_new_tokens=5)], [short], [0], drafter=knowing, decoder=decoder)
+    assert short.tokens == answers[0][:5] and short.reason == "length"
+    assert not decoder._eager
 
 
 def test_drafts_are_not_used_where_they_cannot_be_verified(parts) -> None:
