@@ -106,7 +106,7 @@ def add_compile_argument(parser: argparse.ArgumentParser, ahead: bool = False) -
     decodes alone."""
     when = ("compiled for every batch size before the server answers (one to a few minutes on a CPU)" if ahead
             else "after a compile of one to a few minutes on a CPU (once more at the first other batch size "
-                 "or context length)")
+                 "or context length, and at the first step that verifies drafts)")
     parser.add_argument("--compile", action="store_true",
                         help=f"static KV cache and a compiled decoding step (torch.compile): same greedy "
                              f"answers, faster per token, {when}")

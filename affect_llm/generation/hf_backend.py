@@ -137,16 +137,15 @@ class HFBackend:
                                     guard_absent_explanation=False, compile=True, draft_tokens=0)
         request = GenerationRequest(self.processor.build_messages("reason", (), None, "Say hello."),
                                     absent=("audio", "video", "text"))
-        answers: list[list[int]] = []
+        answer = TokenCollector()  # the one-row answer, which the drafted run below drafts from
         for rows in (1, 2):
             # Without the end of turn: every row decodes its budget, so the compiled step runs.
-            sinks = [TokenCollector() for _ in range(rows)]
+            sinks = [answer] if rows == 1 else [TokenCollector() for _ in range(rows)]
             self.decode([BatchItem(request, settings, sink, stop_at_eos=False) for sink in sinks], compile=True)
-            answers.extend(sink.tokens for sink in sinks)
         if draft_tokens:
             # The same prompt again, drafted from its own answer: the drafts hold, so a step feeds several tokens.
             warm = NgramDrafter()
-            warm.remember(answers[0])
+            warm.remember(answer.tokens)
             drafted = replace(settings, max_new_tokens=max(4, max_new_tokens), draft_tokens=draft_tokens)
             with decoder.lock:
                 stream_batch(self.model, self.processor,
