@@ -18,8 +18,8 @@ describes. ``--static-cache`` adds a batch-1 row with a static KV cache, ``--com
 static cache and transformers' compiled decoding step (``generate`` with ``compile_config``; compiled
 before timing); both have their answers checked equal to the dynamic cache's under greedy decoding. The LoRA adapter is folded into the weights as the hf backend
 does (``--keep-adapter``: generate with it attached). The ``sb`` rows decode as the hf backend's
-batches do (``stream_batch``: the shared prompt prefix computed once per batch, a KV cache that
-grows in place), at batch 1 and at the largest batch, without stopping at the end of turn so the
+batches do (``stream_batch``: the shared prompt prefix computed once per batch and kept for the
+next one, a KV cache that grows in place), at batch 1 and at the largest batch, without stopping at the end of turn so the
 work stays equal; their tokens are checked against ``generate``'s up to the first end of turn. They run
 on the layers as the hf backend holds them on a CPU for that many rows: packed for oneDNN where
 that measures faster at those rows on these cores (``--weights packed`` or ``plain`` force one), so
@@ -28,6 +28,9 @@ With ``--compile``, a ``1 sc`` row decodes as ``explain --compile`` does: ``stre
 its decoding step compiled over a static cache (``CompiledDecoder``), on the layers of ``1 sb``; and a
 row at the largest batch, on the layers of its ``sb`` row (as ``explain --compile --batch-size N``):
 from ``PACKED_COMPILE_MIN_ROWS`` rows on, a step compiled over packed layers, else over frozen plain ones.
+Drafted rows verify n-gram drafts several tokens a step as the hf backend's one-answer decoding does:
+``1 sd`` eagerly, ``1 scd`` through the compiled step, and ``1 scdf`` the same with every prompt
+computed whole (no prefix kept between clips), which shows what the kept prefix saves.
 The largest ``sb`` batch's time is split into its prompts' forward (up to the first tokens) and its
 decoding steps, whose weight matmuls (2 FLOPs per weight and row) are set against the machine's
 float32 matmul rate, measured after the runs: how far from compute-bound a batched step is. The
@@ -69,7 +72,7 @@ from affect_llm.generation.batch_stream import TokenCollector
 ROOT = Path(__file__).resolve().parent.parent
 # Batch-1 rows that verify drafts: several tokens a read of the weights, so they are reported beside the
 # one-token-a-step bound rather than judged as reaching it.
-DRAFTED = ("1sd", "1scd")
+DRAFTED = ("1sd", "1scd", "1scdf")
 
 
 def default_checkpoint(work: Path) -> Path:
@@ -284,8 +287,10 @@ def run_once(model, processor, items: list[dict], batch_size: int, new_tokens: i
 
 def run_stream_once(model, processor, requests: list, batch_size: int, new_tokens: int,
                     outputs: list | None = None, prefills: list | None = None, decoder=None,
-                    passes: list | None = None) -> float:
-    """Seconds to decode ``new_tokens`` for every request as the hf backend batches (``stream_batch``);
+                    passes: list | None = None, keep_prefixes: bool = True) -> float:
+    """Seconds to decode ``new_tokens`` for every request as the hf backend batches (``stream_batch``,
+    the shared prompt prefix kept from batch to batch as the backend keeps it, unless ``keep_prefixes``
+    is false; the run starts with none kept);
     ``prefills`` (batch 1) gets the run's seconds up to each clip's first token, summed; ``decoder``:
     its compiled decoding step (as ``explain --compile`` decodes). With ``passes`` (batch 1), each answer
     verifies drafts of its next tokens as the hf backend's one-answer decoding does, from a drafter
@@ -294,9 +299,11 @@ def run_stream_once(model, processor, requests: list, batch_size: int, new_token
     from affect_llm.generation.backend import DecodingSettings
     from affect_llm.generation.batch_stream import BatchItem, stream_batch
     from affect_llm.generation.ngram_drafts import NgramDrafter
+    from affect_llm.generation.prefix_cache import PrefixCache
 
     settings = DecodingSettings(max_new_tokens=new_tokens)
     drafter = NgramDrafter() if passes is not None else None
+    prefixes = PrefixCache() if keep_prefixes else None
     steps = 0
     prefill = 0.0
     started = time.perf_counter()
@@ -306,7 +313,7 @@ def run_stream_once(model, processor, requests: list, batch_size: int, new_token
         call_started = time.perf_counter()
         steps += stream_batch(model, processor, [BatchItem(request, settings, sink, stop_at_eos=False)
                                                  for request, sink in zip(batch, sinks, strict=True)],
-                              decoder=decoder, drafter=drafter).steps
+                              decoder=decoder, drafter=drafter, prefixes=prefixes).steps
         prefill += sinks[0].first - call_started
         if any(len(sink.tokens) != new_tokens for sink in sinks):
             raise SystemExit(f"bench_explain: stream_batch decoded other than {new_tokens} tokens")
@@ -431,7 +438,7 @@ def raw_explain(checkpoint: Path, work: Path, clips: int, batch_size: int, new_t
 def timed(args, model, processor, items, batch_size: int, what: str, extra: dict | None = None,
           outputs: list | None = None, bandwidths: list | None = None, requests: list | None = None,
           decoding: list | None = None, prompt_seconds: list | None = None, decoder=None,
-          passes: list | None = None) -> float:
+          passes: list | None = None, keep_prefixes: bool = True) -> float:
     """Median seconds of ``args.repeats`` runs (the first one's tokens go to ``outputs``).
 
     ``bandwidths`` collects the read bandwidth measured right after each run: the speed of shared
@@ -442,7 +449,7 @@ def timed(args, model, processor, items, batch_size: int, what: str, extra: dict
     as the bound assumes (the prompt's forward is compute-bound and is left out). ``prompt_seconds``
     collects each run's seconds up to the first token of each batch, summed. ``decoder``: stream_batch's
     compiled decoding step. ``passes``: verify drafts (see :func:`run_stream_once`), each run's forward
-    passes after the prompts' collected there.
+    passes after the prompts' collected there. ``keep_prefixes``: see :func:`run_stream_once`.
     """
     times = []
     prefills: list | None = prompt_seconds if prompt_seconds is not None else [] if decoding is not None else None
@@ -450,7 +457,7 @@ def timed(args, model, processor, items, batch_size: int, what: str, extra: dict
         kept = outputs if repeat == 0 else None
         if requests is not None:
             times.append(run_stream_once(model, processor, requests, batch_size, args.max_new_tokens, kept,
-                                         prefills, decoder, passes))
+                                         prefills, decoder, passes, keep_prefixes))
         else:
             times.append(run_once(model, processor, items, batch_size, args.max_new_tokens, extra, kept, prefills))
         if decoding is not None:
@@ -465,7 +472,7 @@ def report_row(name: str, clips: int, new_tokens: int, seconds: float, baseline:
     """Print one table row; returns its clips/s."""
     clips_per_s = clips / seconds
     speedup = clips_per_s / (baseline or clips_per_s)
-    print(f"{name:>5} {clips_per_s:>9.2f} {clips_per_s * new_tokens:>9.1f} {seconds:>8.1f} {speedup:>7.2f}x",
+    print(f"{name:>6} {clips_per_s:>9.2f} {clips_per_s * new_tokens:>9.1f} {seconds:>8.1f} {speedup:>7.2f}x",
           flush=True)
     return clips_per_s
 
@@ -583,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         f"model {checkpoint}; {len(items)} clips; {args.max_new_tokens} new tokens per clip; "
         f"torch threads {torch.get_num_threads()}; median of {args.repeats}; LoRA folded in: {merged}"
     )
-    print(f"{'batch':>5} {'clips/s':>9} {'tokens/s':>9} {'seconds':>8} {'speedup':>8}")
+    print(f"{'batch':>6} {'clips/s':>9} {'tokens/s':>9} {'seconds':>8} {'speedup':>8}")
     rates: dict[str, float] = {}
     bandwidths: dict[str, list[float]] = {"1": []}  # per batch-1 variant, measured after each of its runs
     decodes: dict[str, list[float]] = {"1": []}  # per batch-1 variant, decoding steps per second of each run
@@ -661,6 +668,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"      compiled, drafts verified: tokens equal to the loop's up to the end of turn: "
               f"{same_until_end_of_turn(tokens, dynamic, eos)}; {decoded / statistics.median(passes):.2f} tokens "
               f"per forward pass after the prompts'")
+        # The same without the kept prefix: every prompt computed whole, as before the backend kept it.
+        tokens, key, passes = [], "1scdf", []
+        bandwidths[key], decodes[key] = [], []
+        variants[key] = ("1 scdf", "drafts verified by the compiled step, every prompt whole", {})
+        seconds = timed(args, model, processor, items, 1, "batch 1 compiled with drafts, every prompt whole",
+                        outputs=tokens, bandwidths=bandwidths[key], requests=requests, decoding=decodes[key],
+                        decoder=decoder, passes=passes, keep_prefixes=False)
+        rates[key] = report_row("1 scdf", len(items), args.max_new_tokens, seconds, rates["1"])
+        print(f"      compiled, drafts verified, every prompt whole: tokens equal to the loop's up to the end of "
+              f"turn: {same_until_end_of_turn(tokens, dynamic, eos)}; kept prefix saved "
+              f"{rates['1scd'] / rates[key]:.2f}x")
         if largest != "1":
             compiled_batch_row(args, model, processor, items, requests, layouts, int(largest), dynamic, rates)
     if args.static_cache and largest != "1":

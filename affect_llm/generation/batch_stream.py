@@ -4,7 +4,8 @@
 ended; its streamers accept batch size 1 only. A server batching concurrent requests needs more:
 each request streams its own tokens, has its own token budget and sampling settings, and a request
 whose client went away must stop costing compute. :func:`stream_batch` is that loop: one prefill of
-the batch (the prompt prefix every request shares computed once, the rest left-padded after it,
+the batch (the prompt prefix every request shares computed once, or loaded where an earlier batch
+kept it, the rest left-padded after it,
 media tokens merged by ``model.embed_inputs`` as ``generate`` merges them), then one decoding step
 per token for the rows still running; a row that ends (end of turn, its budget, or its sink reports
 it cancelled) is removed from the batch and from the KV cache (``batch_select_indices``), so later
@@ -35,6 +36,7 @@ from affect_llm.generation.backend import DecodingSettings, GenerationRequest
 from affect_llm.generation.compiled_step import CompiledDecoder
 from affect_llm.generation.kv_cache import GrowingCache
 from affect_llm.generation.ngram_drafts import NgramDrafter
+from affect_llm.generation.prefix_cache import PrefixCache
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.processing.processor import AffectProcessor, batch_to_device
 
@@ -158,12 +160,14 @@ def shared_prefix_length(prompts: list[list[int]], stop_ids: set[int]) -> int:
 
 
 def _prefill(model: AffectForConditionalGeneration, processor: AffectProcessor, items: list[BatchItem],
-             cache: GrowingCache, cached: dict[str, Any]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+             cache: GrowingCache, cached: dict[str, Any], prefixes: PrefixCache | None = None,
+             ) -> tuple[Any, torch.Tensor, torch.Tensor]:
     """Run the prompts through the LLM, filling the cache; returns ``(output, mask (B, L), positions (B, 1))``.
 
     The prefix all prompts share (the system prompt and chat header) is computed once and its keys
     and values repeated for every row: with a batch of B requests, B - 1 copies of its cost are
-    saved. The rest of each prompt is left-padded after it, so a row reads
+    saved; with ``prefixes``, the part of it an earlier batch computed is loaded from there instead.
+    The rest of each prompt is left-padded after it, so a row reads
     ``[shared prefix][padding][own tokens]``; padding is masked, and positions count only real
     tokens, as ``generate`` counts them.
     """
@@ -172,7 +176,13 @@ def _prefill(model: AffectForConditionalGeneration, processor: AffectProcessor, 
     prompts = [processor.encode_text(item.request.messages)["input_ids"] for item in items]
     shared = shared_prefix_length(prompts, set(processor.token_ids().values()))
     if shared:
-        lm(input_ids=torch.tensor(prompts[0][:shared], device=device)[None], **cached)  # (1, P)
+        prefix = prompts[0][:shared]
+        reused = prefixes.load(prefix, cache, MIN_SHARED_PREFIX) if prefixes is not None else 0
+        if reused < shared:
+            lm(input_ids=torch.tensor(prefix[reused:], device=device)[None],  # (1, P - reused)
+               position_ids=torch.arange(reused, shared, device=device)[None], **cached)
+            if prefixes is not None:
+                prefixes.store(prefix, cache)
         if len(items) > 1:
             cache.batch_repeat_interleave(len(items))
     rest = [{"input_ids": ids[shared:], "media": item.request.media} for ids, item in zip(prompts, items, strict=True)]
@@ -193,6 +203,7 @@ def stream_batch(
     eos_token_id: int | None = None,
     decoder: CompiledDecoder | None = None,
     drafter: NgramDrafter | None = None,
+    prefixes: PrefixCache | None = None,
 ) -> BatchStats:
     """Decode a batch, handing each token to its request's sink as soon as it is chosen.
 
@@ -208,6 +219,9 @@ def stream_batch(
             (``DecodingSettings.draft_tokens``), verify its drafts several tokens a step
             (:func:`_decode_with_drafts`), eagerly or through ``decoder``'s step; it also learns from
             the answer.
+        prefixes: Load the shared prompt prefix's keys and values from here where an earlier batch
+            computed them, and keep this batch's there (the same LLM weights, laid out the same way,
+            in every batch that uses it).
 
     Returns:
         Counts of rows and steps, and each request's finish reason.
@@ -221,7 +235,8 @@ def stream_batch(
     produced = dict.fromkeys(live, 0)
     cache = GrowingCache()
     cached = {cache_argument(model.language_model): cache, "use_cache": True, "logits_to_keep": 1}
-    out, mask, positions = _prefill(model, processor, [items[i] for i in live], cache, cached)  # (B, L), (B, 1)
+    out, mask, positions = _prefill(model, processor, [items[i] for i in live], cache, cached,  # (B, L), (B, 1)
+                                    prefixes)
     logits = out.logits[:, -1, :]  # (B, V)
     del out  # it holds the growing cache, which the compiled step no longer needs
     step = model.language_model

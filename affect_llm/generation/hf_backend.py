@@ -1,8 +1,10 @@
 """Generation with the model in this process: batched, left-padded, and streamed.
 
 Every answer decodes through :func:`~affect_llm.generation.batch_stream.stream_batch`: the prompt
-prefix every clip shares (system prompt, chat header) is computed once, a row that reaches its end
-of turn leaves the batch, and the KV cache grows in place. Greedy answers are those of
+prefix every clip shares (system prompt, chat header) is computed once and its keys and values kept
+for later batches (:class:`~affect_llm.generation.prefix_cache.PrefixCache`: a batch of one, such as a
+chat's turn, loads them instead of computing them again), a row that reaches its end of turn leaves
+the batch, and the KV cache grows in place. Greedy answers are those of
 ``model.generate`` where the checkpoint's generation config changes no logits (tested); sampling draws from each request's own seeded generator, so a clip's
 sampled answer does not depend on which clips share its batch. Compiled decoding
 (``DecodingSettings.compile``) runs the same loop with its decoding step compiled over a static cache
@@ -42,6 +44,7 @@ from affect_llm.generation.compiled_step import (
 )
 from affect_llm.generation.ngram_drafts import NgramDrafter
 from affect_llm.generation.packed_linear import PackingProbe, measure_packing, pack_linear_layers
+from affect_llm.generation.prefix_cache import PrefixCache
 from affect_llm.modeling.model import AffectForConditionalGeneration
 from affect_llm.modeling.trainable import is_peft_wrapped, is_quantized, merge_lora_for_inference
 from affect_llm.processing.processor import AffectProcessor
@@ -86,6 +89,9 @@ class HFBackend:
         # Learns from every answer this backend decodes, so a chat's or a batch job's later answers
         # draft from its earlier ones.
         self.drafter = NgramDrafter()
+        # The shared prompt prefix of recent answers: a batch of one (a chat turn, explain --batch-size 1,
+        # a lone request) loads it instead of computing it again.
+        self.prefixes = PrefixCache()
         self._warned_eager = False
         self.packing: PackingProbe | None = None
         if (pack_weights is not False and self.device.type == "cpu" and not is_peft_wrapped(model)
@@ -112,11 +118,12 @@ class HFBackend:
         server's scheduler calls this with requests of mixed settings)."""
         decoder = self._decoder_for(compile)
         if decoder is None:
-            return stream_batch(self.model, self.processor, items, drafter=self.drafter)
+            return stream_batch(self.model, self.processor, items, drafter=self.drafter, prefixes=self.prefixes)
         # Held for the whole batch: a stream whose reader left (a chat turn interrupted during the
         # compile) may still be decoding when the next turn starts.
         with decoder.lock:
-            return stream_batch(self.model, self.processor, items, decoder=decoder, drafter=self.drafter)
+            return stream_batch(self.model, self.processor, items, decoder=decoder, drafter=self.drafter,
+                                prefixes=self.prefixes)
 
     def compile_ahead(self, max_new_tokens: int = 2, draft_tokens: int = 0) -> bool:
         """Compile the decoding step now, for batches of every size, instead of at the first requests.
@@ -168,6 +175,8 @@ class HFBackend:
             language_model = self.model.language_model
             self._decoder = CompiledDecoder(language_model, cache_argument(language_model), dynamic=dynamic,
                                             keep_packed=compiles_over_packed_layers(language_model, self.rows))
+            # Prefixes computed on the packed layers it may have unpacked: the same tokens up to rounding only.
+            self.prefixes.clear()
         return self._decoder
 
     def stream(self, request: GenerationRequest, settings: DecodingSettings) -> Iterator[str]:

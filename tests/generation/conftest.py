@@ -5,20 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from genhelpers import read_rows, write_rows
+from genhelpers import TINY_SPEC, read_rows, write_rows
 
 from affect_llm.loading.build import build_model
 from affect_llm.loading.checkpoint import save_checkpoint
-from affect_llm.loading.spec import ModelSpec
-
-TINY_SPEC = ModelSpec(
-    llm="tiny:llm",
-    audio_encoder="tiny:whisper",
-    face_encoder="tiny:fer",
-    audio_window_seconds=4.0,
-    num_audio_tokens=4,
-    num_face_tokens=2,
-)
 
 
 @pytest.fixture(scope="session")

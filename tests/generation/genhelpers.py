@@ -5,6 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from affect_llm.loading.spec import ModelSpec
+
+# The tiny random model of the generation tests (a 2-layer LLM, tiny encoders).
+TINY_SPEC = ModelSpec(llm="tiny:llm", audio_encoder="tiny:whisper", face_encoder="tiny:fer", audio_window_seconds=4.0,
+                      num_audio_tokens=4, num_face_tokens=2)
+
 
 def write_rows(rows: list[dict], path: Path) -> Path:
     """Write manifest rows (dicts) as JSONL; media paths should be absolute."""

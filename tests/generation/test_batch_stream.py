@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from genhelpers import TINY_SPEC
 from torch._dynamo.utils import counters
 
 from affect_llm.generation.backend import DecodingSettings, GenerationRequest
@@ -20,10 +21,6 @@ from affect_llm.generation.hf_backend import HFBackend
 from affect_llm.generation.kv_cache import GrowingLayer
 from affect_llm.generation.ngram_drafts import NgramDrafter
 from affect_llm.loading.build import build_model
-from affect_llm.loading.spec import ModelSpec
-
-SPEC = ModelSpec(llm="tiny:llm", audio_encoder="tiny:whisper", face_encoder="tiny:fer", audio_window_seconds=4.0,
-                 num_audio_tokens=4, num_face_tokens=2)
 
 
 class Sink:
@@ -46,7 +43,7 @@ class Sink:
 
 @pytest.fixture(scope="module")
 def parts():
-    model, processor = build_model(SPEC, seed=0)
+    model, processor = build_model(TINY_SPEC, seed=0)
     rng = np.random.default_rng(0)
     requests = []
     for i in range(4):  # different prompt lengths and media: left padding matters
@@ -182,7 +179,7 @@ def test_compiled_ahead_as_a_server_does_every_later_batch_finds_its_graph(parts
     two, and one row verifying a draft; later batches of other row counts and prompt lengths, and one
     answer verifying drafts of several lengths, get the eager tokens from those three graphs."""
     torch._dynamo.reset()  # no graph of an earlier test serves these shapes
-    model, processor = build_model(SPEC, seed=0)
+    model, processor = build_model(TINY_SPEC, seed=0)
     backend = HFBackend(model.eval(), processor)
     graphs = counters["stats"]["unique_graphs"]
     assert backend.compile_ahead(draft_tokens=8)
@@ -205,7 +202,7 @@ def test_where_dynamo_refuses_to_compile_again_the_step_runs_eagerly(parts) -> N
     """Past dynamo's recompile limit (it counts every graph of the LLM's forward in the process) a
     batch is not lost: the same tokens, eagerly, from the refused step on."""
     torch._dynamo.reset()  # dynamo's cache empty: its limit counts this test's graphs only
-    model, processor = build_model(SPEC, seed=0)
+    model, processor = build_model(TINY_SPEC, seed=0)
     own = (model.eval(), processor, parts[2])
     decoder = CompiledDecoder(model.language_model, cache_argument(model.language_model), length_step=8)
     with torch._dynamo.config.patch(recompile_limit=1):  # at most one graph of the LLM's forward here

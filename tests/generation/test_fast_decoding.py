@@ -9,20 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from genhelpers import noise_requests, read_rows
+from genhelpers import TINY_SPEC, noise_requests, read_rows
 
 from affect_llm.generation.backend import DecodingSettings
 from affect_llm.generation.hf_backend import HFBackend
 from affect_llm.loading.build import build_model
-from affect_llm.loading.spec import ModelSpec
 from affect_llm.modeling.trainable import LoraSettings, apply_lora, is_peft_wrapped
-
-SPEC = ModelSpec(llm="tiny:llm", audio_encoder="tiny:whisper", face_encoder="tiny:fer", audio_window_seconds=4.0,
-                 num_audio_tokens=4, num_face_tokens=2)
 
 
 def test_folding_the_adapter_in_keeps_the_greedy_answers() -> None:
-    model, processor = build_model(SPEC, seed=0)
+    model, processor = build_model(TINY_SPEC, seed=0)
     apply_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0))
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():  # a trained-looking adapter: peft starts B at zero, which would change nothing
@@ -94,7 +90,7 @@ def test_compile_is_refused_where_it_would_not_apply(small_manifest, tiny_checkp
 
 def test_a_streamed_compiled_answer_is_the_eager_one() -> None:
     """The chat's path: one request streamed through the compiled step, text equal to the eager batch's."""
-    model, processor = build_model(SPEC, seed=0)
+    model, processor = build_model(TINY_SPEC, seed=0)
     backend = HFBackend(model, processor)
     request = noise_requests(processor, count=1)[0]
     eager = backend.generate([request], DecodingSettings(max_new_tokens=12))
@@ -123,7 +119,7 @@ def test_compiled_decoding_on_a_cpu_lays_out_the_plain_layers_itself_and_keeps_t
     from affect_llm.generation.packed_linear import PackedLinear, packing_available
 
     torch._dynamo.reset()
-    model, processor = build_model(SPEC, seed=0)
+    model, processor = build_model(TINY_SPEC, seed=0)
     backend = HFBackend(model, processor, pack_weights=True)
     packed = any(isinstance(m, PackedLinear) for m in model.language_model.modules())
     assert packed == packing_available()
@@ -152,7 +148,7 @@ def test_compiled_decoding_of_many_rows_keeps_the_packed_layers_and_the_answers(
     if not packing_available():
         pytest.skip("this torch has no oneDNN packed linear op")
     torch._dynamo.reset()
-    model, processor = build_model(SPEC, seed=0)
+    model, processor = build_model(TINY_SPEC, seed=0)
     backend = HFBackend(model, processor, pack_weights=True, rows=PACKED_COMPILE_MIN_ROWS)
     requests = noise_requests(processor, count=3)
     eager = backend.generate(requests, DecodingSettings(max_new_tokens=12))

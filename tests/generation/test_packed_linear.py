@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from genhelpers import noise_requests
+from genhelpers import TINY_SPEC, noise_requests
 from torch import nn
 
 from affect_llm.generation.backend import DecodingSettings
@@ -17,12 +17,9 @@ from affect_llm.generation.packed_linear import (
     unpack_linear_layers,
 )
 from affect_llm.loading.build import build_model
-from affect_llm.loading.spec import ModelSpec
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch has no oneDNN")
 
-SPEC = ModelSpec(llm="tiny:llm", audio_encoder="tiny:whisper", face_encoder="tiny:fer", audio_window_seconds=4.0,
-                 num_audio_tokens=4, num_face_tokens=2)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -39,7 +36,7 @@ def test_a_packed_layer_computes_what_the_plain_one_does(bias: bool, shape: tupl
 
 
 def test_unpacking_restores_every_weight_to_the_bit_and_the_tied_output_matrix() -> None:
-    model, _ = build_model(SPEC, seed=0)
+    model, _ = build_model(TINY_SPEC, seed=0)
     llm = model.language_model
     before = {name: tensor.clone() for name, tensor in llm.state_dict().items()}
     tied = llm.get_output_embeddings().weight is llm.get_input_embeddings().weight
@@ -60,8 +57,8 @@ def test_a_packed_layer_refuses_to_train() -> None:
 
 
 def test_the_hf_backend_decodes_packed_with_the_same_greedy_answers() -> None:
-    plain_model, processor = build_model(SPEC, seed=0)
-    packed_model, _ = build_model(SPEC, seed=0)
+    plain_model, processor = build_model(TINY_SPEC, seed=0)
+    packed_model, _ = build_model(TINY_SPEC, seed=0)
     settings = DecodingSettings(max_new_tokens=12)
     plain = HFBackend(plain_model, processor, pack_weights=False)
     packed = HFBackend(packed_model, processor, pack_weights=True)
@@ -88,7 +85,7 @@ def test_the_hf_backend_packs_where_packing_measures_faster_at_its_rows() -> Non
     it was told to expect and holds the faster one; which one depends on the cores, so the test checks
     that the choice follows the measurement, and that a model with nothing to pack is not measured."""
     for rows in (1, 16):
-        model, processor = build_model(SPEC, seed=0)
+        model, processor = build_model(TINY_SPEC, seed=0)
         backend = HFBackend(model, processor, rows=rows)
         probe = backend.packing
         assert probe is not None and probe.rows == rows and probe.plain_ms > 0 and probe.packed_ms > 0

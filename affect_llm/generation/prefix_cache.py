@@ -1,0 +1,117 @@
+"""Keys and values of recent shared prompt prefixes, kept from one batch to the next.
+
+Every prompt of a task starts with the same tokens (the system prompt and the chat header, about 55
+of the embedded default's 120 before the media): :func:`~affect_llm.generation.batch_stream.stream_batch`
+computes them once per batch, but a batch of one (``explain --batch-size 1``, each turn of a chat, a
+lone request to the server) computed them again for every answer. With decoding verified several
+tokens a step that prefix was about two fifths of what a clip's prompt cost.
+
+:class:`PrefixCache` keeps the keys and values of the last few prefixes, by their token ids. A new
+batch's prefix reuses the longest run of leading tokens it shares with one of them and computes only
+the rest. Prefix positions always start at 0 (rows are left-padded after the prefix), and the prefix
+holds text tokens only (it ends before the first media placeholder), so its keys and values are a
+function of its token ids and the LLM's weights alone. The weights must not change while a cache is
+in use: its owner clears it when they do (:meth:`clear`; the hf backend's compiled step lays its
+weights out anew).
+
+Shape letters: H key/value heads, P prefix positions, D head width.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import Cache
+
+# Prefixes kept: a server answers a few tasks (each with its own system prompt) in turn.
+DEFAULT_ENTRIES = 4
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One prefix: its token ids and, per layer, its ``(1, H, P, D)`` keys and values."""
+
+    token_ids: tuple[int, ...]
+    keys: tuple[torch.Tensor, ...]
+    values: tuple[torch.Tensor, ...]
+
+
+def _common_length(first: tuple[int, ...], second: list[int]) -> int:
+    """How many leading tokens the two share."""
+    length = 0
+    for a, b in zip(first, second, strict=False):
+        if a != b:
+            break
+        length += 1
+    return length
+
+
+class PrefixCache:
+    """The keys and values of the last ``entries`` shared prompt prefixes, most recent first.
+
+    Safe to share between threads (a chat turn still decoding while the next one starts): entries
+    are replaced whole, never changed in place.
+
+    Args:
+        entries: Prefixes kept; the least recently used one goes first.
+    """
+
+    def __init__(self, entries: int = DEFAULT_ENTRIES) -> None:
+        self.entries = entries
+        self._kept: list[_Entry] = []
+        self._lock = threading.Lock()
+        self.reused_tokens = 0  # prefix tokens loaded instead of computed, over this cache's life
+
+    def __len__(self) -> int:
+        """Prefixes kept."""
+        return len(self._kept)
+
+    def load(self, token_ids: list[int], cache: Cache, min_tokens: int = 1) -> int:
+        """Fill the empty ``cache`` with the longest kept run of ``token_ids``' leading tokens.
+
+        Args:
+            token_ids: The new batch's shared prefix.
+            cache: A one-row cache with nothing in it yet.
+            min_tokens: Load nothing when fewer tokens than this are shared.
+
+        Returns:
+            The positions loaded (0: compute the whole prefix).
+        """
+        if cache.get_seq_length():
+            raise ValueError("PrefixCache.load fills an empty cache")
+        with self._lock:
+            matches = [(_common_length(entry.token_ids, token_ids), entry) for entry in self._kept]
+            length, entry = max(matches, key=lambda match: match[0], default=(0, None))
+            if entry is None or length < min_tokens:
+                return 0
+            self._kept.remove(entry)
+            self._kept.insert(0, entry)
+            self.reused_tokens += length
+        for layer, (keys, values) in enumerate(zip(entry.keys, entry.values, strict=True)):
+            cache.update(keys[:, :, :length], values[:, :, :length], layer)
+        return length
+
+    def store(self, token_ids: list[int], cache: Cache) -> None:
+        """Keep the keys and values of ``token_ids``, the prefix ``cache`` (one row) holds, unless a kept
+        prefix already starts with all of them."""
+        length = len(token_ids)
+        if cache.get_seq_length() != length:
+            raise ValueError(f"PrefixCache.store: the cache holds {cache.get_seq_length()} positions, "
+                             f"the prefix has {length} tokens")
+        with self._lock:
+            if any(_common_length(entry.token_ids, token_ids) == length for entry in self._kept):
+                return
+        # Copies: the cache's buffers go on to hold this batch's own tokens, and are repeated for its rows.
+        entry = _Entry(tuple(token_ids), tuple(layer.keys[:, :, :length].clone() for layer in cache.layers),
+                       tuple(layer.values[:, :, :length].clone() for layer in cache.layers))
+        with self._lock:
+            # A kept prefix the new one extends is superseded by it.
+            kept = [old for old in self._kept if _common_length(old.token_ids, token_ids) < len(old.token_ids)]
+            self._kept = [entry, *kept][: self.entries]
+
+    def clear(self) -> None:
+        """Forget every prefix (the LLM's weights or their layout changed)."""
+        with self._lock:
+            self._kept = []

@@ -1,0 +1,161 @@
+"""``PrefixCache``: a batch of one loads the shared prompt prefix an earlier batch computed, with the same answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from genhelpers import TINY_SPEC
+
+from affect_llm.generation.backend import DecodingSettings, GenerationRequest
+from affect_llm.generation.batch_stream import (
+    BatchItem,
+    TokenCollector,
+    cache_argument,
+    shared_prefix_length,
+    stream_batch,
+)
+from affect_llm.generation.hf_backend import HFBackend
+from affect_llm.generation.kv_cache import GrowingCache
+from affect_llm.generation.prefix_cache import PrefixCache
+from affect_llm.loading.build import build_model
+
+SETTINGS = DecodingSettings(max_new_tokens=10, draft_tokens=0)
+
+
+@pytest.fixture(scope="module")
+def parts():
+    model, processor = build_model(TINY_SPEC, seed=0)
+    rng = np.random.default_rng(1)
+    clips = []
+    for i in range(3):  # clips with media: the prefix ends before the first media placeholder
+        audio = (0.1 * rng.standard_normal(8_000 * (i + 1))).astype(np.float32)
+        media = processor.prepare_media(audio=audio)
+        clips.append(GenerationRequest(processor.build_messages("reason", media.modalities, question="w" * (i + 1)),
+                                       media))
+    # Text only, as a chat's turns: the prefix is the whole prompt but its last token, and two questions
+    # share only its first part.
+    texts = [GenerationRequest(processor.build_messages("reason", (), None, question), absent=("audio", "video"))
+             for question in ("How does the speaker feel?", "How does the speaker feel about the weather?")]
+    return model.eval(), processor, clips, texts
+
+
+class TokensThroughTheLLM:
+    """Counts the positions each forward of the LLM's first layer computes."""
+
+    def __init__(self, model) -> None:
+        self.lengths: list[int] = []
+        layer = model.language_model.model.layers[0]
+        self.handle = layer.register_forward_hook(lambda _m, args, _o: self.lengths.append(args[0].shape[1]))
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def answer(parts, request: GenerationRequest, prefixes: PrefixCache | None) -> tuple[list[int], list[int]]:
+    """One request alone through ``stream_batch``: its greedy tokens, and the positions each forward computed."""
+    model, processor = parts[0], parts[1]
+    sink, counter = TokenCollector(), TokensThroughTheLLM(model)
+    try:
+        stream_batch(model, processor, [BatchItem(request, SETTINGS, sink)], prefixes=prefixes)
+    finally:
+        counter.close()
+    return sink.tokens, counter.lengths
+
+
+def prefix_of(processor, request: GenerationRequest) -> list[int]:
+    ids = processor.encode_text(request.messages)["input_ids"]
+    return ids[:shared_prefix_length([ids], set(processor.token_ids().values()))]
+
+
+def test_a_later_clip_loads_the_prefix_and_answers_as_if_it_computed_it(parts) -> None:
+    _, processor, clips, _ = parts
+    prefixes = PrefixCache()
+    shared = len(prefix_of(processor, clips[0]))
+    assert shared >= 8 and prefix_of(processor, clips[1]) == prefix_of(processor, clips[0])
+    first, first_lengths = answer(parts, clips[0], prefixes)
+    assert first_lengths[0] == shared and len(prefixes) == 1  # computed, then kept
+    for clip in clips[1:]:
+        alone, alone_lengths = answer(parts, clip, None)
+        loaded, loaded_lengths = answer(parts, clip, prefixes)
+        assert loaded == alone
+        # The prefix's forward is skipped: the prompt's own tokens come first.
+        assert alone_lengths[0] == shared and loaded_lengths == alone_lengths[1:]
+    assert prefixes.reused_tokens == 2 * shared and len(prefixes) == 1
+
+
+def test_loaded_keys_and_values_are_those_computed(parts) -> None:
+    model, processor, clips, _ = parts
+    prefix = prefix_of(processor, clips[0])
+    lm = model.language_model
+    computed = GrowingCache()
+    with torch.no_grad():
+        lm(input_ids=torch.tensor(prefix)[None], **{cache_argument(lm): computed}, use_cache=True)
+    prefixes = PrefixCache()
+    prefixes.store(prefix, computed)
+    loaded = GrowingCache()
+    assert prefixes.load(prefix, loaded) == len(prefix)
+    for mine, theirs in zip(loaded.layers, computed.layers, strict=True):
+        assert torch.equal(mine.keys, theirs.keys) and torch.equal(mine.values, theirs.values)
+    # A prefix that shares only its first tokens loads those; too few shared loads nothing.
+    fewer = GrowingCache()
+    assert prefixes.load([*prefix[:5], -1], fewer) == 5 and fewer.get_seq_length() == 5
+    assert prefixes.load([*prefix[:5], -1], GrowingCache(), min_tokens=8) == 0
+    with pytest.raises(ValueError, match="empty cache"):
+        prefixes.load(prefix, loaded)
+
+
+def test_a_prompt_sharing_part_of_a_kept_prefix_computes_only_the_rest(parts) -> None:
+    """A chat's next question: the system prompt and the chat header load, the question is computed."""
+    _, processor, _, texts = parts
+    prefixes = PrefixCache()
+    short, long = (prefix_of(processor, text) for text in texts)
+    common = next(i for i, (a, b) in enumerate(zip(short, long, strict=False)) if a != b)
+    assert common >= 8
+    answer(parts, texts[0], prefixes)
+    alone, alone_lengths = answer(parts, texts[1], None)
+    loaded, loaded_lengths = answer(parts, texts[1], prefixes)
+    assert loaded == alone
+    assert alone_lengths[0] == len(long) and loaded_lengths[0] == len(long) - common
+    assert loaded_lengths[1:] == alone_lengths[1:]
+    assert prefixes.reused_tokens == common and len(prefixes) == 2  # both kept: neither extends the other
+
+
+def test_the_least_recently_used_prefix_goes_first_and_an_extended_one_is_replaced() -> None:
+    def cache_of(length: int) -> GrowingCache:
+        cache = GrowingCache()
+        cache.update(torch.randn(1, 2, length, 4), torch.randn(1, 2, length, 4), 0)
+        return cache
+
+    prefixes = PrefixCache(entries=2)
+    prefixes.store([1] * 10, cache_of(10))
+    prefixes.store([2] * 10, cache_of(10))
+    assert prefixes.load([1] * 12, GrowingCache()) == 10  # now the most recently used
+    prefixes.store([3] * 10, cache_of(10))  # [2] * 10 goes
+    assert len(prefixes) == 2 and prefixes.load([2] * 10, GrowingCache()) == 0
+    prefixes.store([1] * 12, cache_of(12))  # extends [1] * 10, which it replaces
+    assert len(prefixes) == 2 and prefixes.load([1] * 20, GrowingCache()) == 12
+    prefixes.store([1] * 8, cache_of(8))  # held already by a longer one
+    assert len(prefixes) == 2
+    with pytest.raises(ValueError, match="holds 8 positions"):
+        prefixes.store([4] * 9, cache_of(8))
+    prefixes.clear()
+    assert len(prefixes) == 0
+
+
+def test_the_backend_reuses_prefixes_between_answers_and_forgets_them_when_it_compiles(parts) -> None:
+    model, processor, clips, texts = parts
+    fresh = [HFBackend(model, processor).generate([clip], SETTINGS)[0] for clip in clips]
+    backend = HFBackend(model, processor)
+    assert [backend.generate([clip], SETTINGS)[0] for clip in clips] == fresh
+    assert backend.prefixes.reused_tokens == 2 * len(prefix_of(processor, clips[0]))
+    streamed = "".join(backend.stream(texts[0], SETTINGS))  # a chat turn
+    assert streamed == HFBackend(model, processor).generate([texts[0]], SETTINGS)[0]
+    # The chat's prefix starts with the clips' (the system prompt and the user header) and replaced it,
+    # and a clip loads its whole prefix from there.
+    assert len(backend.prefixes) == 1
+    reused = backend.prefixes.reused_tokens
+    assert backend.generate([clips[0]], SETTINGS)[0] == fresh[0]
+    assert backend.prefixes.reused_tokens == reused + len(prefix_of(processor, clips[0]))
+    backend._decoder_for(True)  # the compiled step may lay the weights out anew: kept prefixes go
+    assert len(backend.prefixes) == 0
