@@ -177,12 +177,13 @@ def _prefill(model: AffectForConditionalGeneration, processor: AffectProcessor, 
     shared = shared_prefix_length(prompts, set(processor.token_ids().values()))
     if shared:
         prefix = prompts[0][:shared]
+        generation = prefixes.generation if prefixes is not None else 0
         reused = prefixes.load(prefix, cache, MIN_SHARED_PREFIX) if prefixes is not None else 0
         if reused < shared:
             lm(input_ids=torch.tensor(prefix[reused:], device=device)[None],  # (1, P - reused)
                position_ids=torch.arange(reused, shared, device=device)[None], **cached)
             if prefixes is not None:
-                prefixes.store(prefix, cache)
+                prefixes.store(prefix, cache, generation)
         if len(items) > 1:
             cache.batch_repeat_interleave(len(items))
     rest = [{"input_ids": ids[shared:], "media": item.request.media} for ids, item in zip(prompts, items, strict=True)]

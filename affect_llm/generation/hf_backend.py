@@ -175,7 +175,8 @@ class HFBackend:
             language_model = self.model.language_model
             self._decoder = CompiledDecoder(language_model, cache_argument(language_model), dynamic=dynamic,
                                             keep_packed=compiles_over_packed_layers(language_model, self.rows))
-            # Prefixes computed on the packed layers it may have unpacked: the same tokens up to rounding only.
+            # Kept prefixes were computed on the layers as they were: the decoder may unpack them, and it
+            # switches the LLM's attention function (the same outputs up to float rounding).
             self.prefixes.clear()
         return self._decoder
 

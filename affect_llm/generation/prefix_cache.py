@@ -14,6 +14,12 @@ function of its token ids and the LLM's weights alone. The weights must not chan
 in use: its owner clears it when they do (:meth:`clear`; the hf backend's compiled step lays its
 weights out anew).
 
+Where a prefix is loaded whole (the clips of a task) its keys and values are those computing it
+would give, bit for bit. Where a kept prefix is loaded in part (a chat's next turn shares its
+predecessor's prompt up to the new question) they came from a forward over a different number of
+tokens, which a matmul may round differently in the last bits: an answer can then differ from one
+decoded without the cache as far as that rounding reaches (a near tie between two tokens).
+
 Shape letters: H key/value heads, P prefix positions, D head width.
 """
 
@@ -27,6 +33,9 @@ from transformers.cache_utils import Cache
 
 # Prefixes kept: a server answers a few tasks (each with its own system prompt) in turn.
 DEFAULT_ENTRIES = 4
+# Positions kept over all entries: a chat's prefix grows with the conversation, and for a 7B LLM with
+# grouped key/value heads (32 layers, 8 heads of 128) 4,096 positions are about 0.5 GB in bfloat16.
+DEFAULT_MAX_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -56,13 +65,19 @@ class PrefixCache:
 
     Args:
         entries: Prefixes kept; the least recently used one goes first.
+        max_tokens: Positions kept over all prefixes; the least recently used go first, and a longer
+            prefix is not kept.
     """
 
-    def __init__(self, entries: int = DEFAULT_ENTRIES) -> None:
+    def __init__(self, entries: int = DEFAULT_ENTRIES, max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
         self.entries = entries
+        self.max_tokens = max_tokens
         self._kept: list[_Entry] = []
         self._lock = threading.Lock()
         self.reused_tokens = 0  # prefix tokens loaded instead of computed, over this cache's life
+        # Moved by clear(): a prefix computed before it (a batch still running while the compiled step
+        # unpacked the weights) is not kept after it.
+        self.generation = 0
 
     def __len__(self) -> int:
         """Prefixes kept."""
@@ -93,13 +108,16 @@ class PrefixCache:
             cache.update(keys[:, :, :length], values[:, :, :length], layer)
         return length
 
-    def store(self, token_ids: list[int], cache: Cache) -> None:
+    def store(self, token_ids: list[int], cache: Cache, generation: int | None = None) -> None:
         """Keep the keys and values of ``token_ids``, the prefix ``cache`` (one row) holds, unless a kept
-        prefix already starts with all of them."""
+        prefix already starts with all of them, it is longer than ``max_tokens``, or the cache was
+        cleared since ``generation`` (read before the prefix was computed)."""
         length = len(token_ids)
         if cache.get_seq_length() != length:
             raise ValueError(f"PrefixCache.store: the cache holds {cache.get_seq_length()} positions, "
                              f"the prefix has {length} tokens")
+        if length > self.max_tokens or any(getattr(layer, "keys", None) is None for layer in cache.layers):
+            return  # too long to keep, or layers that hold no keys of their own
         with self._lock:
             if any(_common_length(entry.token_ids, token_ids) == length for entry in self._kept):
                 return
@@ -107,11 +125,18 @@ class PrefixCache:
         entry = _Entry(tuple(token_ids), tuple(layer.keys[:, :, :length].clone() for layer in cache.layers),
                        tuple(layer.values[:, :, :length].clone() for layer in cache.layers))
         with self._lock:
+            if generation is not None and generation != self.generation:
+                return
             # A kept prefix the new one extends is superseded by it.
             kept = [old for old in self._kept if _common_length(old.token_ids, token_ids) < len(old.token_ids)]
-            self._kept = [entry, *kept][: self.entries]
+            self._kept = [entry]
+            for old in kept[: self.entries - 1]:
+                if sum(len(e.token_ids) for e in self._kept) + len(old.token_ids) > self.max_tokens:
+                    break
+                self._kept.append(old)
 
     def clear(self) -> None:
         """Forget every prefix (the LLM's weights or their layout changed)."""
         with self._lock:
             self._kept = []
+            self.generation += 1

@@ -20,6 +20,7 @@ from affect_llm.generation.compiled_step import CompiledDecoder
 from affect_llm.generation.hf_backend import HFBackend
 from affect_llm.generation.kv_cache import GrowingLayer
 from affect_llm.generation.ngram_drafts import NgramDrafter
+from affect_llm.generation.prefix_cache import PrefixCache
 from affect_llm.loading.build import build_model
 
 
@@ -56,11 +57,12 @@ def parts():
 
 
 def run(parts, settings: list[DecodingSettings], sinks: list[Sink], indices: list[int] | None = None,
-        drafter: NgramDrafter | None = None, decoder: CompiledDecoder | None = None):
+        drafter: NgramDrafter | None = None, decoder: CompiledDecoder | None = None,
+        prefixes: PrefixCache | None = None):
     model, processor, requests = parts
     chosen = [requests[i] for i in indices] if indices is not None else requests
     return stream_batch(model, processor, [BatchItem(r, s, k) for r, s, k in zip(chosen, settings, sinks, strict=True)],
-                        drafter=drafter, decoder=decoder)
+                        drafter=drafter, decoder=decoder, prefixes=prefixes)
 
 
 def generate_reference(model, processor, requests, max_new_tokens: int) -> list[str]:
@@ -251,6 +253,7 @@ def test_drafts_verified_by_the_compiled_step_give_the_eager_tokens_in_fewer_ste
     decoder = CompiledDecoder(model.language_model, cache_argument(model.language_model), length_step=8)
     settings = DecodingSettings(max_new_tokens=24)
     answers = []
+    prefixes = PrefixCache()  # as the hf backend decodes: later answers load the prompt prefix
     for index in (0, 3):  # prompts of two lengths: the second compiles with symbolic sizes
         plain = Sink()
         run(parts, [DecodingSettings(max_new_tokens=24, draft_tokens=0)], [plain], [index])
@@ -258,14 +261,15 @@ def test_drafts_verified_by_the_compiled_step_give_the_eager_tokens_in_fewer_ste
         knowing = NgramDrafter()
         knowing.remember(plain.tokens[:9] + plain.tokens[12:])  # drafts that hold, then break at the 10th token
         drafted = Sink()
-        stats = run(parts, [settings], [drafted], [index], drafter=knowing, decoder=decoder)
+        stats = run(parts, [settings], [drafted], [index], drafter=knowing, decoder=decoder, prefixes=prefixes)
         assert drafted.tokens == plain.tokens and drafted.reason == "length"
         assert stats.steps < len(plain.tokens) // 2, stats
         wrong = NgramDrafter()
         wrong.remember([(token + 1) % len(processor.tokenizer) for token in plain.tokens])
         wrong_sink = Sink()
-        run(parts, [settings], [wrong_sink], [index], drafter=wrong, decoder=decoder)
+        run(parts, [settings], [wrong_sink], [index], drafter=wrong, decoder=decoder, prefixes=prefixes)
         assert wrong_sink.tokens == plain.tokens
+    assert prefixes.reused_tokens > 0
     short = Sink()
     run(parts, [DecodingSettings(max_new_tokens=5)], [short], [0], drafter=knowing, decoder=decoder)
     assert short.tokens == answers[0][:5] and short.reason == "length"

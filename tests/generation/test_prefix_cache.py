@@ -40,27 +40,45 @@ def parts():
     return model.eval(), processor, clips, texts
 
 
-class TokensThroughTheLLM:
-    """Counts the positions each forward of the LLM's first layer computes."""
+class ThroughTheLLM:
+    """Records the positions each forward of the LLM computes (at its first layer) and the logits it returns."""
 
     def __init__(self, model) -> None:
         self.lengths: list[int] = []
-        layer = model.language_model.model.layers[0]
-        self.handle = layer.register_forward_hook(lambda _m, args, _o: self.lengths.append(args[0].shape[1]))
+        self.logits: list[torch.Tensor] = []
+        lm = model.language_model
+        self.handles = [
+            lm.model.layers[0].register_forward_hook(lambda _m, args, _o: self.lengths.append(args[0].shape[1])),
+            lm.lm_head.register_forward_hook(lambda _m, _a, out: self.logits.append(out[:, -1].clone())),
+        ]
 
     def close(self) -> None:
-        self.handle.remove()
+        for handle in self.handles:
+            handle.remove()
 
 
-def answer(parts, request: GenerationRequest, prefixes: PrefixCache | None) -> tuple[list[int], list[int]]:
-    """One request alone through ``stream_batch``: its greedy tokens, and the positions each forward computed."""
+def answer(parts, requests: list[GenerationRequest], prefixes: PrefixCache | None
+           ) -> tuple[list[list[int]], ThroughTheLLM]:
+    """Requests as one batch through ``stream_batch``: their greedy tokens, and what each forward computed."""
     model, processor = parts[0], parts[1]
-    sink, counter = TokenCollector(), TokensThroughTheLLM(model)
+    sinks, seen = [TokenCollector() for _ in requests], ThroughTheLLM(model)
     try:
-        stream_batch(model, processor, [BatchItem(request, SETTINGS, sink)], prefixes=prefixes)
+        stream_batch(model, processor, [BatchItem(r, SETTINGS, k) for r, k in zip(requests, sinks, strict=True)],
+                     prefixes=prefixes)
     finally:
-        counter.close()
-    return sink.tokens, counter.lengths
+        seen.close()
+    return [sink.tokens for sink in sinks], seen
+
+
+def assert_same_logits(loaded: ThroughTheLLM, alone: ThroughTheLLM, exact: bool) -> None:
+    """The prompt's and every step's logits of a run that loaded its prefix against one that computed
+    it (whose first forward, the prefix's own, has no counterpart)."""
+    assert len(loaded.logits) == len(alone.logits) - 1
+    for mine, theirs in zip(loaded.logits, alone.logits[1:], strict=True):
+        if exact:
+            assert torch.equal(mine, theirs)
+        else:
+            torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
 
 
 def prefix_of(processor, request: GenerationRequest) -> list[int]:
@@ -73,15 +91,22 @@ def test_a_later_clip_loads_the_prefix_and_answers_as_if_it_computed_it(parts) -
     prefixes = PrefixCache()
     shared = len(prefix_of(processor, clips[0]))
     assert shared >= 8 and prefix_of(processor, clips[1]) == prefix_of(processor, clips[0])
-    first, first_lengths = answer(parts, clips[0], prefixes)
-    assert first_lengths[0] == shared and len(prefixes) == 1  # computed, then kept
+    _, first = answer(parts, clips[:1], prefixes)
+    assert first.lengths[0] == shared and len(prefixes) == 1  # computed, then kept
     for clip in clips[1:]:
-        alone, alone_lengths = answer(parts, clip, None)
-        loaded, loaded_lengths = answer(parts, clip, prefixes)
+        alone, alone_seen = answer(parts, [clip], None)
+        loaded, loaded_seen = answer(parts, [clip], prefixes)
         assert loaded == alone
         # The prefix's forward is skipped: the prompt's own tokens come first.
-        assert alone_lengths[0] == shared and loaded_lengths == alone_lengths[1:]
+        assert alone_seen.lengths[0] == shared and loaded_seen.lengths == alone_seen.lengths[1:]
+        assert_same_logits(loaded_seen, alone_seen, exact=True)  # the whole prefix loaded: bit for bit
     assert prefixes.reused_tokens == 2 * shared and len(prefixes) == 1
+    # A batch of several clips repeats the loaded prefix for every row.
+    alone, alone_seen = answer(parts, clips, None)
+    loaded, loaded_seen = answer(parts, clips, prefixes)
+    assert loaded == alone and loaded_seen.lengths == alone_seen.lengths[1:]
+    assert_same_logits(loaded_seen, alone_seen, exact=True)
+    assert prefixes.reused_tokens == 3 * shared
 
 
 def test_loaded_keys_and_values_are_those_computed(parts) -> None:
@@ -112,12 +137,17 @@ def test_a_prompt_sharing_part_of_a_kept_prefix_computes_only_the_rest(parts) ->
     short, long = (prefix_of(processor, text) for text in texts)
     common = next(i for i, (a, b) in enumerate(zip(short, long, strict=False)) if a != b)
     assert common >= 8
-    answer(parts, texts[0], prefixes)
-    alone, alone_lengths = answer(parts, texts[1], None)
-    loaded, loaded_lengths = answer(parts, texts[1], prefixes)
+    answer(parts, texts[:1], prefixes)
+    alone, alone_seen = answer(parts, texts[1:], None)
+    loaded, loaded_seen = answer(parts, texts[1:], prefixes)
     assert loaded == alone
-    assert alone_lengths[0] == len(long) and loaded_lengths[0] == len(long) - common
-    assert loaded_lengths[1:] == alone_lengths[1:]
+    assert alone_seen.lengths[0] == len(long) and loaded_seen.lengths[0] == len(long) - common
+    assert loaded_seen.lengths[1:] == alone_seen.lengths[1:]
+    # The prefix's rest is computed with the loaded part in the cache: its last logits, and every
+    # step's after, are those of the prefix computed whole (to float rounding: a part of a longer prefix).
+    assert len(loaded_seen.logits) == len(alone_seen.logits)
+    for mine, theirs in zip(loaded_seen.logits, alone_seen.logits, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
     assert prefixes.reused_tokens == common and len(prefixes) == 2  # both kept: neither extends the other
 
 
@@ -141,16 +171,37 @@ def test_the_least_recently_used_prefix_goes_first_and_an_extended_one_is_replac
         prefixes.store([4] * 9, cache_of(8))
     prefixes.clear()
     assert len(prefixes) == 0
+    # A prefix computed before a clear (the weights' layout changed meanwhile) is not kept after it.
+    generation = prefixes.generation
+    prefixes.clear()
+    prefixes.store([5] * 10, cache_of(10), generation)
+    assert len(prefixes) == 0
+
+
+def test_kept_positions_stay_within_their_budget() -> None:
+    def cache_of(length: int) -> GrowingCache:
+        cache = GrowingCache()
+        cache.update(torch.zeros(1, 1, length, 2), torch.zeros(1, 1, length, 2), 0)
+        return cache
+
+    prefixes = PrefixCache(entries=4, max_tokens=25)
+    prefixes.store([1] * 10, cache_of(10))
+    prefixes.store([2] * 10, cache_of(10))
+    prefixes.store([3] * 10, cache_of(10))  # 30 positions: the least recently used goes
+    assert len(prefixes) == 2 and prefixes.load([1] * 10, GrowingCache()) == 0
+    prefixes.store([4] * 30, cache_of(30))  # longer than the budget alone: not kept
+    assert len(prefixes) == 2 and prefixes.load([4] * 30, GrowingCache()) == 0
 
 
 def test_the_backend_reuses_prefixes_between_answers_and_forgets_them_when_it_compiles(parts) -> None:
     model, processor, clips, texts = parts
-    fresh = [HFBackend(model, processor).generate([clip], SETTINGS)[0] for clip in clips]
-    backend = HFBackend(model, processor)
+    # Unpacked layers throughout: several backends share the model, and packing is chosen by timing.
+    fresh = [HFBackend(model, processor, pack_weights=False).generate([clip], SETTINGS)[0] for clip in clips]
+    backend = HFBackend(model, processor, pack_weights=False)
     assert [backend.generate([clip], SETTINGS)[0] for clip in clips] == fresh
     assert backend.prefixes.reused_tokens == 2 * len(prefix_of(processor, clips[0]))
     streamed = "".join(backend.stream(texts[0], SETTINGS))  # a chat turn
-    assert streamed == HFBackend(model, processor).generate([texts[0]], SETTINGS)[0]
+    assert streamed == HFBackend(model, processor, pack_weights=False).generate([texts[0]], SETTINGS)[0]
     # The chat's prefix starts with the clips' (the system prompt and the user header) and replaced it,
     # and a clip loads its whole prefix from there.
     assert len(backend.prefixes) == 1
