@@ -129,9 +129,10 @@ class PrefixCache:
                 return
             # A kept prefix the new one extends is superseded by it.
             kept = [old for old in self._kept if _common_length(old.token_ids, token_ids) < len(old.token_ids)]
-            self._kept = [entry]
+            self._kept, total = [entry], length
             for old in kept[: self.entries - 1]:
-                if sum(len(e.token_ids) for e in self._kept) + len(old.token_ids) > self.max_tokens:
+                total += len(old.token_ids)
+                if total > self.max_tokens:
                     break
                 self._kept.append(old)
 

@@ -151,12 +151,14 @@ def test_a_prompt_sharing_part_of_a_kept_prefix_computes_only_the_rest(parts) ->
     assert prefixes.reused_tokens == common and len(prefixes) == 2  # both kept: neither extends the other
 
 
-def test_the_least_recently_used_prefix_goes_first_and_an_extended_one_is_replaced() -> None:
-    def cache_of(length: int) -> GrowingCache:
-        cache = GrowingCache()
-        cache.update(torch.randn(1, 2, length, 4), torch.randn(1, 2, length, 4), 0)
-        return cache
+def cache_of(length: int) -> GrowingCache:
+    """A one-layer cache holding ``length`` positions of random keys and values."""
+    cache = GrowingCache()
+    cache.update(torch.randn(1, 2, length, 4), torch.randn(1, 2, length, 4), 0)
+    return cache
 
+
+def test_the_least_recently_used_prefix_goes_first_and_an_extended_one_is_replaced() -> None:
     prefixes = PrefixCache(entries=2)
     prefixes.store([1] * 10, cache_of(10))
     prefixes.store([2] * 10, cache_of(10))
@@ -179,11 +181,6 @@ def test_the_least_recently_used_prefix_goes_first_and_an_extended_one_is_replac
 
 
 def test_kept_positions_stay_within_their_budget() -> None:
-    def cache_of(length: int) -> GrowingCache:
-        cache = GrowingCache()
-        cache.update(torch.zeros(1, 1, length, 2), torch.zeros(1, 1, length, 2), 0)
-        return cache
-
     prefixes = PrefixCache(entries=4, max_tokens=25)
     prefixes.store([1] * 10, cache_of(10))
     prefixes.store([2] * 10, cache_of(10))
