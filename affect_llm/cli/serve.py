@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-tokens-limit", type=int, default=2048, help="largest budget a request may ask")
     parser.add_argument("--asr", action=argparse.BooleanOptionalAction, default=True,
                         help="recognise the words of clips sent without a transcript (embedded Whisper)")
+    parser.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                        help="hf backend: keep recent prompt prefixes' keys and values for later requests (a request "
+                             "reuses only those of requests with its own cache_salt); --no-prefix-caching computes "
+                             "every prompt whole")
     parser.add_argument("--models-dir", default=None)
     add_engine_arguments(parser)
     add_evidence_argument(parser)
@@ -77,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         default_max_tokens=args.max_new_tokens, max_tokens_limit=args.max_tokens_limit, asr=args.asr,
         null_absent_evidence=args.null_absent_evidence,
         guard_absent_explanation=explanation_guard_for(args), models_dir=Path(args.models_dir) if args.models_dir else None,
-        compile=args.compile, draft_tokens=args.draft_tokens,
+        compile=args.compile, draft_tokens=args.draft_tokens, prefix_caching=args.prefix_caching,
     )
     engine = engine_options_from_arguments(args)
     try:

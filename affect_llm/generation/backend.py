@@ -112,11 +112,17 @@ def fits_context(context_tokens: int | None, prompt_tokens: int, budget: int) ->
 
 @dataclass
 class GenerationRequest:
-    """One chat, the media of its clip, and the evidence channels (``audio``, ``video``, ``text``) it lacks."""
+    """One chat, the media of its clip, and the evidence channels (``audio``, ``video``, ``text``) it lacks.
+
+    ``cache_salt``: what this request may reuse of earlier ones (the hf backend's kept prompt prefixes
+    and its drafts) comes only from requests with the same salt (a server's client or tenant; None,
+    the default, is shared by every request that sends none).
+    """
 
     messages: list[dict[str, str]]
     media: MediaInputs = field(default_factory=MediaInputs)
     absent: tuple[str, ...] = ()
+    cache_salt: str | None = None
 
 
 class GenerationBackend(Protocol):

@@ -46,7 +46,12 @@ MIN_SHARED_PREFIX = 8
 
 
 class TokenSink(Protocol):
-    """Receives one request's tokens; called from the generating thread."""
+    """Receives one request's tokens; called from the generating thread.
+
+    A sink may also have ``prompt_cached(tokens: int)``: it is called once, before the first token,
+    with how many of the prompt's tokens were loaded from kept prefixes instead of computed (a
+    server's ``usage.prompt_tokens_details.cached_tokens``).
+    """
 
     def put(self, token_id: int) -> None:
         """One new token (never the end-of-turn token)."""
@@ -175,17 +180,25 @@ def _prefill(model: AffectForConditionalGeneration, processor: AffectProcessor, 
     device = model.get_input_embeddings().weight.device
     prompts = [processor.encode_text(item.request.messages)["input_ids"] for item in items]
     shared = shared_prefix_length(prompts, set(processor.token_ids().values()))
+    salts = {item.request.cache_salt for item in items}
+    if len(salts) > 1:
+        prefixes = None  # rows of different salts: none of them reads or keeps another's prefix
+    reused = 0
     if shared:
-        prefix = prompts[0][:shared]
+        prefix, salt = prompts[0][:shared], salts.pop()
         generation = prefixes.generation if prefixes is not None else 0
-        reused = prefixes.load(prefix, cache, MIN_SHARED_PREFIX) if prefixes is not None else 0
+        reused = prefixes.load(prefix, cache, MIN_SHARED_PREFIX, salt) if prefixes is not None else 0
         if reused < shared:
             lm(input_ids=torch.tensor(prefix[reused:], device=device)[None],  # (1, P - reused)
                position_ids=torch.arange(reused, shared, device=device)[None], **cached)
             if prefixes is not None:
-                prefixes.store(prefix, cache, generation)
+                prefixes.store(prefix, cache, generation, salt)
         if len(items) > 1:
             cache.batch_repeat_interleave(len(items))
+    for item in items:
+        report = getattr(item.sink, "prompt_cached", None)
+        if report is not None:
+            report(reused)
     rest = [{"input_ids": ids[shared:], "media": item.request.media} for ids, item in zip(prompts, items, strict=True)]
     batch = batch_to_device(processor.collate(rest, padding_side="left"), device)
     own_mask = batch["attention_mask"]  # (B, S)
@@ -222,7 +235,8 @@ def stream_batch(
             the answer.
         prefixes: Load the shared prompt prefix's keys and values from here where an earlier batch
             computed them, and keep this batch's there (the same LLM weights, laid out the same way,
-            in every batch that uses it).
+            in every batch that uses it), under the rows' ``cache_salt``; a batch whose rows differ
+            in salt neither loads nor keeps one.
 
     Returns:
         Counts of rows and steps, and each request's finish reason.

@@ -21,10 +21,11 @@ matmul is ahead.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import replace
 from queue import Queue
-from threading import Event, Thread
+from threading import Event, Lock, Thread
 
 import torch
 
@@ -50,6 +51,10 @@ from affect_llm.modeling.trainable import is_peft_wrapped, is_quantized, merge_l
 from affect_llm.processing.processor import AffectProcessor
 
 logger = logging.getLogger(__name__)
+# Drafters kept for requests that send a cache_salt (the least recently used goes first), and the
+# tokens each remembers (a few answers; about 1 MB of n-grams each at most).
+SALTED_DRAFTERS = 64
+SALTED_DRAFTER_TOKENS = 2048
 
 
 class HFBackend:
@@ -87,11 +92,13 @@ class HFBackend:
         self.rows = rows
         self._decoder: CompiledDecoder | None = None
         # Learns from every answer this backend decodes, so a chat's or a batch job's later answers
-        # draft from its earlier ones.
+        # draft from its earlier ones; requests with a cache_salt draft from their salt's own drafter.
         self.drafter = NgramDrafter()
+        self._salted_drafters: OrderedDict[str, NgramDrafter] = OrderedDict()
         # The shared prompt prefix of recent answers: a batch of one (a chat turn, explain --batch-size 1,
-        # a lone request) loads it instead of computing it again.
-        self.prefixes = PrefixCache()
+        # a lone request) loads it instead of computing it again. None: every prompt computed whole.
+        self.prefixes: PrefixCache | None = PrefixCache()
+        self._drafters_lock = Lock()
         self._warned_eager = False
         self.packing: PackingProbe | None = None
         if (pack_weights is not False and self.device.type == "cpu" and not is_peft_wrapped(model)
@@ -117,13 +124,26 @@ class HFBackend:
         """One batch through ``stream_batch``, its decoding step compiled where ``compile`` asks (the
         server's scheduler calls this with requests of mixed settings)."""
         decoder = self._decoder_for(compile)
+        drafter = self._drafter_for(items)
         if decoder is None:
-            return stream_batch(self.model, self.processor, items, drafter=self.drafter, prefixes=self.prefixes)
+            return stream_batch(self.model, self.processor, items, drafter=drafter, prefixes=self.prefixes)
         # Held for the whole batch: a stream whose reader left (a chat turn interrupted during the
         # compile) may still be decoding when the next turn starts.
         with decoder.lock:
-            return stream_batch(self.model, self.processor, items, decoder=decoder, drafter=self.drafter,
+            return stream_batch(self.model, self.processor, items, decoder=decoder, drafter=drafter,
                                 prefixes=self.prefixes)
+
+    def _drafter_for(self, items: list[BatchItem]) -> NgramDrafter | None:
+        """The drafter of the batch's salt (drafts apply to a batch of one, whose salt is its row's)."""
+        if len(items) != 1 or items[0].request.cache_salt is None:
+            return self.drafter
+        salt = items[0].request.cache_salt
+        with self._drafters_lock:
+            drafter = self._salted_drafters.pop(salt, None) or NgramDrafter(memory_tokens=SALTED_DRAFTER_TOKENS)
+            self._salted_drafters[salt] = drafter  # most recently used last
+            while len(self._salted_drafters) > SALTED_DRAFTERS:
+                self._salted_drafters.popitem(last=False)
+        return drafter
 
     def compile_ahead(self, max_new_tokens: int = 2, draft_tokens: int = 0) -> bool:
         """Compile the decoding step now, for batches of every size, instead of at the first requests.
@@ -177,7 +197,8 @@ class HFBackend:
                                             keep_packed=compiles_over_packed_layers(language_model, self.rows))
             # Kept prefixes were computed on the layers as they were: the decoder may unpack them, and it
             # switches the LLM's attention function (the same outputs up to float rounding).
-            self.prefixes.clear()
+            if self.prefixes is not None:
+                self.prefixes.clear()
         return self._decoder
 
     def stream(self, request: GenerationRequest, settings: DecodingSettings) -> Iterator[str]:

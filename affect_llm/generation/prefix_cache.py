@@ -14,6 +14,10 @@ function of its token ids and the LLM's weights alone. The weights must not chan
 in use: its owner clears it when they do (:meth:`clear`; the hf backend's compiled step lays its
 weights out anew).
 
+A salt (a server request's ``cache_salt``, as vLLM names it) fences prefixes off: a prefix is
+loaded only by a batch with the same salt as the batch that kept it, so clients that send different
+salts never time each other's prompts through it (None is one salt like any other).
+
 Where a prefix is loaded whole (the clips of a task) its keys and values are those computing it
 would give, bit for bit. Where a kept prefix is loaded in part (a chat's next turn shares its
 predecessor's prompt up to the new question) they came from a forward over a different number of
@@ -40,9 +44,11 @@ DEFAULT_MAX_TOKENS = 4096
 
 @dataclass(frozen=True)
 class _Entry:
-    """One prefix: its token ids and, per layer, its ``(1, H, P, D)`` keys and values."""
+    """One prefix: its token ids, the salt of the batch that computed it, and per layer its
+    ``(1, H, P, D)`` keys and values."""
 
     token_ids: tuple[int, ...]
+    salt: str | None
     keys: tuple[torch.Tensor, ...]
     values: tuple[torch.Tensor, ...]
 
@@ -83,13 +89,14 @@ class PrefixCache:
         """Prefixes kept."""
         return len(self._kept)
 
-    def load(self, token_ids: list[int], cache: Cache, min_tokens: int = 1) -> int:
+    def load(self, token_ids: list[int], cache: Cache, min_tokens: int = 1, salt: str | None = None) -> int:
         """Fill the empty ``cache`` with the longest kept run of ``token_ids``' leading tokens.
 
         Args:
             token_ids: The new batch's shared prefix.
             cache: A one-row cache with nothing in it yet.
             min_tokens: Load nothing when fewer tokens than this are shared.
+            salt: Only prefixes kept under this salt are read.
 
         Returns:
             The positions loaded (0: compute the whole prefix).
@@ -97,7 +104,8 @@ class PrefixCache:
         if cache.get_seq_length():
             raise ValueError("PrefixCache.load fills an empty cache")
         with self._lock:
-            matches = [(_common_length(entry.token_ids, token_ids), entry) for entry in self._kept]
+            matches = [(_common_length(entry.token_ids, token_ids), entry) for entry in self._kept
+                       if entry.salt == salt]
             length, entry = max(matches, key=lambda match: match[0], default=(0, None))
             if entry is None or length < min_tokens:
                 return 0
@@ -108,10 +116,11 @@ class PrefixCache:
             cache.update(keys[:, :, :length], values[:, :, :length], layer)
         return length
 
-    def store(self, token_ids: list[int], cache: Cache, generation: int | None = None) -> None:
-        """Keep the keys and values of ``token_ids``, the prefix ``cache`` (one row) holds, unless a kept
-        prefix already starts with all of them, it is longer than ``max_tokens``, or the cache was
-        cleared since ``generation`` (read before the prefix was computed)."""
+    def store(self, token_ids: list[int], cache: Cache, generation: int | None = None,
+              salt: str | None = None) -> None:
+        """Keep the keys and values of ``token_ids``, the prefix ``cache`` (one row) holds, under ``salt``,
+        unless a prefix kept under it already starts with all of them, it is longer than ``max_tokens``,
+        or the cache was cleared since ``generation`` (read before the prefix was computed)."""
         length = len(token_ids)
         if cache.get_seq_length() != length:
             raise ValueError(f"PrefixCache.store: the cache holds {cache.get_seq_length()} positions, "
@@ -119,16 +128,18 @@ class PrefixCache:
         if length > self.max_tokens or any(getattr(layer, "keys", None) is None for layer in cache.layers):
             return  # too long to keep, or layers that hold no keys of their own
         with self._lock:
-            if any(_common_length(entry.token_ids, token_ids) == length for entry in self._kept):
+            if any(entry.salt == salt and _common_length(entry.token_ids, token_ids) == length
+                   for entry in self._kept):
                 return
         # Copies: the cache's buffers go on to hold this batch's own tokens, and are repeated for its rows.
-        entry = _Entry(tuple(token_ids), tuple(layer.keys[:, :, :length].clone() for layer in cache.layers),
+        entry = _Entry(tuple(token_ids), salt, tuple(layer.keys[:, :, :length].clone() for layer in cache.layers),
                        tuple(layer.values[:, :, :length].clone() for layer in cache.layers))
         with self._lock:
             if generation is not None and generation != self.generation:
                 return
-            # A kept prefix the new one extends is superseded by it.
-            kept = [old for old in self._kept if _common_length(old.token_ids, token_ids) < len(old.token_ids)]
+            # A prefix kept under the same salt that the new one extends is superseded by it.
+            kept = [old for old in self._kept
+                    if old.salt != salt or _common_length(old.token_ids, token_ids) < len(old.token_ids)]
             self._kept, total = [entry], length
             for old in kept[: self.entries - 1]:
                 total += len(old.token_ids)

@@ -109,7 +109,7 @@ def create_app(service: ChatService, options: ServeOptions) -> FastAPI:
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": options.model_name, "backend": options.backend,
                 "auth_required": bool(options.api_key), "scheduler": service.scheduler.stats.as_dict(),
-                "media": service.store.stats.as_dict()}
+                "media": service.store.stats.as_dict(), "prefix_cache": prefix_cache_stats(service.backend)}
 
     @app.get("/v1/models", dependencies=authorised)
     async def models() -> dict[str, Any]:
@@ -145,3 +145,12 @@ def model_card(service: ChatService, options: ServeOptions) -> dict[str, Any]:
         "max_batch": options.max_batch, "max_tokens_limit": options.max_tokens_limit,
         "content_parts": ["text", "input_audio", "image_url", "video_url", "audio_url"],
     }
+
+
+def prefix_cache_stats(backend: Any) -> dict[str, int] | None:
+    """Prompt prefixes the backend keeps (the hf backend) and prompt tokens loaded from them; None
+    where none are kept (``--no-prefix-caching``, the vllm backend)."""
+    prefixes = getattr(backend, "prefixes", None)
+    if prefixes is None:
+        return None
+    return {"kept": len(prefixes), "reused_tokens": prefixes.reused_tokens}

@@ -56,8 +56,8 @@ def decoding_settings(chat: ChatCompletionRequest, options: ServeOptions) -> Dec
     """Budget and sampling of a request: greedy unless ``temperature`` > 0 (then seeded sampling).
 
     Raises:
-        ApiError: 400 for a budget over the server's limit, or ``ignore_eos`` with a backend that
-            cannot honour it.
+        ApiError: 400 for a budget over the server's limit, or ``ignore_eos`` or ``cache_salt`` with a
+            backend that cannot honour it.
     """
     budget = chat.max_completion_tokens or chat.max_tokens or options.default_max_tokens
     if budget > options.max_tokens_limit:
@@ -65,6 +65,9 @@ def decoding_settings(chat: ChatCompletionRequest, options: ServeOptions) -> Dec
         raise bad_request(f"{budget} is over this server's limit of {options.max_tokens_limit} tokens", field)
     if chat.ignore_eos and options.backend != "hf":
         raise bad_request(f"not supported with the {options.backend} backend", "ignore_eos")
+    if chat.cache_salt is not None and options.backend != "hf":
+        # Refused rather than dropped: a client that asks for isolation must not believe it has it.
+        raise bad_request(f"not supported with the {options.backend} backend", "cache_salt")
     guard = options.guard_absent_explanation and backend_holds_explanation_rule(options.backend)
     if not chat.temperature:
         return DecodingSettings(max_new_tokens=budget, null_absent_evidence=options.null_absent_evidence,
@@ -137,7 +140,7 @@ class ChatService:
         )
         self._check_context(meta.prompt_tokens, settings.max_new_tokens, chat)
         channel = TokenChannel(asyncio.get_running_loop(), self.processor.tokenizer)
-        return Job(GenerationRequest(messages, media, absent), settings, channel, stop_at_eos=not chat.ignore_eos), meta
+        return Job(GenerationRequest(messages, media, absent, chat.cache_salt), settings, channel, stop_at_eos=not chat.ignore_eos), meta
 
     def _check_context(self, prompt_tokens: int, budget: int, chat: ChatCompletionRequest) -> None:
         """Refuse a prompt that, with its token budget, does not fit the LLM's context (400, as OpenAI's
@@ -170,7 +173,7 @@ class ChatService:
             collect.cancel()
             return Response(status_code=499)
         text, reason = collect.result()
-        return JSONResponse(completion_body(text, reason, channel.tokens, meta, as_json))
+        return JSONResponse(completion_body(text, reason, channel.tokens, meta, as_json, channel.cached_tokens))
 
     async def _events(self, channel: TokenChannel, meta: CompletionMeta,
                       include_usage: bool) -> AsyncIterator[dict[str, str]]:
@@ -189,7 +192,7 @@ class ChatService:
                 else:
                     yield _event(chunk_body(meta, {}, value, affect=affect_record("".join(pieces), meta)))
                     if include_usage:
-                        yield _event(usage_chunk(meta, channel.tokens))
+                        yield _event(usage_chunk(meta, channel.tokens, channel.cached_tokens))
             yield {"data": "[DONE]"}
         finally:
             if not ended:  # the client left mid-stream: its row leaves the batch

@@ -48,6 +48,9 @@ class ServeOptions:
             <affect_llm.generation.hf_backend.HFBackend.compile_ahead>`).
         draft_tokens: Drafted tokens verified a step where one greedy answer decodes alone
             (``DecodingSettings.draft_tokens``), compiled or not; 0: one token a step.
+        prefix_caching: Keep recent prompt prefixes for later requests (the hf backend's
+            :class:`~affect_llm.generation.prefix_cache.PrefixCache`; a request reuses those of requests
+            with its own ``cache_salt``); False computes every prompt whole.
     """
 
     checkpoint: str
@@ -71,6 +74,7 @@ class ServeOptions:
     models_dir: Path | None = None
     compile: bool = False
     draft_tokens: int = 8
+    prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         if self.backend not in ("hf", "vllm"):

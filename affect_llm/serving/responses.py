@@ -71,12 +71,15 @@ def affect_record(text: str, meta: CompletionMeta) -> dict[str, Any]:
             "absent_channels": meta.absent, "transcript": meta.transcript, "media_cache": meta.media_cache, "streaming": meta.streaming}
 
 
-def usage(meta: CompletionMeta, completion_tokens: int) -> dict[str, int]:
+def usage(meta: CompletionMeta, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage object; ``cached_tokens``: prompt tokens loaded from kept prefixes, not computed."""
     return {"prompt_tokens": meta.prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": meta.prompt_tokens + completion_tokens}
+            "total_tokens": meta.prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
-def completion_body(text: str, finish_reason: str, tokens: int, meta: CompletionMeta, as_json: bool) -> dict[str, Any]:
+def completion_body(text: str, finish_reason: str, tokens: int, meta: CompletionMeta, as_json: bool,
+                    cached_tokens: int = 0) -> dict[str, Any]:
     """A ``chat.completion`` object."""
     affect = affect_record(text, meta)
     content = json.dumps(affect["answer"], ensure_ascii=False) if as_json else text
@@ -84,7 +87,7 @@ def completion_body(text: str, finish_reason: str, tokens: int, meta: Completion
         "id": meta.id, "object": "chat.completion", "created": meta.created, "model": meta.model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                      "finish_reason": finish_reason, "logprobs": None}],
-        "usage": usage(meta, tokens), "affect": affect,
+        "usage": usage(meta, tokens, cached_tokens), "affect": affect,
     }
 
 
@@ -95,7 +98,7 @@ def chunk_body(meta: CompletionMeta, delta: dict[str, Any], finish_reason: str |
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}], **extra}
 
 
-def usage_chunk(meta: CompletionMeta, tokens: int) -> dict[str, Any]:
+def usage_chunk(meta: CompletionMeta, tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
     """The closing chunk of ``stream_options.include_usage``: no choices, the usage."""
     return {"id": meta.id, "object": "chat.completion.chunk", "created": meta.created, "model": meta.model,
-            "choices": [], "usage": usage(meta, tokens)}
+            "choices": [], "usage": usage(meta, tokens, cached_tokens)}

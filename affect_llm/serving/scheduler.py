@@ -60,6 +60,7 @@ class TokenChannel:
         self.queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self.detokenizer = IncrementalDetokenizer(tokenizer)
         self.tokens = 0
+        self.cached_tokens = 0  # prompt tokens loaded from kept prefixes (set before the first token)
         self._cancelled = threading.Event()
 
     def _send(self, kind: str, value: str) -> None:
@@ -73,6 +74,9 @@ class TokenChannel:
         piece = self.detokenizer.push(token_id)
         if piece:
             self._send("text", piece)
+
+    def prompt_cached(self, tokens: int) -> None:
+        self.cached_tokens = tokens
 
     def put_text(self, text: str, tokens: int) -> None:
         """A whole answer at once (engines that do not stream)."""

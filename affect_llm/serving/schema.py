@@ -99,6 +99,9 @@ class ChatCompletionRequest(_Strict):
     task: str | None = Field(default=None, description="task instruction to follow (reason, perceive, evidence)")
     transcript: str | None = Field(default=None, description="the words spoken in the clip, when known")
     ignore_eos: bool = False
+    # As vLLM's: kept prompt prefixes and drafts are shared only between requests with the same salt.
+    cache_salt: str | None = Field(default=None, min_length=1,
+                                   description="reuse computed prompt prefixes only between requests with this salt")
 
     @property
     def wants_json(self) -> bool:

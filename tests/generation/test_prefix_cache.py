@@ -207,3 +207,72 @@ def test_the_backend_reuses_prefixes_between_answers_and_forgets_them_when_it_co
     assert backend.prefixes.reused_tokens == reused + len(prefix_of(processor, clips[0]))
     backend._decoder_for(True)  # the compiled step may lay the weights out anew: kept prefixes go
     assert len(backend.prefixes) == 0
+
+
+def test_a_prefix_is_read_only_under_the_salt_it_was_kept_with() -> None:
+    prefixes = PrefixCache()
+    prefixes.store([1] * 10, cache_of(10), salt="client a")
+    assert prefixes.load([1] * 10, GrowingCache(), salt="client b") == 0
+    assert prefixes.load([1] * 10, GrowingCache()) == 0  # no salt is a salt of its own
+    assert prefixes.load([1] * 12, GrowingCache(), salt="client a") == 10
+    # The same tokens under another salt are kept beside it, and extending one replaces only its own.
+    prefixes.store([1] * 10, cache_of(10), salt="client b")
+    prefixes.store([1] * 12, cache_of(12), salt="client b")
+    assert len(prefixes) == 2
+    assert prefixes.load([1] * 12, GrowingCache(), salt="client a") == 10
+    assert prefixes.load([1] * 12, GrowingCache(), salt="client b") == 12
+
+
+class CachedCount(TokenCollector):
+    """A sink that also records how many prompt tokens were loaded from kept prefixes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cached: list[int] = []
+
+    def prompt_cached(self, tokens: int) -> None:
+        self.cached.append(tokens)
+
+
+def salted(request: GenerationRequest, salt: str | None) -> GenerationRequest:
+    return GenerationRequest(request.messages, request.media, request.absent, cache_salt=salt)
+
+
+def test_salted_batches_share_prefixes_and_drafts_only_within_their_salt(parts) -> None:
+    model, processor, clips, _ = parts
+    shared = len(prefix_of(processor, clips[0]))
+    backend = HFBackend(model, processor, pack_weights=False)
+
+    def run(requests: list[GenerationRequest]) -> tuple[list[list[int]], list[list[int]]]:
+        sinks = [CachedCount() for _ in requests]
+        backend.decode([BatchItem(r, SETTINGS, s) for r, s in zip(requests, sinks, strict=True)])
+        return [s.tokens for s in sinks], [s.cached for s in sinks]
+
+    fresh = [HFBackend(model, processor, pack_weights=False).generate([clip], SETTINGS)[0] for clip in clips[:2]]
+    tokens, cached = run([salted(clips[0], "a")])
+    assert cached == [[0]] and processor.tokenizer.decode(tokens[0], skip_special_tokens=True) == fresh[0]
+    tokens, cached = run([salted(clips[1], "a")])
+    assert cached == [[shared]] and processor.tokenizer.decode(tokens[0], skip_special_tokens=True) == fresh[1]
+    assert run([salted(clips[1], "b")])[1] == [[0]] and run([clips[1]])[1] == [[0]]
+    # A batch whose rows differ in salt neither reads nor keeps a prefix.
+    kept = len(backend.prefixes)
+    assert run([salted(clips[0], "a"), salted(clips[1], "c")])[1] == [[0], [0]]
+    assert len(backend.prefixes) == kept and run([salted(clips[0], "c")])[1] == [[0]]
+    # Drafts: each salt learns from its own answers only; requests without one share the backend's.
+    item = lambda salt: [BatchItem(salted(clips[0], salt), SETTINGS, TokenCollector())]  # noqa: E731
+    assert backend._drafter_for(item("a")) is backend._drafter_for(item("a"))
+    assert backend._drafter_for(item("a")) is not backend._drafter_for(item("b"))
+    assert backend._drafter_for(item(None)) is backend.drafter
+
+
+def test_a_backend_without_kept_prefixes_computes_every_prompt(parts) -> None:
+    model, processor, clips, _ = parts
+    backend = HFBackend(model, processor, pack_weights=False)
+    backend.prefixes = None  # as `affect-llm serve --no-prefix-caching` sets it
+    sinks = [CachedCount(), CachedCount()]
+    for clip, sink in zip(clips[:2], sinks, strict=True):
+        backend.decode([BatchItem(clip, SETTINGS, sink)])
+    assert [s.cached for s in sinks] == [[0], [0]]
+    assert backend.generate([clips[0]], SETTINGS) == HFBackend(model, processor, pack_weights=False).generate(
+        [clips[0]], SETTINGS)
+    backend._decoder_for(True)  # nothing to forget

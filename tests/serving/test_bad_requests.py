@@ -117,6 +117,7 @@ def test_an_unknown_model_is_404_through_the_official_client(server, clip_dir: P
     (chat({"type": "input_video", "data": "x"}), "messages[0].content[0]", "does not match any of the expected tags"),
     (chat(text_part("hi"), max_tokens=100_000), "max_tokens", "over this server's limit of 4096"),
     (chat(text_part("hi"), task="summarise"), "task", "unknown task 'summarise'"),
+    (chat(text_part("hi"), cache_salt=""), "cache_salt", "at least 1 character"),
     ({"model": MODEL, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]},
      "messages[0].role", "'system' messages are not supported"),
     ({"model": MODEL, "messages": [{"role": "user", "content": [
@@ -205,3 +206,18 @@ def test_sampling_without_a_seed_draws_one_per_request() -> None:
     seeded = parse_request({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 1.0,
                             "seed": 5})
     assert {decoding_settings(seeded, options).seed for _ in range(4)} == {5}
+
+
+def test_a_backend_that_cannot_keep_salts_apart_refuses_a_cache_salt() -> None:
+    """vLLM's engine is not handed the salt: asking for isolation there is refused, not ignored."""
+    from affect_llm.serving.completions import decoding_settings
+    from affect_llm.serving.errors import ApiError
+    from affect_llm.serving.options import ServeOptions
+    from affect_llm.serving.schema import parse_request
+
+    salted = parse_request({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "cache_salt": "t1"})
+    assert salted.cache_salt == "t1"
+    decoding_settings(salted, ServeOptions(checkpoint="m", backend="hf"))
+    with pytest.raises(ApiError, match="not supported with the vllm backend") as refused:
+        decoding_settings(salted, ServeOptions(checkpoint="m", backend="vllm"))
+    assert refused.value.param == "cache_salt" and refused.value.status == 400

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from openai import OpenAI
-from servinghelpers import ANSWER, ANSWER_TEXT, audio_part, image_part, text_part, video_part
+from servinghelpers import ANSWER, ANSWER_TEXT, ServerProcess, audio_part, image_part, text_part, video_part
 
 MODEL = "affect-tiny"
 
@@ -82,6 +83,40 @@ def test_multi_turn_reuses_the_decoded_clip(client: OpenAI, server, clip_dir: Pa
     assert server.health()["media"]["decoded"] == decoded
     assert second.usage.prompt_tokens > first.usage.prompt_tokens + first.usage.completion_tokens
     assert second.choices[0].message.content
+
+
+def test_a_cache_salt_keeps_computed_prompt_prefixes_to_the_requests_that_send_it(client: OpenAI, server,
+                                                                                   clip_dir: Path) -> None:
+    """usage.prompt_tokens_details.cached_tokens counts the prompt tokens an earlier request computed."""
+    salt, other = f"tenant-{uuid.uuid4().hex}", f"tenant-{uuid.uuid4().hex}"
+
+    def ask(cache_salt: str, question: str):
+        return client.chat.completions.create(model=MODEL, messages=first_turn(clip_dir, question), max_tokens=120,
+                                              extra_body={"cache_salt": cache_salt})
+
+    first = ask(salt, "How does the person feel?")
+    assert first.usage.prompt_tokens_details.cached_tokens == 0  # nothing kept under a new salt yet
+    second = ask(salt, "What does the voice say about it?")
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert 8 <= cached < second.usage.prompt_tokens  # the system prompt and header, not the clip's own tokens
+    assert second.choices[0].message.content == first.choices[0].message.content == ANSWER_TEXT
+    assert ask(other, "How does the person feel?").usage.prompt_tokens_details.cached_tokens == 0
+    reused = server.health()["prefix_cache"]["reused_tokens"]
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=first_turn(clip_dir), max_tokens=120, stream=True,
+        stream_options={"include_usage": True}, extra_body={"cache_salt": other}))
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == cached
+    assert server.health()["prefix_cache"]["reused_tokens"] == reused + cached
+
+
+def test_without_prefix_caching_every_prompt_is_computed_whole(answering_checkpoint: Path, clip_dir: Path) -> None:
+    with ServerProcess(answering_checkpoint, "--no-asr", "--served-model-name", MODEL, "--no-prefix-caching") as server:
+        client = OpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=120)
+        answers = [client.chat.completions.create(model=MODEL, messages=first_turn(clip_dir), max_tokens=120)
+                   for _ in range(2)]
+        assert server.health()["prefix_cache"] is None
+    assert [a.usage.prompt_tokens_details.cached_tokens for a in answers] == [0, 0]
+    assert [a.choices[0].message.content for a in answers] == [ANSWER_TEXT, ANSWER_TEXT]
 
 
 def test_a_video_clip_is_read_for_its_faces_and_its_sound(client: OpenAI, clip_dir: Path) -> None:
