@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                      "gets the same answers (default: each answer samples anew)")
     parser.add_argument("--models-dir", default=None)
     add_evidence_argument(parser)
-    add_compile_argument(parser)
+    add_compile_argument(parser, ahead="chat")
     add_precision_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -138,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
             # The clip named on the command line is the chat's subject: without it there is nothing to ask.
             raise UsageError(str(error)) from error
         _announce(pipe, modalities)
+    if args.compile:
+        # Before the first turn: otherwise its answer would stop for the compile, and again at its first drafts.
+        print("[compiling the decoding step before the first turn: minutes on a CPU]", flush=True)
+        pipe.compile_ahead()
     print(f"affect-llm chat ({args.model}). {HELP}", flush=True)
     while True:
         try:

@@ -100,13 +100,14 @@ def explanation_guard_for(args: argparse.Namespace) -> bool:
     return True
 
 
-def add_compile_argument(parser: argparse.ArgumentParser, ahead: bool = False) -> None:
-    """``--compile``: static KV cache and a compiled decoding step (hf backend); ``ahead``: the server's,
-    compiled before it answers. ``--draft-tokens``: drafted tokens verified a step where one greedy answer
-    decodes alone."""
-    when = ("compiled for every batch size before the server answers (one to a few minutes on a CPU)" if ahead
-            else "after a compile of one to a few minutes on a CPU (once more at the first other batch size "
-                 "or context length, and at the first step that verifies drafts)")
+def add_compile_argument(parser: argparse.ArgumentParser, ahead: str = "") -> None:
+    """``--compile``: static KV cache and a compiled decoding step (hf backend); ``ahead``: ``server`` or
+    ``chat``, whose step is compiled before the first answer. ``--draft-tokens``: drafted tokens verified a
+    step where one greedy answer decodes alone."""
+    when = {"server": "compiled for every batch size before the server answers (minutes on a CPU)",
+            "chat": "compiled before the first turn (minutes on a CPU)",
+            "": "after a compile of one to a few minutes on a CPU (once more at the first other batch size "
+                "or context length, and at the first step that verifies drafts)"}[ahead]
     parser.add_argument("--compile", action="store_true",
                         help=f"static KV cache and a compiled decoding step (torch.compile): same greedy "
                              f"answers, faster per token, {when}")

@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_evidence_argument(parser)
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     add_precision_arguments(parser)
-    add_compile_argument(parser, ahead=True)
+    add_compile_argument(parser, ahead="server")
     parser.set_defaults(func=run)
 
 

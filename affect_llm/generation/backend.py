@@ -37,9 +37,9 @@ class DecodingSettings:
         compile: Decode with a static KV cache and a compiled decoding step (``torch.compile``;
             on a CPU with inductor's C++ wrapper; batches through
             :class:`~affect_llm.generation.compiled_step.CompiledDecoder`). Greedy answers are
-            unchanged; the first batch pays a compile of one to a few minutes on a CPU (seconds
-            once inductor has cached it), and a new batch size or static cache length one more, as
-            does the first step that verifies drafts (``draft_tokens``).
+            unchanged; the first batch pays a compile of minutes on a CPU (in every process below
+            16 rows, whose frozen graph inductor does not cache), and a new batch size or static
+            cache length one more, as does the first step that verifies drafts (``draft_tokens``).
             Worth it for batch jobs; the hf backend only.
         draft_tokens: Where one greedy answer decodes alone (a chat, ``explain --batch-size 1``, a
             lone request to the server; with ``compile`` or without), verify up to this many

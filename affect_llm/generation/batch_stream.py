@@ -262,7 +262,7 @@ def stream_batch(
         # The whole cache's length at once: the mask's shape never changes (causality hides what is unwritten).
         mask = torch.cat([mask, mask.new_ones(len(live), length - mask.shape[-1])], dim=-1)  # (B, length)
         step = partial(decoder.step, static)
-    if drafter is not None and len(live) == 1 and _drafts_apply(items[live[0]].settings):
+    if drafter is not None and len(live) == 1 and drafts_apply(items[live[0]].settings):
         _decode_with_drafts(step, cache, cached, logits[0], positions, items[live[0]], samplers[live[0]],
                             drafter, eos, stats, live[0], static_mask=mask if decoder is not None else None)
         return stats
@@ -305,7 +305,7 @@ def stream_batch(
         stats.row_steps += len(live)
 
 
-def _drafts_apply(settings: DecodingSettings) -> bool:
+def drafts_apply(settings: DecodingSettings) -> bool:
     """Drafts are verified against greedy choices only (sampling would need rejection sampling)."""
     return settings.draft_tokens > 0 and not settings.do_sample
 

@@ -145,14 +145,15 @@ class HFBackend:
                 self._salted_drafters.popitem(last=False)
         return drafter
 
-    def compile_ahead(self, max_new_tokens: int = 2, draft_tokens: int = 0) -> bool:
+    def compile_ahead(self, max_new_tokens: int = 2, draft_tokens: int = 0, several_rows: bool = True) -> bool:
         """Compile the decoding step now, for batches of every size, instead of at the first requests.
 
         A server's batches take any number of rows and any context length; compiled with symbolic
         sizes from the start, two graphs serve them all (dynamo compiles one row apart from several):
-        both are made here on a short text-only prompt, once with one row and once with two. With
-        ``draft_tokens`` (one greedy answer verifying drafts, as a chat's turn does) a third graph, of
-        one row fed a token and its draft, is made too.
+        both are made here on a short text-only prompt, once with one row and once with two
+        (``several_rows=False``: one row only, as a chat decodes). With ``draft_tokens`` (one greedy
+        answer verifying drafts, as a chat's turn does) a third graph, of one row fed a token and its
+        draft, is made too.
 
         Returns:
             Whether the step compiled (False where the LLM decodes eagerly: sliding-window layers).
@@ -165,7 +166,7 @@ class HFBackend:
         request = GenerationRequest(self.processor.build_messages("reason", (), None, "Say hello."),
                                     absent=("audio", "video", "text"))
         answer = TokenCollector()  # the one-row answer, which the drafted run below drafts from
-        for rows in (1, 2):
+        for rows in (1, 2) if several_rows else (1,):
             # Without the end of turn: every row decodes its budget, so the compiled step runs.
             sinks = [answer] if rows == 1 else [TokenCollector() for _ in range(rows)]
             self.decode([BatchItem(request, settings, sink, stop_at_eos=False) for sink in sinks], compile=True)

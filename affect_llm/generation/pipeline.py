@@ -59,6 +59,18 @@ class AffectPipeline:
         self.context_tokens = llm_context_tokens(self.backend.model)
         self.reset()
 
+    def compile_ahead(self) -> bool:
+        """With ``decoding.compile``, compile the decoding step now for one row (and, where greedy answers
+        verify drafts, its drafted graph too), so that no answer stops partway for a compile; the chat
+        calls it before its first turn. Returns whether anything compiled."""
+        from affect_llm.generation.batch_stream import drafts_apply
+        from affect_llm.generation.hf_backend import HFBackend
+
+        if not self.decoding.compile or not isinstance(self.backend, HFBackend):
+            return False
+        draft_tokens = self.decoding.draft_tokens if drafts_apply(self.decoding) else 0
+        return self.backend.compile_ahead(draft_tokens=draft_tokens, several_rows=False)
+
     def reset(self) -> None:
         """Forget the clip, what the media checks noted about it, and the history."""
         self.media = MediaInputs()

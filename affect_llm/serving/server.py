@@ -52,8 +52,8 @@ def build_service(options: ServeOptions, precision: Precision | None = None,
     store = MediaStore(featurizer, recognizer, limits, max_clips=options.media_cache_clips)
     if options.compile:
         # Before /health answers: the first requests would otherwise wait for the compile.
-        print("affect-llm serve: compiling the decoding step for every batch size (one to a few minutes on "
-              "a CPU, seconds once inductor has cached it)", file=sys.stderr, flush=True)
+        print("affect-llm serve: compiling the decoding step for every batch size (minutes on a CPU)",
+              file=sys.stderr, flush=True)
         backend.compile_ahead(draft_tokens=options.draft_tokens)
     runner = hf_runner(backend, options.compile) if options.backend == "hf" else whole_answer_runner(backend)
     scheduler = Scheduler(runner, options.max_batch, options.batch_window_ms / 1000, options.max_queue)

@@ -239,3 +239,35 @@ def test_attach_reads_values_with_spaces_and_refuses_unknown_fields():
     for bad, word in ((" vide=a.mp4", "vide=a.mp4"), (" video=a.mp4 vide=b.mp4", "vide=b.mp4"), ("", "")):
         with pytest.raises(ValueError, match=f"cannot read '{word}'"):
             parse_attach(bad)
+
+
+def test_a_compiled_chat_compiles_before_its_first_turn_and_answers_alike(chat_assets):
+    """``--compile``: the step (and its drafted graph) compiles before the first prompt, so no turn stops
+    partway to compile; dynamo logs every compile it starts (``TORCH_LOGS=dynamo``: "start tracing"), which
+    ``--verbose`` shows on the terminal."""
+    command = [sys.executable, "-m", "affect_llm.cli.main", "chat", "--model", str(chat_assets["checkpoint"]),
+               "--audio", str(chat_assets["audio"]), "--max-new-tokens", "8", "--compile", "--verbose"]
+    env_before = os.environ.get("TORCH_LOGS")
+    os.environ["TORCH_LOGS"] = "dynamo"
+    try:
+        term = Terminal(command)
+    finally:
+        if env_before is None:
+            os.environ.pop("TORCH_LOGS")
+        else:
+            os.environ["TORCH_LOGS"] = env_before
+    with term:
+        startup = term.read_until(PROMPT, timeout=900)
+        assert startup.index(b"[compiling the decoding step") < startup.index(b"start tracing")
+        assert startup.rindex(b"start tracing") < startup.index(b"affect-llm chat (")
+        answers = []
+        for _ in range(2):
+            term.type("How does the speaker feel?")
+            turn = term.read_until(PROMPT, timeout=120)
+            assert b"start tracing" not in turn, turn  # nothing compiled during the answer
+            answers.append(turn.split(b"model> ", 1)[1].rsplit(PROMPT, 1)[0].strip())
+            term.type("/reset")
+            term.read_until(PROMPT)
+        term.type("/quit")
+        assert term.close() == 0
+    assert answers == _answers_after_reset(chat_assets)  # the same greedy answers as the eager chat
