@@ -133,7 +133,7 @@ class HFBackend:
             return stream_batch(self.model, self.processor, items, decoder=decoder, drafter=drafter,
                                 prefixes=self.prefixes)
 
-    def _drafter_for(self, items: list[BatchItem]) -> NgramDrafter | None:
+    def _drafter_for(self, items: list[BatchItem]) -> NgramDrafter:
         """The drafter of the batch's salt (drafts apply to a batch of one, whose salt is its row's)."""
         if len(items) != 1 or items[0].request.cache_salt is None:
             return self.drafter

@@ -84,6 +84,9 @@ class ServeOptions:
                              "so that nobody else can use the server without it")
         if self.compile and self.backend != "hf":
             raise ValueError(f"compile is for the hf backend (the {self.backend} backend compiles in its engine)")
+        if not self.prefix_caching and self.backend != "hf":
+            raise ValueError(f"prefix_caching=False (--no-prefix-caching) is for the hf backend (the {self.backend} "
+                             "backend caches in its engine: --engine-arg enable_prefix_caching=false)")
         if self.allowed_media_dir is not None and not Path(self.allowed_media_dir).is_dir():
             raise ValueError(f"allowed_media_dir={self.allowed_media_dir}: no such folder")
         for name in ("max_batch", "max_queue", "default_max_tokens", "max_tokens_limit", "media_cache_clips"):

@@ -44,7 +44,7 @@ def build_service(options: ServeOptions, precision: Precision | None = None,
     recognizer = SpeechRecognizer(resolve_model_path(ASR_MODEL, options.models_dir)) if options.asr else None
     backend = load_backend(options.backend, options.checkpoint, options.models_dir, precision,
                            compiled=options.compile, **engine_options)
-    if not options.prefix_caching and options.backend == "hf":
+    if not options.prefix_caching:  # the hf backend's (ServeOptions refuses it for another)
         backend.prefixes = None
     featurizer = MediaFeaturizer(backend.model, backend.processor, None,
                                  MediaOptions.of_checkpoint(read_metadata(options.checkpoint)))

@@ -208,8 +208,8 @@ def test_sampling_without_a_seed_draws_one_per_request() -> None:
     assert {decoding_settings(seeded, options).seed for _ in range(4)} == {5}
 
 
-def test_a_backend_that_cannot_keep_salts_apart_refuses_a_cache_salt() -> None:
-    """vLLM's engine is not handed the salt: asking for isolation there is refused, not ignored."""
+def test_a_backend_that_cannot_keep_salts_apart_refuses_a_cache_salt_and_no_prefix_caching() -> None:
+    """vLLM's engine is handed neither the salt nor the switch: asking for them is refused, not ignored."""
     from affect_llm.serving.completions import decoding_settings
     from affect_llm.serving.errors import ApiError
     from affect_llm.serving.options import ServeOptions
@@ -221,3 +221,6 @@ def test_a_backend_that_cannot_keep_salts_apart_refuses_a_cache_salt() -> None:
     with pytest.raises(ApiError, match="not supported with the vllm backend") as refused:
         decoding_settings(salted, ServeOptions(checkpoint="m", backend="vllm"))
     assert refused.value.param == "cache_salt" and refused.value.status == 400
+    # Nor is the server told to stop caching prefixes it does not keep.
+    with pytest.raises(ValueError, match=r"\(--no-prefix-caching\) is for the hf backend"):
+        ServeOptions(checkpoint="m", backend="vllm", prefix_caching=False)
